@@ -1,0 +1,1 @@
+"""The thin submission API: validates, writes jobs to the database, hands them to the broker."""

@@ -1,0 +1,48 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from celery import Celery
+from fastapi import FastAPI
+
+from api.errors import register_error_handlers
+from api.routes import files, health, jobs, models, uploads
+from shared.broker import make_celery
+from shared.db import make_engine, make_session_factory
+from shared.registry import load_registry
+from shared.settings import Settings
+from shared.storage import LocalStorage, S3Storage, storage_from_settings
+
+
+def create_app(
+    settings: Settings,
+    *,
+    storage: LocalStorage | S3Storage | None = None,
+    celery: Celery | None = None,
+) -> FastAPI:
+    """Build the app from ``settings``; tests may hand in their own storage or broker."""
+    engine = make_engine(settings.database_url)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="imgfarm",
+        version="0.1.0",
+        summary="A render farm for diffusion image-to-image.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.session_factory = make_session_factory(engine)
+    app.state.storage = storage or storage_from_settings(settings)
+    app.state.registry = load_registry(settings.models)
+    app.state.celery = celery or make_celery(settings, "imgfarm-api")
+    register_error_handlers(app)
+    for module in (health, jobs, uploads, models, files):
+        app.include_router(module.router)
+    return app

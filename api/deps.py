@@ -1,0 +1,66 @@
+"""Dependencies as named aliases, so routes read as what they need."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from celery import Celery
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from api.errors import Unauthorized
+from shared.models import Team
+from shared.registry import ModelSpec
+from shared.settings import Settings
+from shared.storage import LocalStorage, S3Storage
+from shared.teams import team_for_key
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    session: Session = request.app.state.session_factory()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def get_storage(request: Request) -> LocalStorage | S3Storage:
+    return request.app.state.storage  # type: ignore[no-any-return]
+
+
+def get_registry(request: Request) -> dict[str, ModelSpec]:
+    return request.app.state.registry  # type: ignore[no-any-return]
+
+
+def get_celery(request: Request) -> Celery:
+    return request.app.state.celery  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+StorageDep = Annotated[LocalStorage | S3Storage, Depends(get_storage)]
+RegistryDep = Annotated[dict[str, ModelSpec], Depends(get_registry)]
+CeleryDep = Annotated[Celery, Depends(get_celery)]
+
+_bearer = HTTPBearer(auto_error=False, description="A team API key from `imgfarm keys create`.")
+
+
+def get_team(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Team:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    team = team_for_key(session, credentials.credentials)
+    if team is None:
+        raise Unauthorized("invalid or revoked API key")
+    return team
+
+
+TeamDep = Annotated[Team, Depends(get_team)]

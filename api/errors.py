@@ -1,0 +1,66 @@
+"""The one place that maps domain errors to HTTP answers."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from shared.errors import ImgfarmError, InvalidRequest, NotFound, StorageError, TransientError
+
+log = logging.getLogger(__name__)
+
+
+class Unauthorized(ImgfarmError):
+    """No API key, or one we do not know."""
+
+
+def _body(detail: str, errors: list[dict[str, str]] | None = None) -> dict[str, object]:
+    return {"detail": detail, "errors": errors or []}
+
+
+def _field_name(loc: tuple[object, ...]) -> str:
+    # ("body", "strength") -> "strength"; keep nested paths readable: "metadata.sku".
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+async def _invalid(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, InvalidRequest)
+    return JSONResponse(
+        _body(str(exc), [{"field": exc.field, "message": exc.message}]),
+        status_code=exc.status_code,
+    )
+
+
+async def _validation(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"field": _field_name(tuple(e["loc"])), "message": e["msg"]} for e in exc.errors()]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return JSONResponse(_body(detail, errors), status_code=422)
+
+
+async def _not_found(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(_body(str(exc) or "not found"), status_code=404)
+
+
+async def _unauthorized(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(
+        _body(str(exc)), status_code=401, headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
+    log.warning("dependency unavailable: %s", exc)
+    return JSONResponse(_body("a backing service is unavailable; retry shortly"), status_code=503)
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(InvalidRequest, _invalid)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(NotFound, _not_found)
+    app.add_exception_handler(Unauthorized, _unauthorized)
+    app.add_exception_handler(TransientError, _unavailable)
+    app.add_exception_handler(StorageError, _unavailable)

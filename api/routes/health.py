@@ -1,0 +1,48 @@
+"""Health checks, the only routes without an API key."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from api.deps import CeleryDep, SessionDep, StorageDep
+
+router = APIRouter(tags=["health"])
+log = logging.getLogger(__name__)
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+def _probe(check: Callable[[], object]) -> str:
+    try:
+        check()
+    except Exception as e:  # readiness reports any failure, it does not raise
+        log.warning("readiness check failed: %s", e)
+        return f"error: {type(e).__name__}"
+    return "ok"
+
+
+@router.get("/readyz")
+def readyz(session: SessionDep, storage: StorageDep, celery: CeleryDep) -> JSONResponse:
+    """Readiness: database, broker and storage all answer."""
+
+    def broker() -> None:
+        with celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+
+    checks = {
+        "database": _probe(lambda: session.execute(text("SELECT 1"))),
+        "broker": _probe(broker),
+        "storage": _probe(storage.check),
+    }
+    ok = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks},
+                        status_code=200 if ok else 503)

@@ -1,0 +1,72 @@
+"""``/v1/jobs``: submit one render and follow it."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Request, status
+from sqlalchemy import select
+
+from api.deps import CeleryDep, RegistryDep, SessionDep, SettingsDep, StorageDep, TeamDep
+from api.submit import create_job, enqueue_jobs
+from shared.errors import NotFound
+from shared.models import Job
+from shared.schemas import JobAccepted, JobCreate, JobPublic, OutputPublic, RenderParams
+from shared.storage import Storage
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+def job_public(job: Job, storage: Storage, expires_in: int) -> JobPublic:
+    outputs = [
+        OutputPublic(
+            url=storage.url(o["key"], expires_in),
+            width=o["width"],
+            height=o["height"],
+            content_type=o["content_type"],
+        )
+        for o in job.outputs or []
+    ]
+    return JobPublic(
+        id=job.id,
+        status=job.status,
+        model=job.model,
+        prompt=job.prompt,
+        negative_prompt=job.negative_prompt,
+        params=RenderParams(**job.params),
+        metadata=job.meta,
+        attempts=job.attempts,
+        error=job.error,
+        worker=job.worker,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        outputs=outputs,
+    )
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted)
+def submit_job(
+    body: JobCreate,
+    request: Request,
+    team: TeamDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+    registry: RegistryDep,
+    celery: CeleryDep,
+) -> JobAccepted:
+    job = create_job(session, team, body, registry=registry, storage=storage, settings=settings)
+    session.commit()
+    enqueue_jobs(celery, request.app.state.session_factory, [(job.id, job.model)])
+    return JobAccepted(id=job.id, status=job.status)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(
+    job_id: uuid.UUID, team: TeamDep, session: SessionDep, settings: SettingsDep, storage: StorageDep
+) -> JobPublic:
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.team_id == team.id))
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    return job_public(job, storage, settings.url_expiry_seconds)

@@ -1,0 +1,1 @@
+"""The ``imgfarm`` command: start services, manage keys, submit work and fetch results."""

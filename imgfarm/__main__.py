@@ -1,0 +1,3 @@
+from imgfarm.cli import main
+
+main()

@@ -1,0 +1,118 @@
+"""The embedded stack: api and a ``tiny`` worker as child processes on SQLite, a local folder
+and Celery's filesystem broker. Same code as production, no servers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from shared.db import make_engine, make_session_factory, session_scope
+from shared.migrate import upgrade
+from shared.settings import Settings
+from shared.teams import create_api_key, ensure_team
+
+LOCAL_TEAM = "local"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def issue_key(settings: Settings, team: str) -> str:
+    """Create ``team`` if needed and return a fresh API key for it."""
+    engine = make_engine(settings.database_url)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            return create_api_key(session, ensure_team(session, team))
+    finally:
+        engine.dispose()
+
+
+@dataclass
+class EmbeddedStack:
+    """Start with ``with EmbeddedStack(...) as stack``; children stop on exit."""
+
+    data_dir: Path
+    port: int = 0
+    models: tuple[str, ...] = ("tiny",)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    url: str = ""
+    api_key: str = ""
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["IMGFARM_DATA_DIR"] = str(self.data_dir)
+        env["IMGFARM_PUBLIC_URL"] = self.url
+        return env
+
+    def _spawn(self, name: str, *args: str) -> None:
+        logs = self.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "imgfarm", *args],
+            env=self._env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.processes.append(proc)
+
+    def start(self, timeout: float = 120.0) -> EmbeddedStack:
+        self.data_dir = self.data_dir.resolve()
+        self.port = self.port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        settings = Settings(data_dir=self.data_dir, public_url=self.url)
+        upgrade(settings.database_url)
+        self.api_key = issue_key(settings, LOCAL_TEAM)
+        self._spawn("api", "api", "--host", "127.0.0.1", "--port", str(self.port))
+        for alias in self.models:
+            self._spawn(f"worker-{alias}", "worker", "--model", alias)
+        self._wait_healthy(timeout)
+        return self
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for proc in self.processes:
+                if proc.poll() is not None:
+                    raise RuntimeError(
+                        f"{proc.args[3]} exited with {proc.returncode}; see {self.data_dir}/logs"
+                    )
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"api not ready after {timeout}s; see {self.data_dir}/logs")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.processes:
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.processes.clear()
+
+    def __enter__(self) -> EmbeddedStack:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

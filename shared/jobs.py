@@ -1,0 +1,142 @@
+"""The job state machine. Every transition is one conditional UPDATE, so races resolve in SQL.
+
+    queued ──▶ running ──▶ succeeded
+      │  ▲        │
+      │  └────────┤ (lease expired / transient error: handed back for another attempt)
+      ▼           ▼
+   canceled    failed | canceled
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from shared.models import Job, utcnow
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+FINAL_STATES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
+
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELED, JobStatus.FAILED}),
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.QUEUED}
+    ),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELED: frozenset(),
+}
+
+
+class IllegalTransition(ValueError):
+    """A transition the state machine does not allow (a programming error, not a race)."""
+
+
+def check_transition(source: JobStatus, target: JobStatus) -> None:
+    if target not in TRANSITIONS[source]:
+        raise IllegalTransition(f"job cannot go from {source} to {target}")
+
+
+def transition(
+    session: Session,
+    job_id: uuid.UUID,
+    source: JobStatus,
+    target: JobStatus,
+    **values: Any,
+) -> bool:
+    """Move a job from ``source`` to ``target`` if it is still in ``source``.
+
+    Returns False when another process moved it first: the caller lost the race and must
+    not act as if it owned the job.
+    """
+    check_transition(source, target)
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == source.value)
+        .values(status=target.value, **values)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
+
+
+def claim_job(session: Session, job_id: uuid.UUID, worker: str, lease_seconds: int) -> bool:
+    """queued → running for ``worker``, counting the attempt and taking a lease."""
+    now = utcnow()
+    return transition(
+        session,
+        job_id,
+        JobStatus.QUEUED,
+        JobStatus.RUNNING,
+        worker=worker,
+        started_at=now,
+        attempts=Job.attempts + 1,
+        error=None,
+        lease_expires_at=now + timedelta(seconds=lease_seconds),
+    )
+
+
+def mark_succeeded(
+    session: Session,
+    job_id: uuid.UUID,
+    outputs: list[dict[str, Any]],
+    provenance: dict[str, Any],
+) -> bool:
+    return transition(
+        session,
+        job_id,
+        JobStatus.RUNNING,
+        JobStatus.SUCCEEDED,
+        outputs=outputs,
+        provenance=provenance,
+        finished_at=utcnow(),
+        lease_expires_at=None,
+    )
+
+
+def mark_failed(
+    session: Session, job_id: uuid.UUID, error: str, source: JobStatus = JobStatus.RUNNING
+) -> bool:
+    return transition(
+        session,
+        job_id,
+        source,
+        JobStatus.FAILED,
+        error=error[:4000],
+        finished_at=utcnow(),
+        lease_expires_at=None,
+    )
+
+
+def requeue(session: Session, job_id: uuid.UUID, error: str) -> bool:
+    """running → queued: hand the job back for another attempt (the error is kept for ops)."""
+    return transition(
+        session,
+        job_id,
+        JobStatus.RUNNING,
+        JobStatus.QUEUED,
+        error=error[:4000],
+        worker=None,
+        enqueued_at=None,
+        lease_expires_at=None,
+    )
+
+
+def cancel(session: Session, job_id: uuid.UUID) -> bool:
+    """Cancel a queued job so it never renders, or ask a running one to stop."""
+    now: datetime = utcnow()
+    return transition(
+        session, job_id, JobStatus.QUEUED, JobStatus.CANCELED, finished_at=now
+    ) or transition(session, job_id, JobStatus.RUNNING, JobStatus.CANCELED, finished_at=now)

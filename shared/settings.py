@@ -1,0 +1,70 @@
+"""One settings object, read from ``IMGFARM_*`` environment variables at each entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_SECRET = "dev-only-secret-change-me"
+
+
+class Settings(BaseSettings):
+    """Every knob of the farm. Built once in each entry point and passed down, never global."""
+
+    model_config = SettingsConfigDict(env_prefix="IMGFARM_", env_file=None, extra="ignore")
+
+    env: Literal["dev", "prod"] = "dev"
+    data_dir: Path = Field(default=Path(".imgfarm"), description="Embedded-mode state folder.")
+    database_url: str = ""
+    broker_url: str = ""
+    storage_url: str = ""
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_addressing_style: Literal["path", "virtual", "auto"] = "path"
+    models: Path | None = Field(default=None, description="Model registry TOML file.")
+    public_url: str = "http://127.0.0.1:8000"
+    secret_key: str = DEV_SECRET
+    max_image_pixels: int = 4096 * 4096
+    max_upload_bytes: int = 20 * 1024 * 1024
+    fetch_timeout_seconds: float = 10.0
+    url_expiry_seconds: int = 3600
+    allow_private_networks: str = ""
+    max_attempts: int = 3
+    lease_seconds: int = 300
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _fill_embedded_defaults(self) -> Settings:
+        # With nothing configured everything lives under data_dir: SQLite, a local
+        # objects folder and Celery's filesystem broker, so `imgfarm up` needs no server.
+        root = self.data_dir.resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{root / 'imgfarm.db'}"
+        if not self.broker_url:
+            self.broker_url = "filesystem://"
+        if not self.storage_url:
+            self.storage_url = (root / "objects").as_uri()
+        if self.env == "prod" and self.secret_key == DEV_SECRET:
+            raise ValueError("IMGFARM_SECRET_KEY must be set to a real secret when IMGFARM_ENV=prod")
+        return self
+
+    @property
+    def broker_folder(self) -> Path:
+        """Where the server-less filesystem broker keeps its messages."""
+        return self.data_dir.resolve() / "broker"
+
+    @property
+    def uses_filesystem_broker(self) -> bool:
+        return self.broker_url.startswith("filesystem://")
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """Where built-in offline models are saved on first use."""
+        return self.data_dir.resolve() / "models"
+
+    @property
+    def private_networks(self) -> list[str]:
+        return [c.strip() for c in self.allow_private_networks.split(",") if c.strip()]

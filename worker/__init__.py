@@ -1,0 +1,1 @@
+"""GPU workers: the Celery app, model loading and the render path."""
