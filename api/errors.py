@@ -47,9 +47,7 @@ async def _not_found(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unauthorized(_: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse(
-        _body(str(exc)), status_code=401, headers={"WWW-Authenticate": "Bearer"}
-    )
+    return JSONResponse(_body(str(exc)), status_code=401, headers={"WWW-Authenticate": "Bearer"})
 
 
 async def _unavailable(_: Request, exc: Exception) -> JSONResponse:

@@ -39,7 +39,9 @@ def fetch_url(url: str, field: str, settings: Settings) -> bytes:
                         url = urljoin(url, response.headers["location"])
                         continue
                     if response.status_code != 200:
-                        raise InvalidRequest(field, f"fetching the URL answered {response.status_code}")
+                        raise InvalidRequest(
+                            field, f"fetching the URL answered {response.status_code}"
+                        )
                     return _read_capped(response, field, settings.max_upload_bytes)
             except httpx.HTTPError as e:
                 raise InvalidRequest(field, f"could not fetch the URL: {e}") from e
@@ -77,9 +79,7 @@ def resolve_source(
         raise InvalidRequest(
             field, "must be a data URL, an http(s) URL or an upload id from POST /v1/uploads"
         ) from None
-    upload = session.scalar(
-        select(Upload).where(Upload.id == upload_id, Upload.team_id == team.id)
-    )
+    upload = session.scalar(select(Upload).where(Upload.id == upload_id, Upload.team_id == team.id))
     if upload is None:
         raise InvalidRequest(field, f"no upload {ref} for this team", status_code=404)
     return upload.object_key

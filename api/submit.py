@@ -1,4 +1,4 @@
-"""Create jobs and hand them to the broker. The database commit is the promise; the broker a nudge."""
+"""Create jobs and hand them to the broker: the database commit is the promise."""
 
 from __future__ import annotations
 
@@ -71,8 +71,6 @@ def enqueue_jobs(
         sent.append(job_id)
     if sent:
         with session_factory() as session:
-            session.execute(
-                update(Job).where(Job.id.in_(sent)).values(enqueued_at=utcnow())
-            )
+            session.execute(update(Job).where(Job.id.in_(sent)).values(enqueued_at=utcnow()))
             session.commit()
     return len(sent)

@@ -26,9 +26,13 @@ def sample_product(size: int = 256) -> bytes:
     img = Image.new("RGB", (size, size), (245, 245, 245))
     draw = ImageDraw.Draw(img)
     s = size / 256
-    draw.rounded_rectangle((40 * s, 120 * s, 220 * s, 190 * s), radius=int(30 * s), fill=(200, 40, 40))
-    draw.polygon([(60 * s, 130 * s), (120 * s, 70 * s), (170 * s, 80 * s), (150 * s, 140 * s)],
-                 fill=(210, 60, 60))
+    draw.rounded_rectangle(
+        (40 * s, 120 * s, 220 * s, 190 * s), radius=int(30 * s), fill=(200, 40, 40)
+    )
+    draw.polygon(
+        [(60 * s, 130 * s), (120 * s, 70 * s), (170 * s, 80 * s), (150 * s, 140 * s)],
+        fill=(210, 60, 60),
+    )
     draw.rectangle((40 * s, 185 * s, 225 * s, 200 * s), fill=(250, 250, 250), outline=(60, 60, 60))
     for i in range(5):
         x = (95 + 12 * i) * s
@@ -46,8 +50,14 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "item"
 
 
-def run_demo(base_url: str, api_key: str, out: Path, console: Console, model: str = "tiny",
-             timeout: float = 300.0) -> list[Path]:
+def run_demo(
+    base_url: str,
+    api_key: str,
+    out: Path,
+    console: Console,
+    model: str = "tiny",
+    timeout: float = 300.0,
+) -> list[Path]:
     """Submit the sample variants, follow them with a progress bar, download the outputs."""
     image = data_url(sample_product())
     written: list[Path] = []

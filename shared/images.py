@@ -77,7 +77,7 @@ def parse_data_url(value: str, field: str) -> bytes:
 
 def open_rgb(data: bytes) -> Image.Image:
     """Decode checked bytes into an RGB image (alpha flattened onto white)."""
-    img = Image.open(io.BytesIO(data))
+    img: Image.Image = Image.open(io.BytesIO(data))
     img.load()
     if img.mode in ("RGBA", "LA", "P"):
         img = img.convert("RGBA")

@@ -1,10 +1,10 @@
 """The job state machine. Every transition is one conditional UPDATE, so races resolve in SQL.
 
-    queued ──▶ running ──▶ succeeded
-      │  ▲        │
-      │  └────────┤ (lease expired / transient error: handed back for another attempt)
-      ▼           ▼
-   canceled    failed | canceled
+ queued ──▶ running ──▶ succeeded
+   │  ▲        │
+   │  └────────┤ (lease expired / transient error: handed back for another attempt)
+   ▼           ▼
+canceled    failed | canceled
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ def resolve_public(url: str, field: str, allowed: list[Network]) -> list[IPAddre
         infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError, ValueError) as e:
         raise InvalidRequest(field, f"cannot resolve host {parts.hostname!r}") from e
-    addrs = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    addrs = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
     for addr in addrs:
         if not is_allowed_address(addr, allowed):
             raise InvalidRequest(field, f"URL resolves to a non-public address ({addr})")

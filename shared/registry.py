@@ -68,7 +68,12 @@ def _spec_from_table(alias: str, table: dict[str, Any]) -> ModelSpec:
     spec = replace(BUILTINS.get(alias, ModelSpec(alias=alias, source="")), **table)
     if spec.kind not in KINDS:
         raise ConfigError(f"model {alias!r}: kind {spec.kind!r} is not one of {KINDS}")
-    if not spec.min_size <= min(spec.width, spec.height) <= max(spec.width, spec.height) <= spec.max_size:
+    if (
+        not spec.min_size
+        <= min(spec.width, spec.height)
+        <= max(spec.width, spec.height)
+        <= spec.max_size
+    ):
         raise ConfigError(f"model {alias!r}: default size must lie within min_size..max_size")
     return spec
 

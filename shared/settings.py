@@ -48,7 +48,9 @@ class Settings(BaseSettings):
         if not self.storage_url:
             self.storage_url = (root / "objects").as_uri()
         if self.env == "prod" and self.secret_key == DEV_SECRET:
-            raise ValueError("IMGFARM_SECRET_KEY must be set to a real secret when IMGFARM_ENV=prod")
+            raise ValueError(
+                "IMGFARM_SECRET_KEY must be set to a real secret when IMGFARM_ENV=prod"
+            )
         return self
 
     @property

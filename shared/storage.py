@@ -210,4 +210,6 @@ def storage_from_settings(settings: Settings) -> LocalStorage | S3Storage:
             region=settings.s3_region,
             addressing_style=settings.s3_addressing_style,
         )
-    raise StorageError(f"IMGFARM_STORAGE_URL must be file:// or s3://, got {settings.storage_url!r}")
+    raise StorageError(
+        f"IMGFARM_STORAGE_URL must be file:// or s3://, got {settings.storage_url!r}"
+    )

@@ -45,8 +45,16 @@ def run_worker(settings: Settings, alias: str, loglevel: str = "INFO") -> None:
     name = f"{alias}-{os.getpid()}@{socket.gethostname()}"
     # solo pool: the model lives in this very process (no fork after CUDA init), and
     # SIGTERM lets the running task finish before exit (Celery's warm shutdown).
-    app.worker_main([
-        "worker", "--pool=solo", "--concurrency=1", f"--queues={render_queue(alias)}",
-        f"--hostname={name}", "--task-events", "--without-gossip", "--without-mingle",
-        f"--loglevel={loglevel}",
-    ])
+    app.worker_main(
+        [
+            "worker",
+            "--pool=solo",
+            "--concurrency=1",
+            f"--queues={render_queue(alias)}",
+            f"--hostname={name}",
+            "--task-events",
+            "--without-gossip",
+            "--without-mingle",
+            f"--loglevel={loglevel}",
+        ]
+    )

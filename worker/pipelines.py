@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +51,29 @@ def folder_fingerprint(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def accel_options(spec: ModelSpec, device: str, dtype: Any) -> Any:
+    """The measured-best fast path for ``device``, with the registry's per-model overrides."""
+    from worker.accel import AccelOptions
+
+    best = AccelOptions.best_for(device)
+    on_gpu = device != "cpu"
+    return replace(
+        best,
+        dtype=str(dtype).removeprefix("torch."),
+        compile=bool(spec.options.get("compile", best.compile)) and on_gpu,
+        vae_tiling=bool(spec.options.get("vae_tiling", False)),
+        # Fused QKV weights cost the CPU's oneDNN ~10 s of first-call setup per shape
+        # for no gain at tiny sizes; on CUDA it saves a GEMM per attention.
+        fuse_qkv=on_gpu,
+    )
+
+
 def load_model(spec: ModelSpec, settings: Settings, *, warm: bool = True) -> LoadedModel:
     """Load ``spec`` onto its device, apply the fast path and warm it up."""
     import torch
     from diffusers import StableDiffusionImg2ImgPipeline
 
-    from worker.accel import AccelOptions, optimize_pipeline, resolve_device, warm_up
+    from worker.accel import optimize_pipeline, resolve_device, warm_up
 
     started = time.perf_counter()
     location = weights_location(spec, settings)
@@ -66,21 +83,15 @@ def load_model(spec: ModelSpec, settings: Settings, *, warm: bool = True) -> Loa
     try:
         pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
             location,
-            torch_dtype=dtype,
+            dtype=dtype,
             revision=spec.revision,
             local_files_only=local,
             safety_checker=None,
             requires_safety_checker=False,
         )
-    except (OSError, ValueError, EnvironmentError) as e:
+    except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load model {spec.alias!r} from {location!r}: {e}") from e
-    opts = AccelOptions(
-        device=device,
-        dtype=str(dtype).removeprefix("torch."),
-        channels_last=device != "cpu",
-        compile=bool(spec.options.get("compile", False)) and device != "cpu",
-        vae_tiling=bool(spec.options.get("vae_tiling", False)),
-    )
+    opts = accel_options(spec, device, dtype)
     pipe = optimize_pipeline(pipe, opts)
     if warm:
         warm_up(

@@ -47,7 +47,9 @@ def run_pipeline(
 ) -> list[Image.Image]:
     """One pipeline call for compatible items; one generator per item keeps each reproducible."""
     generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
-    negatives = None if all(n is None for n in negative_prompts) else [n or "" for n in negative_prompts]
+    negatives = (
+        None if all(n is None for n in negative_prompts) else [n or "" for n in negative_prompts]
+    )
     with torch.inference_mode():
         result = model.pipe(
             prompt=prompts,
@@ -94,8 +96,12 @@ def render_job(model: LoadedModel, storage: Storage, job: Job, worker: str) -> R
     key = output_key(job.team_id, job.id, 0, EXTENSIONS[params.output_format])
     content_type = CONTENT_TYPES[params.output_format]
     storage.put(key, data, content_type, metadata=_object_metadata(job.id, provenance))
-    outputs = [{"key": key, "width": image.width, "height": image.height, "content_type": content_type}]
-    return RenderResult(outputs=outputs, provenance=provenance, seconds=time.perf_counter() - started)
+    outputs = [
+        {"key": key, "width": image.width, "height": image.height, "content_type": content_type}
+    ]
+    return RenderResult(
+        outputs=outputs, provenance=provenance, seconds=time.perf_counter() - started
+    )
 
 
 def _object_metadata(job_id: uuid.UUID, provenance: dict[str, Any]) -> dict[str, str]:

@@ -7,8 +7,12 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from shared.errors import InvalidRequest, PermanentRenderError, StorageError, TransientError
 
 # Retried with backoff while attempts remain.
-TRANSIENT: tuple[type[BaseException], ...] = (TransientError, OperationalError, ConnectionError,
-                                              TimeoutError)
+TRANSIENT: tuple[type[BaseException], ...] = (
+    TransientError,
+    OperationalError,
+    ConnectionError,
+    TimeoutError,
+)
 # Failed at once: trying again cannot help.
 PERMANENT: tuple[type[BaseException], ...] = (PermanentRenderError, InvalidRequest, StorageError)
 

@@ -44,5 +44,6 @@ def readyz(session: SessionDep, storage: StorageDep, celery: CeleryDep) -> JSONR
         "storage": _probe(storage.check),
     }
     ok = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks},
-                        status_code=200 if ok else 503)
+    return JSONResponse(
+        {"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503
+    )

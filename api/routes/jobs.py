@@ -64,7 +64,11 @@ def submit_job(
 
 @router.get("/{job_id}", response_model=JobPublic)
 def get_job(
-    job_id: uuid.UUID, team: TeamDep, session: SessionDep, settings: SettingsDep, storage: StorageDep
+    job_id: uuid.UUID,
+    team: TeamDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    storage: StorageDep,
 ) -> JobPublic:
     job = session.scalar(select(Job).where(Job.id == job_id, Job.team_id == team.id))
     if job is None:

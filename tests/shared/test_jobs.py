@@ -1,0 +1,131 @@
+"""The job state machine: allowed transitions, and conditional updates that settle races."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+from sqlalchemy import select
+
+from shared.db import make_engine, make_session_factory, session_scope
+from shared.jobs import (
+    FINAL_STATES,
+    TRANSITIONS,
+    IllegalTransition,
+    JobStatus,
+    cancel,
+    check_transition,
+    claim_job,
+    mark_failed,
+    mark_succeeded,
+    requeue,
+)
+from shared.migrate import upgrade
+from shared.models import Job
+from shared.teams import ensure_team
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def factory(request, tmp_path):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    upgrade(url)
+    engine = make_engine(url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def new_job(factory) -> uuid.UUID:
+    with session_scope(factory) as s:
+        team = ensure_team(s, f"t-{uuid.uuid4().hex[:6]}")
+        job = Job(team_id=team.id, model="tiny", prompt="p", params={}, source_key="k")
+        s.add(job)
+        s.flush()
+        return job.id
+
+
+def status_of(factory, job_id: uuid.UUID) -> str:
+    with factory() as s:
+        return s.scalar(select(Job.status).where(Job.id == job_id))
+
+
+def test_final_states_have_no_way_out():
+    for state in FINAL_STATES:
+        assert TRANSITIONS[state] == frozenset()
+        with pytest.raises(IllegalTransition):
+            check_transition(state, JobStatus.RUNNING)
+
+
+def test_queued_cannot_jump_to_succeeded():
+    with pytest.raises(IllegalTransition):
+        check_transition(JobStatus.QUEUED, JobStatus.SUCCEEDED)
+
+
+def test_claim_counts_attempts_and_only_once(factory):
+    job_id = new_job(factory)
+    with session_scope(factory) as s:
+        assert claim_job(s, job_id, "w1", 60)
+    with session_scope(factory) as s:
+        assert not claim_job(s, job_id, "w2", 60), "a running job must not be claimed again"
+    with factory() as s:
+        job = s.get(Job, job_id)
+        assert (job.status, job.attempts, job.worker) == ("running", 1, "w1")
+        assert job.lease_expires_at is not None
+
+
+def test_two_workers_cannot_both_finish_a_job(factory):
+    job_id = new_job(factory)
+    with session_scope(factory) as s:
+        claim_job(s, job_id, "w1", 60)
+    with session_scope(factory) as s:
+        first = mark_succeeded(s, job_id, [{"key": "a"}], {})
+    with session_scope(factory) as s:
+        second = mark_succeeded(s, job_id, [{"key": "b"}], {})
+    with session_scope(factory) as s:
+        late_fail = mark_failed(s, job_id, "boom")
+    assert (first, second, late_fail) == (True, False, False)
+    with factory() as s:
+        assert s.get(Job, job_id).outputs == [{"key": "a"}]
+
+
+def test_concurrent_claims_have_one_winner(factory):
+    job_id = new_job(factory)
+    wins: list[bool] = []
+    barrier = threading.Barrier(8)
+
+    def claim(i: int) -> None:
+        barrier.wait()
+        with session_scope(factory) as s:
+            wins.append(claim_job(s, job_id, f"w{i}", 60))
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(wins) == [False] * 7 + [True]
+
+
+def test_requeue_then_claim_again_counts_second_attempt(factory):
+    job_id = new_job(factory)
+    with session_scope(factory) as s:
+        claim_job(s, job_id, "w1", 60)
+    with session_scope(factory) as s:
+        assert requeue(s, job_id, "S3 down")
+    with session_scope(factory) as s:
+        assert claim_job(s, job_id, "w2", 60)
+    with factory() as s:
+        job = s.get(Job, job_id)
+        assert (job.status, job.attempts, job.worker) == ("running", 2, "w2")
+
+
+def test_cancel_queued_job_prevents_claim(factory):
+    job_id = new_job(factory)
+    with session_scope(factory) as s:
+        assert cancel(s, job_id)
+    with session_scope(factory) as s:
+        assert not claim_job(s, job_id, "w1", 60)
+    assert status_of(factory, job_id) == "canceled"
