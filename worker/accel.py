@@ -58,7 +58,9 @@ class AccelOptions:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.compile_mode not in COMPILE_MODES:
-            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
+            raise ValueError(
+                f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}"
+            )
 
     @classmethod
     def best_for(cls, device: str) -> AccelOptions:
@@ -68,7 +70,10 @@ class AccelOptions:
             return cls(device=resolved, compile=True, compile_vae=True)
         # CPU: bf16 matmuls are slow on most CPUs and torch.compile needs a C++ toolchain;
         # the CPU path exists for tests and the demo, so keep it plain and dependable.
-        return cls(device=resolved, dtype="float32", channels_last=False, compile=False)
+        # Fused QKV weights cost oneDNN seconds of first-call setup per shape on the CPU.
+        return cls(
+            device=resolved, dtype="float32", channels_last=False, compile=False, fuse_qkv=False
+        )
 
 
 def resolve_device(name: str) -> str:
@@ -105,7 +110,12 @@ def optimize_pipeline(pipe: Any, opts: AccelOptions) -> Any:
     # 1. math flags and placement
     if on_cuda:
         set_backend_flags(opts)
-    pipe.to(device=device, dtype=DTYPES[opts.dtype])
+    dtype = DTYPES[opts.dtype]
+    if all(m.dtype == dtype for m in (pipe.unet, pipe.vae, pipe.text_encoder)):
+        # Already there: diffusers warns on every dtype cast, so only cast when needed.
+        pipe.to(device)
+    else:
+        pipe.to(device=device, dtype=dtype)
     # 2. attention kernels; fusing must come after the dtype move, since it copies weights
     if opts.sdpa:
         _set_sdpa(pipe)
@@ -138,10 +148,16 @@ def _set_sdpa(pipe: Any) -> None:
 
 
 def _compile(pipe: Any, opts: AccelOptions) -> None:
+    import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
 
     # 1x1 convolutions as matmuls: inductor can fuse their epilogues (diffusers' advice).
     inductor_config.conv_1x1_as_mm = True
+    # Module.compile() compiles Module._call_impl, one code object that every compiled
+    # module shares: each (module, served shape) is one cache entry there, and past the
+    # limit (8) dynamo silently runs eager. Leave room for three modules at several shapes.
+    limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    setattr(dynamo_config, limit, max(getattr(dynamo_config, limit), 64))
     kwargs = {"mode": opts.compile_mode, "fullgraph": opts.fullgraph, "dynamic": False}
     # Module.compile() compiles in place: state-dict keys and `pipe.unet`'s type stay as
     # they were, unlike wrapping in torch.compile(), and uncompile() can undo it.
@@ -158,7 +174,9 @@ def _compilable_modules(pipe: Any) -> list[torch.nn.Module]:
 
 def is_compiled(pipe: Any) -> bool:
     """True when any of the UNet or VAE halves runs through torch.compile."""
-    return any(getattr(m, "_compiled_call_impl", None) is not None for m in _compilable_modules(pipe))
+    return any(
+        getattr(m, "_compiled_call_impl", None) is not None for m in _compilable_modules(pipe)
+    )
 
 
 def uncompile(pipe: Any) -> None:
