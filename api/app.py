@@ -9,9 +9,11 @@ from celery import Celery
 from fastapi import FastAPI
 
 from api.errors import register_error_handlers
-from api.routes import files, health, jobs, models, uploads
+from api.metrics import install_api_metrics
+from api.routes import batches, files, health, jobs, models, uploads
 from shared.broker import make_celery
 from shared.db import make_engine, make_session_factory
+from shared.logs import LogContextMiddleware
 from shared.registry import load_registry
 from shared.settings import Settings
 from shared.storage import LocalStorage, S3Storage, storage_from_settings
@@ -43,6 +45,8 @@ def create_app(
     app.state.registry = load_registry(settings.models)
     app.state.celery = celery or make_celery(settings, "imgfarm-api")
     register_error_handlers(app)
-    for module in (health, jobs, uploads, models, files):
+    app.add_middleware(LogContextMiddleware)
+    install_api_metrics(app, settings)
+    for module in (health, jobs, batches, uploads, models, files):
         app.include_router(module.router)
     return app

@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.errors import Unauthorized
+from shared.logs import bind_log_context
 from shared.models import Team
 from shared.registry import ModelSpec
 from shared.settings import Settings
@@ -60,6 +61,8 @@ def get_team(
     team = team_for_key(session, credentials.credentials)
     if team is None:
         raise Unauthorized("invalid or revoked API key")
+    # Every later log line of this request names the team (see shared/logs.py).
+    bind_log_context(team=team.name)
     return team
 
 

@@ -1,18 +1,15 @@
-"""Create jobs and hand them to the broker: the database commit is the promise."""
+"""Create jobs. The database commit is the promise; the dispatcher hands jobs to the broker."""
 
 from __future__ import annotations
 
 import logging
-import uuid
 
-from celery import Celery
-from sqlalchemy import update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from api.params import model_spec, resolve_params
 from api.sources import resolve_source
-from shared.broker import send_render
-from shared.models import Job, Team, utcnow
+from shared.dispatch import nudge
+from shared.models import Job, Team
 from shared.registry import ModelSpec
 from shared.schemas import JobCreate
 from shared.settings import Settings
@@ -50,27 +47,5 @@ def create_job(
     )
     session.add(job)
     session.flush()
+    nudge(session)
     return job
-
-
-def enqueue_jobs(
-    celery: Celery, session_factory: sessionmaker[Session], jobs: list[tuple[uuid.UUID, str]]
-) -> int:
-    """Send committed jobs to their model queues; returns how many went.
-
-    A broker outage must not fail the request: the jobs are committed and stay queued,
-    and are handed over again later (the dispatcher's job).
-    """
-    sent: list[uuid.UUID] = []
-    for job_id, model in jobs:
-        try:
-            send_render(celery, str(job_id), model)
-        except Exception as e:  # kombu raises many types for "broker unreachable"
-            log.warning("broker unavailable, %d job(s) stay queued: %s", len(jobs) - len(sent), e)
-            break
-        sent.append(job_id)
-    if sent:
-        with session_factory() as session:
-            session.execute(update(Job).where(Job.id.in_(sent)).values(enqueued_at=utcnow()))
-            session.commit()
-    return len(sent)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from pathlib import Path
@@ -22,10 +21,19 @@ def _settings() -> Settings:
         raise click.ClickException(f"bad configuration: {e}") from e
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+def _logging(settings: Settings) -> None:
+    """Structured logs (IMGFARM_LOG_FORMAT, IMGFARM_LOG_LEVEL) and, when enabled, traces
+    (IMGFARM_OTEL_ENABLED) for this entry point; before it builds any app or engine."""
+    from shared.errors import ConfigError
+    from shared.logs import configure_logging
+    from shared.tracing import configure_tracing
+
+    configure_logging(settings)
+    command = click.get_current_context().info_name or "cli"
+    try:
+        configure_tracing(settings, f"imgfarm-{command}")
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from e
 
 
 @click.group()
@@ -69,8 +77,15 @@ def api(host: str, port: int) -> None:
     from api.app import create_app
 
     settings = _settings()
-    _logging(settings.log_level)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())
+    _logging(settings)
+    # log_config=None: uvicorn's loggers go through our handlers (JSON in deployments).
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        log_config=None,
+    )
 
 
 @main.command()
@@ -81,7 +96,7 @@ def worker(alias: str) -> None:
     from worker.boot import run_worker
 
     settings = _settings()
-    _logging(settings.log_level)
+    _logging(settings)
     try:
         run_worker(settings, alias, settings.log_level)
     except ImgfarmError as e:
@@ -89,9 +104,52 @@ def worker(alias: str) -> None:
 
 
 @main.command()
+def dispatcher() -> None:
+    """Hand queued jobs from the database to their model queues; take back lost ones."""
+    from worker.boot import run_dispatcher
+
+    settings = _settings()
+    _logging(settings)
+    run_dispatcher(settings)
+
+
+@main.command()
+@click.option("--port", default=5555, show_default=True, type=int)
+@click.option("--address", default=None, help="Interface to bind [default: all; 127.0.0.1 "
+              "with --local-only].")
+@click.option("--local-only", is_flag=True,
+              help="Serve on 127.0.0.1 without IMGFARM_FLOWER_BASIC_AUTH (a laptop, a tunnel).")
+@click.option("--inspect-timeout", default=1.0, show_default=True, type=float,
+              help="Seconds Flower waits for workers to answer an inspect.")
+@click.option("--allow-control", is_flag=True,
+              help="Let the UI revoke tasks and restart or stop workers (read-only otherwise).")
+def flower(
+    port: int, address: str | None, local_only: bool, inspect_timeout: float, allow_control: bool
+) -> None:
+    """Celery's Flower on the farm's broker, with basic auth (IMGFARM_FLOWER_BASIC_AUTH)."""
+    from imgfarm.flower import flower_config, run_flower
+    from shared.errors import ConfigError
+
+    settings = _settings()
+    _logging(settings)
+    try:
+        config = flower_config(
+            settings,
+            port=port,
+            address=address,
+            local_only=local_only,
+            inspect_timeout=inspect_timeout,
+            allow_control=allow_control,
+        )
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from e
+    sys.exit(run_flower(settings, config))
+
+
+@main.command()
 @click.option("--port", default=8000, show_default=True, type=int)
 def up(port: int) -> None:
-    """Run the embedded stack (api + tiny worker, no servers needed) until Ctrl-C."""
+    """Run the embedded stack (api, dispatcher, tiny worker; no servers) until Ctrl-C."""
     from imgfarm.embedded import EmbeddedStack
 
     settings = _settings()
@@ -127,3 +185,119 @@ def demo(out: Path, timeout: float) -> None:
         f"[green]{len(paths)} images written to {out}/[/] "
         "(the built-in 'tiny' model has random weights: expect noise-like images)"
     )
+
+
+@main.command()
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--prompt",
+    "prompts",
+    multiple=True,
+    help="A prompt; 'NAME=TEXT' names its folder (default: a slug of the text). Repeatable.",
+)
+@click.option(
+    "--prompts-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV with name,prompt[,negative_prompt] columns, or one prompt per line.",
+)
+@click.option("--model", default="tiny", show_default=True, help="Model alias (GET /v1/models).")
+@click.option("--variants", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--strength", type=float, help="0 < s <= 1 [default: the model's].")
+@click.option("--steps", type=int, help="Denoising steps [default: the model's].")
+@click.option("--guidance-scale", type=float, help="[default: the model's]")
+@click.option("--width", type=int, help="Output width [default: the model's].")
+@click.option("--height", type=int, help="Output height [default: the model's].")
+@click.option("--negative-prompt", help="For prompts that do not give their own.")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["png", "jpeg", "webp"]),
+    default="png",
+    show_default=True,
+)
+@click.option("--seed", type=click.IntRange(0), help="Batch seed [default: drawn by the farm].")
+@click.option("--metadata", help="JSON object stored with the batch.")
+@click.option("--wait", is_flag=True, help="Follow the batch, then download its outputs.")
+@click.option(
+    "--out",
+    default="imgfarm-out",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Downloads go to OUT/{sku}/{prompt}/; OUT also keeps the state that makes re-runs "
+    "resume instead of resubmitting.",
+)
+@click.option("--timeout", default=3600.0, show_default=True, help="Seconds --wait may wait.")
+@click.option(
+    "--api-url",
+    envvar="IMGFARM_API_URL",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    help="[env: IMGFARM_API_URL]",
+)
+@click.option("--api-key", envvar="IMGFARM_API_KEY", required=True, help="[env: IMGFARM_API_KEY]")
+def submit(
+    source: Path,
+    prompts: tuple[str, ...],
+    prompts_file: Path | None,
+    model: str,
+    variants: int,
+    strength: float | None,
+    steps: int | None,
+    guidance_scale: float | None,
+    width: int | None,
+    height: int | None,
+    negative_prompt: str | None,
+    output_format: str,
+    seed: int | None,
+    metadata: str | None,
+    wait: bool,
+    out: Path,
+    timeout: float,
+    api_url: str,
+    api_key: str,
+) -> None:
+    """Render every image in SOURCE (a folder, or a CSV 'sku,image_path') x every prompt.
+
+    Prints the batch id. Running it again with the same inputs and OUT submits nothing new
+    and downloads only what is missing.
+    """
+    import json
+
+    import httpx
+
+    from imgfarm.client import ApiError, Client
+    from imgfarm.submit import SubmitError, SubmitRequest, read_images, read_prompts, run_submit
+
+    knobs = {
+        "strength": strength,
+        "steps": steps,
+        "guidance_scale": guidance_scale,
+        "width": width,
+        "height": height,
+        "negative_prompt": negative_prompt,
+        "output_format": output_format,
+        "seed": seed,
+    }
+    try:
+        meta = json.loads(metadata) if metadata else None
+        if meta is not None and not isinstance(meta, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--metadata")
+        request = SubmitRequest(
+            images=read_images(source),
+            prompts=read_prompts(prompts, prompts_file),
+            model=model,
+            variants=variants,
+            params={k: v for k, v in knobs.items() if v is not None},
+            metadata=meta,
+        )
+        with Client(api_url, api_key) as client:
+            batch_id, result = run_submit(client, request, out, console, wait=wait, timeout=timeout)
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"not JSON: {e}", param_hint="--metadata") from e
+    except (SubmitError, ApiError, TimeoutError) as e:
+        raise click.ClickException(str(e)) from e
+    except httpx.HTTPError as e:
+        raise click.ClickException(f"cannot reach the API at {api_url}: {e}") from e
+    click.echo(batch_id)
+    if result is not None and result.not_rendered:
+        sys.exit(1)

@@ -28,12 +28,15 @@ class Client:
         self.http = httpx.Client(
             base_url=base_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout
         )
+        self._plain_http: httpx.Client | None = None
 
     def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *_: object) -> None:
         self.http.close()
+        if self._plain_http is not None:
+            self._plain_http.close()
 
     def _json(self, response: httpx.Response) -> Any:
         if response.status_code >= 400:
@@ -64,3 +67,64 @@ class Client:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(response.content)
         return path
+
+    # --- uploads and batches (``imgfarm submit``) ---------------------------------------------
+
+    def upload_files(self, files: list[tuple[str, bytes, str]]) -> list[dict[str, Any]]:
+        """Multipart ``POST /v1/uploads`` of (filename, bytes, content type) triples."""
+        parts = [("files", file) for file in files]
+        return self._json(self.http.post("/v1/uploads", files=parts))["uploads"]  # type: ignore[no-any-return]
+
+    def presign_upload(self, filename: str) -> dict[str, Any]:
+        """A presigned PUT URL for one file (S3 storage only: 400 otherwise)."""
+        response = self.http.post("/v1/uploads/presign", json={"filename": filename})
+        return self._json(response)  # type: ignore[no-any-return]
+
+    def put_presigned(self, url: str, data: bytes) -> None:
+        """PUT bytes to a presigned URL; it carries its own authorization, not our key."""
+        response = self._plain().put(url, content=data)
+        if response.status_code >= 400:
+            raise ApiError(response)
+
+    def complete_upload(self, upload_id: str) -> dict[str, Any]:
+        return self._json(self.http.post(f"/v1/uploads/{upload_id}/complete"))  # type: ignore[no-any-return]
+
+    def submit_batch(
+        self, body: dict[str, Any], idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        response = self.http.post("/v1/batches", json=body, headers=headers)
+        return self._json(response)  # type: ignore[no-any-return]
+
+    def get_batch(self, batch_id: str) -> dict[str, Any]:
+        return self._json(self.http.get(f"/v1/batches/{batch_id}"))  # type: ignore[no-any-return]
+
+    def batch_manifest(self, batch_id: str) -> dict[str, Any]:
+        return self._json(self.http.get(f"/v1/batches/{batch_id}/manifest"))  # type: ignore[no-any-return]
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        return self._json(self.http.post(f"/v1/batches/{batch_id}/cancel"))  # type: ignore[no-any-return]
+
+    def retry_batch(self, batch_id: str) -> dict[str, Any]:
+        return self._json(self.http.post(f"/v1/batches/{batch_id}/retry"))  # type: ignore[no-any-return]
+
+    def fetch_to(self, url: str, path: Path) -> Path:
+        """Stream an output URL to ``path`` atomically: a partial file never has the final
+        name, so an interrupted download is simply fetched again next time."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.part")
+        with self._plain().stream("GET", url) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise ApiError(response)
+            with open(tmp, "wb") as f:
+                for chunk in response.iter_bytes():
+                    f.write(chunk)
+        tmp.replace(path)
+        return path
+
+    def _plain(self) -> httpx.Client:
+        # Presigned and signed URLs must not receive the API key (they may be on S3).
+        if self._plain_http is None:
+            self._plain_http = httpx.Client(timeout=self.http.timeout)
+        return self._plain_http

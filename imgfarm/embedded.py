@@ -54,6 +54,8 @@ class EmbeddedStack:
         env = dict(os.environ)
         env["IMGFARM_DATA_DIR"] = str(self.data_dir)
         env["IMGFARM_PUBLIC_URL"] = self.url
+        # Off Postgres there is no NOTIFY: poll often so a demo job starts promptly.
+        env.setdefault("IMGFARM_DISPATCH_POLL_SECONDS", "0.2")
         return env
 
     def _spawn(self, name: str, *args: str) -> None:
@@ -76,6 +78,7 @@ class EmbeddedStack:
         upgrade(settings.database_url)
         self.api_key = issue_key(settings, LOCAL_TEAM)
         self._spawn("api", "api", "--host", "127.0.0.1", "--port", str(self.port))
+        self._spawn("dispatcher", "dispatcher")
         for alias in self.models:
             self._spawn(f"worker-{alias}", "worker", "--model", alias)
         self._wait_healthy(timeout)

@@ -58,11 +58,11 @@ def make_celery(settings: Settings, name: str = "imgfarm") -> Celery:
     return app
 
 
-def send_render(app: Celery, job_id: str, model: str) -> None:
-    """Hand one job to its model's queue; raises if the broker is unreachable."""
+def send_render(app: Celery, job_ids: list[str], model: str) -> None:
+    """Hand a group of compatible jobs to their model's queue; raises if the broker is down."""
     app.send_task(
         RENDER_TASK,
-        args=[job_id],
+        args=[job_ids],
         queue=render_queue(model),
         retry=True,
         retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},

@@ -120,8 +120,11 @@ def mark_failed(
     )
 
 
-def requeue(session: Session, job_id: uuid.UUID, error: str) -> bool:
-    """running → queued: hand the job back for another attempt (the error is kept for ops)."""
+def requeue(session: Session, job_id: uuid.UUID, error: str, delay_seconds: float = 0) -> bool:
+    """running → queued: hand the job back for another attempt after ``delay_seconds``.
+
+    The error is kept so ops can see why the job is on its second attempt.
+    """
     return transition(
         session,
         job_id,
@@ -131,6 +134,7 @@ def requeue(session: Session, job_id: uuid.UUID, error: str) -> bool:
         worker=None,
         enqueued_at=None,
         lease_expires_at=None,
+        not_before=utcnow() + timedelta(seconds=delay_seconds),
     )
 
 
@@ -140,3 +144,49 @@ def cancel(session: Session, job_id: uuid.UUID) -> bool:
     return transition(
         session, job_id, JobStatus.QUEUED, JobStatus.CANCELED, finished_at=now
     ) or transition(session, job_id, JobStatus.RUNNING, JobStatus.CANCELED, finished_at=now)
+
+
+def renew_leases(session: Session, worker: str, lease_seconds: int) -> int:
+    """Extend the lease of every job ``worker`` is running (its heartbeat)."""
+    result = session.execute(
+        update(Job)
+        .where(Job.worker == worker, Job.status == JobStatus.RUNNING.value)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount  # type: ignore[attr-defined, no-any-return]
+
+
+def expire_leases(session: Session, max_attempts: int) -> tuple[int, int]:
+    """Take back running jobs whose worker stopped renewing its lease (killed, OOM, gone).
+
+    Jobs with attempts left go back to ``queued`` for another worker; the others fail with a
+    reason a person can read. Returns (requeued, failed).
+    """
+    now = utcnow()
+    expired = (Job.status == JobStatus.RUNNING.value) & (Job.lease_expires_at < now)
+    failed = session.execute(
+        update(Job)
+        .where(expired, Job.attempts >= max_attempts)
+        .values(
+            status=JobStatus.FAILED.value,
+            error="worker lost: lease expired without heartbeat (killed, out of memory or "
+            f"machine gone) on each of {max_attempts} attempts",
+            finished_at=now,
+            lease_expires_at=None,
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    requeued = session.execute(
+        update(Job)
+        .where(expired, Job.attempts < max_attempts)
+        .values(
+            status=JobStatus.QUEUED.value,
+            error="worker lost: lease expired; retrying",
+            worker=None,
+            enqueued_at=None,
+            lease_expires_at=None,
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    return requeued, failed

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from shared.images import OutputFormat
 
@@ -107,3 +108,201 @@ class ModelPublic(BaseModel):
 
 class ModelsPublic(BaseModel):
     models: list[ModelPublic]
+
+
+# --- Batches -------------------------------------------------------------------------------
+
+MAX_BATCH_JOBS = 10_000
+NAME_RULE = "1-100 characters, no '/', '\\' or control characters, not '.' or '..'"
+
+
+_UNSAFE_IN_NAMES = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def _path_safe(value: str) -> str:
+    if value in (".", "..") or _UNSAFE_IN_NAMES.search(value):
+        raise ValueError(f"{value!r} cannot name a folder: use {NAME_RULE}")
+    return value
+
+
+# Image and prompt names become folders in the archive and in the CLI's download tree.
+Name = Annotated[
+    str,
+    Field(min_length=1, max_length=100, description=NAME_RULE),
+    AfterValidator(_path_safe),
+]
+
+
+class BatchImage(BaseModel):
+    """One source image of a batch; ``sku`` names its folder (default ``image-N``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(
+        min_length=1, description="A data URL, an http(s) URL, or an id from POST /v1/uploads."
+    )
+    sku: Name | None = None
+
+
+class BatchPrompt(BaseModel):
+    """One prompt of a batch; ``name`` names its folder (default: a slug of the prompt)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=2000)
+    name: Name | None = None
+    negative_prompt: str | None = Field(default=None, max_length=2000)
+
+
+class BatchCreate(BaseModel):
+    """``POST /v1/batches``: every image x every prompt x ``variants`` seeds, one job each.
+
+    Images and prompts may be plain strings or objects naming them. Shared knobs left out
+    take the model's defaults. Each job's seed is derived from ``seed`` (drawn if omitted).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=100)
+    images: list[BatchImage] = Field(min_length=1, max_length=MAX_BATCH_JOBS)
+    prompts: list[BatchPrompt] = Field(min_length=1, max_length=MAX_BATCH_JOBS)
+    variants: int = Field(default=1, ge=1, le=MAX_BATCH_JOBS)
+    negative_prompt: str | None = Field(
+        default=None, max_length=2000, description="For prompts that do not give their own."
+    )
+    strength: float | None = Field(default=None, gt=0, le=1)
+    steps: int | None = Field(default=None, ge=1)
+    guidance_scale: float | None = Field(default=None, ge=0, le=50)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    width: int | None = Field(default=None, gt=0)
+    height: int | None = Field(default=None, gt=0)
+    output_format: OutputFormat = "png"
+    metadata: dict[str, Any] | None = None
+
+    @field_validator("images", mode="before")
+    @classmethod
+    def _image_strings(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"image": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("prompts", mode="before")
+    @classmethod
+    def _prompt_strings(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"prompt": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and len(json.dumps(value)) > MAX_METADATA_BYTES:
+            raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes of JSON")
+        return value
+
+    @property
+    def job_count(self) -> int:
+        return len(self.images) * len(self.prompts) * self.variants
+
+
+class BatchAccepted(BaseModel):
+    id: uuid.UUID
+    job_count: int
+    seed: int
+
+
+class BatchCounts(BaseModel):
+    """Jobs of a batch by status; they add up to ``job_count``."""
+
+    queued: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    canceled: int = 0
+
+
+class BatchPublic(BaseModel):
+    id: uuid.UUID
+    status: str = Field(
+        description="queued (nothing started), running, then succeeded (all jobs did), "
+        "failed (some failed) or canceled (some canceled, none failed)."
+    )
+    model: str
+    job_count: int
+    counts: BatchCounts
+    progress: float = Field(description="Finished jobs (any final state) / job_count.")
+    seed: int
+    params: dict[str, Any]
+    image_count: int
+    prompt_count: int
+    variants: int
+    metadata: dict[str, Any] | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    canceled_at: datetime | None
+    jobs_per_second: float | None = Field(
+        description="Observed throughput: finished renders per second since the first started."
+    )
+    eta_seconds: float | None = Field(description="Queued and running jobs / jobs_per_second.")
+
+
+class BatchesPublic(BaseModel):
+    batches: list[BatchPublic]
+    next_cursor: str | None
+
+
+class BatchJobPublic(JobPublic):
+    batch_id: uuid.UUID
+    sku: str
+    prompt_name: str
+    variant: int
+
+
+class BatchJobsPublic(BaseModel):
+    jobs: list[BatchJobPublic]
+    next_cursor: str | None
+
+
+class ManifestItem(BaseModel):
+    """One row of ``GET /v1/batches/{id}/manifest`` (JSON items or CSV rows)."""
+
+    job_id: uuid.UUID
+    sku: str
+    prompt_name: str
+    variant: int
+    seed: int
+    status: str
+    error: str | None
+    path: str | None = Field(description="Where the output sits in the archive (if succeeded).")
+    output_url: str | None
+
+
+class BatchCanceled(BaseModel):
+    id: uuid.UUID
+    canceled: int = Field(description="Queued jobs canceled now; running ones may finish.")
+
+
+class BatchRetried(BaseModel):
+    id: uuid.UUID
+    retried: int = Field(description="Failed jobs queued again.")
+
+
+# --- Presigned uploads ---------------------------------------------------------------------
+
+
+class UploadPresignCreate(BaseModel):
+    """``POST /v1/uploads/presign``: ask for a URL to PUT one image straight to storage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    filename: str | None = Field(default=None, max_length=255)
+
+
+class UploadPresigned(BaseModel):
+    """PUT the file's bytes to ``url`` (no API key, no extra headers), then complete it."""
+
+    id: uuid.UUID
+    url: str
+    method: str = "PUT"
+    expires_at: datetime

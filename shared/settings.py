@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRET = "dev-only-secret-change-me"
@@ -34,7 +34,27 @@ class Settings(BaseSettings):
     allow_private_networks: str = ""
     max_attempts: int = 3
     lease_seconds: int = 300
+    # Batches each online worker may have waiting in Redis: enough to never starve a GPU,
+    # few enough that priorities and cancels still act on the backlog in Postgres.
+    dispatch_depth_per_worker: int = 2
+    dispatch_poll_seconds: float = 1.0
+    # A handed-over job still queued after this long was lost with a Redis restart: resend.
+    redispatch_seconds: int = 600
     log_level: str = "INFO"
+    # json in deployments (one object per line, with job/batch/team/worker context),
+    # text for a person reading a terminal.
+    log_format: Literal["json", "text"] = "text"
+    # Prometheus /metrics of this process on its own port (every process: api, workers,
+    # dispatcher). Unset: workers and the dispatcher serve none, the api serves /metrics on
+    # its own port. A separate port keeps metrics (which name teams) off the public listener.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_address: str = "0.0.0.0"
+    # Flower's basic auth, "user:password" (several: "u1:p1,u2:p2"). `imgfarm flower` refuses
+    # to start without it unless told --local-only.
+    flower_basic_auth: SecretStr | None = None
+    # OpenTelemetry traces (FastAPI, Celery, SQLAlchemy, botocore). Needs the `otel` extra;
+    # the exporter is configured by the standard OTEL_* variables.
+    otel_enabled: bool = False
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:

@@ -85,6 +85,9 @@ def settings_env(
         "IMGFARM_STORAGE_URL": "s3://imgfarm-test/objects",
         "IMGFARM_S3_ENDPOINT_URL": s3_endpoint,
         "IMGFARM_LOG_LEVEL": "INFO",
+        # Short leases so the fault tests see a killed worker's job come back in seconds.
+        "IMGFARM_LEASE_SECONDS": "3",
+        "IMGFARM_DISPATCH_POLL_SECONDS": "0.5",
         **AWS_ENV,
     }
 
@@ -165,6 +168,18 @@ def start_worker(spawn):
     def start(alias: str = "tiny", env: dict[str, str] | None = None) -> ImgfarmProcess:
         proc = spawn("worker", "--model", alias, env=env)
         proc.wait_log(" ready.", timeout=120)
+        return proc
+
+    return start
+
+
+@pytest.fixture
+def start_dispatcher(spawn):
+    """Start ``imgfarm dispatcher`` and wait until it is looping."""
+
+    def start(env: dict[str, str] | None = None) -> ImgfarmProcess:
+        proc = spawn("dispatcher", env=env)
+        proc.wait_log("dispatcher started", timeout=60)
         return proc
 
     return start

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+import uuid
+from datetime import timedelta
+from typing import Any
 
 from PIL import Image, ImageDraw
 
@@ -39,3 +42,60 @@ def bomb_png(width: int = 20000, height: int = 20000) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
+
+
+def batch_body(**overrides: object) -> dict[str, object]:
+    """Two products x three seasons x two variants = 12 jobs on the tiny model."""
+    body: dict[str, object] = {
+        "model": "tiny",
+        "images": [
+            {"image": data_url(png_bytes(color=(200, 40, 40))), "sku": "SKU-RED"},
+            {"image": data_url(png_bytes(color=(40, 40, 200))), "sku": "SKU-BLUE"},
+        ],
+        "prompts": [
+            {"name": "winter", "prompt": "the product on a snowy porch"},
+            {"name": "summer", "prompt": "the product on a sunny beach"},
+            "the product among autumn leaves",
+        ],
+        "variants": 2,
+        "seed": 1234,
+    }
+    body.update(overrides)
+    return body
+
+
+def finish_jobs(
+    session_factory: Any,
+    storage: Any,
+    job_ids: list[uuid.UUID],
+    status: str = "succeeded",
+    *,
+    seconds: float = 1.0,
+) -> None:
+    """Play the worker for ``job_ids``: queued → running → ``status`` with real timestamps,
+    and for succeeded jobs a real PNG stored under the job's output key.
+
+    API-level tests use this to have outcomes without rendering; the integration tests
+    render for real with the dispatcher and a worker.
+    """
+    from shared.jobs import JobStatus, claim_job, mark_failed, mark_succeeded
+    from shared.models import Job
+    from shared.storage import output_key
+
+    with session_factory() as session:
+        for job_id in job_ids:
+            assert claim_job(session, job_id, "fake-worker", 300)
+            job = session.get(Job, job_id)
+            # Back-date the start so throughput and ETA have a measurable window.
+            job.started_at = job.started_at - timedelta(seconds=seconds)
+            if status == JobStatus.SUCCEEDED:
+                key = output_key(job.team_id, job.id, 0, "png")
+                data = png_bytes(64, 64, color=(job.variant or 0, 100, 100))
+                storage.put(key, data, "image/png")
+                output = {"key": key, "width": 64, "height": 64, "content_type": "image/png"}
+                assert mark_succeeded(session, job_id, [output], {"fake": True})
+            elif status == JobStatus.FAILED:
+                assert mark_failed(session, job_id, "PermanentRenderError: simulated")
+            elif status != JobStatus.RUNNING:
+                raise ValueError(f"cannot fake status {status!r}")
+        session.commit()

@@ -1,10 +1,12 @@
-"""Start a GPU worker: load the pinned model once, then consume only its queue."""
+"""Start processes of the worker side: a render worker pinned to one model, the dispatcher."""
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 
 from celery import Celery
 
@@ -15,10 +17,18 @@ from shared.registry import load_registry
 from shared.settings import Settings
 from shared.storage import storage_from_settings
 from worker.context import WorkerContext
+from worker.dispatcher import Dispatcher
+from worker.heartbeat import Heartbeat
+from worker.metrics import install_worker_metrics
 from worker.pipelines import load_model
 from worker.tasks import register_tasks
 
 log = logging.getLogger(__name__)
+
+
+def worker_name(alias: str) -> str:
+    # The pid keeps names unique when several workers share a host (one per GPU).
+    return f"{alias}-{os.getpid()}@{socket.gethostname()}"
 
 
 def build_worker(settings: Settings, alias: str) -> tuple[Celery, WorkerContext]:
@@ -32,29 +42,53 @@ def build_worker(settings: Settings, alias: str) -> tuple[Celery, WorkerContext]
         model=model,
         storage=storage_from_settings(settings),
         session_factory=make_session_factory(make_engine(settings.database_url)),
+        name=worker_name(alias),
     )
     app = make_celery(settings, "imgfarm-worker")
     register_tasks(app, ctx)
+    install_worker_metrics(app, settings, alias, load_seconds=model.load_seconds)
     return app, ctx
 
 
 def run_worker(settings: Settings, alias: str, loglevel: str = "INFO") -> None:
     """Block serving ``alias``'s queue. One process, one model, one GPU."""
-    app, _ = build_worker(settings, alias)
-    # The pid keeps names unique when several workers share a host (one per GPU).
-    name = f"{alias}-{os.getpid()}@{socket.gethostname()}"
-    # solo pool: the model lives in this very process (no fork after CUDA init), and
-    # SIGTERM lets the running task finish before exit (Celery's warm shutdown).
-    app.worker_main(
-        [
-            "worker",
-            "--pool=solo",
-            "--concurrency=1",
-            f"--queues={render_queue(alias)}",
-            f"--hostname={name}",
-            "--task-events",
-            "--without-gossip",
-            "--without-mingle",
-            f"--loglevel={loglevel}",
-        ]
+    app, ctx = build_worker(settings, alias)
+    heartbeat = Heartbeat(ctx)
+    heartbeat.register()
+    heartbeat.start()
+    try:
+        # solo pool: the model lives in this very process (no fork after CUDA init), and
+        # SIGTERM is Celery's warm shutdown: the running batch finishes, no new one starts.
+        app.worker_main(
+            [
+                "worker",
+                "--pool=solo",
+                "--concurrency=1",
+                f"--queues={render_queue(alias)}",
+                f"--hostname={ctx.name}",
+                "--task-events",
+                "--without-gossip",
+                "--without-mingle",
+                f"--loglevel={loglevel}",
+            ]
+        )
+    finally:
+        heartbeat.stop()
+
+
+def run_dispatcher(settings: Settings) -> None:
+    """Block handing queued jobs to Redis until SIGTERM or SIGINT."""
+    engine = make_engine(settings.database_url)
+    dispatcher = Dispatcher(
+        settings,
+        make_session_factory(engine),
+        make_celery(settings, "imgfarm-dispatcher"),
+        load_registry(settings.models),
     )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("dispatcher started (poll every %.2fs)", settings.dispatch_poll_seconds)
+    dispatcher.run(stop)
+    engine.dispose()
+    log.info("dispatcher stopped")

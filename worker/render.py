@@ -1,10 +1,15 @@
-"""Render one job: the steps read like a diffusers pipeline's ``__call__``."""
+"""Render a batch of compatible jobs: the steps read like a diffusers pipeline's ``__call__``.
+
+1. check inputs   2. fetch sources   3. run pipeline (one call, one generator per item)
+4. encode         5. store (deterministic keys, provenance as object metadata)
+"""
 
 from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,93 +24,148 @@ from worker.pipelines import LoadedModel
 
 
 @dataclass(frozen=True)
+class RenderItem:
+    """A claimed job with its decoded, resized source: ready for the pipeline."""
+
+    job: Job
+    params: RenderParams
+    source: Image.Image
+
+
+@dataclass(frozen=True)
 class RenderResult:
     """What a render produced and how, ready for ``mark_succeeded``."""
 
+    job_id: uuid.UUID
     outputs: list[dict[str, Any]]
     provenance: dict[str, Any]
-    seconds: float = field(default=0.0)
 
 
 def check_inputs(model: LoadedModel, params: RenderParams) -> None:
+    """Re-check what the api checked: the registry may have changed since submission."""
     spec = model.spec
     for name in ("width", "height"):
         value = getattr(params, name)
         if value % 8 or not spec.min_size <= value <= spec.max_size:
-            raise PermanentRenderError(f"{name}={value} is outside {spec.alias}'s limits")
+            raise PermanentRenderError(
+                f"{name}={value} is outside {spec.alias}'s limits "
+                f"({spec.min_size}..{spec.max_size}, multiple of 8)"
+            )
     if int(params.steps * params.strength) < 1:
         raise PermanentRenderError("strength x steps leaves no denoising step")
 
 
+def prepare(model: LoadedModel, storage: Storage, job: Job) -> RenderItem:
+    """Steps 1 and 2 for one job: its params checked, its source fetched and resized."""
+    params = RenderParams(**job.params)
+    check_inputs(model, params)
+    data = storage.get(job.source_key)  # StorageError (missing) or TransientError (S3 down)
+    try:
+        source = fit_crop(open_rgb(data), params.width, params.height)
+    except OSError as e:
+        raise PermanentRenderError(f"source image cannot be decoded: {e}") from e
+    return RenderItem(job=job, params=params, source=source)
+
+
 def run_pipeline(
-    model: LoadedModel,
-    prompts: list[str],
-    negative_prompts: list[str | None],
-    sources: list[Image.Image],
-    seeds: list[int],
-    params: RenderParams,
+    model: LoadedModel, items: list[RenderItem], should_stop: Callable[[], bool] = lambda: False
 ) -> list[Image.Image]:
-    """One pipeline call for compatible items; one generator per item keeps each reproducible."""
-    generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
-    negatives = (
-        None if all(n is None for n in negative_prompts) else [n or "" for n in negative_prompts]
-    )
+    """Step 3: one pipeline call for compatible items.
+
+    Each item has its own generator, so its pixels depend on its seed and the batch size,
+    never on its neighbours' prompts. ``should_stop`` is polled after every denoising step.
+    """
+    params = items[0].params
+    generators = [torch.Generator(device="cpu").manual_seed(i.params.seed) for i in items]
+    negatives = [i.job.negative_prompt for i in items]
+
+    def on_step_end(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if should_stop():
+            pipe._interrupt = True  # diffusers' own flag: leave the denoising loop now
+        return kwargs
+
     with torch.inference_mode():
         result = model.pipe(
-            prompt=prompts,
-            negative_prompt=negatives,
-            image=sources,
+            prompt=[i.job.prompt for i in items],
+            negative_prompt=None
+            if all(n is None for n in negatives)
+            else [n or "" for n in negatives],
+            image=[i.source for i in items],
             strength=params.strength,
             num_inference_steps=params.steps,
             guidance_scale=params.guidance_scale,
             generator=generators,
             output_type="pil",
+            callback_on_step_end=on_step_end,
         )
     return list(result.images)
 
 
-def render_job(model: LoadedModel, storage: Storage, job: Job, worker: str) -> RenderResult:
-    """Render ``job`` and store its output under its deterministic key."""
-    started = time.perf_counter()
-    # 1. check inputs
-    params = RenderParams(**job.params)
-    check_inputs(model, params)
-    # 2. fetch sources
-    try:
-        source = fit_crop(open_rgb(storage.get(job.source_key)), params.width, params.height)
-    except OSError as e:
-        raise PermanentRenderError(f"source image cannot be decoded: {e}") from e
-    # 3. run pipeline
-    (image,) = run_pipeline(
-        model, [job.prompt], [job.negative_prompt], [source], [params.seed], params
-    )
-    render_seconds = time.perf_counter() - started
-    # 4. encode
+def store_output(
+    model: LoadedModel,
+    storage: Storage,
+    item: RenderItem,
+    image: Image.Image,
+    *,
+    worker: str,
+    batch_size: int,
+    render_seconds: float,
+) -> RenderResult:
+    """Steps 4 and 5 for one item."""
+    job, params = item.job, item.params
     data = encode_image(image, params.output_format)
     provenance = {
         "model": model.spec.alias,
         "source": model.spec.source,
         "revision": model.revision,
         "params": params.model_dump(),
-        "batch_size": 1,
+        "batch_size": batch_size,
         "worker": worker,
         "device": model.device,
         "render_seconds": round(render_seconds, 4),
     }
-    # 5. store
     key = output_key(job.team_id, job.id, 0, EXTENSIONS[params.output_format])
     content_type = CONTENT_TYPES[params.output_format]
-    storage.put(key, data, content_type, metadata=_object_metadata(job.id, provenance))
-    outputs = [
-        {"key": key, "width": image.width, "height": image.height, "content_type": content_type}
+    storage.put(key, data, content_type, metadata=object_metadata(job.id, provenance))
+    output = {
+        "key": key,
+        "width": image.width,
+        "height": image.height,
+        "content_type": content_type,
+    }
+    return RenderResult(job_id=job.id, outputs=[output], provenance=provenance)
+
+
+def render_batch(
+    model: LoadedModel,
+    storage: Storage,
+    items: list[RenderItem],
+    *,
+    worker: str,
+    should_stop: Callable[[], bool] = lambda: False,
+    skip: Callable[[uuid.UUID], bool] = lambda _: False,
+) -> list[RenderResult]:
+    """Render ``items`` in one pipeline call and store each output not ``skip``-ped."""
+    started = time.perf_counter()
+    images = run_pipeline(model, items, should_stop)
+    seconds = time.perf_counter() - started
+    return [
+        store_output(
+            model,
+            storage,
+            item,
+            image,
+            worker=worker,
+            batch_size=len(items),
+            render_seconds=seconds,
+        )
+        for item, image in zip(items, images, strict=True)
+        if not skip(item.job.id)
     ]
-    return RenderResult(
-        outputs=outputs, provenance=provenance, seconds=time.perf_counter() - started
-    )
 
 
-def _object_metadata(job_id: uuid.UUID, provenance: dict[str, Any]) -> dict[str, str]:
-    # S3 user metadata is flat ASCII strings; keep the provenance findable from the object.
+def object_metadata(job_id: uuid.UUID, provenance: dict[str, Any]) -> dict[str, str]:
+    """S3 user metadata is flat ASCII strings; keep the provenance findable from the object."""
     params = provenance["params"]
     return {
         "job-id": str(job_id),

@@ -1,70 +1,191 @@
-"""Thin Celery tasks: claim the job, call render, record the outcome."""
+"""Thin Celery tasks: claim the jobs, call render, record each job's outcome."""
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
 
 from celery import Celery, Task
+from sqlalchemy.exc import OperationalError
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
 from shared.broker import RENDER_TASK
 from shared.db import session_scope
+from shared.dispatch import nudge
+from shared.errors import ImgfarmError
 from shared.jobs import claim_job, mark_failed, mark_succeeded, requeue
-from shared.models import Job
+from shared.models import Job, utcnow
 from worker.context import WorkerContext
-from worker.render import render_job
+from worker.dispatcher import compatibility_key
+from worker.render import RenderItem, RenderResult, prepare, render_batch
 from worker.retry import PERMANENT, backoff_seconds, is_transient
 
 log = logging.getLogger(__name__)
 
+# Recording an outcome must survive a database restart: the render is already paid for.
+db_retry = retry(
+    retry=retry_if_exception(is_transient),
+    wait=wait_exponential(multiplier=0.2, max=5),
+    stop=stop_after_delay(60),
+    reraise=True,
+)
 
-def run_render(ctx: WorkerContext, job_id: uuid.UUID, worker: str) -> str:
-    """Render one job if we can claim it. Returns its final or handed-back status.
 
-    Idempotent: a job already claimed, finished or canceled is left alone, so a message
-    delivered twice renders once.
-    """
-    factory = ctx.session_factory
-    with session_scope(factory) as session:
-        if not claim_job(session, job_id, worker, ctx.settings.lease_seconds):
-            log.info("job %s not claimable (taken, finished or canceled); skipping", job_id)
-            return "skipped"
-        job = session.get(Job, job_id)
-        assert job is not None
+class RenderFailed(ImgfarmError):
+    """Some jobs of the batch failed for an unexpected reason (their rows say why)."""
+
+
+@dataclass
+class BatchSummary:
+    """What the render task returns: read by metrics and Flower, never by job state."""
+
+    model: str
+    batch_size: int = 0
+    render_seconds: float = 0.0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    queue_wait_seconds: list[float] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "batch_size": self.batch_size,
+            "render_seconds": round(self.render_seconds, 4),
+            "outcomes": dict(self.outcomes),
+            "queue_wait_seconds": [round(s, 3) for s in self.queue_wait_seconds],
+        }
+
+
+@db_retry
+def claim_jobs(ctx: WorkerContext, job_ids: list[uuid.UUID]) -> list[Job]:
+    """Claim what is still claimable, in one transaction; the rest is someone else's."""
+    with session_scope(ctx.session_factory) as session:
+        claimed = [
+            j for j in job_ids if claim_job(session, j, ctx.name, ctx.settings.lease_seconds)
+        ]
+        jobs = [session.get(Job, j) for j in claimed]
+        # Room just opened in this model's queue: let the dispatcher refill it while we render.
+        nudge(session)
+    return [j for j in jobs if j is not None]
+
+
+@db_retry
+def record_success(ctx: WorkerContext, result: RenderResult) -> bool:
+    with session_scope(ctx.session_factory) as session:
+        return mark_succeeded(session, result.job_id, result.outputs, result.provenance)
+
+
+@db_retry
+def record_failure(ctx: WorkerContext, job: Job, exc: BaseException, summary: BatchSummary) -> None:
+    """Fail at once if permanent; hand back with backoff if transient and attempts remain."""
+    error = f"{type(exc).__name__}: {exc}"
+    with session_scope(ctx.session_factory) as session:
+        if not isinstance(exc, PERMANENT) and is_transient(exc):
+            if job.attempts < ctx.settings.max_attempts:
+                delay = backoff_seconds(job.attempts)
+                requeue(session, job.id, f"attempt {job.attempts}: {error}", delay)
+                summary.outcomes["retried"] += 1
+                log.warning("job %s: transient error, retry in %.0fs: %s", job.id, delay, exc)
+                return
+            error = f"{error} (gave up after {job.attempts} attempts)"
+        elif not isinstance(exc, PERMANENT):
+            summary.unexpected.append(f"{job.id}: {error}")
+            log.error("job %s: unexpected error", job.id, exc_info=exc)
+        mark_failed(session, job.id, error)
+        summary.outcomes["failed"] += 1
+
+
+def render_group(ctx: WorkerContext, items: list[RenderItem], summary: BatchSummary) -> None:
+    """Render compatible items together; on failure split in halves so one bad job (or an
+    out-of-memory at this batch size) cannot fail the others."""
+    in_flight = ctx.in_flight
+    ids = [i.job.id for i in items]
     try:
-        result = render_job(ctx.model, ctx.storage, job, worker)
-    except PERMANENT as e:
-        with session_scope(factory) as session:
-            mark_failed(session, job_id, f"{type(e).__name__}: {e}")
-        log.warning("job %s failed permanently: %s", job_id, e)
-        return "failed"
+        results = render_batch(
+            ctx.model,
+            ctx.storage,
+            items,
+            worker=ctx.name,
+            should_stop=lambda: in_flight.all_canceled(ids),
+            skip=lambda job_id: job_id in in_flight.canceled,
+        )
     except Exception as e:
-        if is_transient(e) and job.attempts < ctx.settings.max_attempts:
-            with session_scope(factory) as session:
-                requeue(session, job_id, f"attempt {job.attempts}: {type(e).__name__}: {e}")
-            log.warning("job %s hit a transient error, will retry: %s", job_id, e)
-            return "retry"
-        with session_scope(factory) as session:
-            mark_failed(session, job_id, f"{type(e).__name__}: {e} (after {job.attempts} attempts)")
+        if len(items) > 1:
+            log.warning("batch of %d failed (%s); splitting", len(items), e)
+            _free_accelerator_memory()
+            mid = len(items) // 2
+            render_group(ctx, items[:mid], summary)
+            render_group(ctx, items[mid:], summary)
+        else:
+            record_failure(ctx, items[0].job, e, summary)
+        return
+    summary.batch_size = max(summary.batch_size, len(items))
+    for result in results:
+        summary.render_seconds = max(summary.render_seconds, result.provenance["render_seconds"])
+        summary.outcomes["succeeded" if record_success(ctx, result) else "superseded"] += 1
+    summary.outcomes["canceled"] += len(items) - len(results)
+
+
+def run_render(ctx: WorkerContext, job_ids: list[uuid.UUID]) -> BatchSummary:
+    """Claim, prepare, render and record a batch. Idempotent: jobs already claimed,
+    finished or canceled are skipped, so a message delivered twice renders once."""
+    summary = BatchSummary(model=ctx.model.spec.alias)
+    jobs = claim_jobs(ctx, job_ids)
+    summary.outcomes["skipped"] = len(job_ids) - len(jobs)
+    if not jobs:
+        return summary
+    now = utcnow()
+    summary.queue_wait_seconds = [(now - j.created_at).total_seconds() for j in jobs]
+    ctx.in_flight.start([j.id for j in jobs])
+    try:
+        _render_claimed(ctx, jobs, summary)
+    except Exception as e:
+        # A bug here must not strand claimed jobs until their lease runs out: fail what is
+        # still ours (the conditional UPDATE leaves finished or handed-back jobs alone).
+        for job in jobs:
+            record_failure(ctx, job, e, summary)
         raise
-    with session_scope(factory) as session:
-        if not mark_succeeded(session, job_id, result.outputs, result.provenance):
-            # Canceled or taken back while we rendered; the outputs are harmless
-            # (deterministic keys) but the job's state is not ours to change.
-            log.info("job %s changed state while rendering; result not recorded", job_id)
-            return "superseded"
-    log.info("job %s succeeded in %.2fs", job_id, result.seconds)
-    return "succeeded"
+    finally:
+        ctx.in_flight.finish()
+    return summary
+
+
+def _render_claimed(ctx: WorkerContext, jobs: list[Job], summary: BatchSummary) -> None:
+    """Prepare each job on its own, then render compatible ones together."""
+    ready: dict[tuple[Any, ...], list[RenderItem]] = {}
+    for job in jobs:
+        try:
+            item = prepare(ctx.model, ctx.storage, job)
+        except Exception as e:  # one unreadable source must not sink the batch
+            record_failure(ctx, job, e, summary)
+            continue
+        ready.setdefault(compatibility_key(job.params), []).append(item)
+    max_batch = ctx.model.spec.max_batch
+    for items in ready.values():
+        for start in range(0, len(items), max_batch):
+            render_group(ctx, items[start : start + max_batch], summary)
+
+
+def _free_accelerator_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def register_tasks(app: Celery, ctx: WorkerContext) -> None:
     """Bind the render task to this process's warm model (no module-level globals)."""
 
     @app.task(name=RENDER_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
-    def render(self: Task, job_id: str) -> str:
-        worker = self.request.hostname or "worker"
-        outcome = run_render(ctx, uuid.UUID(job_id), worker)
-        if outcome == "retry":
-            attempt = self.request.retries + 1
-            raise self.retry(countdown=backoff_seconds(attempt), max_retries=None)
-        return outcome
+    def render(self: Task, job_ids: list[str]) -> dict[str, Any]:
+        try:
+            summary = run_render(ctx, [uuid.UUID(j) for j in job_ids])
+        except OperationalError as e:
+            # The database is away (restart, failover): put the message back for later.
+            raise self.retry(exc=e, countdown=2, max_retries=30) from e
+        if summary.unexpected:
+            raise RenderFailed("; ".join(summary.unexpected))
+        return summary.as_dict()

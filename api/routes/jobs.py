@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Response, status
 from sqlalchemy import select
 
-from api.deps import CeleryDep, RegistryDep, SessionDep, SettingsDep, StorageDep, TeamDep
-from api.submit import create_job, enqueue_jobs
+from api import idempotency
+from api.deps import RegistryDep, SessionDep, SettingsDep, StorageDep, TeamDep
+from api.idempotency import IdempotencyKeyHeader
+from api.submit import create_job
 from shared.errors import NotFound
 from shared.models import Job
 from shared.schemas import JobAccepted, JobCreate, JobPublic, OutputPublic, RenderParams
@@ -48,18 +50,21 @@ def job_public(job: Job, storage: Storage, expires_in: int) -> JobPublic:
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted)
 def submit_job(
     body: JobCreate,
-    request: Request,
     team: TeamDep,
     session: SessionDep,
     settings: SettingsDep,
     storage: StorageDep,
     registry: RegistryDep,
-    celery: CeleryDep,
-) -> JobAccepted:
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> JobAccepted | Response:
+    claim = idempotency.begin(session, team.id, idempotency_key, "POST /v1/jobs", body)
+    if isinstance(claim, idempotency.Replay):
+        return claim.response()
     job = create_job(session, team, body, registry=registry, storage=storage, settings=settings)
+    accepted = JobAccepted(id=job.id, status=job.status)
+    idempotency.remember(claim, status.HTTP_202_ACCEPTED, accepted)
     session.commit()
-    enqueue_jobs(celery, request.app.state.session_factory, [(job.id, job.model)])
-    return JobAccepted(id=job.id, status=job.status)
+    return accepted
 
 
 @router.get("/{job_id}", response_model=JobPublic)

@@ -1,15 +1,27 @@
-"""``/v1/uploads``: send source images once, reference them by id from many jobs."""
+"""``/v1/uploads``: send source images once, reference them by id from many jobs.
+
+Two ways in: multipart ``POST /v1/uploads`` through the api (any storage), or, for big sets
+on S3, ``POST /v1/uploads/presign`` → PUT straight to the bucket → ``POST
+/v1/uploads/{id}/complete``, which checks the image before anything can use it.
+"""
 
 from __future__ import annotations
 
+import uuid
+from datetime import timedelta
+from urllib.parse import quote, unquote
+
 from fastapi import APIRouter, UploadFile, status
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from api.deps import SessionDep, SettingsDep, StorageDep, TeamDep
 from api.sources import store_source
-from shared.errors import InvalidRequest
+from shared.errors import InvalidRequest, NotFound
 from shared.images import check_image
-from shared.models import Upload
-from shared.schemas import UploadPublic, UploadsPublic
+from shared.models import Team, Upload, utcnow
+from shared.schemas import UploadPresignCreate, UploadPresigned, UploadPublic, UploadsPublic
+from shared.storage import LocalStorage, S3Storage
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
 MAX_FILES = 100
@@ -49,16 +61,119 @@ async def create_uploads(
         session.add(upload)
         uploads.append(upload)
     session.commit()
-    return UploadsPublic(
-        uploads=[
-            UploadPublic(
-                id=u.id,
-                filename=u.filename,
-                content_type=u.content_type,
-                width=u.width,
-                height=u.height,
-                size_bytes=u.size_bytes,
-            )
-            for u in uploads
-        ]
+    return UploadsPublic(uploads=[upload_public(u) for u in uploads])
+
+
+def upload_public(upload: Upload) -> UploadPublic:
+    return UploadPublic(
+        id=upload.id,
+        filename=upload.filename,
+        content_type=upload.content_type,
+        width=upload.width,
+        height=upload.height,
+        size_bytes=upload.size_bytes,
     )
+
+
+# --- presigned PUT ---------------------------------------------------------------------------
+
+
+def _s3_only(storage: LocalStorage | S3Storage) -> S3Storage:
+    if not isinstance(storage, S3Storage):
+        raise InvalidRequest(
+            "presign",
+            "presigned uploads go straight to S3, and this farm stores objects in a local "
+            "folder: send the files to POST /v1/uploads (multipart) instead",
+            status_code=400,
+        )
+    return storage
+
+
+def _staging_prefix(team: Team, upload_id: uuid.UUID) -> str:
+    # The team is in the key, so one team can never complete another team's upload; the
+    # filename rides in the key too, so no table is needed for pending uploads.
+    return f"uploads/{team.id}/{upload_id}/"
+
+
+def _bucket_key(storage: S3Storage, key: str) -> str:
+    return f"{storage.prefix}/{key}" if storage.prefix else key
+
+
+@router.post("/presign", status_code=status.HTTP_201_CREATED, response_model=UploadPresigned)
+def presign_upload(
+    body: UploadPresignCreate, team: TeamDep, settings: SettingsDep, storage: StorageDep
+) -> UploadPresigned:
+    """A URL to PUT one image straight to the bucket; then call ``/complete`` with the id."""
+    s3 = _s3_only(storage)
+    upload_id = uuid.uuid4()
+    name = quote(body.filename or "upload", safe="")
+    key = _staging_prefix(team, upload_id) + name
+    url = s3.client.generate_presigned_url(
+        "put_object",
+        Params={"Bucket": s3.bucket, "Key": _bucket_key(s3, key)},
+        ExpiresIn=settings.url_expiry_seconds,
+    )
+    expires_at = utcnow() + timedelta(seconds=settings.url_expiry_seconds)
+    return UploadPresigned(id=upload_id, url=url, expires_at=expires_at)
+
+
+@router.post(
+    "/{upload_id}/complete", status_code=status.HTTP_201_CREATED, response_model=UploadPublic
+)
+def complete_upload(
+    upload_id: uuid.UUID,
+    team: TeamDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+) -> UploadPublic:
+    """Check the PUT image (size, format, pixel limit) and make it usable; idempotent."""
+    existing = session.scalar(
+        select(Upload).where(Upload.id == upload_id, Upload.team_id == team.id)
+    )
+    if existing is not None:
+        return upload_public(existing)
+    s3 = _s3_only(storage)
+    # 1. what was PUT (listing gives key and size without reading the object)
+    prefix = _bucket_key(s3, _staging_prefix(team, upload_id))
+    listing = s3._call("list_objects_v2", Prefix=prefix, MaxKeys=1)
+    objects = listing.get("Contents") or []
+    if not objects:
+        raise NotFound(f"nothing was uploaded for {upload_id}: PUT the file to its URL first")
+    staged = objects[0]  # type: ignore[index]
+    bucket_key, size = str(staged["Key"]), int(staged["Size"])
+    try:
+        # 2. size before reading, then the image checks, as for a multipart upload
+        if size > settings.max_upload_bytes:
+            raise InvalidRequest(
+                "file", f"is larger than {settings.max_upload_bytes} bytes", status_code=413
+            )
+        data = s3._call("get_object", Key=bucket_key)["Body"].read()  # type: ignore[attr-defined]
+        image = check_image(data, "file", settings.max_image_pixels)
+    except InvalidRequest:
+        # A refused object is removed: it must not linger where a job could point.
+        s3._call("delete_object", Key=bucket_key)
+        raise
+    # 3. keep it content-addressed (a key the client cannot write), like multipart uploads
+    upload = Upload(
+        id=upload_id,
+        team_id=team.id,
+        object_key=store_source(s3, team, image),
+        filename=unquote(bucket_key.rsplit("/", 1)[-1]),
+        content_type=image.content_type,
+        width=image.width,
+        height=image.height,
+        size_bytes=len(image.data),
+    )
+    session.add(upload)
+    try:
+        session.commit()
+    except IntegrityError:
+        # A concurrent /complete for the same id won: answer with its row.
+        session.rollback()
+        existing = session.get(Upload, upload_id)
+        if existing is None or existing.team_id != team.id:
+            raise
+        return upload_public(existing)
+    s3._call("delete_object", Key=bucket_key)
+    return upload_public(upload)

@@ -22,7 +22,8 @@ def pixels(data: bytes) -> np.ndarray:
 
 
 @pytest.fixture
-def farm(api_server, start_worker, new_key):
+def farm(api_server, start_dispatcher, start_worker, new_key):
+    start_dispatcher()
     worker = start_worker("tiny")
     with Client(api_server, new_key()) as client:
         yield client, worker
@@ -55,15 +56,19 @@ def test_job_renders_into_the_bucket_at_requested_size(farm, s3_client):
 
 
 def test_same_seed_same_pixels_other_seed_other_pixels(farm):
+    """The determinism contract: same params + seed + batch size give identical pixels.
+    Jobs are submitted one at a time so each renders alone (batch size 1)."""
     client, _ = farm
     image = data_url(png_bytes(128, 128, (30, 120, 200)))
-    ids = [
-        client.submit_job(**job_body(image=image, seed=seed, prompt="a blue mug on a beach"))["id"]
-        for seed in (1234, 1234, 99)
-    ]
-    jobs = [client.wait(i, timeout=120) for i in ids]
-    assert [j["status"] for j in jobs] == ["succeeded"] * 3
-    a, b, c = (pixels(httpx.get(j["outputs"][0]["url"]).content) for j in jobs)
+    outputs = []
+    for seed in (1234, 1234, 99):
+        job_id = client.submit_job(**job_body(image=image, seed=seed, prompt="a blue mug"))["id"]
+        job = client.wait(job_id, timeout=120)
+        assert job["status"] == "succeeded", job
+        response = httpx.get(job["outputs"][0]["url"])
+        assert response.headers["x-amz-meta-batch-size"] == "1"
+        outputs.append(pixels(response.content))
+    a, b, c = outputs
     assert np.array_equal(a, b), "same params and seed must give identical pixels"
     assert not np.array_equal(a, c), "another seed must give another image"
 
@@ -74,7 +79,7 @@ def test_worker_consumes_only_its_models_queue(farm, settings):
 
     client, worker = farm
     # Send a task to the queue of a model no worker serves; the tiny worker must ignore it.
-    send_render(make_celery(settings), "00000000-0000-0000-0000-000000000000", "other-model")
+    send_render(make_celery(settings), ["00000000-0000-0000-0000-000000000000"], "other-model")
     job_id = client.submit_job(**job_body())["id"]
     assert client.wait(job_id, timeout=120)["status"] == "succeeded"
     time.sleep(0)  # the tiny job went through; now check the stray task was never received

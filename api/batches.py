@@ -1,0 +1,688 @@
+"""Batches: images x prompts x variants jobs created in one transaction, then followed,
+canceled, retried, listed in a manifest and fetched as one streamed zip.
+
+The api never talks to the broker for batches: it commits queued jobs and nudges the
+dispatcher (shared/dispatch.py), which hands them to Redis in compatible groups.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import hashlib
+import io
+import json
+import re
+import secrets
+import uuid
+import zipfile
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, insert, select, tuple_, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.params import model_spec, resolve_params
+from api.sources import resolve_source
+from shared.dispatch import nudge
+from shared.errors import InvalidRequest, NotFound, StorageError, TransientError
+from shared.jobs import JobStatus, check_transition
+from shared.models import Batch, Job, Team, Upload, utcnow
+from shared.registry import ModelSpec
+from shared.schemas import (
+    MAX_BATCH_JOBS,
+    BatchCounts,
+    BatchCreate,
+    BatchImage,
+    BatchPrompt,
+    BatchPublic,
+    JobCreate,
+    ManifestItem,
+)
+from shared.settings import Settings
+from shared.storage import Storage
+
+# Distinct source URLs are fetched in parallel (I/O bound); bounded so one request cannot
+# open hundreds of outbound connections.
+FETCH_THREADS = 8
+PAGE_SIZE = 500  # rows per query when streaming a manifest or an archive
+FLUSH_BYTES = 64 * 1024  # manifest text is sent in chunks of about this size
+# Derived seeds keep to 53 bits so JavaScript clients read them exactly (Number is a double).
+SEED_BITS = 53
+
+
+# --- 1. creating a batch -------------------------------------------------------------------
+
+
+def derive_seed(batch_seed: int, sku: str, prompt_name: str, variant: int) -> int:
+    """The seed of one job: SHA-256 of the batch seed and the job's names, top 53 bits.
+
+    Deterministic, so the same batch seed reproduces every image. Derived from the names
+    (unique within a batch), not list positions, so reordering images or prompts, or
+    re-submitting a subset with the same seed, gives each job the seed it had before.
+    """
+    material = json.dumps(["imgfarm-batch-seed-v1", batch_seed, sku, prompt_name, variant])
+    digest = hashlib.sha256(material.encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> (64 - SEED_BITS)
+
+
+def check_job_count(body: BatchCreate) -> None:
+    """Refuse a grid larger than the limit (413), naming the three factors."""
+    count = body.job_count
+    if count > MAX_BATCH_JOBS:
+        raise InvalidRequest(
+            "images x prompts x variants",
+            f"{len(body.images)} x {len(body.prompts)} x {body.variants} = {count:,} jobs; "
+            f"a batch holds at most {MAX_BATCH_JOBS:,} jobs: split it into several batches",
+            status_code=413,
+        )
+
+
+def _slug(text: str, limit: int = 60) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower())[:limit].strip("-")
+
+
+def image_names(images: Sequence[BatchImage]) -> list[str]:
+    """Each image's sku (given, or ``image-NNN``); they must be distinct within the batch."""
+    width = len(str(len(images)))
+    names = [img.sku or f"image-{i + 1:0{width}d}" for i, img in enumerate(images)]
+    _check_distinct(names, "images", "sku")
+    return names
+
+
+def prompt_names(prompts: Sequence[BatchPrompt]) -> list[str]:
+    """Each prompt's name (given, or a slug of its text); distinct within the batch."""
+    names = [p.name or _slug(p.prompt) or f"prompt-{i + 1}" for i, p in enumerate(prompts)]
+    _check_distinct(names, "prompts", "name")
+    return names
+
+
+def _check_distinct(names: list[str], field: str, attr: str) -> None:
+    # Names become archive folders: two images (or prompts) with one name would collide.
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise InvalidRequest(
+                f"{field}[{i}].{attr}",
+                f"{name!r} is already the {attr} of {field}[{seen[name]}]; "
+                f"give each a distinct {attr}",
+            )
+        seen[name] = i
+
+
+def shared_params(spec: ModelSpec, body: BatchCreate, batch_seed: int) -> dict[str, Any]:
+    """The batch's knobs resolved once against the model (seeds are per job, set later)."""
+    knobs = JobCreate.model_construct(
+        model=body.model,
+        strength=body.strength,
+        steps=body.steps,
+        guidance_scale=body.guidance_scale,
+        seed=batch_seed,
+        width=body.width,
+        height=body.height,
+        output_format=body.output_format,
+    )
+    params = resolve_params(spec, knobs).model_dump()
+    del params["seed"]
+    return params
+
+
+def resolve_sources(
+    session: Session,
+    team: Team,
+    images: Sequence[BatchImage],
+    *,
+    storage: Storage,
+    settings: Settings,
+) -> list[str]:
+    """The storage key of each image; every distinct reference is fetched and checked once."""
+    first: dict[str, int] = {}
+    for i, img in enumerate(images):
+        first.setdefault(img.image, i)
+    keys = _upload_keys(session, team, first)
+    others = [ref for ref in first if ref not in keys]
+    if others:
+        keys.update(_fetch_sources(team, others, first, session, storage, settings))
+    return [keys[img.image] for img in images]
+
+
+def _as_upload_id(ref: str) -> uuid.UUID | None:
+    if ref.startswith(("data:", "http://", "https://")):
+        return None
+    try:
+        return uuid.UUID(ref)
+    except ValueError:
+        return None
+
+
+def _upload_keys(session: Session, team: Team, first: dict[str, int]) -> dict[str, str]:
+    """Upload ids looked up in one query, not one per image."""
+    ids = {ref: u for ref in first if (u := _as_upload_id(ref)) is not None}
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(Upload.id, Upload.object_key).where(
+            Upload.team_id == team.id, Upload.id.in_(list(ids.values()))
+        )
+    ).tuples()
+    found = {upload_id: key for upload_id, key in rows}
+    for ref, upload_id in ids.items():
+        if upload_id not in found:
+            raise InvalidRequest(
+                f"images[{first[ref]}].image", f"no upload {ref} for this team", status_code=404
+            )
+    return {ref: found[upload_id] for ref, upload_id in ids.items()}
+
+
+def _fetch_sources(
+    team: Team,
+    refs: list[str],
+    first: dict[str, int],
+    session: Session,
+    storage: Storage,
+    settings: Settings,
+) -> dict[str, str]:
+    """Data URLs and http(s) URLs, fetched in parallel; the first error in list order wins.
+
+    ``resolve_source`` only touches the session for upload ids, which were resolved
+    already, so sharing it with the threads is safe here.
+    """
+    pool = ThreadPoolExecutor(max_workers=min(FETCH_THREADS, len(refs)))
+    futures: dict[str, Future[str]] = {
+        ref: pool.submit(
+            resolve_source,
+            ref,
+            f"images[{first[ref]}].image",
+            team=team,
+            session=session,
+            storage=storage,
+            settings=settings,
+        )
+        for ref in refs
+    }
+    try:
+        return {ref: future.result() for ref, future in futures.items()}
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def create_batch(
+    session: Session,
+    team: Team,
+    body: BatchCreate,
+    *,
+    registry: dict[str, ModelSpec],
+    storage: Storage,
+    settings: Settings,
+) -> Batch:
+    """Validate ``body``, store its sources and insert all its jobs (the caller commits)."""
+    # 1. cheap checks first: a bad knob or an oversized grid never costs a fetch
+    spec = model_spec(registry, body.model)
+    check_job_count(body)
+    skus = image_names(body.images)
+    names = prompt_names(body.prompts)
+    batch_seed = secrets.randbelow(2**31) if body.seed is None else body.seed
+    params = shared_params(spec, body, batch_seed)
+    # 2. the sources: each distinct image fetched, proven decodable and stored once
+    source_keys = resolve_sources(session, team, body.images, storage=storage, settings=settings)
+    # 3. the batch, then every job in one bulk INSERT (no per-job round trip)
+    now = utcnow()
+    batch = Batch(
+        id=uuid.uuid4(),
+        team_id=team.id,
+        model=spec.alias,
+        seed=batch_seed,
+        params=params,
+        image_count=len(body.images),
+        prompt_count=len(body.prompts),
+        variants=body.variants,
+        job_count=body.job_count,
+        meta=body.metadata,
+        created_at=now,
+    )
+    session.add(batch)
+    session.flush()
+    rows = [
+        {
+            "id": uuid.uuid4(),
+            "team_id": team.id,
+            "batch_id": batch.id,
+            "model": spec.alias,
+            "status": JobStatus.QUEUED.value,
+            "prompt": prompt.prompt,
+            "negative_prompt": (
+                body.negative_prompt if prompt.negative_prompt is None else prompt.negative_prompt
+            ),
+            "params": {**params, "seed": derive_seed(batch_seed, sku, name, variant)},
+            "source_key": source_key,
+            "sku": sku,
+            "prompt_name": name,
+            "variant": variant,
+            "attempts": 0,
+            "created_at": now,
+        }
+        for sku, source_key in zip(skus, source_keys, strict=True)
+        for prompt, name in zip(body.prompts, names, strict=True)
+        for variant in range(1, body.variants + 1)
+    ]
+    session.execute(insert(Job), rows)
+    # 4. wake the dispatcher; the NOTIFY is delivered at commit, with the rows visible
+    nudge(session)
+    return batch
+
+
+# --- 2. following a batch ------------------------------------------------------------------
+
+
+@dataclass
+class StatusStats:
+    """One status's share of a batch, from the GROUP BY."""
+
+    count: int
+    first_started: datetime | None
+    last_finished: datetime | None
+
+
+def get_batch(session: Session, team: Team, batch_id: uuid.UUID) -> Batch:
+    """The team's batch, or NotFound (another team's batch looks the same as none)."""
+    batch = session.scalar(select(Batch).where(Batch.id == batch_id, Batch.team_id == team.id))
+    if batch is None:
+        raise NotFound(f"no batch {batch_id}")
+    return batch
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite hands timestamps back naive; they were written in UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def batch_stats(
+    session: Session, batch_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, StatusStats]]:
+    """Counts and timings by status for each batch: one GROUP BY on (batch_id, status)."""
+    rows = session.execute(
+        select(
+            Job.batch_id,
+            Job.status,
+            func.count(),
+            func.min(Job.started_at),
+            func.max(Job.finished_at),
+        )
+        .where(Job.batch_id.in_(batch_ids))
+        .group_by(Job.batch_id, Job.status)
+    ).tuples()
+    stats: dict[uuid.UUID, dict[str, StatusStats]] = {b: {} for b in batch_ids}
+    for batch_id, status, count, started, finished in rows:
+        assert batch_id is not None
+        stats[batch_id][status] = StatusStats(count, _aware(started), _aware(finished))
+    return stats
+
+
+def _batch_status(counts: BatchCounts, started: bool) -> str:
+    if counts.queued or counts.running:
+        return "running" if started or counts.running else "queued"
+    if counts.failed:
+        return "failed"
+    if counts.canceled:
+        return "canceled"
+    return "succeeded"
+
+
+def batch_public(
+    batch: Batch, stats: dict[str, StatusStats], now: datetime | None = None
+) -> BatchPublic:
+    """What ``GET /v1/batches/{id}`` answers: counts, progress, timings and an ETA.
+
+    Throughput is the average since the first job started: finished renders (succeeded or
+    failed; canceled jobs cost no GPU time) over elapsed time. ETA = jobs left / throughput.
+    """
+    now = now or utcnow()
+    counts = BatchCounts(**{status: s.count for status, s in stats.items()})
+    started = min((s.first_started for s in stats.values() if s.first_started), default=None)
+    active = counts.queued + counts.running
+    done = counts.succeeded + counts.failed
+    final = done + counts.canceled
+    finished = None
+    if not active:
+        finished = max((s.last_finished for s in stats.values() if s.last_finished), default=None)
+    # While jobs are left the window runs to now (a stall lowers the rate); once all are
+    # final it ends at the last render.
+    end = now
+    if not active:
+        rendered = [stats[s].last_finished for s in ("succeeded", "failed") if s in stats]
+        end = max((t for t in rendered if t is not None), default=now)
+    jobs_per_second = eta = None
+    if started is not None and done and (end - started).total_seconds() > 0:
+        jobs_per_second = done / (end - started).total_seconds()
+        eta = active / jobs_per_second if active else None
+    return BatchPublic(
+        id=batch.id,
+        status=_batch_status(counts, started is not None),
+        model=batch.model,
+        job_count=batch.job_count,
+        counts=counts,
+        progress=round(final / batch.job_count, 4) if batch.job_count else 1.0,
+        seed=batch.seed,
+        params=batch.params,
+        image_count=batch.image_count,
+        prompt_count=batch.prompt_count,
+        variants=batch.variants,
+        metadata=batch.meta,
+        created_at=_aware(batch.created_at) or batch.created_at,
+        started_at=started,
+        finished_at=finished,
+        canceled_at=_aware(batch.canceled_at),
+        jobs_per_second=None if jobs_per_second is None else round(jobs_per_second, 4),
+        eta_seconds=None if eta is None else round(eta, 1),
+    )
+
+
+def encode_cursor(*values: object) -> str:
+    """An opaque page cursor (the sort key of the last row of the page)."""
+    raw = json.dumps([v.isoformat() if isinstance(v, datetime) else str(v) for v in values])
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, size: int) -> list[str]:
+    try:
+        values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError) as e:
+        raise InvalidRequest("cursor", "is not a cursor from a previous page") from e
+    if not isinstance(values, list) or len(values) != size:
+        raise InvalidRequest("cursor", "is not a cursor from a previous page")
+    return [str(v) for v in values]
+
+
+def list_batches(
+    session: Session, team: Team, cursor: str | None, limit: int
+) -> tuple[list[Batch], str | None]:
+    """The team's batches, newest first, one page after ``cursor``."""
+    query = (
+        select(Batch)
+        .where(Batch.team_id == team.id)
+        .order_by(Batch.created_at.desc(), Batch.id.desc())
+        .limit(limit + 1)
+    )
+    if cursor is not None:
+        created, last_id = decode_cursor(cursor, 2)
+        try:
+            key = (datetime.fromisoformat(created), uuid.UUID(last_id))
+        except ValueError as e:
+            raise InvalidRequest("cursor", "is not a cursor from a previous page") from e
+        query = query.where(tuple_(Batch.created_at, Batch.id) < tuple_(*key))
+    batches = list(session.scalars(query))
+    if len(batches) <= limit:
+        return batches, None
+    last = batches[limit - 1]
+    return batches[:limit], encode_cursor(last.created_at, last.id)
+
+
+def list_jobs(
+    session: Session, batch: Batch, status: JobStatus | None, cursor: str | None, limit: int
+) -> tuple[list[Job], str | None]:
+    """One page of the batch's jobs (optionally of one status), in id order."""
+    query = select(Job).where(Job.batch_id == batch.id).order_by(Job.id).limit(limit + 1)
+    if status is not None:
+        query = query.where(Job.status == status.value)
+    if cursor is not None:
+        (last_id,) = decode_cursor(cursor, 1)
+        try:
+            query = query.where(Job.id > uuid.UUID(last_id))
+        except ValueError as e:
+            raise InvalidRequest("cursor", "is not a cursor from a previous page") from e
+    jobs = list(session.scalars(query))
+    if len(jobs) <= limit:
+        return jobs, None
+    return jobs[:limit], encode_cursor(jobs[limit - 1].id)
+
+
+# --- 3. cancel and retry -------------------------------------------------------------------
+
+
+def cancel_batch(session: Session, batch: Batch) -> int:
+    """queued → canceled for the whole batch in one conditional UPDATE (caller commits).
+
+    Running jobs may finish (their result is kept); jobs already handed to Redis are
+    skipped by the worker's claim (``WHERE status='queued'``), so they never render.
+    """
+    check_transition(JobStatus.QUEUED, JobStatus.CANCELED)
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.batch_id == batch.id, Job.status == JobStatus.QUEUED.value)
+        .values(status=JobStatus.CANCELED.value, finished_at=now, lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    if batch.canceled_at is None:
+        batch.canceled_at = now
+    return result.rowcount  # type: ignore[attr-defined, no-any-return]
+
+
+def retry_batch(session: Session, batch: Batch) -> int:
+    """failed → queued for the batch's failed jobs only, then nudge (caller commits).
+
+    shared/jobs.TRANSITIONS has no failed → queued: a job's own failure is final for the
+    worker. A client's retry is a deliberate new round, done here as one conditional UPDATE
+    (``WHERE status='failed'``, so a job cannot be retried twice by racing requests). The
+    round starts clean: error, timings and attempts are reset, so the declared retry policy
+    (IMGFARM_MAX_ATTEMPTS for transient errors) applies to it in full.
+    """
+    result = session.execute(
+        update(Job)
+        .where(Job.batch_id == batch.id, Job.status == JobStatus.FAILED.value)
+        .values(
+            status=JobStatus.QUEUED.value,
+            error=None,
+            attempts=0,
+            worker=None,
+            outputs=None,
+            provenance=None,
+            enqueued_at=None,
+            started_at=None,
+            finished_at=None,
+            lease_expires_at=None,
+            not_before=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    retried: int = result.rowcount  # type: ignore[attr-defined]
+    if retried:
+        nudge(session)
+    return retried
+
+
+# --- 4. manifest and archive ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Row:
+    id: uuid.UUID
+    sku: str
+    prompt_name: str
+    variant: int
+    params: dict[str, Any]
+    status: str
+    error: str | None
+    outputs: list[dict[str, Any]] | None
+    finished_at: datetime | None
+
+
+def output_path(sku: str, prompt_name: str, variant: int, key: str, index: int = 0) -> str:
+    """Where an output sits in the archive and the CLI's download tree."""
+    ext = key.rsplit(".", 1)[-1]
+    stem = str(variant) if index == 0 else f"{variant}-{index}"
+    return f"{sku}/{prompt_name}/{stem}.{ext}"
+
+
+def iter_rows(
+    session_factory: sessionmaker[Session], batch_id: uuid.UUID, *extra: ColumnElement[bool]
+) -> Iterator[_Row]:
+    """The batch's jobs in (sku, prompt, variant) order, a page at a time.
+
+    Each page is its own short query (keyset on the names, unique within a batch), so a slow
+    download never holds a transaction or a server-side cursor open.
+    """
+    order = (Job.sku, Job.prompt_name, Job.variant)
+    after: tuple[str, str, int] | None = None
+    while True:
+        query = (
+            select(
+                Job.id,
+                Job.sku,
+                Job.prompt_name,
+                Job.variant,
+                Job.params,
+                Job.status,
+                Job.error,
+                Job.outputs,
+                Job.finished_at,
+            )
+            .where(Job.batch_id == batch_id, *extra)
+            .order_by(*order)
+            .limit(PAGE_SIZE)
+        )
+        if after is not None:
+            query = query.where(tuple_(*order) > tuple_(*after))
+        with session_factory() as session:
+            page = [_Row(*r) for r in session.execute(query).tuples()]
+        yield from page
+        if len(page) < PAGE_SIZE:
+            return
+        last = page[-1]
+        after = (last.sku, last.prompt_name, last.variant)
+
+
+def manifest_items(
+    rows: Iterable[_Row], storage: Storage, expires_in: int
+) -> Iterator[ManifestItem]:
+    for row in rows:
+        first = (row.outputs or [None])[0]
+        yield ManifestItem(
+            job_id=row.id,
+            sku=row.sku,
+            prompt_name=row.prompt_name,
+            variant=row.variant,
+            seed=row.params["seed"],
+            status=row.status,
+            error=row.error,
+            path=output_path(row.sku, row.prompt_name, row.variant, first["key"])
+            if first
+            else None,
+            output_url=storage.url(first["key"], expires_in) if first else None,
+        )
+
+
+def _chunked(pieces: Iterable[str]) -> Iterator[bytes]:
+    """Join small strings into chunks of about FLUSH_BYTES (fewer, larger writes)."""
+    buffer: list[str] = []
+    size = 0
+    for piece in pieces:
+        buffer.append(piece)
+        size += len(piece)
+        if size >= FLUSH_BYTES:
+            yield "".join(buffer).encode()
+            buffer, size = [], 0
+    if buffer:
+        yield "".join(buffer).encode()
+
+
+def manifest_json(batch_id: uuid.UUID, items: Iterable[ManifestItem]) -> Iterator[bytes]:
+    """``{"batch_id": ..., "items": [...]}``, written as the rows arrive."""
+
+    def pieces() -> Iterator[str]:
+        yield f'{{"batch_id":"{batch_id}","items":['
+        for n, item in enumerate(items):
+            yield ("," if n else "") + item.model_dump_json()
+        yield "]}"
+
+    return _chunked(pieces())
+
+
+MANIFEST_COLUMNS = list(ManifestItem.model_fields)
+
+
+def manifest_csv(items: Iterable[ManifestItem]) -> Iterator[bytes]:
+    """The manifest as CSV with a header row, written as the rows arrive."""
+
+    def pieces() -> Iterator[str]:
+        line = io.StringIO()
+        writer = csv.writer(line)
+        writer.writerow(MANIFEST_COLUMNS)
+        for item in items:
+            values = item.model_dump(mode="json")
+            writer.writerow(["" if values[c] is None else values[c] for c in MANIFEST_COLUMNS])
+            yield line.getvalue()
+            line.seek(0)
+            line.truncate()
+        yield line.getvalue()
+
+    return _chunked(pieces())
+
+
+class _ChunkSink(io.RawIOBase):
+    """A write-only, unseekable file: zipfile writes into it, the generator drains it.
+
+    Unseekable on purpose: zipfile then writes sizes after each entry's data (data
+    descriptors) instead of seeking back, which is what makes the zip streamable.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._chunks: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._chunks.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        return data
+
+
+@dataclass(frozen=True)
+class ArchiveEntry:
+    path: str
+    key: str
+    modified: datetime | None
+
+
+def archive_entries(rows: Iterable[_Row]) -> Iterator[ArchiveEntry]:
+    for row in rows:
+        for index, output in enumerate(row.outputs or []):
+            path = output_path(row.sku, row.prompt_name, row.variant, output["key"], index)
+            yield ArchiveEntry(path, output["key"], row.finished_at)
+
+
+def iter_archive(entries: Iterable[ArchiveEntry], storage: Storage) -> Iterator[bytes]:
+    """A zip of ``entries``, streamed: one output in memory at a time, fetched when its
+    turn comes. Outputs are stored, not deflated (PNG, JPEG and WebP are compressed
+    already). An output that cannot be read is listed in MISSING.txt at the end: by then
+    the 200 status has been sent and an error status cannot be."""
+    sink = _ChunkSink()
+    missing: list[str] = []
+    with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_STORED) as archive:
+        for entry in entries:
+            try:
+                data = storage.get(entry.key)
+            except (StorageError, TransientError) as e:
+                missing.append(f"{entry.path}: {e}")
+                continue
+            stamp = (_aware(entry.modified) or utcnow()).timetuple()[:6]
+            info = zipfile.ZipInfo(entry.path, date_time=stamp)
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, data)
+            del data
+            yield sink.take()
+        if missing:
+            archive.writestr("MISSING.txt", "\n".join(missing) + "\n")
+    yield sink.take()

@@ -1,0 +1,124 @@
+"""``Idempotency-Key``: a POST retried with the same key answers as the first time and
+creates nothing twice. Keys are per team.
+
+How it stays race-safe: the key row is inserted *before* the work, in the request's own
+transaction, under a unique constraint on (team_id, key). A concurrent request with the same
+key blocks on that insert until the first commits (then replays its answer) or rolls back
+(then does the work itself). The answer is written into the row before the commit, so a
+committed key always carries its answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Header
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from shared.errors import InvalidRequest
+from shared.models import IdempotencyKey
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias=HEADER,
+        min_length=1,
+        max_length=255,
+        description="Any unique string (a UUID is fine). Retrying with the same key and body "
+        "returns the first answer and creates nothing; another body with it answers 409.",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class Replay:
+    """The stored first answer to a request carrying the same key and body."""
+
+    status_code: int
+    body: dict[str, Any]
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(
+            self.body, status_code=self.status_code, headers={REPLAYED_HEADER: "true"}
+        )
+
+
+def request_hash(scope: str, body: BaseModel) -> str:
+    """SHA-256 of the route and the parsed body: key order and spacing do not matter."""
+    canonical = json.dumps(
+        {"scope": scope, "body": body.model_dump(mode="json")},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _find(session: Session, team_id: uuid.UUID, key: str) -> IdempotencyKey | None:
+    return session.scalar(
+        select(IdempotencyKey).where(IdempotencyKey.team_id == team_id, IdempotencyKey.key == key)
+    )
+
+
+def _replay(existing: IdempotencyKey, digest: str) -> Replay:
+    if existing.request_hash != digest:
+        raise InvalidRequest(
+            HEADER,
+            "this key was already used with a different request body; "
+            "send a new key for a new request",
+            status_code=409,
+        )
+    if existing.response is None or existing.status_code is None:
+        # Only reachable if a transaction committed a key without its answer.
+        raise InvalidRequest(
+            HEADER, "a request with this key is still being processed; retry shortly", 409
+        )
+    return Replay(existing.status_code, existing.response)
+
+
+def begin(
+    session: Session, team_id: uuid.UUID, key: str | None, scope: str, body: BaseModel
+) -> IdempotencyKey | Replay | None:
+    """Claim ``key`` for this request, or return the answer of the request that did.
+
+    Returns None without a key, a ``Replay`` to send as is, or the claimed row: do the work,
+    ``remember`` the answer, then commit (all in ``session``'s transaction). Raises a 409
+    ``InvalidRequest`` when the key came with another body.
+    """
+    if key is None:
+        return None
+    digest = request_hash(scope, body)
+    existing = _find(session, team_id, key)
+    if existing is None:
+        row = IdempotencyKey(team_id=team_id, key=key, request_hash=digest)
+        try:
+            # A savepoint: on Postgres a failed INSERT would otherwise abort the transaction.
+            with session.begin_nested():
+                session.add(row)
+        except IntegrityError:
+            # Another request claimed the key and has committed by now (the INSERT waited).
+            existing = _find(session, team_id, key)
+            if existing is None:
+                raise InvalidRequest(
+                    HEADER, "a request with this key is still being processed; retry shortly", 409
+                ) from None
+        else:
+            return row
+    return _replay(existing, digest)
+
+
+def remember(claim: IdempotencyKey | Replay | None, status_code: int, body: BaseModel) -> None:
+    """Store the answer with the claimed key (before the commit that makes both visible)."""
+    if isinstance(claim, IdempotencyKey):
+        claim.status_code = status_code
+        claim.response = body.model_dump(mode="json")

@@ -1,0 +1,191 @@
+"""``/v1/batches``: thousands of variants in one request, followed and fetched as a whole."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session, sessionmaker
+
+from api import batches as service
+from api import idempotency
+from api.deps import RegistryDep, SessionDep, SettingsDep, StorageDep, TeamDep
+from api.idempotency import IdempotencyKeyHeader
+from api.routes.jobs import job_public
+from shared.jobs import JobStatus
+from shared.models import Job
+from shared.schemas import (
+    BatchAccepted,
+    BatchCanceled,
+    BatchCreate,
+    BatchesPublic,
+    BatchJobPublic,
+    BatchJobsPublic,
+    BatchPublic,
+    BatchRetried,
+)
+from shared.storage import Storage
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+
+CursorQuery = Annotated[
+    str | None, Query(description="next_cursor of the previous page; omit for the first.")
+]
+LimitQuery = Annotated[int, Query(ge=1, le=500)]
+
+
+def _session_factory(request: Request) -> sessionmaker[Session]:
+    # Streamed answers read the database while they stream, after the request's own
+    # session is closed: they open short sessions of their own.
+    return request.app.state.session_factory  # type: ignore[no-any-return]
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=BatchAccepted)
+def create_batch(
+    body: BatchCreate,
+    team: TeamDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+    registry: RegistryDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> BatchAccepted | Response:
+    """Create images x prompts x variants jobs in one transaction (at most 10,000)."""
+    claim = idempotency.begin(session, team.id, idempotency_key, "POST /v1/batches", body)
+    if isinstance(claim, idempotency.Replay):
+        return claim.response()
+    batch = service.create_batch(
+        session, team, body, registry=registry, storage=storage, settings=settings
+    )
+    accepted = BatchAccepted(id=batch.id, job_count=batch.job_count, seed=batch.seed)
+    idempotency.remember(claim, status.HTTP_202_ACCEPTED, accepted)
+    session.commit()
+    return accepted
+
+
+@router.get("", response_model=BatchesPublic)
+def list_batches(
+    team: TeamDep, session: SessionDep, cursor: CursorQuery = None, limit: LimitQuery = 50
+) -> BatchesPublic:
+    """The team's batches, newest first."""
+    batches, next_cursor = service.list_batches(session, team, cursor, limit)
+    stats = service.batch_stats(session, [b.id for b in batches]) if batches else {}
+    return BatchesPublic(
+        batches=[service.batch_public(b, stats[b.id]) for b in batches], next_cursor=next_cursor
+    )
+
+
+@router.get("/{batch_id}", response_model=BatchPublic)
+def get_batch(batch_id: uuid.UUID, team: TeamDep, session: SessionDep) -> BatchPublic:
+    """Counts by status, progress, timings and an ETA from the observed throughput."""
+    batch = service.get_batch(session, team, batch_id)
+    return service.batch_public(batch, service.batch_stats(session, [batch.id])[batch.id])
+
+
+@router.get("/{batch_id}/jobs", response_model=BatchJobsPublic)
+def list_batch_jobs(
+    batch_id: uuid.UUID,
+    team: TeamDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+    status: JobStatus | None = None,
+    cursor: CursorQuery = None,
+    limit: LimitQuery = 100,
+) -> BatchJobsPublic:
+    """The batch's jobs, optionally of one status, a page at a time."""
+    batch = service.get_batch(session, team, batch_id)
+    jobs, next_cursor = service.list_jobs(session, batch, status, cursor, limit)
+    return BatchJobsPublic(
+        jobs=[_batch_job_public(job, storage, settings.url_expiry_seconds) for job in jobs],
+        next_cursor=next_cursor,
+    )
+
+
+def _batch_job_public(job: Job, storage: Storage, expires_in: int) -> BatchJobPublic:
+    assert job.batch_id is not None and job.sku and job.prompt_name and job.variant
+    return BatchJobPublic(
+        **job_public(job, storage, expires_in).model_dump(),
+        batch_id=job.batch_id,
+        sku=job.sku,
+        prompt_name=job.prompt_name,
+        variant=job.variant,
+    )
+
+
+@router.get(
+    "/{batch_id}/manifest",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/json": {}, "text/csv": {}}}},
+)
+def get_manifest(
+    batch_id: uuid.UUID,
+    request: Request,
+    team: TeamDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+    format: Literal["json", "csv"] = "json",
+) -> StreamingResponse:
+    """Every job: sku, prompt name, variant, seed, status, error, archive path, output URL."""
+    batch = service.get_batch(session, team, batch_id)
+    items = service.manifest_items(
+        service.iter_rows(_session_factory(request), batch.id),
+        storage,
+        settings.url_expiry_seconds,
+    )
+    if format == "csv":
+        return StreamingResponse(
+            service.manifest_csv(items),
+            media_type="text/csv; charset=utf-8",
+            headers=_attachment(f"batch-{batch.id}.csv"),
+        )
+    return StreamingResponse(service.manifest_json(batch.id, items), media_type="application/json")
+
+
+@router.get(
+    "/{batch_id}/archive",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/zip": {}}}},
+)
+def get_archive(
+    batch_id: uuid.UUID,
+    request: Request,
+    team: TeamDep,
+    session: SessionDep,
+    storage: StorageDep,
+) -> StreamingResponse:
+    """A zip of every succeeded output as ``{sku}/{prompt}/{variant}.{ext}``, streamed."""
+    batch = service.get_batch(session, team, batch_id)
+    rows = service.iter_rows(
+        _session_factory(request), batch.id, Job.status == JobStatus.SUCCEEDED.value
+    )
+    return StreamingResponse(
+        service.iter_archive(service.archive_entries(rows), storage),
+        media_type="application/zip",
+        headers=_attachment(f"batch-{batch.id}.zip"),
+    )
+
+
+def _attachment(filename: str) -> dict[str, str]:
+    return {"Content-Disposition": f'attachment; filename="{filename}"'}
+
+
+@router.post("/{batch_id}/cancel", response_model=BatchCanceled)
+def cancel_batch(batch_id: uuid.UUID, team: TeamDep, session: SessionDep) -> BatchCanceled:
+    """Queued jobs never render; running ones may finish."""
+    batch = service.get_batch(session, team, batch_id)
+    canceled = service.cancel_batch(session, batch)
+    session.commit()
+    return BatchCanceled(id=batch.id, canceled=canceled)
+
+
+@router.post("/{batch_id}/retry", response_model=BatchRetried)
+def retry_batch(batch_id: uuid.UUID, team: TeamDep, session: SessionDep) -> BatchRetried:
+    """Queue the batch's failed jobs again (and only those)."""
+    batch = service.get_batch(session, team, batch_id)
+    retried = service.retry_batch(session, batch)
+    session.commit()
+    return BatchRetried(id=batch.id, retried=retried)

@@ -1,0 +1,594 @@
+"""GPU throughput of img2img: plain diffusers against the farm's render path (worker/accel.py).
+
+Full-size SD1.5 with random weights (bench/sd15_config.py), 512x512 img2img:
+  sd15   20 steps, strength 0.75, guidance 7.5 -> 15 steps x 2 (CFG) = 30 UNet passes
+  turbo   4 steps, strength 0.5,  guidance 0   ->  2 steps, no CFG   =  2 UNet passes
+(a) plain StableDiffusionImg2ImgPipeline, fp32, batch 1; (b) the same components through
+``optimize_pipeline`` step by step, over several batch sizes, eager then compiled.
+Prints images/s, the speedup (b)/(a), achieved TFLOP/s and the fraction of the bf16 peak.
+Never passes or fails on time; exits non-zero only when a workload got no figure at all.
+
+    python bench/gpu_throughput.py --device cuda --json out.json --budget-s 390
+    python bench/gpu_throughput.py --device cpu --smoke     # same code, tiny model, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import statistics
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from worker.accel import (  # noqa: E402
+    AccelOptions,
+    optimize_pipeline,
+    resolve_device,
+    synchronize,
+    warm_up,
+)
+
+# FLOPs at 512² (torch FlopCounter on the public SD1.5 configs, 2 FLOPs per MAC; NOTES.md).
+UNET_TFLOP_PER_PASS = 0.803
+VAE_ENCODE_TFLOP = 1.117
+VAE_DECODE_TFLOP = 2.515
+TEXT_TFLOP_PER_PROMPT = 0.013
+# An 8192³ bf16 matmul on this workplace's H200: the practical ceiling, not the datasheet's.
+BF16_PEAK_TFLOPS = 790.0
+PROMPT = "a product photo of a red sneaker on a white table, soft studio light"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One img2img configuration served by the farm."""
+
+    name: str
+    steps: int
+    strength: float
+    guidance_scale: float
+
+    @property
+    def cfg(self) -> bool:
+        return self.guidance_scale > 1.0
+
+    @property
+    def denoising_steps(self) -> int:
+        # The pipeline's get_timesteps: int(steps * strength) steps actually run.
+        return min(int(self.steps * self.strength), self.steps)
+
+    @property
+    def unet_passes(self) -> int:
+        return self.denoising_steps * (2 if self.cfg else 1)
+
+    @property
+    def tflop_per_image(self) -> float:
+        """FLOPs of one 512² image: UNet passes, VAE encode and decode, text encoder."""
+        prompts = 2 if self.cfg else 1
+        return (
+            self.unet_passes * UNET_TFLOP_PER_PASS
+            + VAE_ENCODE_TFLOP
+            + VAE_DECODE_TFLOP
+            + prompts * TEXT_TFLOP_PER_PROMPT
+        )
+
+
+SD15 = Workload("sd15", steps=20, strength=0.75, guidance_scale=7.5)
+TURBO = Workload("turbo", steps=4, strength=0.5, guidance_scale=0.0)
+# Smoke: the same code with fewer steps (3 and 2 denoising steps).
+SD15_SMOKE = Workload("sd15", steps=4, strength=0.75, guidance_scale=7.5)
+
+
+@dataclass
+class Measurement:
+    """One timed configuration; ``error`` is set when it could not be measured."""
+
+    workload: str
+    variant: str  # "a" (plain diffusers) or "b" (farm path)
+    label: str
+    batch_size: int
+    options: dict[str, Any] = field(default_factory=dict)
+    first_call_s: float | None = None
+    times_s: list[float] = field(default_factory=list)
+    median_s: float | None = None
+    images_per_s: float | None = None
+    denoising_steps_seen: int | None = None
+    tflops: float | None = None
+    fraction_of_peak: float | None = None
+    peak_mem_gb: float | None = None
+    compiled: bool = False
+    error: str | None = None
+
+
+class Bench:
+    """Runs steps under a wall-clock budget and keeps every figure (JSON rewritten each time)."""
+
+    def __init__(self, args: argparse.Namespace, env: dict[str, Any]) -> None:
+        self.args = args
+        self.env = env
+        self.start = time.monotonic()
+        self.results: list[Measurement] = []
+        self.skipped: list[str] = []
+
+    def remaining_s(self) -> float:
+        if not self.args.budget_s:
+            return float("inf")
+        return self.args.budget_s - (time.monotonic() - self.start)
+
+    def step(self, name: str, est_s: float, fn: Callable[[], Measurement | None]) -> None:
+        """Run ``fn`` unless the budget has less than ``est_s`` left; never let it raise."""
+        if self.remaining_s() < est_s:
+            log(f"SKIP {name}: {self.remaining_s():.0f} s left, needs ~{est_s:.0f} s")
+            self.skipped.append(name)
+            self.dump()
+            return
+        try:
+            m = fn()
+        except Exception as exc:  # a failed configuration is a figure too: report, go on
+            log(f"FAILED {name}: {exc!r}")
+            traceback.print_exc()
+            sys.stderr.flush()
+            m = Measurement(workload="?", variant="b", label=name, batch_size=0, error=repr(exc))
+            _free_cuda()
+        if m is not None:
+            self.results.append(m)
+            log(describe(m))
+        self.dump()
+
+    def dump(self) -> None:
+        if not self.args.json:
+            return
+        payload = {
+            "env": self.env,
+            "args": vars(self.args),
+            "elapsed_s": round(time.monotonic() - self.start, 1),
+            "results": [dataclasses.asdict(m) for m in self.results],
+            "skipped": self.skipped,
+            "summary": summarize(self.results, self.args.smoke),
+        }
+        path = Path(self.args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(payload, indent=2))
+        tmp.replace(path)
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _free_cuda() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def source_image(size: int) -> Any:
+    """A noise image: pixels do not change the arithmetic, and noise hides nothing."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+def measure(
+    pipe: Any,
+    wl: Workload,
+    *,
+    variant: str,
+    label: str,
+    batch_size: int,
+    args: argparse.Namespace,
+    opts: AccelOptions | None = None,
+    compiled: bool = False,
+    first_call_s: float | None = None,
+) -> Measurement:
+    """Time full pipeline calls (PIL in, PIL out): warm-up excluded, median of several."""
+    device = pipe.device
+    image = source_image(args.size)
+    kwargs: dict[str, Any] = {
+        "prompt": [PROMPT] * batch_size,
+        "image": [image] * batch_size,
+        "num_inference_steps": wl.steps,
+        "strength": wl.strength,
+        "guidance_scale": wl.guidance_scale,
+        "output_type": "pil",
+    }
+    seen = [0]
+
+    def count_step(_pipe: Any, _i: int, _t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        seen[0] += 1
+        return callback_kwargs
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    # Warm-up: the first call pays cuDNN search, allocator growth (and compile if not yet done).
+    synchronize(device)
+    t = time.perf_counter()
+    pipe(**kwargs, callback_on_step_end=count_step, generator=_generator(device))
+    synchronize(device)
+    first = time.perf_counter() - t
+    for _ in range(args.warmup - 1):
+        pipe(**kwargs, generator=_generator(device))
+    synchronize(device)
+
+    times: list[float] = []
+    while len(times) < args.iters:
+        if len(times) >= args.min_iters and sum(times) >= args.max_seconds:
+            break
+        t = time.perf_counter()
+        pipe(**kwargs, generator=_generator(device))
+        synchronize(device)
+        times.append(time.perf_counter() - t)
+
+    median = statistics.median(times)
+    ips = batch_size / median
+    m = Measurement(
+        workload=wl.name,
+        variant=variant,
+        label=label,
+        batch_size=batch_size,
+        options=dataclasses.asdict(opts) if opts else {"plain": True},
+        first_call_s=round(first_call_s if first_call_s is not None else first, 3),
+        times_s=[round(x, 4) for x in times],
+        median_s=round(median, 4),
+        images_per_s=round(ips, 3),
+        denoising_steps_seen=seen[0],
+        compiled=compiled,
+    )
+    if not args.smoke:
+        m.tflops = round(ips * wl.tflop_per_image, 1)
+        m.fraction_of_peak = round(m.tflops / BF16_PEAK_TFLOPS, 4)
+    if device.type == "cuda":
+        m.peak_mem_gb = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    if seen[0] != wl.denoising_steps:
+        log(f"WARNING {wl.name}: {seen[0]} denoising steps ran, {wl.denoising_steps} expected")
+    return m
+
+
+def _generator(device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(0)
+
+
+def describe(m: Measurement) -> str:
+    if m.error:
+        return f"  [{m.workload}] ({m.variant}) {m.label} bs={m.batch_size}: ERROR {m.error}"
+    extra = f", {m.tflops} TFLOP/s" if m.tflops is not None else ""
+    mem = f", peak {m.peak_mem_gb} GB" if m.peak_mem_gb is not None else ""
+    return (
+        f"  [{m.workload}] ({m.variant}) {m.label} bs={m.batch_size}: "
+        f"{m.images_per_s} images/s (median {1000 * (m.median_s or 0.0):.1f} ms/call over "
+        f"{len(m.times_s)}, first call {m.first_call_s} s{extra}{mem})"
+    )
+
+
+def summarize(results: list[Measurement], smoke: bool) -> dict[str, Any]:
+    """Per workload: (a), the best (b), the ratio, TFLOP/s and fraction of peak."""
+    out: dict[str, Any] = {}
+    for name in dict.fromkeys(m.workload for m in results if m.workload != "?"):
+        ok = [m for m in results if m.workload == name and m.error is None]
+        a = next((m for m in ok if m.variant == "a"), None)
+        bs = [m for m in ok if m.variant == "b"]
+        b = max(bs, key=lambda m: m.images_per_s or 0.0) if bs else None
+        entry: dict[str, Any] = {
+            "a_images_per_s": a.images_per_s if a else None,
+            "b_images_per_s": b.images_per_s if b else None,
+            "b_label": b.label if b else None,
+            "b_batch_size": b.batch_size if b else None,
+        }
+        if a and b and a.images_per_s and b.images_per_s:
+            entry["speedup"] = round(b.images_per_s / a.images_per_s, 2)
+        if b and not smoke:
+            entry["b_tflops"] = b.tflops
+            entry["b_fraction_of_peak"] = b.fraction_of_peak
+        out[name] = entry
+    return out
+
+
+def print_summary(results: list[Measurement], workloads: list[Workload], smoke: bool) -> None:
+    summary = summarize(results, smoke)
+    log("\n== all measurements ==")
+    for m in results:
+        log(describe(m))
+    log("\n== summary ==")
+    for wl in workloads:
+        s = summary.get(wl.name, {})
+        flops = "" if smoke else f", {wl.tflop_per_image:.2f} TFLOP/image at 512²"
+        log(
+            f"[{wl.name}] {wl.steps} steps, strength {wl.strength}, guidance {wl.guidance_scale}: "
+            f"{wl.unet_passes} UNet passes{flops}"
+        )
+        if s.get("a_images_per_s"):
+            log(f"[{wl.name}] (a) plain diffusers fp32 bs=1: {s['a_images_per_s']} images/s")
+        if s.get("b_images_per_s"):
+            log(
+                f"[{wl.name}] (b) farm path {s['b_label']} bs={s['b_batch_size']}: "
+                f"{s['b_images_per_s']} images/s"
+            )
+        if s.get("speedup"):
+            log(f"[{wl.name}] speedup (b)/(a): {s['speedup']}x")
+        if smoke:
+            log(f"[{wl.name}] TFLOP/s: n/a (tiny smoke model)")
+        elif s.get("b_tflops") is not None:
+            log(
+                f"[{wl.name}] (b) achieved {s['b_tflops']} TFLOP/s = "
+                f"{100 * s['b_fraction_of_peak']:.1f}% of {BF16_PEAK_TFLOPS:.0f} TFLOP/s bf16 peak"
+            )
+
+
+def environment(device: str) -> dict[str, Any]:
+    import diffusers
+    import transformers
+
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "device": device,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    if device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
+    return env
+
+
+def build_pipeline(device: str, smoke: bool) -> Any:
+    """fp32 pipeline on ``device``: tiny components for --smoke, full-size SD1.5 otherwise."""
+    from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
+
+    from bench.sd15_config import SCHEDULER_CONFIG, build_sd15_components
+
+    if smoke:
+        from worker.tiny import build_tiny_components
+
+        components = build_tiny_components()
+        components["scheduler"] = DDIMScheduler(**SCHEDULER_CONFIG)
+    else:
+        components = build_sd15_components(device)
+    # Any: diffusers' lazy module hides the pipeline's methods from mypy.
+    pipe: Any = StableDiffusionImg2ImgPipeline(**components, requires_safety_checker=False)
+    pipe.to(device)
+    # Not a speedup: tqdm's bars would only clutter the log.
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--smoke", action="store_true", help="tiny model, 64x64, a few steps")
+    p.add_argument("--dtype", default=None, help="farm path dtype (default bfloat16 on CUDA)")
+    p.add_argument("--size", type=int, default=None, help="image side (512; smoke 64)")
+    p.add_argument("--batch-sizes", default=None, help="sd15 batch sizes (1,4,8,16)")
+    p.add_argument("--turbo-batch-sizes", default=None, help="turbo batch sizes (4,8,16,32)")
+    p.add_argument("--ladder-batch", type=int, default=None, help="batch for the ablation (8)")
+    p.add_argument(
+        "--compile-batch-sizes",
+        default=None,
+        help="sd15 batch sizes to compile for (8,16); turbo uses twice these, so its UNet\n"
+        "batch matches sd15's CFG batch and reuses the compiled graph",
+    )
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile steps")
+    p.add_argument("--autotune", action="store_true", help="also try max-autotune-no-cudagraphs")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
+    p.add_argument("--iters", type=int, default=5, help="most timed calls per configuration")
+    p.add_argument("--min-iters", type=int, default=3, help="fewest timed calls")
+    p.add_argument("--max-seconds", type=float, default=6.0, help="stop timing after this")
+    p.add_argument("--budget-s", type=float, default=0.0, help="skip steps past this (0: none)")
+    p.add_argument("--json", default=None, help="write all figures to this path")
+    args = p.parse_args(argv)
+    args.device = resolve_device(args.device)
+    cuda = args.device.startswith("cuda")
+    if args.dtype is None:
+        args.dtype = "bfloat16" if cuda else "float32"
+    if args.size is None:
+        args.size = 64 if args.smoke else 512
+    if args.batch_sizes is None:
+        args.batch_sizes = "1,2,4" if args.smoke else "1,4,8,16"
+    if args.turbo_batch_sizes is None:
+        args.turbo_batch_sizes = "2,4" if args.smoke else "4,8,16,32"
+    if args.ladder_batch is None:
+        args.ladder_batch = 2 if args.smoke else 8
+    if args.compile_batch_sizes is None:
+        args.compile_batch_sizes = "2" if args.smoke else "8,16"
+    if args.smoke:
+        args.iters, args.min_iters, args.max_seconds = 2, 2, 2.0
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Random weights in low precision can yield NaN pixels; PIL conversion warns, harmlessly.
+    warnings.filterwarnings("ignore", message="invalid value encountered in cast")
+    device = args.device
+    env = environment(device)
+    log("== environment ==")
+    for k, v in env.items():
+        log(f"  {k}: {v}")
+    sd15 = SD15_SMOKE if args.smoke else SD15
+    workloads = [sd15, TURBO]
+    bench = Bench(args, env)
+
+    t = time.perf_counter()
+    pipe = build_pipeline(device, args.smoke)
+    synchronize(device)
+    what = "tiny" if args.smoke else "full-size SD1.5"
+    log(f"built {what} pipeline in {time.perf_counter() - t:.1f} s")
+
+    # (a) plain diffusers, fp32, batch 1, default everything: measured first, before any
+    # process-wide flag (TF32, cudnn.benchmark) is touched.
+    log("\n== (a) plain diffusers fp32 bs=1 ==")
+    for wl in workloads:
+        bench.step(
+            f"{wl.name} (a)",
+            0,
+            partial(measure, pipe, wl, variant="a", label="plain fp32", batch_size=1, args=args),
+        )
+
+    # (b) the farm's render path, one step at a time at the ladder batch size.
+    log(f"\n== (b) farm path, eager, one optimization at a time (bs={args.ladder_batch}) ==")
+    dt = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[args.dtype]
+    base = AccelOptions(
+        device=device,
+        dtype=args.dtype,
+        channels_last=False,
+        fuse_qkv=False,
+        cudnn_benchmark=False,
+        compile=False,
+    )
+    ladder = [
+        (f"{dt}+sdpa", base),
+        (f"{dt}+sdpa+cudnn.benchmark", dataclasses.replace(base, cudnn_benchmark=True)),
+        (
+            f"{dt}+sdpa+cudnn.benchmark+channels_last",
+            dataclasses.replace(base, cudnn_benchmark=True, channels_last=True),
+        ),
+        (
+            f"{dt}+sdpa+cudnn.benchmark+channels_last+fused_qkv",
+            dataclasses.replace(base, cudnn_benchmark=True, channels_last=True, fuse_qkv=True),
+        ),
+    ]
+    for label, opts in ladder:
+        bench.step(
+            label,
+            5,
+            partial(_eager, pipe, sd15, label, opts, args.ladder_batch, args),
+        )
+    eager_label, eager = ladder[-1]
+
+    log("\n== (b) farm path, eager, batch sweep ==")
+    for bs in parse_batch_sizes(args.batch_sizes):
+        if bs != args.ladder_batch:
+            bench.step(
+                f"sd15 eager bs={bs}",
+                5,
+                partial(_eager, pipe, sd15, eager_label, eager, bs, args),
+            )
+    for bs in parse_batch_sizes(args.turbo_batch_sizes):
+        bench.step(
+            f"turbo eager bs={bs}",
+            5,
+            partial(_eager, pipe, TURBO, eager_label, eager, bs, args),
+        )
+
+    if args.no_compile or not device.startswith("cuda"):
+        log("\n== compile steps skipped (CPU or --no-compile) ==")
+    else:
+        _compiled_steps(bench, pipe, sd15, eager, eager_label, args)
+
+    print_summary(bench.results, workloads, args.smoke)
+    bench.dump()
+    summary = summarize(bench.results, args.smoke)
+    missing = [
+        w.name
+        for w in workloads
+        if not all(summary.get(w.name, {}).get(k) for k in ("a_images_per_s", "b_images_per_s"))
+    ]
+    if missing:
+        log(f"no (a)/(b) figure for: {', '.join(missing)}")
+        return 1
+    return 0
+
+
+def _eager(
+    pipe: Any, wl: Workload, label: str, opts: AccelOptions, bs: int, args: argparse.Namespace
+) -> Measurement:
+    optimize_pipeline(pipe, opts)
+    return measure(pipe, wl, variant="b", label=label, batch_size=bs, args=args, opts=opts)
+
+
+def _compiled(
+    pipe: Any, wl: Workload, label: str, opts: AccelOptions, bs: int, args: argparse.Namespace
+) -> Measurement:
+    """Compile (lazily), warm up at this shape with eager fallback, then time."""
+    optimize_pipeline(pipe, opts)
+    res = warm_up(
+        pipe,
+        width=args.size,
+        height=args.size,
+        steps=wl.steps,
+        batch_size=bs,
+        strength=wl.strength,
+        guidance_scale=wl.guidance_scale,
+        runs=1,
+    )
+    log(f"  warm-up {label} bs={bs}: {res.seconds:.1f} s, compiled={res.compiled}")
+    m = measure(
+        pipe,
+        wl,
+        variant="b",
+        label=label,
+        batch_size=bs,
+        args=args,
+        opts=opts,
+        compiled=res.compiled,
+        first_call_s=res.seconds,
+    )
+    if res.compile_error:
+        m.label += " (compile FAILED, eager fallback)"
+        m.error = None
+        m.options["compile_error"] = res.compile_error
+    return m
+
+
+def _compiled_steps(
+    bench: Bench,
+    pipe: Any,
+    sd15: Workload,
+    eager: AccelOptions,
+    eager_label: str,
+    args: argparse.Namespace,
+) -> None:
+    # Order: what answers most first, each guarded by the time it is likely to take
+    # (first UNet compile ~1-2 min; a new batch size recompiles; a shape seen before is cached).
+    c_unet = dataclasses.replace(eager, compile=True)
+    c_all = dataclasses.replace(eager, compile=True, compile_vae=True)
+    l_unet = f"{eager_label}+compile(unet)"
+    l_all = f"{eager_label}+compile(unet,vae)"
+    sizes = parse_batch_sizes(args.compile_batch_sizes)
+    log(f"\n== (b) farm path, torch.compile (sd15 bs {sizes}, turbo at twice that) ==")
+    first = sizes[0]
+    plan: list[tuple[Workload, str, AccelOptions, int, float]] = [
+        (sd15, l_unet, c_unet, first, 150),
+        (TURBO, l_unet, c_unet, 2 * first, 40),
+        (sd15, l_all, c_all, first, 90),
+        (TURBO, l_all, c_all, 2 * first, 60),
+    ]
+    for bs in sizes[1:]:
+        plan += [(sd15, l_all, c_all, bs, 120), (TURBO, l_all, c_all, 2 * bs, 90)]
+    if args.autotune:
+        c_tune = dataclasses.replace(c_all, compile_mode="max-autotune-no-cudagraphs")
+        l_tune = f"{eager_label}+compile(unet,vae,max-autotune-no-cudagraphs)"
+        plan.append((sd15, l_tune, c_tune, first, 240))
+    for wl, label, opts, bs, est_s in plan:
+        bench.step(
+            f"{wl.name} {label} bs={bs}",
+            est_s,
+            partial(_compiled, pipe, wl, label, opts, bs, args),
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
