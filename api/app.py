@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from api.errors import register_error_handlers
 from api.metrics import install_api_metrics
-from api.routes import batches, files, health, jobs, models, uploads
+from api.routes import batches, files, health, jobs, models, uploads, webhooks
 from shared.broker import make_celery
 from shared.db import make_engine, make_session_factory
 from shared.logs import LogContextMiddleware
@@ -47,6 +47,6 @@ def create_app(
     register_error_handlers(app)
     app.add_middleware(LogContextMiddleware)
     install_api_metrics(app, settings)
-    for module in (health, jobs, batches, uploads, models, files):
+    for module in (health, jobs, batches, uploads, models, files, webhooks):
         app.include_router(module.router)
     return app

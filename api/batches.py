@@ -27,9 +27,10 @@ from sqlalchemy import ColumnElement, func, insert, select, tuple_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.params import model_spec, resolve_params
-from api.sources import resolve_source
+from api.sources import check_webhook_url, resolve_source
 from shared.dispatch import nudge
 from shared.errors import InvalidRequest, NotFound, StorageError, TransientError
+from shared.events import JOB_CANCELED, emit_job_events
 from shared.jobs import JobStatus, check_transition
 from shared.models import Batch, Job, Team, Upload, utcnow
 from shared.registry import ModelSpec
@@ -227,6 +228,9 @@ def create_batch(
     names = prompt_names(body.prompts)
     batch_seed = secrets.randbelow(2**31) if body.seed is None else body.seed
     params = shared_params(spec, body, batch_seed)
+    webhook_url = None
+    if body.webhook_url is not None:
+        webhook_url = check_webhook_url(body.webhook_url, "webhook_url", settings)
     # 2. the sources: each distinct image fetched, proven decodable and stored once
     source_keys = resolve_sources(session, team, body.images, storage=storage, settings=settings)
     # 3. the batch, then every job in one bulk INSERT (no per-job round trip)
@@ -243,6 +247,7 @@ def create_batch(
         job_count=body.job_count,
         meta=body.metadata,
         created_at=now,
+        webhook_url=webhook_url,
     )
     session.add(batch)
     session.flush()
@@ -453,15 +458,21 @@ def cancel_batch(session: Session, batch: Batch) -> int:
     """
     check_transition(JobStatus.QUEUED, JobStatus.CANCELED)
     now = utcnow()
-    result = session.execute(
-        update(Job)
-        .where(Job.batch_id == batch.id, Job.status == JobStatus.QUEUED.value)
-        .values(status=JobStatus.CANCELED.value, finished_at=now, lease_expires_at=None)
-        .execution_options(synchronize_session=False)
+    canceled_ids = list(
+        session.scalars(
+            update(Job)
+            .where(Job.batch_id == batch.id, Job.status == JobStatus.QUEUED.value)
+            .values(status=JobStatus.CANCELED.value, finished_at=now, lease_expires_at=None)
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        )
     )
     if batch.canceled_at is None:
         batch.canceled_at = now
-    return result.rowcount  # type: ignore[attr-defined, no-any-return]
+    # webhooks: job.canceled (and batch.completed if nothing is left running) commit with
+    # the cancel (transactional outbox).
+    emit_job_events(session, canceled_ids, JOB_CANCELED)
+    return len(canceled_ids)
 
 
 def retry_batch(session: Session, batch: Batch) -> int:
@@ -494,6 +505,13 @@ def retry_batch(session: Session, batch: Batch) -> int:
     retried: int = result.rowcount  # type: ignore[attr-defined]
     if retried:
         nudge(session)
+        # webhooks: a new round, whose end sends batch.completed again.
+        session.execute(
+            update(Batch)
+            .where(Batch.id == batch.id)
+            .values(completed_at=None)
+            .execution_options(synchronize_session=False)
+        )
     return retried
 
 
@@ -562,7 +580,7 @@ def manifest_items(
     rows: Iterable[_Row], storage: Storage, expires_in: int
 ) -> Iterator[ManifestItem]:
     for row in rows:
-        first = (row.outputs or [None])[0]
+        first = row.outputs[0] if row.outputs else None
         yield ManifestItem(
             job_id=row.id,
             sku=row.sku,

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import secrets
+from typing import cast
+
+from PIL import Image
 
 from shared.errors import InvalidRequest
+from shared.images import has_transparency, open_rgb
 from shared.registry import ModelSpec
 from shared.schemas import JobCreate, RenderParams
 
@@ -34,7 +39,8 @@ def resolve_params(spec: ModelSpec, body: JobCreate) -> RenderParams:
     strength = spec.strength if body.strength is None else body.strength
     if steps > spec.max_steps:
         raise InvalidRequest("steps", f"must be at most {spec.max_steps} for model {spec.alias!r}")
-    if int(steps * strength) < 1:
+    # echo never denoises: its steps and strength are recorded, not used.
+    if spec.denoises and int(steps * strength) < 1:
         raise InvalidRequest(
             "strength", f"strength {strength} x steps {steps} leaves no denoising step"
         )
@@ -42,6 +48,11 @@ def resolve_params(spec: ModelSpec, body: JobCreate) -> RenderParams:
     height = spec.height if body.height is None else body.height
     _check_size("width", width, spec)
     _check_size("height", height, spec)
+    if body.mask is not None and not spec.takes_mask:
+        raise InvalidRequest(
+            "mask",
+            f"model {spec.alias!r} is of kind {spec.kind}; only inpaint models take a mask",
+        )
     return RenderParams(
         strength=strength,
         steps=steps,
@@ -50,4 +61,37 @@ def resolve_params(spec: ModelSpec, body: JobCreate) -> RenderParams:
         width=width,
         height=height,
         output_format=body.output_format,
+        resize_mode=body.resize_mode,
     )
+
+
+def check_inpaint_inputs(spec: ModelSpec, source: bytes, mask: bytes | None) -> None:
+    """An inpaint job must leave something to repaint: refuse what would only echo the source.
+
+    With a mask: it must have the source's size (one resize geometry maps both) and some
+    white. Without one: the source must have transparent pixels (those get repainted).
+    Both arrive checked (decodable, within the pixel limit).
+    """
+    if not spec.takes_mask:
+        return
+    if mask is None:
+        if not has_transparency(source):
+            raise InvalidRequest(
+                "mask",
+                f"model {spec.alias!r} inpaints: give a mask (white = repaint, black = keep) "
+                "or a source PNG whose transparent pixels are to be repainted",
+            )
+        return
+    source_size = Image.open(io.BytesIO(source)).size
+    decoded = open_rgb(mask)
+    if decoded.size != source_size:
+        raise InvalidRequest(
+            "mask",
+            f"is {decoded.width}x{decoded.height} but the image is "
+            f"{source_size[0]}x{source_size[1]}; the mask must have the image's size",
+        )
+    # Luminance below 128 keeps (worker/masks.py); a mask without any brighter pixel
+    # repaints nothing.
+    _, brightest = cast(tuple[int, int], decoded.convert("L").getextrema())
+    if brightest < 128:
+        raise InvalidRequest("mask", "is all black: nothing to repaint (white = repaint)")

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from shared.errors import InvalidRequest
 from shared.images import CheckedImage, check_image, parse_data_url
 from shared.models import Team, Upload
-from shared.netguard import parse_networks, resolve_public
+from shared.netguard import guarded_client, parse_networks, resolve_public
 from shared.settings import Settings
 from shared.storage import Storage, sha256_hex, source_key
 
@@ -30,7 +30,9 @@ def store_source(storage: Storage, team: Team, image: CheckedImage) -> str:
 def fetch_url(url: str, field: str, settings: Settings) -> bytes:
     """GET a public URL with a size cap, re-checking every redirect hop against SSRF."""
     allowed = parse_networks(settings.private_networks)
-    with httpx.Client(timeout=settings.fetch_timeout_seconds, follow_redirects=False) as client:
+    # guarded_client checks again at connect time, against the address it dials (a DNS
+    # answer that changed since resolve_public, DNS rebinding, cannot reach inside).
+    with guarded_client(allowed, timeout=settings.fetch_timeout_seconds) as client:
         for _ in range(MAX_REDIRECTS + 1):
             resolve_public(url, field, allowed)
             try:
@@ -46,6 +48,15 @@ def fetch_url(url: str, field: str, settings: Settings) -> bytes:
             except httpx.HTTPError as e:
                 raise InvalidRequest(field, f"could not fetch the URL: {e}") from e
     raise InvalidRequest(field, f"more than {MAX_REDIRECTS} redirects")
+
+
+def check_webhook_url(url: str, field: str, settings: Settings) -> str:
+    """Refuse a webhook receiver URL that is not public http(s) (4xx naming ``field``).
+
+    The webhook worker checks again when it connects (the DNS answer may have changed).
+    """
+    resolve_public(url, field, parse_networks(settings.private_networks))
+    return url
 
 
 def _read_capped(response: httpx.Response, field: str, limit: int) -> bytes:

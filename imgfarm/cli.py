@@ -89,14 +89,28 @@ def api(host: str, port: int) -> None:
 
 
 @main.command()
-@click.option("--model", "alias", required=True, help="The model alias this worker pins.")
-def worker(alias: str) -> None:
-    """Run a render worker pinned to one model (one process per GPU)."""
+@click.option("--model", "alias", help="The model alias this worker pins.")
+@click.option(
+    "--webhooks",
+    is_flag=True,
+    help="Deliver webhooks instead (no model, no GPU; IMGFARM_WEBHOOK_* settings).",
+)
+def worker(alias: str | None, webhooks: bool) -> None:
+    """Run a render worker pinned to one model (one process per GPU), or the webhook worker."""
+    if webhooks == (alias is not None):
+        raise click.UsageError("give either --model ALIAS or --webhooks")
+    settings = _settings()
+    _logging(settings)
+    if webhooks:
+        # Its own import: the webhook worker never loads torch or a model.
+        from worker.webhooks import run_webhook_worker
+
+        run_webhook_worker(settings, settings.log_level)
+        return
     from shared.errors import ImgfarmError
     from worker.boot import run_worker
 
-    settings = _settings()
-    _logging(settings)
+    assert alias is not None
     try:
         run_worker(settings, alias, settings.log_level)
     except ImgfarmError as e:

@@ -36,7 +36,8 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
         {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.QUEUED}
     ),
     JobStatus.SUCCEEDED: frozenset(),
-    JobStatus.FAILED: frozenset(),
+    # A failed job may be retried on request (POST /v1/batches/{id}/retry).
+    JobStatus.FAILED: frozenset({JobStatus.QUEUED}),
     JobStatus.CANCELED: frozenset(),
 }
 
@@ -141,9 +142,15 @@ def requeue(session: Session, job_id: uuid.UUID, error: str, delay_seconds: floa
 def cancel(session: Session, job_id: uuid.UUID) -> bool:
     """Cancel a queued job so it never renders, or ask a running one to stop."""
     now: datetime = utcnow()
-    return transition(
+    canceled = transition(
         session, job_id, JobStatus.QUEUED, JobStatus.CANCELED, finished_at=now
     ) or transition(session, job_id, JobStatus.RUNNING, JobStatus.CANCELED, finished_at=now)
+    if canceled:
+        # webhooks: the job.canceled event commits with the cancel (transactional outbox).
+        from shared.events import JOB_CANCELED, emit_job_event  # events imports this module
+
+        emit_job_event(session, job_id, JOB_CANCELED)
+    return canceled
 
 
 def renew_leases(session: Session, worker: str, lease_seconds: int) -> int:
@@ -165,18 +172,27 @@ def expire_leases(session: Session, max_attempts: int) -> tuple[int, int]:
     """
     now = utcnow()
     expired = (Job.status == JobStatus.RUNNING.value) & (Job.lease_expires_at < now)
-    failed = session.execute(
-        update(Job)
-        .where(expired, Job.attempts >= max_attempts)
-        .values(
-            status=JobStatus.FAILED.value,
-            error="worker lost: lease expired without heartbeat (killed, out of memory or "
-            f"machine gone) on each of {max_attempts} attempts",
-            finished_at=now,
-            lease_expires_at=None,
+    failed_ids = list(
+        session.scalars(
+            update(Job)
+            .where(expired, Job.attempts >= max_attempts)
+            .values(
+                status=JobStatus.FAILED.value,
+                error="worker lost: lease expired without heartbeat (killed, out of memory or "
+                f"machine gone) on each of {max_attempts} attempts",
+                finished_at=now,
+                lease_expires_at=None,
+            )
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
         )
-        .execution_options(synchronize_session=False)
-    ).rowcount  # type: ignore[attr-defined]
+    )
+    failed = len(failed_ids)
+    if failed_ids:
+        # webhooks: job.failed events commit with the sweep (transactional outbox).
+        from shared.events import JOB_FAILED, emit_job_events  # events imports this module
+
+        emit_job_events(session, failed_ids, JOB_FAILED)
     requeued = session.execute(
         update(Job)
         .where(expired, Job.attempts < max_attempts)

@@ -137,6 +137,11 @@ class Job(Base):
     sku: Mapped[str | None] = mapped_column(String(100), default=None)
     prompt_name: Mapped[str | None] = mapped_column(String(100), default=None)
     variant: Mapped[int | None] = mapped_column(Integer, default=None)
+    # Webhooks (shared/events.py): where this job's own events are sent, signed with the
+    # team's webhook secret.
+    webhook_url: Mapped[str | None] = mapped_column(String(2048), default=None)
+    # Inpaint jobs given a mask: its content-addressed key, stored like the source.
+    mask_key: Mapped[str | None] = mapped_column(String(512), default=None)
 
 
 class Worker(Base):
@@ -172,6 +177,12 @@ class Batch(Base):
     meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     canceled_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Webhooks (shared/events.py): the batch's own URL; when its last job reached a final
+    # state (set once by a conditional UPDATE, so batch.completed is sent exactly once); the
+    # last batch.progress event.
+    webhook_url: Mapped[str | None] = mapped_column(String(2048), default=None)
+    completed_at: Mapped[datetime | None] = mapped_column(default=None)
+    progress_sent_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class IdempotencyKey(Base):
@@ -192,3 +203,111 @@ class IdempotencyKey(Base):
     status_code: Mapped[int | None] = mapped_column(Integer, default=None)
     response: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- Webhooks (shared/events.py, shared/webhooks.py, worker/webhooks.py) ---------------------
+
+
+class WebhookEndpoint(Base):
+    """A team's registered receiver: a URL, the events it wants, its signing secret(s).
+
+    During a rotation's overlap ``previous_secret`` still signs too (until it expires).
+    """
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index("ix_webhook_endpoints_team", "team_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list[str]] = mapped_column(JSON)
+    description: Mapped[str | None] = mapped_column(String(255), default=None)
+    secret: Mapped[str] = mapped_column(String(100))
+    previous_secret: Mapped[str | None] = mapped_column(String(100), default=None)
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set when the receiver answered 410 Gone: nothing more is sent until re-enabled.
+    disabled_at: Mapped[datetime | None] = mapped_column(default=None)
+    disabled_reason: Mapped[str | None] = mapped_column(String(255), default=None)
+
+
+class TeamWebhookSecret(Base):
+    """The secret that signs events sent to a job's or batch's own ``webhook_url``."""
+
+    __tablename__ = "team_webhook_secrets"
+
+    team_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True
+    )
+    secret: Mapped[str] = mapped_column(String(100))
+    previous_secret: Mapped[str | None] = mapped_column(String(100), default=None)
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event for one receiver: the outbox row and its durable retry schedule.
+
+    Written in the transaction that changed the job, so no event is lost and none is sent
+    for a change that rolled back. ``body`` is the exact JSON sent on every attempt.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_team", "team_id", "created_at", "id"),
+        Index("ix_webhook_deliveries_event", "event_id"),
+        # The scheduler's question: which pending deliveries are due (partial: the delivered
+        # and dead-lettered history stays out of it).
+        Index(
+            "ix_webhook_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    # NULL for a job's or batch's own webhook_url (signed with the team secret).
+    endpoint_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), default=None
+    )
+    event_id: Mapped[str] = mapped_column(String(64))
+    event_type: Mapped[str] = mapped_column(String(32))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None)
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None)
+    url: Mapped[str] = mapped_column(String(2048))
+    body: Mapped[str] = mapped_column(Text)
+    # pending → delivered | failed (refused for good) | dead (every attempt used)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=utcnow)
+    # Hand-over to the Celery queue and the running attempt's lease (worker/webhooks.py).
+    token: Mapped[str | None] = mapped_column(String(32), default=None)
+    dispatched_at: Mapped[datetime | None] = mapped_column(default=None)
+    locked_until: Mapped[datetime | None] = mapped_column(default=None)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_latency_ms: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class WebhookAttempt(Base):
+    """One HTTP attempt of a delivery: the log behind ``GET /v1/webhooks/deliveries/{id}``."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (Index("ix_webhook_attempts_delivery", "delivery_id", "started_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    delivery_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE")
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    # What the attempt led to: delivered, retry, failed, dead or disabled.
+    outcome: Mapped[str] = mapped_column(String(16))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -9,9 +10,15 @@ from typing import Any, Literal
 
 from shared.errors import ConfigError
 
-ModelKind = Literal["img2img"]
-KINDS: tuple[str, ...] = ("img2img",)
+# img2img: restyle the whole source. inpaint: repaint only where the mask (or the source's
+# transparency) says, keeping the rest bit-identical. controlnet-canny: img2img conditioned on
+# the source's canny edges, so outlines survive strong restyling. echo: no model at all, the
+# source comes back resized: load tests and overhead benchmarks of the farm itself.
+ModelKind = Literal["img2img", "inpaint", "controlnet-canny", "echo"]
+KINDS: tuple[str, ...] = ("img2img", "inpaint", "controlnet-canny", "echo")
 BUILTIN_PREFIX = "builtin:"
+# A diffusers scheduler class name; the worker resolves it (shared/ does not import diffusers).
+_SCHEDULER_NAME = re.compile(r"^[A-Z][A-Za-z0-9]*Scheduler$")
 
 
 @dataclass(frozen=True)
@@ -33,12 +40,28 @@ class ModelSpec:
     min_size: int = 64
     max_size: int = 1024
     max_steps: int = 150
+    # Optional diffusers scheduler class name (e.g. "EulerAncestralDiscreteScheduler"),
+    # built with ``from_config`` from the checkpoint's own scheduler config.
+    scheduler: str | None = None
+    # controlnet-canny only: where the ControlNetModel lives (hub id or local folder);
+    # unset means the ``controlnet`` subfolder of ``source``.
+    controlnet: str | None = None
     description: str = ""
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_builtin(self) -> bool:
         return self.source.startswith(BUILTIN_PREFIX)
+
+    @property
+    def takes_mask(self) -> bool:
+        """Only inpaint models read a mask (or the source's alpha as one)."""
+        return self.kind == "inpaint"
+
+    @property
+    def denoises(self) -> bool:
+        """False for ``echo``: steps, strength and guidance mean nothing to it."""
+        return self.kind != "echo"
 
 
 BUILTINS: dict[str, ModelSpec] = {
@@ -54,6 +77,48 @@ BUILTINS: dict[str, ModelSpec] = {
         max_steps=50,
         description="Random-weight tiny Stable Diffusion built offline; renders noise-like images.",
     ),
+    "tiny-inpaint": ModelSpec(
+        alias="tiny-inpaint",
+        source="builtin:tiny-inpaint",
+        kind="inpaint",
+        max_batch=4,
+        steps=4,
+        width=64,
+        height=64,
+        min_size=32,
+        max_size=256,
+        max_steps=50,
+        description="Random-weight tiny inpainting model (9-channel UNet) built offline.",
+    ),
+    "tiny-controlnet": ModelSpec(
+        alias="tiny-controlnet",
+        source="builtin:tiny-controlnet",
+        kind="controlnet-canny",
+        max_batch=4,
+        steps=4,
+        width=64,
+        height=64,
+        min_size=32,
+        max_size=256,
+        max_steps=50,
+        description="Random-weight tiny Stable Diffusion with a canny ControlNet, built offline.",
+    ),
+    "echo": ModelSpec(
+        alias="echo",
+        source="builtin:echo",
+        kind="echo",
+        device="cpu",
+        max_batch=16,
+        steps=1,
+        strength=1.0,
+        guidance_scale=0.0,
+        width=512,
+        height=512,
+        min_size=8,
+        max_size=2048,
+        max_steps=1,
+        description="No model: returns the source resized to the requested size (load tests).",
+    ),
 }
 
 _FIELDS = {f for f in ModelSpec.__dataclass_fields__ if f != "alias"}
@@ -68,6 +133,15 @@ def _spec_from_table(alias: str, table: dict[str, Any]) -> ModelSpec:
     spec = replace(BUILTINS.get(alias, ModelSpec(alias=alias, source="")), **table)
     if spec.kind not in KINDS:
         raise ConfigError(f"model {alias!r}: kind {spec.kind!r} is not one of {KINDS}")
+    if spec.max_batch < 1:
+        raise ConfigError(f"model {alias!r}: max_batch must be at least 1")
+    if spec.scheduler is not None and not _SCHEDULER_NAME.match(spec.scheduler):
+        raise ConfigError(
+            f"model {alias!r}: scheduler {spec.scheduler!r} is not a diffusers scheduler class "
+            "name (e.g. 'EulerAncestralDiscreteScheduler')"
+        )
+    if spec.controlnet is not None and spec.kind != "controlnet-canny":
+        raise ConfigError(f"model {alias!r}: 'controlnet' only applies to kind controlnet-canny")
     if (
         not spec.min_size
         <= min(spec.width, spec.height)

@@ -10,7 +10,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from shared.images import OutputFormat
+from shared.events import EVENT_TYPES
+from shared.images import OutputFormat, ResizeMode
 
 MAX_METADATA_BYTES = 8 * 1024
 MAX_SEED = 2**63 - 1
@@ -35,6 +36,25 @@ class JobCreate(BaseModel):
     height: int | None = Field(default=None, gt=0)
     output_format: OutputFormat = "png"
     metadata: dict[str, Any] | None = None
+    webhook_url: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2048,
+        description="Public http(s) URL that receives this job's job.* events, signed with "
+        "the team's webhook secret (GET /v1/webhooks/secret).",
+    )
+    mask: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Inpaint models only: white repaints, black keeps (bit-identical). Same "
+        "forms as image and the source's size. Omitted: a source PNG's transparent pixels "
+        "are repainted and its fully opaque ones kept.",
+    )
+    resize_mode: ResizeMode = Field(
+        default="crop",
+        description="How the source is brought to width x height: fit (stretch), crop "
+        "(cover, center-crop) or pad (fit inside, pad with white; inpaint repaints the pad).",
+    )
 
     @field_validator("metadata")
     @classmethod
@@ -54,6 +74,8 @@ class RenderParams(BaseModel):
     width: int
     height: int
     output_format: OutputFormat
+    # Default for jobs stored before resize modes existed (they were center-cropped).
+    resize_mode: ResizeMode = "crop"
 
 
 class JobAccepted(BaseModel):
@@ -104,6 +126,9 @@ class ModelPublic(BaseModel):
     description: str
     defaults: dict[str, Any]
     limits: dict[str, Any]
+    workers: list[str] = Field(
+        default_factory=list, description="Names of the workers online now that pin this model."
+    )
 
 
 class ModelsPublic(BaseModel):
@@ -178,6 +203,13 @@ class BatchCreate(BaseModel):
     height: int | None = Field(default=None, gt=0)
     output_format: OutputFormat = "png"
     metadata: dict[str, Any] | None = None
+    webhook_url: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2048,
+        description="Public http(s) URL that receives the job.* events of every job of the "
+        "batch, batch.progress and batch.completed, signed with the team's webhook secret.",
+    )
 
     @field_validator("images", mode="before")
     @classmethod
@@ -306,3 +338,106 @@ class UploadPresigned(BaseModel):
     url: str
     method: str = "PUT"
     expires_at: datetime
+
+
+# --- Webhooks ------------------------------------------------------------------------------
+
+MAX_ROTATION_OVERLAP_SECONDS = 7 * 24 * 3600
+
+
+class WebhookEndpointCreate(BaseModel):
+    """``POST /v1/webhooks``: a receiver for the team's events of the listed types."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1, max_length=2048, description="A public http(s) URL.")
+    events: list[str] = Field(
+        min_length=1, description="Event types: " + ", ".join(EVENT_TYPES)
+    )
+    description: str | None = Field(default=None, max_length=255)
+
+    @field_validator("events")
+    @classmethod
+    def _known_events(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in EVENT_TYPES]
+        if unknown:
+            raise ValueError(f"unknown event type(s) {unknown}; known: {', '.join(EVENT_TYPES)}")
+        return list(dict.fromkeys(value))
+
+
+class WebhookEndpointPublic(BaseModel):
+    id: uuid.UUID
+    url: str
+    events: list[str]
+    description: str | None
+    created_at: datetime
+    disabled_at: datetime | None = Field(description="Set when the URL answered 410 Gone.")
+    disabled_reason: str | None
+    previous_secret_expires_at: datetime | None = Field(
+        description="Until then the rotated-out secret signs too (a second signature)."
+    )
+
+
+class WebhookEndpointCreated(WebhookEndpointPublic):
+    secret: str = Field(description="The whsec_ signing secret, shown only now.")
+
+
+class WebhookEndpointsPublic(BaseModel):
+    endpoints: list[WebhookEndpointPublic]
+
+
+class WebhookRotate(BaseModel):
+    """``POST /v1/webhooks/{id}/rotate`` (or ``/v1/webhooks/secret/rotate``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    overlap_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_ROTATION_OVERLAP_SECONDS,
+        description="How long the old secret keeps signing too (default: the farm's, "
+        "IMGFARM_WEBHOOK_ROTATION_OVERLAP_SECONDS).",
+    )
+
+
+class WebhookSecretPublic(BaseModel):
+    secret: str = Field(description="The current whsec_ signing secret.")
+    previous_secret_expires_at: datetime | None
+
+
+class WebhookAttemptPublic(BaseModel):
+    attempt: int
+    started_at: datetime
+    status_code: int | None
+    latency_ms: int
+    error: str | None
+    outcome: str = Field(description="delivered, retry, failed, dead or disable.")
+
+
+class WebhookDeliveryPublic(BaseModel):
+    id: uuid.UUID
+    event_id: str = Field(description="The webhook-id header: the same on every attempt.")
+    event_type: str
+    endpoint_id: uuid.UUID | None = Field(description="None: a job's or batch's webhook_url.")
+    job_id: uuid.UUID | None
+    batch_id: uuid.UUID | None
+    url: str
+    status: str = Field(description="pending, delivered, failed (not retried) or dead.")
+    attempts: int
+    next_attempt_at: datetime | None
+    last_attempt_at: datetime | None
+    last_status_code: int | None
+    last_latency_ms: int | None
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+class WebhookDeliveryDetail(WebhookDeliveryPublic):
+    payload: dict[str, Any]
+    attempt_log: list[WebhookAttemptPublic]
+
+
+class WebhookDeliveriesPublic(BaseModel):
+    deliveries: list[WebhookDeliveryPublic]
+    next_cursor: str | None

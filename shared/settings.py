@@ -55,6 +55,18 @@ class Settings(BaseSettings):
     # OpenTelemetry traces (FastAPI, Celery, SQLAlchemy, botocore). Needs the `otel` extra;
     # the exporter is configured by the standard OTEL_* variables.
     otel_enabled: bool = False
+    # --- webhooks (docs/webhooks.md) ---
+    # Seconds before each delivery attempt, the first counted from the event: the Standard
+    # Webhooks schedule (immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h).
+    # One attempt per entry; after the last the delivery is dead-lettered. Tests compress it.
+    webhook_retry_schedule: str = "0,5,300,1800,7200,18000,36000,50400,72000,86400"
+    webhook_timeout_seconds: float = Field(default=15.0, gt=0)
+    # How often the webhook worker's scheduler looks for due deliveries.
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)
+    # Deliveries one webhook worker process sends at once (threads: the work is waiting on I/O).
+    webhook_concurrency: int = Field(default=8, ge=1)
+    # Default overlap of a rotated secret: both signatures are sent until it ends.
+    webhook_rotation_overlap_seconds: int = Field(default=86400, ge=0)
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:
@@ -67,6 +79,7 @@ class Settings(BaseSettings):
             self.broker_url = "filesystem://"
         if not self.storage_url:
             self.storage_url = (root / "objects").as_uri()
+        _parse_retry_schedule(self.webhook_retry_schedule)
         if self.env == "prod" and self.secret_key == DEV_SECRET:
             raise ValueError(
                 "IMGFARM_SECRET_KEY must be set to a real secret when IMGFARM_ENV=prod"
@@ -90,3 +103,20 @@ class Settings(BaseSettings):
     @property
     def private_networks(self) -> list[str]:
         return [c.strip() for c in self.allow_private_networks.split(",") if c.strip()]
+
+    @property
+    def webhook_retry_delays(self) -> list[float]:
+        """``IMGFARM_WEBHOOK_RETRY_SCHEDULE`` as seconds, one entry per delivery attempt."""
+        return _parse_retry_schedule(self.webhook_retry_schedule)
+
+
+def _parse_retry_schedule(value: str) -> list[float]:
+    try:
+        delays = [float(part) for part in value.split(",") if part.strip()]
+    except ValueError as e:
+        raise ValueError(
+            f"IMGFARM_WEBHOOK_RETRY_SCHEDULE must be comma-separated seconds, got {value!r}"
+        ) from e
+    if not delays or any(d < 0 for d in delays):
+        raise ValueError(f"IMGFARM_WEBHOOK_RETRY_SCHEDULE needs delays >= 0, got {value!r}")
+    return delays

@@ -21,6 +21,7 @@ from shared.teams import create_api_key, ensure_team
 from tests.services import (
     ImgfarmProcess,
     PostgresDatabase,
+    ServerProcess,
     free_port,
     moto_server,
     redis_server,
@@ -51,13 +52,35 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_url(session_dir: Path) -> Iterator[str]:
+def redis(session_dir: Path) -> Iterator[ServerProcess]:
+    """The session's own redis-server; fault tests stop and restart it."""
     server = redis_server(free_port(), session_dir)
     server.start()
     try:
-        yield f"redis://127.0.0.1:{server.port}/0"
+        yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis: ServerProcess) -> str:
+    return f"redis://127.0.0.1:{redis.port}/0"
+
+
+FAULT_REPORT: list[str] = []
+
+
+@pytest.fixture
+def fault_report() -> Callable[[str], None]:
+    """Fault tests report lost / duplicated / seconds here; printed at the end of the run."""
+    return FAULT_REPORT.append
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest hook
+    if FAULT_REPORT:
+        terminalreporter.section("fault tests")
+        for line in FAULT_REPORT:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +109,7 @@ def settings_env(
         "IMGFARM_S3_ENDPOINT_URL": s3_endpoint,
         "IMGFARM_LOG_LEVEL": "INFO",
         # Short leases so the fault tests see a killed worker's job come back in seconds.
-        "IMGFARM_LEASE_SECONDS": "3",
+        "IMGFARM_LEASE_SECONDS": "5",
         "IMGFARM_DISPATCH_POLL_SECONDS": "0.5",
         **AWS_ENV,
     }

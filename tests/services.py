@@ -146,3 +146,41 @@ class ImgfarmProcess:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+@dataclass
+class PostgresCluster:
+    """A throwaway PostgreSQL server of our own (initdb), for tests that restart it."""
+
+    root: Path
+    port: int = field(default_factory=free_port)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _bin(self, name: str) -> str:
+        found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+        if not found:
+            raise RuntimeError(f"PostgreSQL binary {name} not found")
+        return str(found[-1])
+
+    def _as_postgres(self, *argv: str) -> None:
+        # initdb and postgres refuse to run as root.
+        subprocess.run(["runuser", "-u", "postgres", "--", *argv], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def init(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        shutil.chown(self.root, "postgres", "postgres")
+        self._as_postgres(self._bin("initdb"), "-D", str(self.root / "data"), "-A", "trust",
+                          "-U", "postgres")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -c fsync=off -c listen_addresses=127.0.0.1 -k {self.root}"
+        self._as_postgres(self._bin("pg_ctl"), "-D", str(self.root / "data"), "-o", options,
+                          "-l", str(self.root / "server.log"), "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._as_postgres(self._bin("pg_ctl"), "-D", str(self.root / "data"), "-m", mode,
+                          "-w", "stop")

@@ -6,6 +6,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
+import textwrap
 import uuid
 from collections.abc import Iterator
 from contextvars import copy_context
@@ -150,3 +154,63 @@ def test_celery_task_signals_bind_then_clear_the_job_context(log_stream):
     claimed, idle = lines(log_stream)
     assert claimed["job_id"] == "job-z" and claimed["worker"] == "tiny-1@h"
     assert "job_id" not in idle and "worker" not in idle
+
+
+# --- OpenTelemetry (optional) ----------------------------------------------------------
+
+
+def test_tracing_is_off_unless_enabled():
+    from shared.tracing import configure_tracing
+
+    assert configure_tracing(Settings(), "imgfarm-test") is False
+
+
+def test_tracing_names_the_missing_package(monkeypatch):
+    import shared.tracing as tracing
+    from shared.errors import ConfigError
+
+    def missing(name: str):
+        raise ImportError(f"No module named {name!r}", name=name)
+
+    monkeypatch.setattr(tracing.importlib, "import_module", missing)
+    expected = r"opentelemetry\.instrumentation\.fastapi.*imgfarm\[otel\]"
+    with pytest.raises(ConfigError, match=expected):
+        tracing.configure_tracing(Settings(otel_enabled=True), "imgfarm-test")
+
+
+def test_enabled_tracing_turns_an_api_request_into_a_span():
+    # A process of its own: the instrumentations patch FastAPI, Celery, SQLAlchemy and
+    # botocore for the whole process.
+    script = textwrap.dedent("""
+        from fastapi import FastAPI
+        from fastapi.testclient import TestClient
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        from shared.settings import Settings
+        from shared.tracing import configure_tracing
+
+        assert configure_tracing(Settings(otel_enabled=True), "imgfarm-api")
+        provider = trace.get_tracer_provider()
+        memory = InMemorySpanExporter()
+        provider.add_span_processor(SimpleSpanProcessor(memory))
+        app = FastAPI()
+
+        @app.get("/v1/things/{thing_id}")
+        def thing(thing_id: str) -> dict:
+            return {"id": thing_id}
+
+        assert TestClient(app).get("/v1/things/42").status_code == 200
+        spans = memory.get_finished_spans()
+        names = {s.name for s in spans}
+        assert any(n.startswith("GET /v1/things/{thing_id}") for n in names), names
+        service = spans[0].resource.attributes["service.name"]
+        assert service == "imgfarm-api", service
+        print("ok")
+    """)
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+           "OTEL_BSP_SCHEDULE_DELAY": "600000"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]

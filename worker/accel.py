@@ -222,23 +222,26 @@ def warm_up(
     guidance_scale: float,
     runs: int = 2,
     fallback_to_eager: bool = True,
+    extra_inputs: dict[str, Any] | None = None,
 ) -> WarmUpResult:
     """Render dummy inputs at one served shape so compile and autotune happen now.
 
     The first run compiles (and lets cuDNN search); the second confirms no recompilation
     is left. If compilation fails and ``fallback_to_eager`` is set, the pipeline is put back
     to eager mode and warmed again: a slower worker beats one that cannot start.
+    ``extra_inputs`` are further pipeline arguments (an inpaint mask, a ControlNet image).
     """
     start = time.perf_counter()
     compiled = is_compiled(pipe)
+    extra = extra_inputs or {}
     try:
-        _dummy_runs(pipe, width, height, steps, batch_size, strength, guidance_scale, runs)
+        _dummy_runs(pipe, width, height, steps, batch_size, strength, guidance_scale, runs, extra)
     except Exception as exc:  # any compiler failure; must not keep the worker from starting
         if not (compiled and fallback_to_eager):
             raise
         logger.warning("torch.compile failed during warm-up, falling back to eager: %r", exc)
         uncompile(pipe)
-        _dummy_runs(pipe, width, height, steps, batch_size, strength, guidance_scale, runs)
+        _dummy_runs(pipe, width, height, steps, batch_size, strength, guidance_scale, runs, extra)
         return WarmUpResult(time.perf_counter() - start, compiled=False, compile_error=repr(exc))
     return WarmUpResult(time.perf_counter() - start, compiled=compiled)
 
@@ -252,6 +255,7 @@ def _dummy_runs(
     strength: float,
     guidance_scale: float,
     runs: int,
+    extra: dict[str, Any],
 ) -> None:
     from PIL import Image
 
@@ -265,6 +269,7 @@ def _dummy_runs(
             strength=strength,
             guidance_scale=guidance_scale,
             output_type="pil",
+            **extra,
         )
     synchronize(pipe.device)
 

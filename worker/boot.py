@@ -78,12 +78,20 @@ def run_worker(settings: Settings, alias: str, loglevel: str = "INFO") -> None:
 
 def run_dispatcher(settings: Settings) -> None:
     """Block handing queued jobs to Redis until SIGTERM or SIGINT."""
+    from shared.metrics import start_metrics_server
+    from worker.farm_metrics import FarmMetrics
+
     engine = make_engine(settings.database_url)
+    # Farm gauges (backlog per model, oldest queued, expired leases) come from Postgres:
+    # Flower has no queue depth, and Redis is kept shallow on purpose.
+    start_metrics_server(settings)
+    farm = FarmMetrics(worker_fresh_seconds=max(10, settings.lease_seconds))
     dispatcher = Dispatcher(
         settings,
         make_session_factory(engine),
         make_celery(settings, "imgfarm-dispatcher"),
         load_registry(settings.models),
+        on_tick=farm.update,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

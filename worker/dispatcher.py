@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.broker import send_render
 from shared.db import session_scope
 from shared.dispatch import CHANNEL
+from shared.events import JOB_FAILED, emit_job_events
 from shared.jobs import JobStatus, expire_leases
 from shared.models import Job, Worker, utcnow
 from shared.registry import ModelSpec
@@ -210,16 +211,21 @@ class Dispatcher:
             stats.sent_jobs += len(sent)
 
     def _fail_unknown_model(self, session: Session, model: str) -> None:
-        session.execute(
-            update(Job)
-            .where(Job.model == model, Job.status == JobStatus.QUEUED.value)
-            .values(
-                status=JobStatus.FAILED.value,
-                error=UNKNOWN_MODEL_ERROR.format(model=model),
-                finished_at=utcnow(),
+        failed_ids = list(
+            session.scalars(
+                update(Job)
+                .where(Job.model == model, Job.status == JobStatus.QUEUED.value)
+                .values(
+                    status=JobStatus.FAILED.value,
+                    error=UNKNOWN_MODEL_ERROR.format(model=model),
+                    finished_at=utcnow(),
+                )
+                .returning(Job.id)
+                .execution_options(synchronize_session=False)
             )
-            .execution_options(synchronize_session=False)
         )
+        # webhooks: job.failed events commit with the failure (transactional outbox).
+        emit_job_events(session, failed_ids, JOB_FAILED)
 
     def run(self, stop: threading.Event) -> None:
         """Tick until ``stop`` is set, woken early by NOTIFY where the database has it."""

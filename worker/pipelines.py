@@ -1,4 +1,10 @@
-"""Load a model alias once, through ``from_pretrained``, and keep it warm."""
+"""Load a model alias once, through ``from_pretrained``, and keep it warm.
+
+Each model kind maps to one diffusers pipeline class (``echo`` loads nothing). A compiled
+pipeline recompiles for every new batch size, so a worker serves a few batch-size buckets
+(powers of two up to ``max_batch``, and ``max_batch``), warms up at each of them at start,
+and pads every call up to the next bucket (worker/render.py): no job pays a compile.
+"""
 
 from __future__ import annotations
 
@@ -9,33 +15,74 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from shared.errors import ModelLoadError
 from shared.registry import ModelSpec
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
+PIPELINE_CLASSES: dict[str, str] = {
+    "img2img": "StableDiffusionImg2ImgPipeline",
+    "inpaint": "StableDiffusionInpaintPipeline",
+    "controlnet-canny": "StableDiffusionControlNetImg2ImgPipeline",
+}
+ECHO_REVISION = "echo"
+
 
 @dataclass
 class LoadedModel:
-    """A pipeline on its device, with what provenance needs to know about it."""
+    """A pipeline on its device, with what provenance needs to know about it.
+
+    ``pipe`` is None for ``echo``. ``compiled`` says whether the pipeline runs through
+    torch.compile after warm-up; only then are calls padded up to one of ``buckets``.
+    """
 
     spec: ModelSpec
     pipe: Any
     device: str
     revision: str
     load_seconds: float
+    compiled: bool = False
+    buckets: tuple[int, ...] = (1,)
+
+    def pipeline_batch_size(self, items: int) -> int:
+        """The batch size a call for ``items`` jobs runs at: the next warm bucket when
+        compiled (a new shape would recompile for tens of seconds), else ``items``."""
+        if not self.compiled:
+            return items
+        return next((b for b in self.buckets if b >= items), items)
+
+
+def batch_buckets(max_batch: int) -> tuple[int, ...]:
+    """Powers of two below ``max_batch``, then ``max_batch``: 6 -> (1, 2, 4, 6).
+
+    Padding to the next bucket wastes at most half a batch, and warm-up compiles only
+    log2(max_batch) + 1 shapes instead of ``max_batch``.
+    """
+    sizes = {max_batch}
+    size = 1
+    while size < max_batch:
+        sizes.add(size)
+        size *= 2
+    return tuple(sorted(sizes))
 
 
 def weights_location(spec: ModelSpec, settings: Settings) -> str:
     """A local folder or a hub id. Built-in models are built offline on first use."""
     if spec.is_builtin:
-        from worker.tiny import save_tiny_pipeline
+        from worker.tiny import TINY_KINDS, save_tiny_pipeline
 
         name = spec.source.removeprefix("builtin:")
-        if name != "tiny":
+        if name not in TINY_KINDS:
             raise ModelLoadError(f"unknown built-in model {spec.source!r}")
-        return str(save_tiny_pipeline(settings.model_cache_dir / name))
+        if TINY_KINDS[name] != spec.kind:
+            raise ModelLoadError(
+                f"model {spec.alias!r}: built-in {name!r} is of kind {TINY_KINDS[name]!r}, "
+                f"not {spec.kind!r}"
+            )
+        return str(save_tiny_pipeline(settings.model_cache_dir / name, TINY_KINDS[name]))
     return spec.source
 
 
@@ -68,42 +115,174 @@ def accel_options(spec: ModelSpec, device: str, dtype: Any) -> Any:
     )
 
 
+def kind_inputs(
+    spec: ModelSpec,
+    width: int,
+    height: int,
+    *,
+    masks: list[Image.Image] | None = None,
+    controls: list[Image.Image] | None = None,
+) -> dict[str, Any]:
+    """The pipeline arguments a kind needs beyond prompt, image, strength, steps, guidance.
+
+    ``masks``: white repaints (inpaint). ``controls``: canny edge maps (controlnet-canny).
+    Sizes are given explicitly: the inpaint pipeline would otherwise default to the UNet's
+    native size, not the image's.
+    """
+    if spec.kind == "inpaint":
+        return {"mask_image": masks, "height": height, "width": width}
+    if spec.kind == "controlnet-canny":
+        scale = float(spec.options.get("controlnet_conditioning_scale", 1.0))
+        return {
+            "control_image": controls,
+            "height": height,
+            "width": width,
+            "controlnet_conditioning_scale": scale,
+        }
+    return {}
+
+
+def warm_up_inputs(spec: ModelSpec, batch_size: int) -> dict[str, Any]:
+    """Dummy kind-specific inputs at the model's default size (shapes are what matter)."""
+    size = (spec.width, spec.height)
+    return kind_inputs(
+        spec,
+        spec.width,
+        spec.height,
+        masks=[Image.new("L", size, 255)] * batch_size,
+        controls=[Image.new("RGB", size, (0, 0, 0))] * batch_size,
+    )
+
+
+def _pipeline_class(kind: str) -> Any:
+    import diffusers
+
+    return getattr(diffusers, PIPELINE_CLASSES[kind])
+
+
+def _load_controlnet(spec: ModelSpec, location: str, dtype: Any) -> Any:
+    """From ``spec.controlnet`` (hub id or folder), else the ``controlnet`` subfolder."""
+    from diffusers import ControlNetModel
+
+    where = spec.controlnet or location
+    kwargs: dict[str, Any] = {} if spec.controlnet else {"subfolder": "controlnet"}
+    revision = None if spec.controlnet else spec.revision
+    return ControlNetModel.from_pretrained(
+        where, dtype=dtype, revision=revision, local_files_only=Path(where).is_dir(), **kwargs
+    )
+
+
+def _set_scheduler(pipe: Any, spec: ModelSpec) -> None:
+    """Swap in the registry's scheduler class, built from the checkpoint's scheduler config."""
+    if spec.scheduler is None:
+        return
+    import diffusers
+    from diffusers import SchedulerMixin
+
+    cls = getattr(diffusers, spec.scheduler, None)
+    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
+        raise ModelLoadError(
+            f"model {spec.alias!r}: scheduler {spec.scheduler!r} is not a diffusers scheduler"
+        )
+    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+
+
+def _from_pretrained(spec: ModelSpec, location: str, dtype: Any) -> Any:
+    extra: dict[str, Any] = {}
+    try:
+        if spec.kind == "controlnet-canny":
+            extra["controlnet"] = _load_controlnet(spec, location, dtype)
+        return _pipeline_class(spec.kind).from_pretrained(
+            location,
+            dtype=dtype,
+            revision=spec.revision,
+            local_files_only=Path(location).is_dir(),
+            safety_checker=None,
+            requires_safety_checker=False,
+            **extra,
+        )
+    except (OSError, ValueError, TypeError) as e:
+        raise ModelLoadError(f"cannot load model {spec.alias!r} from {location!r}: {e}") from e
+
+
+def _revision(spec: ModelSpec, location: str) -> str:
+    if spec.revision:
+        return spec.revision
+    revision = folder_fingerprint(Path(location)) if Path(location).is_dir() else "main"
+    if spec.controlnet and Path(spec.controlnet).is_dir():
+        revision += "+" + folder_fingerprint(Path(spec.controlnet))
+    return revision
+
+
+def warm_model(pipe: Any, spec: ModelSpec) -> tuple[bool, tuple[int, ...]]:
+    """Warm ``pipe`` at every batch size it will serve; returns (compiled, buckets).
+
+    Compiled: every bucket, so no job pays a recompile. Eager: batch 1 only (enough for
+    lazy allocations and kernels; other sizes cost nothing extra the first time). If
+    compilation fails at some bucket the pipeline is eager from then on (warm_up's
+    fallback) and calls are no longer padded.
+    """
+    from worker.accel import is_compiled, warm_up
+
+    compiled = is_compiled(pipe)
+    buckets = batch_buckets(spec.max_batch) if compiled else (1,)
+    for size in buckets:
+        result = warm_up(
+            pipe,
+            width=spec.width,
+            height=spec.height,
+            steps=spec.steps,
+            batch_size=size,
+            strength=spec.strength,
+            guidance_scale=spec.guidance_scale,
+            extra_inputs=warm_up_inputs(spec, size),
+        )
+        log.info("warmed %s at batch %d in %.1fs", spec.alias, size, result.seconds)
+        if compiled and not result.compiled:
+            return False, (1,)
+    return compiled, buckets
+
+
 def load_model(spec: ModelSpec, settings: Settings, *, warm: bool = True) -> LoadedModel:
     """Load ``spec`` onto its device, apply the fast path and warm it up."""
+    if spec.kind == "echo":
+        # No weights, no torch: the source comes back resized (worker/render.py).
+        return LoadedModel(
+            spec=spec, pipe=None, device="cpu", revision=ECHO_REVISION, load_seconds=0.0
+        )
     import torch
-    from diffusers import StableDiffusionImg2ImgPipeline
 
-    from worker.accel import optimize_pipeline, resolve_device, warm_up
+    from worker.accel import is_compiled, optimize_pipeline, resolve_device
 
     started = time.perf_counter()
     location = weights_location(spec, settings)
     device = resolve_device(spec.device)
     dtype = getattr(torch, spec.dtype) if device != "cpu" else torch.float32
-    local = Path(location).is_dir()
-    try:
-        pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
-            location,
-            dtype=dtype,
-            revision=spec.revision,
-            local_files_only=local,
-            safety_checker=None,
-            requires_safety_checker=False,
-        )
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"cannot load model {spec.alias!r} from {location!r}: {e}") from e
-    opts = accel_options(spec, device, dtype)
-    pipe = optimize_pipeline(pipe, opts)
+    pipe = _from_pretrained(spec, location, dtype)
+    _set_scheduler(pipe, spec)
+    pipe = optimize_pipeline(pipe, accel_options(spec, device, dtype))
     if warm:
-        warm_up(
-            pipe,
-            width=spec.width,
-            height=spec.height,
-            steps=spec.steps,
-            batch_size=1,
-            strength=spec.strength,
-            guidance_scale=spec.guidance_scale,
-        )
-    revision = spec.revision or (folder_fingerprint(Path(location)) if local else "main")
+        compiled, buckets = warm_model(pipe, spec)
+    else:
+        compiled = is_compiled(pipe)
+        buckets = batch_buckets(spec.max_batch) if compiled else (1,)
+    revision = _revision(spec, location)
     seconds = time.perf_counter() - started
-    log.info("model %s loaded on %s in %.2fs (revision %s)", spec.alias, device, seconds, revision)
-    return LoadedModel(spec=spec, pipe=pipe, device=device, revision=revision, load_seconds=seconds)
+    log.info(
+        "model %s (%s) loaded on %s in %.2fs (revision %s, batch buckets %s)",
+        spec.alias,
+        spec.kind,
+        device,
+        seconds,
+        revision,
+        buckets if compiled else "none: eager",
+    )
+    return LoadedModel(
+        spec=spec,
+        pipe=pipe,
+        device=device,
+        revision=revision,
+        load_seconds=seconds,
+        compiled=compiled,
+        buckets=buckets,
+    )

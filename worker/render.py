@@ -2,6 +2,10 @@
 
 1. check inputs   2. fetch sources   3. run pipeline (one call, one generator per item)
 4. encode         5. store (deterministic keys, provenance as object metadata)
+
+Per model kind, step 2 also derives what the pipeline is conditioned on (an inpaint keep
+mask, canny edges) and step 3 pastes an inpaint job's kept pixels back; ``echo`` skips the
+pipeline and returns the resized source.
 """
 
 from __future__ import annotations
@@ -16,20 +20,29 @@ import torch
 from PIL import Image
 
 from shared.errors import PermanentRenderError
-from shared.images import CONTENT_TYPES, EXTENSIONS, encode_image, fit_crop, open_rgb
+from shared.images import CONTENT_TYPES, EXTENSIONS, encode_image, flatten, open_rgba, resize_image
 from shared.models import Job
+from shared.registry import ModelSpec
 from shared.schemas import RenderParams
 from shared.storage import Storage, output_key
-from worker.pipelines import LoadedModel
+from worker.canny import DEFAULT_HIGH, DEFAULT_LOW, canny_edges
+from worker.masks import keep_mask, paste_kept, repaint_mask
+from worker.pipelines import LoadedModel, kind_inputs
 
 
 @dataclass(frozen=True)
 class RenderItem:
-    """A claimed job with its decoded, resized source: ready for the pipeline."""
+    """A claimed job with its decoded, resized source: ready for the pipeline.
+
+    ``keep`` (inpaint): mode L, 255 where the source's pixels are kept (worker/masks.py).
+    ``control`` (controlnet-canny): the canny edges of ``source`` the render follows.
+    """
 
     job: Job
     params: RenderParams
     source: Image.Image
+    keep: Image.Image | None = None
+    control: Image.Image | None = None
 
 
 @dataclass(frozen=True)
@@ -51,30 +64,70 @@ def check_inputs(model: LoadedModel, params: RenderParams) -> None:
                 f"{name}={value} is outside {spec.alias}'s limits "
                 f"({spec.min_size}..{spec.max_size}, multiple of 8)"
             )
-    if int(params.steps * params.strength) < 1:
+    if spec.denoises and int(params.steps * params.strength) < 1:
         raise PermanentRenderError("strength x steps leaves no denoising step")
 
 
 def prepare(model: LoadedModel, storage: Storage, job: Job) -> RenderItem:
-    """Steps 1 and 2 for one job: its params checked, its source fetched and resized."""
+    """Steps 1 and 2 for one job: its params checked, its source (and mask) fetched and
+    brought to the output size, plus what its model kind is conditioned on."""
     params = RenderParams(**job.params)
     check_inputs(model, params)
-    data = storage.get(job.source_key)  # StorageError (missing) or TransientError (S3 down)
+    # StorageError (missing) or TransientError (S3 down), both handled by the caller.
+    data = storage.get(job.source_key)
+    mask_data = storage.get(job.mask_key) if model.spec.takes_mask and job.mask_key else None
     try:
-        source = fit_crop(open_rgb(data), params.width, params.height)
+        decoded = open_rgba(data)
     except OSError as e:
         raise PermanentRenderError(f"source image cannot be decoded: {e}") from e
-    return RenderItem(job=job, params=params, source=source)
+    return build_item(model.spec, job, params, decoded, mask_data)
+
+
+def build_item(
+    spec: ModelSpec, job: Job, params: RenderParams, decoded: Image.Image, mask_data: bytes | None
+) -> RenderItem:
+    """Resize the decoded source (RGB or RGBA) and derive the kind's conditioning."""
+    size = (params.width, params.height)
+    # Transparency is flattened onto white for every kind; inpaint reads it as a keep mask.
+    source = resize_image(flatten(decoded), *size, params.resize_mode)
+    keep = control = None
+    if spec.takes_mask:
+        keep = keep_mask(decoded, mask_data, *size, params.resize_mode)
+    if spec.kind == "controlnet-canny":
+        low = int(spec.options.get("canny_low", DEFAULT_LOW))
+        high = int(spec.options.get("canny_high", DEFAULT_HIGH))
+        control = canny_edges(source, low, high)
+    return RenderItem(job=job, params=params, source=source, keep=keep, control=control)
+
+
+def padded(items: list[RenderItem], size: int) -> list[RenderItem]:
+    """``items`` repeated at the end up to ``size`` (a warm batch bucket); the padded
+    outputs are thrown away. Repeating a real item keeps the inputs ordinary."""
+    return items + [items[-1]] * (size - len(items))
 
 
 def run_pipeline(
     model: LoadedModel, items: list[RenderItem], should_stop: Callable[[], bool] = lambda: False
 ) -> list[Image.Image]:
-    """Step 3: one pipeline call for compatible items.
+    """Step 3: one pipeline call for compatible items; one output per item, in order.
 
-    Each item has its own generator, so its pixels depend on its seed and the batch size,
-    never on its neighbours' prompts. ``should_stop`` is polled after every denoising step.
+    Each item has its own generator, so its pixels depend on its seed and the pipeline
+    batch size (``model.pipeline_batch_size``, padded when compiled), never on its
+    neighbours' prompts. ``should_stop`` is polled after every denoising step.
     """
+    if model.pipe is None:  # echo: the farm's overhead without a model
+        return [item.source.copy() for item in items]
+    served = padded(items, model.pipeline_batch_size(len(items)))
+    images = _call_pipeline(model, served, should_stop)[: len(items)]
+    return [
+        image if item.keep is None else paste_kept(image, item.source, item.keep)
+        for item, image in zip(items, images, strict=True)
+    ]
+
+
+def _call_pipeline(
+    model: LoadedModel, items: list[RenderItem], should_stop: Callable[[], bool]
+) -> list[Image.Image]:
     params = items[0].params
     generators = [torch.Generator(device="cpu").manual_seed(i.params.seed) for i in items]
     negatives = [i.job.negative_prompt for i in items]
@@ -97,6 +150,13 @@ def run_pipeline(
             generator=generators,
             output_type="pil",
             callback_on_step_end=on_step_end,
+            **kind_inputs(
+                model.spec,
+                params.width,
+                params.height,
+                masks=[repaint_mask(i.keep) for i in items if i.keep is not None],
+                controls=[i.control for i in items if i.control is not None],
+            ),
         )
     return list(result.images)
 
@@ -118,6 +178,7 @@ def store_output(
         "model": model.spec.alias,
         "source": model.spec.source,
         "revision": model.revision,
+        "kind": model.spec.kind,
         "params": params.model_dump(),
         "batch_size": batch_size,
         "worker": worker,
@@ -149,6 +210,9 @@ def render_batch(
     started = time.perf_counter()
     images = run_pipeline(model, items, should_stop)
     seconds = time.perf_counter() - started
+    # Provenance records the size the pipeline really ran at (padding included): it is
+    # part of the determinism contract, same params + seed + batch size -> same pixels.
+    batch_size = model.pipeline_batch_size(len(items))
     return [
         store_output(
             model,
@@ -156,7 +220,7 @@ def render_batch(
             item,
             image,
             worker=worker,
-            batch_size=len(items),
+            batch_size=batch_size,
             render_seconds=seconds,
         )
         for item, image in zip(items, images, strict=True)

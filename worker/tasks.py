@@ -16,6 +16,7 @@ from shared.broker import RENDER_TASK
 from shared.db import session_scope
 from shared.dispatch import nudge
 from shared.errors import ImgfarmError
+from shared.events import JOB_FAILED, JOB_SUCCEEDED, emit_job_event
 from shared.jobs import claim_job, mark_failed, mark_succeeded, requeue
 from shared.models import Job, utcnow
 from worker.context import WorkerContext
@@ -75,7 +76,11 @@ def claim_jobs(ctx: WorkerContext, job_ids: list[uuid.UUID]) -> list[Job]:
 @db_retry
 def record_success(ctx: WorkerContext, result: RenderResult) -> bool:
     with session_scope(ctx.session_factory) as session:
-        return mark_succeeded(session, result.job_id, result.outputs, result.provenance)
+        succeeded = mark_succeeded(session, result.job_id, result.outputs, result.provenance)
+        if succeeded:
+            # webhooks: the event row commits with the state change (transactional outbox).
+            emit_job_event(session, result.job_id, JOB_SUCCEEDED)
+        return succeeded
 
 
 @db_retry
@@ -94,7 +99,9 @@ def record_failure(ctx: WorkerContext, job: Job, exc: BaseException, summary: Ba
         elif not isinstance(exc, PERMANENT):
             summary.unexpected.append(f"{job.id}: {error}")
             log.error("job %s: unexpected error", job.id, exc_info=exc)
-        mark_failed(session, job.id, error)
+        if mark_failed(session, job.id, error):
+            # webhooks: the event row commits with the state change (transactional outbox).
+            emit_job_event(session, job.id, JOB_FAILED)
         summary.outcomes["failed"] += 1
 
 

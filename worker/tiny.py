@@ -1,17 +1,29 @@
-"""Build a tiny random-weight Stable Diffusion img2img pipeline without the model hub.
+"""Build tiny random-weight Stable Diffusion pipelines without the model hub.
 
-The pipeline is saved with ``save_pretrained`` and loaded back through ``from_pretrained``,
-the exact path real models take. Its images are noise-like: the weights are random.
+One per model kind that needs weights: img2img (``tiny``), inpaint (``tiny-inpaint``: the
+UNet takes 9 channels, latents + mask + masked image) and canny ControlNet
+(``tiny-controlnet``: the same UNet, VAE and text encoder plus a tiny ``ControlNetModel``).
+Each is saved with ``save_pretrained`` and loaded back through ``from_pretrained``, the exact
+path real models take. Their images are noise-like: the weights are random.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
 TOKENIZER_MAX_LENGTH = 77
+# Weights given to the tiny ControlNet's zero convolutions (see build_tiny_controlnet).
+ZERO_CONV_STD = 1.0  # as diffusers' own multi-ControlNet tests initialise them
+# Built-in name -> model kind (the names after ``builtin:`` in the registry).
+TINY_KINDS: dict[str, str] = {
+    "tiny": "img2img",
+    "tiny-inpaint": "inpaint",
+    "tiny-controlnet": "controlnet-canny",
+}
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -35,17 +47,24 @@ def _byte_level_vocab() -> dict[str, int]:
     return vocab
 
 
-def build_tiny_components(seed: int = 0) -> dict[str, object]:
-    """Components shaped like diffusers' own ``get_dummy_components`` (32-channel UNet)."""
+def build_tiny_components(seed: int = 0, kind: str = "img2img") -> dict[str, object]:
+    """Components shaped like diffusers' own ``get_dummy_components`` (32-channel UNet).
+
+    ``kind`` "inpaint" widens the UNet input to 9 channels; "controlnet-canny" adds a
+    ``controlnet`` component.
+    """
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+    if kind not in TINY_KINDS.values():
+        raise ValueError(f"no tiny model of kind {kind!r}; kinds: {sorted(TINY_KINDS.values())}")
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=2,
         sample_size=32,
-        in_channels=4,
+        # Inpainting UNets read 4 latent + 1 mask + 4 masked-image-latent channels.
+        in_channels=9 if kind == "inpaint" else 4,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
@@ -76,7 +95,7 @@ def build_tiny_components(seed: int = 0) -> dict[str, object]:
     )
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=TOKENIZER_MAX_LENGTH)
     scheduler = PNDMScheduler(skip_prk_steps=True, steps_offset=1)
-    return {
+    components: dict[str, object] = {
         "unet": unet,
         "vae": vae,
         "text_encoder": text_encoder,
@@ -86,17 +105,59 @@ def build_tiny_components(seed: int = 0) -> dict[str, object]:
         "feature_extractor": None,
         "image_encoder": None,
     }
+    if kind == "controlnet-canny":
+        components["controlnet"] = build_tiny_controlnet()
+    return components
 
 
-def save_tiny_pipeline(path: Path) -> Path:
-    """Build the tiny img2img pipeline and save it to ``path`` (atomically, via a temp folder)."""
-    from diffusers import StableDiffusionImg2ImgPipeline
+def build_tiny_controlnet() -> Any:
+    """A ControlNet matching the tiny UNet: two blocks, one 2x downsampling of the edges
+    (the tiny VAE's scale factor), cross-attention width 32."""
+    from diffusers import ControlNetModel
 
+    controlnet: Any = ControlNetModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        in_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        cross_attention_dim=32,
+        conditioning_embedding_out_channels=(16, 32),
+    )
+    # A fresh ControlNet's output convolutions are zero ("zero convolutions", so training
+    # starts from the plain UNet): its edges would change nothing. Random weights there
+    # make the tiny model's output depend on its edges, as a trained one's does.
+    zero_convs = [
+        *controlnet.controlnet_down_blocks,
+        controlnet.controlnet_mid_block,
+        controlnet.controlnet_cond_embedding.conv_out,
+    ]
+    with torch.no_grad():
+        for conv in zero_convs:
+            torch.nn.init.normal_(conv.weight, std=ZERO_CONV_STD)
+    return controlnet
+
+
+def tiny_pipeline_class(kind: str) -> Any:
+    """The diffusers pipeline class a tiny model of ``kind`` is saved as."""
+    import diffusers
+
+    names = {
+        "img2img": "StableDiffusionImg2ImgPipeline",
+        "inpaint": "StableDiffusionInpaintPipeline",
+        "controlnet-canny": "StableDiffusionControlNetImg2ImgPipeline",
+    }
+    return getattr(diffusers, names[kind])
+
+
+def save_tiny_pipeline(path: Path, kind: str = "img2img") -> Path:
+    """Build the tiny pipeline of ``kind`` and save it to ``path`` (atomically, via a temp
+    folder). A folder already holding a saved pipeline is left as it is."""
     path = Path(path)
     if (path / "model_index.json").exists():
         return path
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pipe = StableDiffusionImg2ImgPipeline(**build_tiny_components(), requires_safety_checker=False)
+    pipeline_class = tiny_pipeline_class(kind)
+    pipe = pipeline_class(**build_tiny_components(kind=kind), requires_safety_checker=False)
     pipe.save_pretrained(tmp)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:

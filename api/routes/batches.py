@@ -34,6 +34,8 @@ CursorQuery = Annotated[
     str | None, Query(description="next_cursor of the previous page; omit for the first.")
 ]
 LimitQuery = Annotated[int, Query(ge=1, le=500)]
+# Each listed batch's counts come from its jobs (one GROUP BY for the page): keep pages small.
+BatchLimitQuery = Annotated[int, Query(ge=1, le=100)]
 
 
 def _session_factory(request: Request) -> sessionmaker[Session]:
@@ -67,7 +69,7 @@ def create_batch(
 
 @router.get("", response_model=BatchesPublic)
 def list_batches(
-    team: TeamDep, session: SessionDep, cursor: CursorQuery = None, limit: LimitQuery = 50
+    team: TeamDep, session: SessionDep, cursor: CursorQuery = None, limit: BatchLimitQuery = 20
 ) -> BatchesPublic:
     """The team's batches, newest first."""
     batches, next_cursor = service.list_batches(session, team, cursor, limit)

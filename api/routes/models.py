@@ -1,37 +1,54 @@
-"""``/v1/models``: what can be rendered, with defaults and limits."""
+"""``/v1/models``: what can be rendered, with kinds, defaults, limits and online workers."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import RegistryDep, TeamDep
+from api.deps import RegistryDep, SessionDep, SettingsDep, TeamDep
+from api.params import SIZE_MULTIPLE
+from shared.images import RESIZE_MODES
+from shared.registry import ModelSpec
 from shared.schemas import ModelPublic, ModelsPublic
+from shared.workers import online_workers_by_model
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
+def model_public(spec: ModelSpec, workers: list[str]) -> ModelPublic:
+    """One alias as clients see it: no weights locations, which may be private."""
+    return ModelPublic(
+        alias=spec.alias,
+        kind=spec.kind,
+        description=spec.description,
+        defaults={
+            "steps": spec.steps,
+            "strength": spec.strength,
+            "guidance_scale": spec.guidance_scale,
+            "width": spec.width,
+            "height": spec.height,
+            "scheduler": spec.scheduler,
+        },
+        limits={
+            "min_size": spec.min_size,
+            "max_size": spec.max_size,
+            "size_multiple": SIZE_MULTIPLE,
+            "max_steps": spec.max_steps,
+            "max_batch": spec.max_batch,
+            "resize_modes": list(RESIZE_MODES),
+            "takes_mask": spec.takes_mask,
+        },
+        workers=workers,
+    )
+
+
 @router.get("", response_model=ModelsPublic)
-def list_models(_: TeamDep, registry: RegistryDep) -> ModelsPublic:
+def list_models(
+    _: TeamDep, registry: RegistryDep, session: SessionDep, settings: SettingsDep
+) -> ModelsPublic:
+    online = online_workers_by_model(session, settings.lease_seconds)
     return ModelsPublic(
         models=[
-            ModelPublic(
-                alias=spec.alias,
-                kind=spec.kind,
-                description=spec.description,
-                defaults={
-                    "steps": spec.steps,
-                    "strength": spec.strength,
-                    "guidance_scale": spec.guidance_scale,
-                    "width": spec.width,
-                    "height": spec.height,
-                },
-                limits={
-                    "min_size": spec.min_size,
-                    "max_size": spec.max_size,
-                    "max_steps": spec.max_steps,
-                    "max_batch": spec.max_batch,
-                },
-            )
+            model_public(spec, online.get(spec.alias, []))
             for spec in sorted(registry.values(), key=lambda s: s.alias)
         ]
     )

@@ -38,6 +38,7 @@ def test_submit_answers_202_and_stores_resolved_params(client, new_key, session_
         "width": 64,
         "height": 64,
         "output_format": "webp",
+        "resize_mode": "crop",
     }
     assert job["outputs"] == [] and job["attempts"] == 0
 

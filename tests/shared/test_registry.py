@@ -5,12 +5,36 @@ from __future__ import annotations
 import pytest
 
 from shared.errors import ConfigError
-from shared.registry import load_registry
+from shared.registry import BUILTINS, KINDS, load_registry
 
 
 def test_builtins_without_a_file():
     registry = load_registry(None)
     assert registry["tiny"].is_builtin and registry["tiny"].kind == "img2img"
+
+
+def test_every_kind_has_an_offline_builtin():
+    kinds = {alias: spec.kind for alias, spec in load_registry(None).items()}
+    assert kinds == {
+        "tiny": "img2img",
+        "tiny-inpaint": "inpaint",
+        "tiny-controlnet": "controlnet-canny",
+        "echo": "echo",
+    }
+    assert set(kinds.values()) == set(KINDS)
+    assert all(spec.is_builtin for spec in BUILTINS.values())
+
+
+def test_file_sets_kind_scheduler_and_controlnet(tmp_path):
+    path = tmp_path / "models.toml"
+    path.write_text(
+        '[models.sd-canny]\nsource = "/models/sd15"\nkind = "controlnet-canny"\n'
+        'controlnet = "/models/sd-controlnet-canny"\n'
+        'scheduler = "EulerAncestralDiscreteScheduler"\n'
+    )
+    spec = load_registry(path)["sd-canny"]
+    assert (spec.kind, spec.controlnet) == ("controlnet-canny", "/models/sd-controlnet-canny")
+    assert spec.scheduler == "EulerAncestralDiscreteScheduler" and not spec.takes_mask
 
 
 def test_file_adds_aliases_with_defaults(tmp_path):
@@ -20,7 +44,7 @@ def test_file_adds_aliases_with_defaults(tmp_path):
         "steps = 4\nstrength = 0.5\nguidance_scale = 0.0\n"
     )
     registry = load_registry(path)
-    assert set(registry) == {"tiny", "sd-turbo"}
+    assert set(registry) == set(BUILTINS) | {"sd-turbo"}
     spec = registry["sd-turbo"]
     assert (spec.steps, spec.guidance_scale, spec.width) == (4, 0.0, 512)
 
@@ -32,6 +56,9 @@ def test_file_adds_aliases_with_defaults(tmp_path):
         ('[models.x]\nsource = "a"\nkind = "video"\n', "kind"),
         ('[models.x]\nsource = "a"\nstepz = 3\n', "unknown keys"),
         ("[models.x\n", "cannot read"),
+        ('[models.x]\nsource = "a"\nscheduler = "import os"\n', "scheduler"),
+        ('[models.x]\nsource = "a"\ncontrolnet = "b"\n', "controlnet-canny"),
+        ('[models.x]\nsource = "a"\nmax_batch = 0\n', "max_batch"),
     ],
 )
 def test_bad_registry_is_a_config_error(tmp_path, body, message):

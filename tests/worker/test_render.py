@@ -12,10 +12,10 @@ from shared.models import Job
 from shared.registry import BUILTINS
 from shared.settings import Settings
 from shared.storage import LocalStorage
+from tests.factories import png_bytes
 from worker.dispatcher import group_compatible
 from worker.pipelines import load_model
 from worker.render import RenderItem, prepare, render_batch, run_pipeline
-from tests.factories import png_bytes
 
 PARAMS = {"strength": 0.75, "steps": 4, "guidance_scale": 7.5, "width": 64, "height": 64,
           "output_format": "png"}

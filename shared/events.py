@@ -1,0 +1,378 @@
+"""Webhook events, written as outbox rows in the transaction that changed the job.
+
+Call ``emit_job_event`` (or ``emit_job_events`` for many jobs) in the same session, right
+after a conditional transition into a final state returned True. The rows commit or roll back
+with the state change: no event is lost, none is sent for a change that did not happen. The
+webhook worker (worker/webhooks.py) delivers them later.
+
+One event has one id (``evt_…``) and one body; it gets one delivery row per receiver: the
+job's own ``webhook_url``, its batch's ``webhook_url`` and each enabled team endpoint
+subscribed to the event type.
+
+``batch.completed`` is sent exactly once per round of a batch: the batch row is locked
+(``SELECT … FOR UPDATE``), so of two transactions finishing a batch's last two jobs the
+second checks only after the first committed and sees no job left; then a conditional
+UPDATE (``completed_at IS NULL``) picks the one that sends it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session
+
+from shared.jobs import JobStatus
+from shared.models import Batch, Job, WebhookDelivery, WebhookEndpoint, utcnow
+
+JOB_SUCCEEDED = "job.succeeded"
+JOB_FAILED = "job.failed"
+JOB_CANCELED = "job.canceled"
+BATCH_COMPLETED = "batch.completed"
+BATCH_PROGRESS = "batch.progress"
+EVENT_TYPES = (JOB_SUCCEEDED, JOB_FAILED, JOB_CANCELED, BATCH_COMPLETED, BATCH_PROGRESS)
+# The event a job's final state sends.
+JOB_EVENTS = {
+    JobStatus.SUCCEEDED: JOB_SUCCEEDED,
+    JobStatus.FAILED: JOB_FAILED,
+    JobStatus.CANCELED: JOB_CANCELED,
+}
+ACTIVE_STATES = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+# batch.progress goes out at most this often per batch, when a job of it finishes.
+BATCH_PROGRESS_SECONDS = 60.0
+# Rows per SELECT ... IN (...) when emitting for many jobs at once (a batch cancel).
+CHUNK = 1000
+
+
+def new_event_id() -> str:
+    """A stable event id: every attempt of every delivery of the event carries it."""
+    return f"evt_{uuid.uuid4().hex}"
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def event_body(event_id: str, event_type: str, now: datetime, data: dict[str, Any]) -> str:
+    """The JSON sent on every attempt (stored as text: retries send the very same bytes)."""
+    payload = {"id": event_id, "type": event_type, "timestamp": _iso(now), "data": data}
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A team endpoint as the emitter needs it."""
+
+    id: uuid.UUID
+    url: str
+    events: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One receiver of one event: an endpoint (its own secret) or a bare URL (team secret)."""
+
+    url: str
+    endpoint_id: uuid.UUID | None = None
+
+
+def team_endpoints(
+    session: Session, team_ids: Iterable[uuid.UUID]
+) -> dict[uuid.UUID, list[Endpoint]]:
+    """Enabled endpoints of each team (a team has a handful: filter events in Python)."""
+    found: dict[uuid.UUID, list[Endpoint]] = {t: [] for t in team_ids}
+    if not found:
+        return found
+    rows = session.execute(
+        select(
+            WebhookEndpoint.team_id, WebhookEndpoint.id, WebhookEndpoint.url, WebhookEndpoint.events
+        ).where(WebhookEndpoint.team_id.in_(list(found)), WebhookEndpoint.disabled_at.is_(None))
+    ).tuples()
+    for team_id, endpoint_id, url, events in rows:
+        found[team_id].append(Endpoint(endpoint_id, url, frozenset(events)))
+    return found
+
+
+def targets_for(
+    event_type: str, urls: Iterable[str | None], endpoints: Iterable[Endpoint]
+) -> list[Target]:
+    """The bare URLs given (deduplicated) plus the endpoints subscribed to ``event_type``."""
+    targets = [Target(url) for url in dict.fromkeys(u for u in urls if u)]
+    targets += [Target(e.url, e.id) for e in endpoints if event_type in e.events]
+    return targets
+
+
+def _delivery_rows(
+    team_id: uuid.UUID,
+    event_type: str,
+    data: dict[str, Any],
+    targets: list[Target],
+    now: datetime,
+    *,
+    job_id: uuid.UUID | None = None,
+    batch_id: uuid.UUID | None = None,
+) -> list[dict[str, Any]]:
+    if not targets:
+        return []
+    event_id = new_event_id()
+    body = event_body(event_id, event_type, now, data)
+    return [
+        {
+            "id": uuid.uuid4(),
+            "team_id": team_id,
+            "endpoint_id": t.endpoint_id,
+            "event_id": event_id,
+            "event_type": event_type,
+            "job_id": job_id,
+            "batch_id": batch_id,
+            "url": t.url,
+            "body": body,
+            "status": "pending",
+            "attempts": 0,
+            # The first entry of the schedule is 0 (immediately): the scheduler applies none
+            # here, so it is due now.
+            "next_attempt_at": now,
+            "created_at": now,
+        }
+        for t in targets
+    ]
+
+
+# --- job events -----------------------------------------------------------------------------
+
+_JOB_COLUMNS = (
+    Job.id,
+    Job.team_id,
+    Job.status,
+    Job.model,
+    Job.batch_id,
+    Job.sku,
+    Job.prompt_name,
+    Job.variant,
+    Job.attempts,
+    Job.error,
+    Job.meta,
+    Job.outputs,
+    Job.created_at,
+    Job.started_at,
+    Job.finished_at,
+    Job.webhook_url,
+)
+
+
+def job_data(row: Any) -> dict[str, Any]:
+    """A job as events describe it. Outputs carry no URL: a signed URL may have expired by
+    the time a retried event arrives; ``GET /v1/jobs/{id}`` gives fresh ones."""
+    return {
+        "id": str(row.id),
+        "status": row.status,
+        "model": row.model,
+        "batch_id": None if row.batch_id is None else str(row.batch_id),
+        "sku": row.sku,
+        "prompt_name": row.prompt_name,
+        "variant": row.variant,
+        "attempts": row.attempts,
+        "error": row.error,
+        "metadata": row.meta,
+        "outputs": [
+            {"width": o["width"], "height": o["height"], "content_type": o["content_type"]}
+            for o in row.outputs or []
+        ],
+        "created_at": _iso(row.created_at),
+        "started_at": _iso(row.started_at),
+        "finished_at": _iso(row.finished_at),
+    }
+
+
+def emit_job_event(session: Session, job_id: uuid.UUID, event_type: str) -> int:
+    """Outbox rows for one job's final-state event (and its batch's completion); returns
+    the number of delivery rows written. Call in the transaction that changed the job."""
+    return emit_job_events(session, [job_id], event_type)
+
+
+def emit_job_events(
+    session: Session,
+    job_ids: Sequence[uuid.UUID],
+    event_type: str,
+    *,
+    progress_seconds: float = BATCH_PROGRESS_SECONDS,
+) -> int:
+    """``emit_job_event`` for many jobs with a few queries (a batch cancel, the sweeper)."""
+    now = utcnow()
+    written = 0
+    batch_ids: set[uuid.UUID] = set()
+    for start in range(0, len(job_ids), CHUNK):
+        # Columns, not ORM objects: the caller's session may hold a stale Job from before
+        # its own UPDATE (transitions do not synchronise the session).
+        jobs = session.execute(
+            select(*_JOB_COLUMNS).where(Job.id.in_(list(job_ids[start : start + CHUNK])))
+        ).all()
+        batch_ids.update(j.batch_id for j in jobs if j.batch_id is not None)
+        endpoints = team_endpoints(session, {j.team_id for j in jobs})
+        batch_urls = _batch_urls(session, {j.batch_id for j in jobs if j.batch_id is not None})
+        rows: list[dict[str, Any]] = []
+        for job in jobs:
+            urls = [job.webhook_url, batch_urls.get(job.batch_id)]
+            targets = targets_for(event_type, urls, endpoints[job.team_id])
+            rows += _delivery_rows(
+                job.team_id,
+                event_type,
+                job_data(job),
+                targets,
+                now,
+                job_id=job.id,
+                batch_id=job.batch_id,
+            )
+        if rows:
+            session.execute(insert(WebhookDelivery), rows)
+            written += len(rows)
+    # Sorted: two transactions settling the same batches lock them in one order (no deadlock).
+    for batch_id in sorted(batch_ids):
+        written += settle_batch(session, batch_id, now, progress_seconds=progress_seconds)
+    return written
+
+
+def _batch_urls(session: Session, batch_ids: set[Any]) -> dict[Any, str | None]:
+    if not batch_ids:
+        return {}
+    rows = session.execute(
+        select(Batch.id, Batch.webhook_url).where(Batch.id.in_(list(batch_ids)))
+    ).tuples()
+    return {batch_id: url for batch_id, url in rows}
+
+
+# --- batch events ---------------------------------------------------------------------------
+
+
+def settle_batch(
+    session: Session,
+    batch_id: uuid.UUID,
+    now: datetime | None = None,
+    *,
+    progress_seconds: float = BATCH_PROGRESS_SECONDS,
+) -> int:
+    """After a job of the batch reached a final state: send batch.completed if no job is
+    left (exactly once), else batch.progress if its interval passed. Returns rows written."""
+    now = now or utcnow()
+    # 1. lock the batch row: whoever finishes a job of this batch waits here for the others
+    # to commit, so the last one to check sees every other job final.
+    batch = session.execute(
+        select(
+            Batch.id,
+            Batch.team_id,
+            Batch.webhook_url,
+            Batch.job_count,
+            Batch.meta,
+            Batch.created_at,
+            Batch.completed_at,
+            Batch.progress_sent_at,
+        )
+        .where(Batch.id == batch_id)
+        .with_for_update()
+    ).one_or_none()
+    if batch is None or batch.completed_at is not None:
+        return 0
+    # 2. any job left? (an index probe that stops at the first hit)
+    left = session.scalar(
+        select(Job.id).where(Job.batch_id == batch_id, Job.status.in_(ACTIVE_STATES)).limit(1)
+    )
+    if left is None:
+        return _complete_batch(session, batch, now)
+    if progress_seconds > 0 and (
+        batch.progress_sent_at is None
+        or (now - batch.progress_sent_at).total_seconds() >= progress_seconds
+    ):
+        return _progress(session, batch, now)
+    return 0
+
+
+def _complete_batch(session: Session, batch: Any, now: datetime) -> int:
+    won = session.execute(
+        update(Batch)
+        .where(Batch.id == batch.id, Batch.completed_at.is_(None))
+        .values(completed_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    if won != 1:
+        return 0
+    targets = _batch_targets(session, batch, BATCH_COMPLETED)
+    if not targets:
+        return 0
+    counts = batch_counts(session, batch.id)
+    failed_ids = session.scalars(
+        select(Job.id)
+        .where(Job.batch_id == batch.id, Job.status == JobStatus.FAILED.value)
+        .order_by(Job.id)
+    )
+    data = {
+        **_batch_data(batch, counts),
+        "status": batch_status(counts),
+        "failed_job_ids": [str(i) for i in failed_ids],
+        "completed_at": _iso(now),
+    }
+    rows = _delivery_rows(batch.team_id, BATCH_COMPLETED, data, targets, now, batch_id=batch.id)
+    session.execute(insert(WebhookDelivery), rows)
+    return len(rows)
+
+
+def _progress(session: Session, batch: Any, now: datetime) -> int:
+    targets = _batch_targets(session, batch, BATCH_PROGRESS)
+    if not targets:
+        return 0
+    session.execute(
+        update(Batch)
+        .where(Batch.id == batch.id)
+        .values(progress_sent_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    counts = batch_counts(session, batch.id)
+    finished = sum(counts[s] for s in ("succeeded", "failed", "canceled"))
+    data = {
+        **_batch_data(batch, counts),
+        "status": "running",
+        "progress": round(finished / batch.job_count, 4) if batch.job_count else 1.0,
+    }
+    rows = _delivery_rows(batch.team_id, BATCH_PROGRESS, data, targets, now, batch_id=batch.id)
+    session.execute(insert(WebhookDelivery), rows)
+    return len(rows)
+
+
+def _batch_targets(session: Session, batch: Any, event_type: str) -> list[Target]:
+    endpoints = team_endpoints(session, [batch.team_id])[batch.team_id]
+    return targets_for(event_type, [batch.webhook_url], endpoints)
+
+
+def batch_counts(session: Session, batch_id: uuid.UUID) -> dict[str, int]:
+    """Jobs of the batch by status, every status present (zeros included)."""
+    counts = {s.value: 0 for s in JobStatus}
+    rows = session.execute(
+        select(Job.status, func.count()).where(Job.batch_id == batch_id).group_by(Job.status)
+    ).tuples()
+    counts.update({status: count for status, count in rows})
+    return counts
+
+
+def batch_status(counts: dict[str, int]) -> str:
+    """A finished batch: failed if any job failed, canceled if any was, else succeeded."""
+    if counts.get("failed"):
+        return "failed"
+    if counts.get("canceled"):
+        return "canceled"
+    return "succeeded"
+
+
+def _batch_data(batch: Any, counts: dict[str, int]) -> dict[str, Any]:
+    return {
+        "id": str(batch.id),
+        "job_count": batch.job_count,
+        "counts": counts,
+        "metadata": batch.meta,
+        "created_at": _iso(batch.created_at),
+    }

@@ -1,0 +1,225 @@
+"""Never lose a job: real processes and services, faults injected, outcomes counted.
+
+Each test reports lost / duplicated / seconds in the run's "fault tests" summary.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+
+import pytest
+import redis as redis_lib
+from sqlalchemy import func, insert, select
+
+from shared.db import session_scope
+from shared.models import Job
+from shared.registry import ModelSpec
+from shared.settings import Settings
+from shared.teams import ensure_team
+from tests.factories import job_body
+from tests.services import wait_for
+
+pytestmark = pytest.mark.integration
+FINAL = ("succeeded", "failed", "canceled")
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def submit(client, key: str, n: int, **overrides) -> list[uuid.UUID]:
+    ids = []
+    for i in range(n):
+        response = client.post("/v1/jobs", json=job_body(seed=i, **overrides), headers=auth(key))
+        assert response.status_code == 202, response.text
+        ids.append(uuid.UUID(response.json()["id"]))
+    return ids
+
+
+def statuses(session_factory, ids: list[uuid.UUID]) -> Counter[str]:
+    with session_factory() as s:
+        return Counter(s.scalars(select(Job.status).where(Job.id.in_(ids))))
+
+
+def wait_final(session_factory, ids: list[uuid.UUID], timeout: float) -> Counter[str]:
+    def done() -> Counter[str] | None:
+        counts = statuses(session_factory, ids)
+        return counts if sum(counts[s] for s in FINAL) == len(ids) else None
+
+    return wait_for(done, timeout, f"{len(ids)} jobs to reach a final state", interval=0.2)
+
+
+def output_objects(s3_client, job_ids: list[uuid.UUID]) -> Counter[uuid.UUID]:
+    """Objects in the bucket per job: exactly one each means nothing lost or duplicated."""
+    wanted = {str(j): j for j in job_ids}
+    counts: Counter[uuid.UUID] = Counter()
+    paginator = s3_client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket="imgfarm-test", Prefix="objects/outputs/"):
+        for obj in page.get("Contents", []):
+            job = obj["Key"].split("/")[-2]
+            if job in wanted:
+                counts[wanted[job]] += 1
+    return counts
+
+
+def test_killed_worker_job_completes_once(
+    client, new_key, session_factory, s3_client, start_worker, start_dispatcher, fault_report
+):
+    start_dispatcher()
+    first = start_worker("tiny")
+    # A slow render (50 steps) so there is time to kill the worker mid-render.
+    (job_id,) = submit(client, new_key(), 1, width=128, height=128, steps=50, strength=1.0)
+    wait_for(lambda: statuses(session_factory, [job_id])["running"] == 1, 60, "job running")
+    started = time.monotonic()
+    first.kill()  # SIGKILL: no cleanup, no ack, the lease is left to expire
+    start_worker("tiny")
+    counts = wait_final(session_factory, [job_id], timeout=180)
+    seconds = time.monotonic() - started
+    with session_factory() as s:
+        job = s.get(Job, job_id)
+    objects = output_objects(s3_client, [job_id])
+    fault_report(
+        f"SIGKILL worker mid-render: lost 0/{1 - counts['succeeded']}, attempts {job.attempts}, "
+        f"outputs {objects[job_id]}, recovered in {seconds:.1f}s"
+    )
+    assert counts == {"succeeded": 1}
+    assert job.attempts == 2
+    assert len(job.outputs) == 1 and objects[job_id] == 1
+
+
+def test_redis_down_submissions_accepted_and_all_render_when_back(
+    client,
+    new_key,
+    session_factory,
+    s3_client,
+    redis,
+    start_worker,
+    start_dispatcher,
+    fault_report,
+):
+    start_dispatcher()
+    start_worker("tiny")
+    redis.stop()
+    started = time.monotonic()
+    try:
+        ids = submit(client, new_key(), 100, steps=2, strength=0.5)  # all 202 with Redis down
+        with session_factory() as s:
+            waiting = s.scalar(
+                select(func.count()).where(Job.id.in_(ids), Job.enqueued_at.is_(None))
+            )
+        assert waiting == 100, "nothing can have reached a stopped broker"
+    finally:
+        redis.start()
+    counts = wait_final(session_factory, ids, timeout=300)
+    objects = output_objects(s3_client, ids)
+    duplicated = sum(n - 1 for n in objects.values() if n > 1)
+    fault_report(
+        f"Redis down, 100 submitted: succeeded {counts['succeeded']}, lost "
+        f"{100 - counts['succeeded']}, duplicated outputs {duplicated}, "
+        f"all done {time.monotonic() - started:.1f}s after the outage began"
+    )
+    assert counts == {"succeeded": 100}
+    assert len(objects) == 100 and duplicated == 0
+
+
+def test_killed_dispatcher_restarted_loses_nothing(
+    client, new_key, session_factory, s3_client, start_worker, start_dispatcher, fault_report
+):
+    start_worker("tiny")
+    ids = submit(client, new_key(), 40, steps=2, strength=0.5)
+    dispatcher = start_dispatcher()
+    wait_for(lambda: statuses(session_factory, ids)["succeeded"] >= 4, 120, "first renders")
+    dispatcher.kill()  # SIGKILL mid-batch
+    started = time.monotonic()
+    start_dispatcher()
+    counts = wait_final(session_factory, ids, timeout=240)
+    with session_factory() as s:
+        attempts = Counter(s.scalars(select(Job.attempts).where(Job.id.in_(ids))))
+    objects = output_objects(s3_client, ids)
+    fault_report(
+        f"dispatcher SIGKILLed mid-batch of 40: lost {40 - counts['succeeded']}, duplicated "
+        f"outputs {sum(n - 1 for n in objects.values())}, rest done in "
+        f"{time.monotonic() - started:.1f}s"
+    )
+    assert counts == {"succeeded": 40}
+    assert attempts == {1: 40}, "a dispatcher crash must not cost a render attempt"
+    assert set(objects.values()) == {1} and len(objects) == 40
+
+
+def queued_job_ids(redis_url: str, queue: str) -> list[str]:
+    """Job ids carried by the task messages waiting in a kombu Redis queue."""
+    client = redis_lib.Redis.from_url(redis_url)
+    ids: list[str] = []
+    for raw in client.lrange(queue, 0, -1):
+        message = json.loads(raw)
+        args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        ids.extend(args[0])
+    client.delete(queue)
+    return ids
+
+
+def test_two_dispatchers_racing_hand_over_each_job_once(
+    settings, session_factory, redis_url, fault_report
+):
+    from shared.broker import make_celery
+    from worker.dispatcher import Dispatcher
+
+    model = f"race-{uuid.uuid4().hex[:6]}"
+    params = {
+        "strength": 0.5,
+        "steps": 2,
+        "guidance_scale": 7.5,
+        "seed": 1,
+        "width": 64,
+        "height": 64,
+        "output_format": "png",
+    }
+    with session_scope(session_factory) as s:
+        team = ensure_team(s, f"race-{uuid.uuid4().hex[:6]}")
+        rows = [
+            {
+                "id": uuid.uuid4(),
+                "team_id": team.id,
+                "model": model,
+                "prompt": "p",
+                "params": params,
+                "source_key": "k",
+            }
+            for _ in range(1000)
+        ]
+        s.execute(insert(Job), rows)
+    registry = {model: ModelSpec(alias=model, source="builtin:tiny", max_batch=8)}
+    roomy = Settings(**{**settings.model_dump(), "dispatch_depth_per_worker": 500})
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        dispatcher = Dispatcher(roomy, session_factory, make_celery(roomy), registry)
+        try:
+            for _ in range(200):
+                if dispatcher.tick().sent_jobs == 0 and dispatcher.tick().sent_jobs == 0:
+                    return
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.monotonic() - started
+    assert not errors, errors
+    sent = Counter(queued_job_ids(redis_url, f"render.{model}"))
+    expected = {str(r["id"]) for r in rows}
+    fault_report(
+        f"two dispatchers over 1000 jobs: handed over {len(sent)}, lost "
+        f"{len(expected - set(sent))}, sent twice {sum(1 for n in sent.values() if n > 1)}, "
+        f"{seconds:.2f}s"
+    )
+    assert set(sent) == expected
+    assert max(sent.values()) == 1

@@ -1,0 +1,363 @@
+"""Model kinds on the real tiny pipelines, in process: inpaint, ControlNet canny, echo,
+resize modes, batch-size buckets; and the claim/render/store path on Postgres and S3."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import uuid
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from sqlalchemy import select
+
+from shared.db import session_scope
+from shared.images import flatten, open_rgba, resize_image
+from shared.models import Job
+from shared.registry import BUILTINS
+from shared.settings import Settings
+from shared.storage import LocalStorage, storage_from_settings
+from shared.teams import ensure_team
+from worker import accel
+from worker.canny import canny_edges
+from worker.context import WorkerContext
+from worker.pipelines import LoadedModel, batch_buckets, load_model, warm_model
+from worker.render import prepare, render_batch, run_pipeline
+from worker.tasks import run_render
+
+# 2 steps at strength 1 without CFG: two UNet passes per image, the least that still denoises
+# (the CPU is shared; the kinds, not the step count, are under test).
+PARAMS = {
+    "strength": 1.0,
+    "steps": 2,
+    "guidance_scale": 0.0,
+    "width": 64,
+    "height": 64,
+    "output_format": "png",
+}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def models(data_dir):
+    """Each built-in loaded once, as a worker does, built on first use. Not warmed: that is
+    tested on its own below, and costs seconds per model on a shared CPU."""
+    loaded: dict[str, LoadedModel] = {}
+
+    def get(alias: str) -> LoadedModel:
+        if alias not in loaded:
+            loaded[alias] = load_model(BUILTINS[alias], Settings(data_dir=data_dir), warm=False)
+        return loaded[alias]
+
+    return get
+
+
+@pytest.fixture
+def storage(tmp_path):
+    return LocalStorage(tmp_path / "objects", "http://test", "secret")
+
+
+def noise(width: int, height: int, seed: int = 0) -> Image.Image:
+    """Busy pixels, so "kept exactly" cannot pass by accident on a flat colour."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def half_mask(width: int, height: int) -> Image.Image:
+    """White (repaint) on the left half, black (keep) on the right."""
+    mask = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(mask).rectangle((0, 0, width // 2 - 1, height - 1), fill=255)
+    return mask
+
+
+def cutout(width: int, height: int) -> Image.Image:
+    """A product cut-out: an opaque noisy disc on a fully transparent background."""
+    img = noise(width, height, seed=3).convert("RGBA")
+    alpha = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(alpha).ellipse((12, 12, width - 12, height - 12), fill=255)
+    img.putalpha(alpha)
+    return img
+
+
+def make_job(
+    storage,
+    model: str,
+    source: bytes,
+    *,
+    seed: int = 1,
+    mask: bytes | None = None,
+    prompt: str = "a red sneaker",
+    **params,
+) -> Job:
+    key = f"sources/{uuid.uuid4()}"
+    storage.put(key, source, "image/png")
+    mask_key = None
+    if mask is not None:
+        mask_key = f"sources/{uuid.uuid4()}"
+        storage.put(mask_key, mask, "image/png")
+    return Job(
+        id=uuid.uuid4(),
+        team_id=uuid.uuid4(),
+        model=model,
+        prompt=prompt,
+        negative_prompt=None,
+        params={**PARAMS, "seed": seed, **params},
+        source_key=key,
+        mask_key=mask_key,
+    )
+
+
+def stored(storage, result) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(storage.get(result.outputs[0]["key"]))).convert("RGB"))
+
+
+# --- inpaint ---------------------------------------------------------------------------------
+
+
+def test_inpaint_keeps_masked_pixels_bit_identical(models, storage):
+    model = models("tiny-inpaint")
+    source = noise(64, 64)
+    job = make_job(storage, "tiny-inpaint", png(source), mask=png(half_mask(64, 64)))
+    (result,) = render_batch(model, storage, [prepare(model, storage, job)], worker="w")
+    out, src = stored(storage, result), np.asarray(source)
+    assert out.shape == (64, 64, 3)
+    assert np.array_equal(out[:, 32:], src[:, 32:]), "black in the mask: kept exactly"
+    assert not np.array_equal(out[:, :32], src[:, :32]), "white in the mask: repainted"
+    assert result.provenance["kind"] == "inpaint"
+
+
+def test_inpaint_mask_follows_the_source_through_resizing(models, storage):
+    """A 96x80 source and mask, cropped to 64x64: kept pixels equal the resized source's."""
+    model = models("tiny-inpaint")
+    source = noise(96, 80, seed=5)
+    job = make_job(storage, "tiny-inpaint", png(source), mask=png(half_mask(96, 80)))
+    item = prepare(model, storage, job)
+    (result,) = render_batch(model, storage, [item], worker="w")
+    expected = np.asarray(resize_image(source, 64, 64, "crop"))
+    keep = np.asarray(item.keep) == 255
+    assert keep.any() and not keep.all()
+    assert np.array_equal(stored(storage, result)[keep], expected[keep])
+
+
+def test_alpha_source_keeps_its_opaque_pixels(models, storage):
+    model = models("tiny-inpaint")
+    source = cutout(64, 64)
+    (result,) = render_batch(
+        model,
+        storage,
+        [prepare(model, storage, make_job(storage, "tiny-inpaint", png(source)))],
+        worker="w",
+    )
+    out = stored(storage, result)
+    opaque = np.asarray(source.getchannel("A")) == 255
+    rgb = np.asarray(source.convert("RGB"))
+    assert np.array_equal(out[opaque], rgb[opaque]), "the product is pasted back exactly"
+    assert not np.array_equal(out[~opaque], np.full_like(out[~opaque], 255)), "background repainted"
+
+
+def test_alpha_source_is_flattened_onto_white_for_img2img(models, storage):
+    model = models("tiny")
+    item = prepare(model, storage, make_job(storage, "tiny", png(cutout(64, 64))))
+    assert item.keep is None and item.source.mode == "RGB"
+    assert item.source.getpixel((0, 0)) == (255, 255, 255)
+    (result,) = render_batch(model, storage, [item], worker="w")
+    assert stored(storage, result).shape == (64, 64, 3)
+
+
+# --- ControlNet canny --------------------------------------------------------------------------
+
+
+def test_controlnet_conditions_on_the_sources_edges(models, storage):
+    model = models("tiny-controlnet")
+    item = prepare(model, storage, make_job(storage, "tiny-controlnet", png(cutout(64, 64))))
+    assert item.control is not None
+    assert np.array_equal(np.asarray(item.control), np.asarray(canny_edges(item.source)))
+    assert np.asarray(item.control).any(), "the disc's outline is an edge"
+    (same,) = run_pipeline(model, [item])
+    (again,) = run_pipeline(model, [item])
+    other_edges = Image.new("RGB", (64, 64))
+    ImageDraw.Draw(other_edges).line((0, 32, 63, 32), fill=(255, 255, 255))
+    (other,) = run_pipeline(model, [dataclasses.replace(item, control=other_edges)])
+    assert np.array_equal(np.asarray(same), np.asarray(again))
+    assert not np.array_equal(np.asarray(same), np.asarray(other)), "other edges, other image"
+
+
+def test_canny_finds_an_outline_and_nothing_on_flat_colour():
+    flat = Image.new("RGB", (32, 32), (90, 90, 90))
+    assert not np.asarray(canny_edges(flat)).any()
+    square = flat.copy()
+    ImageDraw.Draw(square).rectangle((8, 8, 23, 23), fill=(250, 250, 250))
+    edges = np.asarray(canny_edges(square).convert("L")) > 0
+    assert edges[8:24, 6:10].any() and edges[8:24, 22:26].any()
+    assert not edges[12:20, 12:20].any(), "the inside of the square has no edge"
+
+
+# --- echo and resize modes ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["fit", "crop", "pad"])
+def test_echo_returns_the_source_at_the_requested_size(models, storage, mode):
+    model = models("echo")
+    assert model.pipe is None
+    source = noise(120, 72, seed=9)
+    job = make_job(storage, "echo", png(source), width=96, height=64, resize_mode=mode)
+    (result,) = render_batch(model, storage, [prepare(model, storage, job)], worker="w")
+    out = stored(storage, result)
+    assert out.shape == (64, 96, 3)
+    assert np.array_equal(out, np.asarray(resize_image(source, 96, 64, mode)))
+    assert result.provenance["kind"] == "echo" and result.provenance["batch_size"] == 1
+
+
+def test_resize_modes_differ_as_documented():
+    source = noise(120, 60)
+    fit, crop, pad = (resize_image(source, 64, 64, m) for m in ("fit", "crop", "pad"))
+    assert fit.size == crop.size == pad.size == (64, 64)
+    pad_px = np.asarray(pad)
+    # 120x60 fit inside 64x64 is 64x32, centered: white bands above and below.
+    assert (pad_px[:16] == 255).all() and (pad_px[48:] == 255).all()
+    assert not np.array_equal(np.asarray(fit), np.asarray(crop))
+    assert resize_image(source, 120, 60, "crop").tobytes() == source.tobytes(), "no resampling"
+
+
+def test_pad_border_is_repainted_by_inpaint(models, storage):
+    model = models("tiny-inpaint")
+    job = make_job(
+        storage,
+        "tiny-inpaint",
+        png(noise(128, 64)),
+        mask=png(Image.new("L", (128, 64))),
+        resize_mode="pad",
+    )
+    item = prepare(model, storage, job)
+    keep = np.asarray(item.keep) == 255
+    assert not keep[:16].any() and not keep[48:].any(), "the pad is painted (outpainting)"
+    assert keep[16:48].all(), "an all-black mask keeps the whole picture"
+
+
+# --- batching ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alias", ["tiny-inpaint", "tiny-controlnet"])
+def test_batched_and_single_renders_agree_in_shape_and_provenance(models, storage, alias):
+    """(tiny img2img: tests/worker/test_render.py)"""
+    model = models(alias)
+    mask = png(half_mask(64, 64)) if alias == "tiny-inpaint" else None
+    jobs = [make_job(storage, alias, png(noise(64, 64, s)), seed=s, mask=mask) for s in (1, 2)]
+    items = [prepare(model, storage, j) for j in jobs]
+    batched = render_batch(model, storage, items, worker="w")
+    single = [render_batch(model, storage, [i], worker="w")[0] for i in items]
+    for b, s, item in zip(batched, single, items, strict=True):
+        assert (b.provenance["batch_size"], s.provenance["batch_size"]) == (2, 1)
+        drop = {"batch_size", "render_seconds"}
+        assert {k: v for k, v in b.provenance.items() if k not in drop} == {
+            k: v for k, v in s.provenance.items() if k not in drop
+        }
+        b_px, s_px = stored(storage, b), stored(storage, s)
+        assert b_px.shape == s_px.shape == (64, 64, 3)
+        if item.keep is not None:
+            keep = np.asarray(item.keep) == 255
+            assert np.array_equal(b_px[keep], s_px[keep])
+
+
+def test_batch_buckets_are_powers_of_two_and_max_batch():
+    assert batch_buckets(1) == (1,)
+    assert batch_buckets(4) == (1, 2, 4)
+    assert batch_buckets(6) == (1, 2, 4, 6)
+    assert batch_buckets(16) == (1, 2, 4, 8, 16)
+
+
+def test_compiled_model_pads_to_its_bucket_and_records_it(models, storage):
+    """3 jobs on a compiled model run as a batch of 4 (the last repeated, its output
+    dropped), with the pixels a real batch of 4 gives them: the determinism contract."""
+    eager = models("tiny")
+    compiled = dataclasses.replace(eager, compiled=True, buckets=batch_buckets(4))
+    jobs = [make_job(storage, "tiny", png(noise(64, 64, s)), seed=s) for s in (1, 2, 3)]
+    items = [prepare(eager, storage, j) for j in jobs]
+    calls: list[int] = []
+    original = eager.pipe.__class__.__call__
+
+    def spy(pipe, *args, **kwargs):
+        calls.append(len(kwargs["prompt"]))
+        return original(pipe, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(eager.pipe.__class__, "__call__", spy)
+        results = render_batch(compiled, storage, items, worker="w")
+    assert calls == [4] and len(results) == 3
+    assert all(r.provenance["batch_size"] == 4 for r in results)
+    as_four = run_pipeline(eager, [*items, items[-1]])
+    for result, image in zip(results, as_four, strict=False):
+        assert np.array_equal(stored(storage, result), np.asarray(image))
+    assert [eager.pipeline_batch_size(n) for n in (1, 3)] == [1, 3], "eager: no padding"
+    assert [compiled.pipeline_batch_size(n) for n in (1, 2, 3, 4)] == [1, 2, 4, 4]
+
+
+def test_warm_up_runs_at_every_bucket_only_when_compiled(models, monkeypatch):
+    model = models("tiny-inpaint")
+    sizes: list[int] = []
+
+    def fake_warm_up(pipe, **kwargs) -> accel.WarmUpResult:
+        sizes.append(kwargs["batch_size"])
+        assert len(kwargs["extra_inputs"]["mask_image"]) == kwargs["batch_size"]
+        return accel.WarmUpResult(0.0, compiled=accel.is_compiled(pipe))
+
+    monkeypatch.setattr(accel, "warm_up", fake_warm_up)
+    assert warm_model(model.pipe, model.spec) == (False, (1,)) and sizes == [1]
+    sizes.clear()
+    monkeypatch.setattr(accel, "is_compiled", lambda pipe: True)
+    spec = dataclasses.replace(model.spec, max_batch=6)
+    assert warm_model(model.pipe, spec) == (True, (1, 2, 4, 6)) and sizes == [1, 2, 4, 6]
+
+
+# --- the claim / render / store path on Postgres and S3 ----------------------------------------
+
+
+@pytest.mark.parametrize("alias", ["tiny-inpaint", "echo"])
+def test_batch_with_a_corrupt_source_renders_the_others(alias, models, settings, session_factory):
+    model = models(alias)
+    storage = storage_from_settings(settings)
+    ctx = WorkerContext(
+        settings=settings,
+        model=model,
+        storage=storage,
+        session_factory=session_factory,
+        name=f"{alias}-test",
+    )
+    good = png(cutout(64, 64))
+    with session_scope(session_factory) as session:
+        team = ensure_team(session, f"kinds-{uuid.uuid4().hex[:8]}")
+        jobs = [
+            make_job(storage, alias, data, seed=i)
+            for i, data in enumerate([good, b"\x89PNG\r\n\x1a\n truncated", good])
+        ]
+        ids = [job.id for job in jobs]
+        for job in jobs:
+            job.team_id = team.id
+            session.add(job)
+    summary = run_render(ctx, ids)
+    assert summary.outcomes["succeeded"] == 2 and summary.outcomes["failed"] == 1
+    with session_factory() as session:
+        rows = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(ids)))}
+    ok, bad, ok2 = (rows[i] for i in ids)
+    assert bad.status == "failed" and "cannot be decoded" in bad.error
+    for row in (ok, ok2):
+        assert row.status == "succeeded", row.error
+        assert row.provenance["batch_size"] == 2, "the two good sources rendered together"
+        out = open_rgba(storage.get(row.outputs[0]["key"]))
+        assert out.size == (64, 64)
+    if alias == "echo":
+        assert (
+            flatten(open_rgba(storage.get(ok.outputs[0]["key"]))).tobytes()
+            == flatten(cutout(64, 64)).tobytes()
+        )
