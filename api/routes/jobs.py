@@ -12,6 +12,7 @@ from api.deps import RegistryDep, SessionDep, SettingsDep, StorageDep, TeamDep
 from api.idempotency import IdempotencyKeyHeader
 from api.submit import create_job
 from shared.errors import NotFound
+from shared.jobs import cancel
 from shared.models import Job
 from shared.schemas import JobAccepted, JobCreate, JobPublic, OutputPublic, RenderParams
 from shared.storage import Storage
@@ -78,4 +79,25 @@ def get_job(
     job = session.scalar(select(Job).where(Job.id == job_id, Job.team_id == team.id))
     if job is None:
         raise NotFound(f"no job {job_id}")
+    return job_public(job, storage, settings.url_expiry_seconds)
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(
+    job_id: uuid.UUID,
+    team: TeamDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+) -> JobPublic:
+    """A queued job never renders; a running one stops at its next denoising step.
+
+    Canceling a finished job changes nothing and answers its current state.
+    """
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.team_id == team.id))
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    cancel(session, job_id)
+    session.commit()
+    session.refresh(job)
     return job_public(job, storage, settings.url_expiry_seconds)

@@ -223,3 +223,36 @@ def test_two_dispatchers_racing_hand_over_each_job_once(
     )
     assert set(sent) == expected
     assert max(sent.values()) == 1
+
+
+def test_cancel_running_job_stops_at_next_step(
+    client, new_key, session_factory, s3_client, start_worker, start_dispatcher, fault_report
+):
+    start_dispatcher()
+    worker = start_worker("tiny")
+    key = new_key()
+    (job_id,) = submit(client, key, 1, width=128, height=128, steps=50, strength=1.0)
+    wait_for(lambda: statuses(session_factory, [job_id])["running"] == 1, 120, "job running")
+    started = time.monotonic()
+    response = client.post(f"/v1/jobs/{job_id}/cancel", headers=auth(key))
+    assert response.status_code == 200 and response.json()["status"] == "canceled"
+    # The worker notices at its next heartbeat and leaves the denoising loop.
+    wait_for(lambda: "'canceled': 1" in worker.log(), 120, "the render to stop", interval=0.2)
+    seconds = time.monotonic() - started
+    fault_report(f"cancel a running 50-step job: render stopped {seconds:.1f}s after the request")
+    assert statuses(session_factory, [job_id]) == {"canceled": 1}
+    assert output_objects(s3_client, [job_id])[job_id] == 0, "a canceled job leaves no output"
+
+
+def test_sigterm_lets_the_running_batch_finish(
+    client, new_key, session_factory, start_worker, start_dispatcher
+):
+    start_dispatcher()
+    worker = start_worker("tiny")
+    (job_id,) = submit(client, new_key(), 1, width=128, height=128, steps=30, strength=1.0)
+    wait_for(lambda: statuses(session_factory, [job_id])["running"] == 1, 120, "job running")
+    worker.stop(timeout=180)  # SIGTERM: Celery's warm shutdown
+    assert worker.proc is not None and worker.proc.returncode == 0
+    with session_factory() as s:
+        job = s.get(Job, job_id)
+    assert (job.status, job.attempts) == ("succeeded", 1), "the render finished before exit"
