@@ -3,12 +3,14 @@ an S3 endpoint (moto server over HTTP) and Celery worker processes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -167,20 +169,91 @@ class PostgresCluster:
 
     def _as_postgres(self, *argv: str) -> None:
         # initdb and postgres refuse to run as root.
-        subprocess.run(["runuser", "-u", "postgres", "--", *argv], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *argv],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def init(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         shutil.chown(self.root, "postgres", "postgres")
-        self._as_postgres(self._bin("initdb"), "-D", str(self.root / "data"), "-A", "trust",
-                          "-U", "postgres")
+        self._as_postgres(
+            self._bin("initdb"), "-D", str(self.root / "data"), "-A", "trust", "-U", "postgres"
+        )
 
     def start(self) -> None:
         options = f"-p {self.port} -c fsync=off -c listen_addresses=127.0.0.1 -k {self.root}"
-        self._as_postgres(self._bin("pg_ctl"), "-D", str(self.root / "data"), "-o", options,
-                          "-l", str(self.root / "server.log"), "-w", "start")
+        self._as_postgres(
+            self._bin("pg_ctl"),
+            "-D",
+            str(self.root / "data"),
+            "-o",
+            options,
+            "-l",
+            str(self.root / "server.log"),
+            "-w",
+            "start",
+        )
 
     def stop(self, mode: str = "fast") -> None:
-        self._as_postgres(self._bin("pg_ctl"), "-D", str(self.root / "data"), "-m", mode,
-                          "-w", "stop")
+        self._as_postgres(
+            self._bin("pg_ctl"), "-D", str(self.root / "data"), "-m", mode, "-w", "stop"
+        )
+
+
+class TcpProxy:
+    """A loopback TCP proxy we can cut and restore: a real network outage for one client."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self._server: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> TcpProxy:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(64)
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        """Refuse new connections and cut the open ones."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        with self._lock:
+            for conn in self._conns:
+                with contextlib.suppress(OSError):
+                    conn.close()
+            self._conns.clear()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for s in (source, sink):
+            with contextlib.suppress(OSError):
+                s.close()

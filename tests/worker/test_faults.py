@@ -256,3 +256,60 @@ def test_sigterm_lets_the_running_batch_finish(
     with session_factory() as s:
         job = s.get(Job, job_id)
     assert (job.status, job.attempts) == ("succeeded", 1), "the render finished before exit"
+
+
+def test_s3_outage_retries_then_succeeds_or_fails_cleanly(
+    client,
+    new_key,
+    session_factory,
+    s3_client,
+    s3_endpoint,
+    start_worker,
+    start_dispatcher,
+    fault_report,
+):
+    from tests.services import TcpProxy
+
+    proxy = TcpProxy(int(s3_endpoint.rsplit(":", 1)[1])).start()
+    start_dispatcher()
+    # The worker reaches S3 only through the proxy; the api (sources) goes direct.
+    start_worker(
+        "tiny",
+        env={
+            "IMGFARM_S3_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}",
+            "IMGFARM_MAX_ATTEMPTS": "3",
+        },
+    )
+    key = new_key()
+    try:
+        proxy.stop()
+        # 1. An outage longer than the retry budget: the job fails, saying why.
+        (doomed,) = submit(client, key, 1, steps=2, strength=0.5)
+        wait_final(session_factory, [doomed], timeout=120)
+        with session_factory() as s:
+            job = s.get(Job, doomed)
+        assert (job.status, job.attempts) == ("failed", 3)
+        assert "gave up after 3 attempts" in job.error and "S3" in job.error
+        # 2. A short outage: jobs retry with backoff and succeed once S3 is back.
+        ids = submit(client, key, 4, steps=2, strength=0.5)
+        started = time.monotonic()
+
+        def all_tried() -> bool:
+            with session_factory() as s:
+                errors = s.scalars(select(Job.error).where(Job.id.in_(ids)))
+                return all(e is not None for e in errors)
+
+        wait_for(all_tried, 120, "every job to hit the outage once")
+    finally:
+        proxy.start()
+    counts = wait_final(session_factory, ids, timeout=120)
+    with session_factory() as s:
+        attempts = sorted(s.scalars(select(Job.attempts).where(Job.id.in_(ids))))
+    fault_report(
+        f"S3 outage: long one -> failed after 3 attempts with the reason stored; short one -> "
+        f"{counts['succeeded']}/4 succeeded, attempts {attempts}, lost {4 - counts['succeeded']}, "
+        f"{time.monotonic() - started:.1f}s"
+    )
+    assert counts == {"succeeded": 4}
+    assert min(attempts) >= 2
+    assert output_objects(s3_client, ids) == {i: 1 for i in ids}
