@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from celery import Celery
 from fastapi import FastAPI
 
-from api.errors import register_error_handlers
+from api.errors import ERROR_RESPONSES, register_error_handlers
 from api.metrics import install_api_metrics
 from api.routes import batches, files, health, jobs, models, uploads, webhooks
 from shared.broker import make_celery
@@ -47,6 +47,7 @@ def create_app(
     register_error_handlers(app)
     app.add_middleware(LogContextMiddleware)
     install_api_metrics(app, settings)
-    for module in (health, jobs, batches, uploads, models, files, webhooks):
-        app.include_router(module.router)
+    app.include_router(health.router)
+    for module in (jobs, batches, uploads, models, files, webhooks):
+        app.include_router(module.router, responses=ERROR_RESPONSES)
     return app

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 
 from shared.errors import ImgfarmError, InvalidRequest, NotFound, StorageError, TransientError
 
@@ -15,6 +18,26 @@ log = logging.getLogger(__name__)
 
 class Unauthorized(ImgfarmError):
     """No API key, or one we do not know."""
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: ``detail`` for people, ``errors`` naming each field at fault."""
+
+    detail: str
+    errors: list[FieldError]
+
+
+# The OpenAPI description of the answers below, for every keyed route. Declaring "4XX" also
+# keeps FastAPI from documenting its own 422 body, which these handlers replace.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorBody, "description": "Refused: `errors` names each field at fault."},
+    503: {"model": ErrorBody, "description": "A backing service is unavailable; retry."},
+}
 
 
 def _body(detail: str, errors: list[dict[str, str]] | None = None) -> dict[str, object]:
@@ -42,6 +65,12 @@ async def _validation(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(_body(detail, errors), status_code=422)
 
 
+async def _http(_: Request, exc: Exception) -> JSONResponse:
+    # Raised by the framework itself (a body that does not parse: 400): same body as ours.
+    assert isinstance(exc, HTTPException)
+    return JSONResponse(_body(str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+
+
 async def _not_found(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(_body(str(exc) or "not found"), status_code=404)
 
@@ -56,6 +85,7 @@ async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
 
 
 def register_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(InvalidRequest, _invalid)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(NotFound, _not_found)

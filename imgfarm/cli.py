@@ -163,7 +163,7 @@ def flower(
 @main.command()
 @click.option("--port", default=8000, show_default=True, type=int)
 def up(port: int) -> None:
-    """Run the embedded stack (api, dispatcher, tiny worker; no servers) until Ctrl-C."""
+    """Run the embedded stack (api, dispatcher, tiny and webhook workers) until Ctrl-C."""
     from imgfarm.embedded import EmbeddedStack
 
     settings = _settings()
@@ -188,7 +188,8 @@ def demo(out: Path, timeout: float) -> None:
 
     settings = _settings()
     console.print("starting the embedded farm (api + tiny worker)...")
-    with EmbeddedStack(settings.data_dir) as stack:
+    # The demo sends no webhooks: one process fewer to start.
+    with EmbeddedStack(settings.data_dir, webhooks=False) as stack:
         console.print(f"farm up at {stack.url}; submitting 4 seasonal variants")
         paths = run_demo(stack.url, stack.api_key, out, console, timeout=timeout)
     for path in paths:

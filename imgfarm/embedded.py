@@ -46,6 +46,7 @@ class EmbeddedStack:
     data_dir: Path
     port: int = 0
     models: tuple[str, ...] = ("tiny",)
+    webhooks: bool = True
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     url: str = ""
     api_key: str = ""
@@ -81,6 +82,8 @@ class EmbeddedStack:
         self._spawn("dispatcher", "dispatcher")
         for alias in self.models:
             self._spawn(f"worker-{alias}", "worker", "--model", alias)
+        if self.webhooks:
+            self._spawn("webhooks", "worker", "--webhooks")
         self._wait_healthy(timeout)
         return self
 

@@ -136,8 +136,7 @@ def _delivery_rows(
             "body": body,
             "status": "pending",
             "attempts": 0,
-            # The first entry of the schedule is 0 (immediately): the scheduler applies none
-            # here, so it is due now.
+            # The first attempt is always immediate (the schedule's first entry is 0).
             "next_attempt_at": now,
             "created_at": now,
         }

@@ -56,9 +56,10 @@ class Settings(BaseSettings):
     # the exporter is configured by the standard OTEL_* variables.
     otel_enabled: bool = False
     # --- webhooks (docs/webhooks.md) ---
-    # Seconds before each delivery attempt, the first counted from the event: the Standard
-    # Webhooks schedule (immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h).
-    # One attempt per entry; after the last the delivery is dead-lettered. Tests compress it.
+    # Seconds before each delivery attempt: the Standard Webhooks schedule (immediately, 5 s,
+    # 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h). One attempt per entry; the first is
+    # always sent at once (its entry only counts the attempt); after the last the delivery is
+    # dead-lettered. Tests compress it.
     webhook_retry_schedule: str = "0,5,300,1800,7200,18000,36000,50400,72000,86400"
     webhook_timeout_seconds: float = Field(default=15.0, gt=0)
     # How often the webhook worker's scheduler looks for due deliveries.

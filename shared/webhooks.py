@@ -157,8 +157,9 @@ def retry_delay(
 ) -> float | None:
     """Seconds until the next attempt after ``attempts`` failed ones; None: dead-letter.
 
-    ``schedule[i]`` is the wait before attempt i+1 (``schedule[0]``, normally 0, is the
-    first attempt's). A ``Retry-After`` longer than the schedule's wait is honoured.
+    ``schedule[i]`` is the wait before attempt i+1 (the first attempt is sent at once, so
+    ``schedule[0]`` only counts it). A ``Retry-After`` longer than the schedule's wait is
+    honoured.
     """
     if attempts >= len(schedule):
         return None

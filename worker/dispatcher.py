@@ -190,9 +190,10 @@ class Dispatcher:
                 .with_for_update(skip_locked=True)
             ).all()
             # 3. send compatible groups; mark exactly what reached the broker
+            valid = self._drop_malformed(session, rows)
             sent: list[uuid.UUID] = []
             try:
-                for batch in group_compatible(((r.id, r.params) for r in rows), spec.max_batch):
+                for batch in group_compatible(valid, spec.max_batch):
                     send_render(self.celery, [str(i) for i in batch], model)
                     sent.extend(batch)
                     stats.sent_batches += 1
@@ -209,6 +210,36 @@ class Dispatcher:
                     .execution_options(synchronize_session=False)
                 )
             stats.sent_jobs += len(sent)
+
+    def _drop_malformed(
+        self, session: Session, rows: Iterable[Any]
+    ) -> list[tuple[uuid.UUID, dict[str, Any]]]:
+        """Fail rows whose params cannot be rendered, so one bad row never blocks a model."""
+        valid, bad = [], []
+        for row in rows:
+            try:
+                compatibility_key(row.params)
+            except (KeyError, TypeError):
+                bad.append(row.id)
+            else:
+                valid.append((row.id, row.params))
+        if bad:
+            log.error("failing %d job(s) with malformed params: %s", len(bad), bad)
+            failed_ids = list(
+                session.scalars(
+                    update(Job)
+                    .where(Job.id.in_(bad), Job.status == JobStatus.QUEUED.value)
+                    .values(
+                        status=JobStatus.FAILED.value,
+                        error="invalid render parameters (missing steps/strength/size)",
+                        finished_at=utcnow(),
+                    )
+                    .returning(Job.id)
+                    .execution_options(synchronize_session=False)
+                )
+            )
+            emit_job_events(session, failed_ids, JOB_FAILED)
+        return valid
 
     def _fail_unknown_model(self, session: Session, model: str) -> None:
         failed_ids = list(

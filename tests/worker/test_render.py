@@ -17,8 +17,14 @@ from worker.dispatcher import group_compatible
 from worker.pipelines import load_model
 from worker.render import RenderItem, prepare, render_batch, run_pipeline
 
-PARAMS = {"strength": 0.75, "steps": 4, "guidance_scale": 7.5, "width": 64, "height": 64,
-          "output_format": "png"}
+PARAMS = {
+    "strength": 0.75,
+    "steps": 4,
+    "guidance_scale": 7.5,
+    "width": 64,
+    "height": 64,
+    "output_format": "png",
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +40,15 @@ def storage(tmp_path):
 def make_job(storage, seed: int, prompt: str = "a red sneaker", **params) -> Job:
     key = f"sources/{uuid.uuid4()}"
     storage.put(key, png_bytes(80, 96), "image/png")
-    return Job(id=uuid.uuid4(), team_id=uuid.uuid4(), model="tiny", prompt=prompt,
-               negative_prompt=None, params={**PARAMS, "seed": seed, **params}, source_key=key)
+    return Job(
+        id=uuid.uuid4(),
+        team_id=uuid.uuid4(),
+        model="tiny",
+        prompt=prompt,
+        negative_prompt=None,
+        params={**PARAMS, "seed": seed, **params},
+        source_key=key,
+    )
 
 
 def as_array(img: Image.Image) -> np.ndarray:
@@ -82,7 +95,56 @@ def test_group_compatible_splits_by_params_and_max_batch():
     a = {**PARAMS, "seed": 1}
     b = {**PARAMS, "seed": 2, "steps": 8}
     ids = [uuid.uuid4() for _ in range(7)]
-    rows = [(ids[0], a), (ids[1], b), (ids[2], a), (ids[3], a), (ids[4], b), (ids[5], a),
-            (ids[6], a)]
+    rows = [
+        (ids[0], a),
+        (ids[1], b),
+        (ids[2], a),
+        (ids[3], a),
+        (ids[4], b),
+        (ids[5], a),
+        (ids[6], a),
+    ]
     groups = group_compatible(rows, max_batch=3)
     assert groups == [[ids[0], ids[2], ids[3]], [ids[5], ids[6]], [ids[1], ids[4]]]
+
+
+def test_dispatcher_fails_malformed_rows_and_dispatches_the_rest(settings, session_factory):
+    """One bad row (say, written by hand) must not block its model's queue."""
+    from sqlalchemy import insert, select
+
+    from shared.broker import make_celery
+    from shared.db import session_scope
+    from shared.teams import ensure_team
+    from worker.dispatcher import Dispatcher
+
+    model = f"mixed-{uuid.uuid4().hex[:6]}"
+    good, bad = uuid.uuid4(), uuid.uuid4()
+    with session_scope(session_factory) as s:
+        team = ensure_team(s, f"t-{uuid.uuid4().hex[:6]}")
+        s.execute(
+            insert(Job),
+            [
+                {
+                    "id": bad,
+                    "team_id": team.id,
+                    "model": model,
+                    "prompt": "p",
+                    "params": {},
+                    "source_key": "k",
+                },
+                {
+                    "id": good,
+                    "team_id": team.id,
+                    "model": model,
+                    "prompt": "p",
+                    "params": {**PARAMS, "seed": 1},
+                    "source_key": "k",
+                },
+            ],
+        )
+    registry = {model: BUILTINS["tiny"].__class__(alias=model, source="builtin:tiny")}
+    stats = Dispatcher(settings, session_factory, make_celery(settings), registry).tick()
+    assert stats.sent_jobs == 1
+    with session_factory() as s:
+        rows = dict(s.execute(select(Job.id, Job.status).where(Job.id.in_([good, bad]))).all())
+    assert rows == {good: "queued", bad: "failed"}
