@@ -137,7 +137,9 @@ def _call_pipeline(
             pipe._interrupt = True  # diffusers' own flag: leave the denoising loop now
         return kwargs
 
-    with torch.inference_mode():
+    # no_grad, not inference_mode: warm-up ran under the pipeline's own no_grad, and compiled
+    # graphs guard on that mode; inference_mode here recompiled every bucket on its first job.
+    with torch.no_grad():
         result = model.pipe(
             prompt=[i.job.prompt for i in items],
             negative_prompt=None
