@@ -23,6 +23,15 @@ from shared.teams import create_api_key, ensure_team
 LOCAL_TEAM = "local"
 
 
+def _die_with_parent() -> None:
+    """Children get SIGTERM if `imgfarm up` itself is killed, so none is left orphaned."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -68,6 +77,7 @@ class EmbeddedStack:
             env=self._env(),
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
         self.processes.append(proc)
 
