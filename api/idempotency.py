@@ -97,6 +97,8 @@ def begin(
     """
     if key is None:
         return None
+    if "\x00" in key:  # PostgreSQL text cannot hold it
+        raise InvalidRequest(HEADER, "must not contain NUL (\\x00) characters")
     digest = request_hash(scope, body)
     existing = _find(session, team_id, key)
     if existing is None:

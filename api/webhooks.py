@@ -128,6 +128,8 @@ def list_deliveries(
     """The team's deliveries, newest first, filtered, one page after ``cursor``."""
     if status is not None and status not in DELIVERY_STATUSES:
         raise InvalidRequest("status", f"must be one of {', '.join(DELIVERY_STATUSES)}")
+    if event_id is not None and "\x00" in event_id:  # PostgreSQL text cannot hold it
+        raise InvalidRequest("event_id", "must not contain NUL (\\x00) characters")
     query = (
         select(WebhookDelivery)
         .where(WebhookDelivery.team_id == team.id)

@@ -10,11 +10,12 @@ canceled    failed | canceled
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import case, literal, update
 from sqlalchemy.orm import Session
 
 from shared.models import Job, utcnow
@@ -89,6 +90,38 @@ def claim_job(session: Session, job_id: uuid.UUID, worker: str, lease_seconds: i
     )
 
 
+def claim_jobs_bulk(
+    session: Session, job_ids: Sequence[uuid.UUID], worker: str, lease_seconds: int
+) -> list[uuid.UUID]:
+    """``claim_job`` for a whole task's jobs in one conditional UPDATE (not one per job).
+
+    Those still ``queued`` go ``running`` for ``worker``, counting the attempt and taking a
+    lease; the others (claimed by someone else, canceled, finished) are left alone. Returns
+    the ids claimed, in the order given.
+    """
+    if not job_ids:
+        return []
+    check_transition(JobStatus.QUEUED, JobStatus.RUNNING)
+    now = utcnow()
+    claimed = set(
+        session.scalars(
+            update(Job)
+            .where(Job.id.in_(list(job_ids)), Job.status == JobStatus.QUEUED.value)
+            .values(
+                status=JobStatus.RUNNING.value,
+                worker=worker,
+                started_at=now,
+                attempts=Job.attempts + 1,
+                error=None,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+            )
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    return [j for j in job_ids if j in claimed]
+
+
 def mark_succeeded(
     session: Session,
     job_id: uuid.UUID,
@@ -105,6 +138,40 @@ def mark_succeeded(
         finished_at=utcnow(),
         lease_expires_at=None,
     )
+
+
+# What a render produced for one job: (job id, outputs, provenance).
+Success = tuple[uuid.UUID, list[dict[str, Any]], dict[str, Any]]
+
+
+def mark_succeeded_bulk(session: Session, successes: Sequence[Success]) -> list[uuid.UUID]:
+    """``mark_succeeded`` for a rendered group in one conditional UPDATE ... RETURNING, each
+    job getting its own outputs and provenance. Returns the ids that were still ``running``
+    (the others were finished or taken back by someone else), in the order given."""
+    if not successes:
+        return []
+    check_transition(JobStatus.RUNNING, JobStatus.SUCCEEDED)
+
+    def per_job(column: Any, index: int) -> Any:
+        branches = {s[0]: literal(s[index], column.type) for s in successes}
+        return case(branches, value=Job.id, else_=column)
+
+    done = set(
+        session.scalars(
+            update(Job)
+            .where(Job.id.in_([s[0] for s in successes]), Job.status == JobStatus.RUNNING.value)
+            .values(
+                status=JobStatus.SUCCEEDED.value,
+                outputs=per_job(Job.outputs, 1),
+                provenance=per_job(Job.provenance, 2),
+                finished_at=utcnow(),
+                lease_expires_at=None,
+            )
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    return [s[0] for s in successes if s[0] in done]
 
 
 def mark_failed(

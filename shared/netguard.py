@@ -48,7 +48,10 @@ def resolve_public(
     url: str, field: str, allowed: list[Network], resolver: Resolver = system_resolver
 ) -> list[IPAddress]:
     """Check scheme and host of ``url`` and every address it resolves to; return them."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:  # "http://[::1": an unclosed IPv6 bracket
+        raise InvalidRequest(field, f"is not a valid URL: {e}") from None
     if parts.scheme not in ("http", "https"):
         raise InvalidRequest(field, "URL must use http or https")
     if not parts.hostname:

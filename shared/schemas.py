@@ -17,7 +17,21 @@ MAX_METADATA_BYTES = 8 * 1024
 MAX_SEED = 2**63 - 1
 
 
-class JobCreate(BaseModel):
+class RequestBody(BaseModel):
+    """A request body: unknown fields refused, and no NUL in any text field (PostgreSQL text
+    cannot hold one, so it would fail at the INSERT instead of naming the field)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain NUL (\\x00) characters")
+        return value
+
+
+class JobCreate(RequestBody):
     """``POST /v1/jobs``. Optional knobs left out take the model's defaults."""
 
     model_config = ConfigDict(extra="forbid")
@@ -158,7 +172,7 @@ Name = Annotated[
 ]
 
 
-class BatchImage(BaseModel):
+class BatchImage(RequestBody):
     """One source image of a batch; ``sku`` names its folder (default ``image-N``)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -169,7 +183,7 @@ class BatchImage(BaseModel):
     sku: Name | None = None
 
 
-class BatchPrompt(BaseModel):
+class BatchPrompt(RequestBody):
     """One prompt of a batch; ``name`` names its folder (default: a slug of the prompt)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -179,7 +193,7 @@ class BatchPrompt(BaseModel):
     negative_prompt: str | None = Field(default=None, max_length=2000)
 
 
-class BatchCreate(BaseModel):
+class BatchCreate(RequestBody):
     """``POST /v1/batches``: every image x every prompt x ``variants`` seeds, one job each.
 
     Images and prompts may be plain strings or objects naming them. Shared knobs left out
@@ -323,7 +337,7 @@ class BatchRetried(BaseModel):
 # --- Presigned uploads ---------------------------------------------------------------------
 
 
-class UploadPresignCreate(BaseModel):
+class UploadPresignCreate(RequestBody):
     """``POST /v1/uploads/presign``: ask for a URL to PUT one image straight to storage."""
 
     model_config = ConfigDict(extra="forbid")
@@ -345,7 +359,7 @@ class UploadPresigned(BaseModel):
 MAX_ROTATION_OVERLAP_SECONDS = 7 * 24 * 3600
 
 
-class WebhookEndpointCreate(BaseModel):
+class WebhookEndpointCreate(RequestBody):
     """``POST /v1/webhooks``: a receiver for the team's events of the listed types."""
 
     model_config = ConfigDict(extra="forbid")
@@ -386,7 +400,7 @@ class WebhookEndpointsPublic(BaseModel):
     endpoints: list[WebhookEndpointPublic]
 
 
-class WebhookRotate(BaseModel):
+class WebhookRotate(RequestBody):
     """``POST /v1/webhooks/{id}/rotate`` (or ``/v1/webhooks/secret/rotate``)."""
 
     model_config = ConfigDict(extra="forbid")

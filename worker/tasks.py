@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery, Task
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
@@ -16,8 +17,8 @@ from shared.broker import RENDER_TASK
 from shared.db import session_scope
 from shared.dispatch import nudge
 from shared.errors import ImgfarmError
-from shared.events import JOB_FAILED, JOB_SUCCEEDED, emit_job_event
-from shared.jobs import claim_job, mark_failed, mark_succeeded, requeue
+from shared.events import JOB_FAILED, JOB_SUCCEEDED, emit_job_event, emit_job_events
+from shared.jobs import claim_jobs_bulk, mark_failed, mark_succeeded_bulk, requeue
 from shared.models import Job, utcnow
 from worker.context import WorkerContext
 from worker.dispatcher import compatibility_key
@@ -64,23 +65,26 @@ class BatchSummary:
 def claim_jobs(ctx: WorkerContext, job_ids: list[uuid.UUID]) -> list[Job]:
     """Claim what is still claimable, in one transaction; the rest is someone else's."""
     with session_scope(ctx.session_factory) as session:
-        claimed = [
-            j for j in job_ids if claim_job(session, j, ctx.name, ctx.settings.lease_seconds)
-        ]
-        jobs = [session.get(Job, j) for j in claimed]
+        # One UPDATE ... RETURNING and one SELECT, whatever the number of jobs.
+        claimed = claim_jobs_bulk(session, job_ids, ctx.name, ctx.settings.lease_seconds)
+        by_id = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(claimed)))}
         # Room just opened in this model's queue: let the dispatcher refill it while we render.
         nudge(session)
-    return [j for j in jobs if j is not None]
+    return [by_id[j] for j in claimed if j in by_id]
 
 
 @db_retry
-def record_success(ctx: WorkerContext, result: RenderResult) -> bool:
+def record_successes(ctx: WorkerContext, results: list[RenderResult]) -> set[uuid.UUID]:
+    """Record a rendered group's outcomes in one transaction: one UPDATE, one pass of event
+    rows for all of them, one commit. Returns the jobs that were still ours to finish."""
     with session_scope(ctx.session_factory) as session:
-        succeeded = mark_succeeded(session, result.job_id, result.outputs, result.provenance)
+        succeeded = mark_succeeded_bulk(
+            session, [(r.job_id, r.outputs, r.provenance) for r in results]
+        )
+        # webhooks: the event rows commit with the state changes (transactional outbox).
         if succeeded:
-            # webhooks: the event row commits with the state change (transactional outbox).
-            emit_job_event(session, result.job_id, JOB_SUCCEEDED)
-        return succeeded
+            emit_job_events(session, succeeded, JOB_SUCCEEDED)
+        return set(succeeded)
 
 
 @db_retry
@@ -130,9 +134,10 @@ def render_group(ctx: WorkerContext, items: list[RenderItem], summary: BatchSumm
             record_failure(ctx, items[0].job, e, summary)
         return
     summary.batch_size = max(summary.batch_size, len(items))
+    succeeded = record_successes(ctx, results)
     for result in results:
         summary.render_seconds = max(summary.render_seconds, result.provenance["render_seconds"])
-        summary.outcomes["succeeded" if record_success(ctx, result) else "superseded"] += 1
+        summary.outcomes["succeeded" if result.job_id in succeeded else "superseded"] += 1
     summary.outcomes["canceled"] += len(items) - len(results)
 
 

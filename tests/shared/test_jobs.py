@@ -17,8 +17,10 @@ from shared.jobs import (
     cancel,
     check_transition,
     claim_job,
+    claim_jobs_bulk,
     mark_failed,
     mark_succeeded,
+    mark_succeeded_bulk,
     requeue,
 )
 from shared.migrate import upgrade
@@ -135,3 +137,57 @@ def test_cancel_queued_job_prevents_claim(factory):
     with session_scope(factory) as s:
         assert not claim_job(s, job_id, "w1", 60)
     assert status_of(factory, job_id) == "canceled"
+
+
+def test_bulk_claim_takes_only_queued_jobs_in_one_update(factory):
+    """What a render task claims at once: queued ones go running (attempt counted, lease
+    taken, error cleared); running, canceled and unknown ones are left alone."""
+    queued, retried, running, canceled = (new_job(factory) for _ in range(4))
+    with session_scope(factory) as s:
+        claim_job(s, retried, "w0", 60)
+        requeue(s, retried, "S3 down")
+        claim_job(s, running, "other", 60)
+        cancel(s, canceled)
+    ids = [canceled, queued, uuid.uuid4(), running, retried]
+    with session_scope(factory) as s:
+        assert claim_jobs_bulk(s, ids, "w1", 60) == [queued, retried], "in the order given"
+    with session_scope(factory) as s:
+        assert claim_jobs_bulk(s, ids, "w2", 60) == [], "a message delivered twice claims none"
+        assert claim_jobs_bulk(s, [], "w2", 60) == []
+    with factory() as s:
+        rows = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_(ids)))}
+    assert [(rows[j].status, rows[j].attempts, rows[j].worker) for j in (queued, retried)] == [
+        ("running", 1, "w1"),
+        ("running", 2, "w1"),
+    ]
+    assert rows[retried].error is None and rows[retried].lease_expires_at is not None
+    assert rows[queued].started_at is not None
+    assert (rows[running].worker, rows[running].attempts) == ("other", 1)
+    assert rows[canceled].status == "canceled"
+
+
+def test_bulk_success_gives_each_job_its_outputs_and_only_once(factory):
+    """A rendered group recorded in one UPDATE: each running job gets its own outputs and
+    provenance; a job that is not running (here: never claimed) is left alone."""
+    first, second, unclaimed = (new_job(factory) for _ in range(3))
+    with session_scope(factory) as s:
+        claim_job(s, first, "w1", 60)
+        claim_job(s, second, "w1", 60)
+    successes = [
+        (unclaimed, [{"key": "u"}], {"n": 0}),
+        (second, [{"key": "b", "width": 8}], {"n": 2, "params": {"seed": 1}}),
+        (first, [{"key": "a"}], {"n": 1}),
+    ]
+    with session_scope(factory) as s:
+        assert mark_succeeded_bulk(s, successes) == [second, first]
+    with session_scope(factory) as s:
+        assert mark_succeeded_bulk(s, successes) == [], "two workers cannot both finish a job"
+        assert mark_succeeded_bulk(s, []) == []
+    with factory() as s:
+        rows = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_([first, second])))}
+    assert (rows[first].outputs, rows[first].provenance) == ([{"key": "a"}], {"n": 1})
+    assert rows[second].outputs == [{"key": "b", "width": 8}]
+    assert rows[second].provenance == {"n": 2, "params": {"seed": 1}}
+    assert all(j.status == "succeeded" and j.lease_expires_at is None for j in rows.values())
+    assert all(j.finished_at is not None for j in rows.values())
+    assert status_of(factory, unclaimed) == "queued"
