@@ -161,10 +161,11 @@ def running_farm(args: argparse.Namespace) -> Iterator[Farm]:
         stack.callback(db.drop)
         redis = start_server(stack, redis_server(free_port(), tmp))
         redis_url = f"redis://127.0.0.1:{redis.port}/0"
-        s3_url = None
+        s3_url, moto = None, None
         if args.storage == "s3":
             os.environ.update(AWS_ENV)
-            s3_url = f"http://127.0.0.1:{start_server(stack, moto_server(free_port(), tmp)).port}"
+            moto = start_server(stack, moto_server(free_port(), tmp))
+            s3_url = f"http://127.0.0.1:{moto.port}"
         env = farm_env(tmp, db.url, redis_url, s3_url)
         settings = settings_from_env(env)
         upgrade(settings.database_url)
@@ -197,6 +198,8 @@ def running_farm(args: argparse.Namespace) -> Iterator[Farm]:
         }
         if noop.proc is not None and redis.proc is not None:
             pids.update({"noop worker": noop.proc.pid, "redis": redis.proc.pid})
+        if moto is not None and moto.proc is not None:
+            pids["moto"] = moto.proc.pid
         yield Farm(env, settings, api_url, key, team_id, factory, redis_url, logs, pids)
 
 
@@ -505,7 +508,8 @@ def measure(farm: Farm, args: argparse.Namespace) -> int:
     total = args.jobs * args.rounds
     print("== CPU ms per job, by process (all rounds) ==")
     print(cpu_line("raw Celery", raw_cpu, total, ("noop worker", "redis")))
-    print(cpu_line("farm", farm_cpu, total, ("worker", "dispatcher", "api", "postgres", "redis")))
+    farm_names = ("worker", "dispatcher", "api", "postgres", "redis", "moto")
+    print(cpu_line("farm", farm_cpu, total, farm_names[: 6 if "moto" in farm.pids else 5]))
     print("== queued -> running latency, idle worker ==")
     print(latency_line("farm", farm_lat))
     print(latency_line("raw Celery", raw_lat))
