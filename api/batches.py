@@ -404,6 +404,28 @@ def decode_cursor(cursor: str, size: int) -> list[str]:
     return [str(v) for v in values]
 
 
+def newest_first_page(
+    session: Session, query: Any, model: Any, cursor: str | None, limit: int
+) -> tuple[list[Any], str | None]:
+    """One page of ``query`` (ordered by created_at, id descending, limit + 1) after ``cursor``.
+
+    Keyset pagination: the cursor is the last row's (created_at, id), so pages stay stable
+    while rows are added.
+    """
+    if cursor is not None:
+        created, last_id = decode_cursor(cursor, 2)
+        try:
+            key = (datetime.fromisoformat(created), uuid.UUID(last_id))
+        except ValueError as e:
+            raise InvalidRequest("cursor", "is not a cursor from a previous page") from e
+        query = query.where(tuple_(model.created_at, model.id) < tuple_(*key))
+    rows = list(session.scalars(query))
+    if len(rows) <= limit:
+        return rows, None
+    last = rows[limit - 1]
+    return rows[:limit], encode_cursor(last.created_at, last.id)
+
+
 def list_batches(
     session: Session, team: Team, cursor: str | None, limit: int
 ) -> tuple[list[Batch], str | None]:
@@ -414,18 +436,7 @@ def list_batches(
         .order_by(Batch.created_at.desc(), Batch.id.desc())
         .limit(limit + 1)
     )
-    if cursor is not None:
-        created, last_id = decode_cursor(cursor, 2)
-        try:
-            key = (datetime.fromisoformat(created), uuid.UUID(last_id))
-        except ValueError as e:
-            raise InvalidRequest("cursor", "is not a cursor from a previous page") from e
-        query = query.where(tuple_(Batch.created_at, Batch.id) < tuple_(*key))
-    batches = list(session.scalars(query))
-    if len(batches) <= limit:
-        return batches, None
-    last = batches[limit - 1]
-    return batches[:limit], encode_cursor(last.created_at, last.id)
+    return newest_first_page(session, query, Batch, cursor, limit)
 
 
 def list_jobs(

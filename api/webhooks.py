@@ -8,10 +8,10 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.batches import decode_cursor, encode_cursor
+from api.batches import newest_first_page
 from api.sources import check_webhook_url
 from shared.errors import InvalidRequest, NotFound
 from shared.models import (
@@ -146,18 +146,7 @@ def list_deliveries(
     for name, value in filters.items():
         if value is not None:
             query = query.where(getattr(WebhookDelivery, name) == value)
-    if cursor is not None:
-        created, last_id = decode_cursor(cursor, 2)
-        try:
-            key = (datetime.fromisoformat(created), uuid.UUID(last_id))
-        except ValueError as e:
-            raise InvalidRequest("cursor", "is not a cursor from a previous page") from e
-        query = query.where(tuple_(WebhookDelivery.created_at, WebhookDelivery.id) < tuple_(*key))
-    rows = list(session.scalars(query))
-    if len(rows) <= limit:
-        return rows, None
-    last = rows[limit - 1]
-    return rows[:limit], encode_cursor(last.created_at, last.id)
+    return newest_first_page(session, query, WebhookDelivery, cursor, limit)
 
 
 def get_delivery(session: Session, team: Team, delivery_id: uuid.UUID) -> WebhookDelivery:

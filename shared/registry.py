@@ -64,44 +64,38 @@ class ModelSpec:
         return self.kind != "echo"
 
 
+def _tiny(alias: str, kind: ModelKind, description: str) -> ModelSpec:
+    """A random-weight tiny model built offline: 64 px, 4 steps, CPU-friendly limits."""
+    return ModelSpec(
+        alias=alias,
+        source=f"{BUILTIN_PREFIX}{alias}",
+        kind=kind,
+        max_batch=4,
+        steps=4,
+        width=64,
+        height=64,
+        min_size=32,
+        max_size=256,
+        max_steps=50,
+        description=description,
+    )
+
+
 BUILTINS: dict[str, ModelSpec] = {
-    "tiny": ModelSpec(
-        alias="tiny",
-        source="builtin:tiny",
-        max_batch=4,
-        steps=4,
-        width=64,
-        height=64,
-        min_size=32,
-        max_size=256,
-        max_steps=50,
-        description="Random-weight tiny Stable Diffusion built offline; renders noise-like images.",
+    "tiny": _tiny(
+        "tiny",
+        "img2img",
+        "Random-weight tiny Stable Diffusion built offline; renders noise-like images.",
     ),
-    "tiny-inpaint": ModelSpec(
-        alias="tiny-inpaint",
-        source="builtin:tiny-inpaint",
-        kind="inpaint",
-        max_batch=4,
-        steps=4,
-        width=64,
-        height=64,
-        min_size=32,
-        max_size=256,
-        max_steps=50,
-        description="Random-weight tiny inpainting model (9-channel UNet) built offline.",
+    "tiny-inpaint": _tiny(
+        "tiny-inpaint",
+        "inpaint",
+        "Random-weight tiny inpainting model (9-channel UNet) built offline.",
     ),
-    "tiny-controlnet": ModelSpec(
-        alias="tiny-controlnet",
-        source="builtin:tiny-controlnet",
-        kind="controlnet-canny",
-        max_batch=4,
-        steps=4,
-        width=64,
-        height=64,
-        min_size=32,
-        max_size=256,
-        max_steps=50,
-        description="Random-weight tiny Stable Diffusion with a canny ControlNet, built offline.",
+    "tiny-controlnet": _tiny(
+        "tiny-controlnet",
+        "controlnet-canny",
+        "Random-weight tiny Stable Diffusion with a canny ControlNet, built offline.",
     ),
     "echo": ModelSpec(
         alias="echo",

@@ -31,7 +31,27 @@ class RequestBody(BaseModel):
         return value
 
 
-class JobCreate(RequestBody):
+class RenderKnobs(RequestBody):
+    """The optional render knobs shared by a job and a batch; left out, the model decides."""
+
+    strength: float | None = Field(default=None, gt=0, le=1)
+    steps: int | None = Field(default=None, ge=1)
+    guidance_scale: float | None = Field(default=None, ge=0, le=50)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    width: int | None = Field(default=None, gt=0)
+    height: int | None = Field(default=None, gt=0)
+    output_format: OutputFormat = "png"
+    metadata: dict[str, Any] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and len(json.dumps(value)) > MAX_METADATA_BYTES:
+            raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes of JSON")
+        return value
+
+
+class JobCreate(RenderKnobs):
     """``POST /v1/jobs``. Optional knobs left out take the model's defaults."""
 
     model_config = ConfigDict(extra="forbid")
@@ -42,14 +62,6 @@ class JobCreate(RequestBody):
         min_length=1, description="A data URL, an http(s) URL, or an id from POST /v1/uploads."
     )
     negative_prompt: str | None = Field(default=None, max_length=2000)
-    strength: float | None = Field(default=None, gt=0, le=1)
-    steps: int | None = Field(default=None, ge=1)
-    guidance_scale: float | None = Field(default=None, ge=0, le=50)
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
-    width: int | None = Field(default=None, gt=0)
-    height: int | None = Field(default=None, gt=0)
-    output_format: OutputFormat = "png"
-    metadata: dict[str, Any] | None = None
     webhook_url: str | None = Field(
         default=None,
         min_length=1,
@@ -69,13 +81,6 @@ class JobCreate(RequestBody):
         description="How the source is brought to width x height: fit (stretch), crop "
         "(cover, center-crop) or pad (fit inside, pad with white; inpaint repaints the pad).",
     )
-
-    @field_validator("metadata")
-    @classmethod
-    def _small_metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and len(json.dumps(value)) > MAX_METADATA_BYTES:
-            raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes of JSON")
-        return value
 
 
 class RenderParams(BaseModel):
@@ -193,7 +198,7 @@ class BatchPrompt(RequestBody):
     negative_prompt: str | None = Field(default=None, max_length=2000)
 
 
-class BatchCreate(RequestBody):
+class BatchCreate(RenderKnobs):
     """``POST /v1/batches``: every image x every prompt x ``variants`` seeds, one job each.
 
     Images and prompts may be plain strings or objects naming them. Shared knobs left out
@@ -209,14 +214,6 @@ class BatchCreate(RequestBody):
     negative_prompt: str | None = Field(
         default=None, max_length=2000, description="For prompts that do not give their own."
     )
-    strength: float | None = Field(default=None, gt=0, le=1)
-    steps: int | None = Field(default=None, ge=1)
-    guidance_scale: float | None = Field(default=None, ge=0, le=50)
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
-    width: int | None = Field(default=None, gt=0)
-    height: int | None = Field(default=None, gt=0)
-    output_format: OutputFormat = "png"
-    metadata: dict[str, Any] | None = None
     webhook_url: str | None = Field(
         default=None,
         min_length=1,
@@ -237,13 +234,6 @@ class BatchCreate(RequestBody):
     def _prompt_strings(cls, value: Any) -> Any:
         if isinstance(value, list):
             return [{"prompt": v} if isinstance(v, str) else v for v in value]
-        return value
-
-    @field_validator("metadata")
-    @classmethod
-    def _small_metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and len(json.dumps(value)) > MAX_METADATA_BYTES:
-            raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes of JSON")
         return value
 
     @property
@@ -365,9 +355,7 @@ class WebhookEndpointCreate(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(min_length=1, max_length=2048, description="A public http(s) URL.")
-    events: list[str] = Field(
-        min_length=1, description="Event types: " + ", ".join(EVENT_TYPES)
-    )
+    events: list[str] = Field(min_length=1, description="Event types: " + ", ".join(EVENT_TYPES))
     description: str | None = Field(default=None, max_length=255)
 
     @field_validator("events")
