@@ -47,11 +47,25 @@ class ModelSpec:
     # unset means the ``controlnet`` subfolder of ``source``.
     controlnet: str | None = None
     description: str = ""
+    # Sizes ("WxH") a compiled worker also warms up at start, beside the default size: any
+    # other size compiles on its first job (tens of seconds on the device lane, during which
+    # the GPU serves no one). Each costs one compile per batch bucket at boot.
+    warm_sizes: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_builtin(self) -> bool:
         return self.source.startswith(BUILTIN_PREFIX)
+
+    @property
+    def served_sizes(self) -> list[tuple[int, int]]:
+        """The default size, then each distinct ``warm_sizes`` entry, as (width, height)."""
+        sizes = [(self.width, self.height)]
+        for text in self.warm_sizes:
+            size = parse_size(text)
+            if size not in sizes:
+                sizes.append(size)
+        return sizes
 
     @property
     def takes_mask(self) -> bool:
@@ -116,6 +130,32 @@ BUILTINS: dict[str, ModelSpec] = {
 }
 
 _FIELDS = {f for f in ModelSpec.__dataclass_fields__ if f != "alias"}
+_SIZE = re.compile(r"^\s*(\d{1,5})\s*x\s*(\d{1,5})\s*$")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """ "768x512" -> (768, 512); ValueError naming the text otherwise."""
+    match = _SIZE.match(str(text))
+    if not match:
+        raise ValueError(f"size {text!r} is not WIDTHxHEIGHT (e.g. '768x512')")
+    return int(match[1]), int(match[2])
+
+
+def _check_warm_sizes(spec: ModelSpec) -> None:
+    try:
+        sizes = spec.served_sizes
+    except ValueError as e:
+        raise ConfigError(f"model {spec.alias!r}: warm_sizes: {e}") from e
+    for width, height in sizes[1:]:
+        if (
+            width % 8
+            or height % 8
+            or not spec.min_size <= min(width, height) <= max(width, height) <= spec.max_size
+        ):
+            raise ConfigError(
+                f"model {spec.alias!r}: warm_sizes: {width}x{height} must be multiples of 8 "
+                f"within {spec.min_size}..{spec.max_size}"
+            )
 
 
 def _spec_from_table(alias: str, table: dict[str, Any]) -> ModelSpec:
@@ -124,6 +164,10 @@ def _spec_from_table(alias: str, table: dict[str, Any]) -> ModelSpec:
         raise ConfigError(f"model {alias!r}: unknown keys {sorted(unknown)}")
     if "source" not in table:
         raise ConfigError(f"model {alias!r}: 'source' is required (hub id or local folder)")
+    if "warm_sizes" in table:
+        if not isinstance(table["warm_sizes"], list):
+            raise ConfigError(f"model {alias!r}: warm_sizes must be a list like ['768x512']")
+        table = {**table, "warm_sizes": tuple(str(s) for s in table["warm_sizes"])}
     spec = replace(BUILTINS.get(alias, ModelSpec(alias=alias, source="")), **table)
     if spec.kind not in KINDS:
         raise ConfigError(f"model {alias!r}: kind {spec.kind!r} is not one of {KINDS}")
@@ -143,6 +187,7 @@ def _spec_from_table(alias: str, table: dict[str, Any]) -> ModelSpec:
         <= spec.max_size
     ):
         raise ConfigError(f"model {alias!r}: default size must lie within min_size..max_size")
+    _check_warm_sizes(spec)
     return spec
 
 

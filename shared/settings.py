@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     # Batches each online worker may have waiting in Redis: enough to never starve a GPU,
     # few enough that priorities and cancels still act on the backlog in Postgres.
     dispatch_depth_per_worker: int = 2
+    # Render tasks one worker runs at once (worker/device.py): while one task's batch is on
+    # the GPU, the others fetch and decode their sources or encode and upload their outputs.
+    # 1 renders strictly one batch after another (the GPU waits for every upload).
+    worker_pipeline_depth: int = Field(default=3, ge=1, le=16)
+    # Threads per worker for fetching, decoding, encoding and uploading images.
+    worker_io_threads: int = Field(default=8, ge=1, le=64)
     dispatch_poll_seconds: float = 1.0
     # A handed-over job still queued after this long was lost with a Redis restart: resend.
     redispatch_seconds: int = 600

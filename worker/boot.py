@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from celery import Celery
 
@@ -17,9 +18,10 @@ from shared.registry import load_registry
 from shared.settings import Settings
 from shared.storage import storage_from_settings
 from worker.context import WorkerContext
+from worker.device import DeviceLane
 from worker.dispatcher import Dispatcher
 from worker.heartbeat import Heartbeat
-from worker.metrics import install_worker_metrics
+from worker.metrics import device_busy_recorder, install_worker_metrics
 from worker.pipelines import load_model
 from worker.tasks import register_tasks
 
@@ -36,13 +38,17 @@ def build_worker(settings: Settings, alias: str) -> tuple[Celery, WorkerContext]
     registry = load_registry(settings.models)
     if alias not in registry:
         raise ConfigError(f"unknown model {alias!r}; known: {', '.join(sorted(registry))}")
-    model = load_model(registry[alias], settings)
+    device = DeviceLane(on_busy=device_busy_recorder(alias))
+    # Loaded and warmed on the lane's thread: the thread every render will run on.
+    model = device.run(load_model, registry[alias], settings)
     ctx = WorkerContext(
         settings=settings,
         model=model,
         storage=storage_from_settings(settings),
         session_factory=make_session_factory(make_engine(settings.database_url)),
         name=worker_name(alias),
+        device=device,
+        io=ThreadPoolExecutor(settings.worker_io_threads, thread_name_prefix="imgfarm-io"),
     )
     app = make_celery(settings, "imgfarm-worker")
     register_tasks(app, ctx)
@@ -57,13 +63,15 @@ def run_worker(settings: Settings, alias: str, loglevel: str = "INFO") -> None:
     heartbeat.register()
     heartbeat.start()
     try:
-        # solo pool: the model lives in this very process (no fork after CUDA init), and
-        # SIGTERM is Celery's warm shutdown: the running batch finishes, no new one starts.
+        # Thread pool, not prefork: the model lives in this very process (no fork after CUDA
+        # init) and every pipeline call goes through its one device lane; the threads only
+        # let tasks' CPU stages overlap the GPU's. SIGTERM is Celery's warm shutdown: running
+        # tasks finish, the reserved ones go back to the broker.
         app.worker_main(
             [
                 "worker",
-                "--pool=solo",
-                "--concurrency=1",
+                "--pool=threads",
+                f"--concurrency={settings.worker_pipeline_depth}",
                 f"--queues={render_queue(alias)}",
                 f"--hostname={ctx.name}",
                 "--task-events",
@@ -74,6 +82,7 @@ def run_worker(settings: Settings, alias: str, loglevel: str = "INFO") -> None:
         )
     finally:
         heartbeat.stop()
+        ctx.close()
 
 
 def run_dispatcher(settings: Settings) -> None:

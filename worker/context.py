@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.settings import Settings
 from shared.storage import Storage
+from worker.device import DeviceLane
 from worker.pipelines import LoadedModel
 
 
 @dataclass
 class InFlight:
-    """Jobs this process is rendering now, and which of them were canceled meanwhile.
+    """Jobs this process holds now (claimed, waiting for the device, rendering or being
+    stored), and which of them were canceled meanwhile.
 
-    Written by the render task and the heartbeat thread, hence the lock.
+    Several render tasks run at once (worker/device.py), each adding its jobs at start and
+    removing them at the end; the heartbeat thread marks cancels: hence the lock.
     """
 
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -26,13 +30,12 @@ class InFlight:
 
     def start(self, job_ids: list[uuid.UUID]) -> None:
         with self._lock:
-            self.running = set(job_ids)
-            self.canceled = set()
+            self.running |= set(job_ids)
 
-    def finish(self) -> None:
+    def finish(self, job_ids: list[uuid.UUID]) -> None:
         with self._lock:
-            self.running = set()
-            self.canceled = set()
+            self.running -= set(job_ids)
+            self.canceled -= set(job_ids)
 
     def snapshot(self) -> set[uuid.UUID]:
         with self._lock:
@@ -41,6 +44,10 @@ class InFlight:
     def mark_canceled(self, job_ids: set[uuid.UUID]) -> None:
         with self._lock:
             self.canceled |= job_ids & self.running
+
+    def is_canceled(self, job_id: uuid.UUID) -> bool:
+        with self._lock:
+            return job_id in self.canceled
 
     def all_canceled(self, job_ids: list[uuid.UUID]) -> bool:
         with self._lock:
@@ -55,3 +62,14 @@ class WorkerContext:
     session_factory: sessionmaker[Session]
     name: str = "worker"
     in_flight: InFlight = field(default_factory=InFlight)
+    # All pipeline calls go through the device lane; fetches, decodes, encodes and uploads
+    # of one task's jobs run side by side on the io pool (they wait on the network or on
+    # zlib, which release the GIL).
+    device: DeviceLane = field(default_factory=DeviceLane)
+    io: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(8, thread_name_prefix="imgfarm-io")
+    )
+
+    def close(self) -> None:
+        self.device.shutdown()
+        self.io.shutdown(wait=True)

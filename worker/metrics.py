@@ -18,7 +18,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,9 +86,15 @@ WORKER_READY = Gauge(
 )
 WORKER_BUSY = Gauge(
     "imgfarm_worker_busy",
-    "1 while a task runs; its average over time is the worker's duty cycle.",
+    "Render tasks in progress in this worker (up to IMGFARM_WORKER_PIPELINE_DEPTH).",
     ["model"],
     multiprocess_mode="livesum",
+)
+DEVICE_BUSY_SECONDS = Counter(
+    "imgfarm_worker_device_busy_seconds",
+    "Seconds the worker's device lane spent in pipeline calls (and in load and warm-up); "
+    "its rate is the GPU's duty cycle: 1 means the GPU never waited for the CPU.",
+    ["model"],
 )
 GPU_MEMORY_BYTES = Gauge(
     "imgfarm_gpu_memory_bytes",
@@ -97,6 +103,12 @@ GPU_MEMORY_BYTES = Gauge(
     ["model", "device", "kind"],
     multiprocess_mode="livemax",
 )
+
+
+def device_busy_recorder(model: str) -> Callable[[float], None]:
+    """The device lane's ``on_busy``: add each call's seconds to this model's counter."""
+    return DEVICE_BUSY_SECONDS.labels(model).inc
+
 
 # A label value for workers without a model (the webhook delivery worker).
 NO_MODEL = "none"
@@ -192,7 +204,7 @@ class WorkerMetrics:
 
     def on_task_prerun(self, task_id: str | None = None, **_: Any) -> None:
         self._started[str(task_id)] = time.perf_counter()
-        WORKER_BUSY.labels(self.model).set(1)
+        WORKER_BUSY.labels(self.model).inc()
 
     def on_task_postrun(
         self,
@@ -208,7 +220,7 @@ class WorkerMetrics:
         if started is not None:
             TASK_SECONDS.labels(name).observe(time.perf_counter() - started)
         TASKS.labels(name, state or "UNKNOWN").inc()
-        WORKER_BUSY.labels(self.model).set(0)
+        WORKER_BUSY.labels(self.model).dec()
         if name == self.render_task:
             self._record_render(retval, state, args)
         try:

@@ -142,13 +142,14 @@ def kind_inputs(
     return {}
 
 
-def warm_up_inputs(spec: ModelSpec, batch_size: int) -> dict[str, Any]:
-    """Dummy kind-specific inputs at the model's default size (shapes are what matter)."""
-    size = (spec.width, spec.height)
+def warm_up_inputs(
+    spec: ModelSpec, batch_size: int, size: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """Dummy kind-specific inputs at ``size`` (default: the model's; shapes are what matter)."""
+    size = size or (spec.width, spec.height)
     return kind_inputs(
         spec,
-        spec.width,
-        spec.height,
+        *size,
         masks=[Image.new("L", size, 255)] * batch_size,
         controls=[Image.new("RGB", size, (0, 0, 0))] * batch_size,
     )
@@ -215,31 +216,41 @@ def _revision(spec: ModelSpec, location: str) -> str:
 
 
 def warm_model(pipe: Any, spec: ModelSpec) -> tuple[bool, tuple[int, ...]]:
-    """Warm ``pipe`` at every batch size it will serve; returns (compiled, buckets).
+    """Warm ``pipe`` at every shape it will serve; returns (compiled, buckets).
 
-    Compiled: every bucket, so no job pays a recompile. Eager: batch 1 only (enough for
-    lazy allocations and kernels; other sizes cost nothing extra the first time). If
-    compilation fails at some bucket the pipeline is eager from then on (warm_up's
-    fallback) and calls are no longer padded.
+    Compiled: every bucket at every served size (the default and ``warm_sizes``), so no job
+    pays a recompile. Eager: batch 1 at the default size only (enough for lazy allocations
+    and kernels; other shapes cost nothing extra the first time). If compilation fails at
+    some shape the pipeline is eager from then on (warm_up's fallback) and calls are no
+    longer padded.
     """
     from worker.accel import is_compiled, warm_up
 
     compiled = is_compiled(pipe)
     buckets = batch_buckets(spec.max_batch) if compiled else (1,)
-    for size in buckets:
-        result = warm_up(
-            pipe,
-            width=spec.width,
-            height=spec.height,
-            steps=spec.steps,
-            batch_size=size,
-            strength=spec.strength,
-            guidance_scale=spec.guidance_scale,
-            extra_inputs=warm_up_inputs(spec, size),
-        )
-        log.info("warmed %s at batch %d in %.1fs", spec.alias, size, result.seconds)
-        if compiled and not result.compiled:
-            return False, (1,)
+    sizes = spec.served_sizes if compiled else spec.served_sizes[:1]
+    for width, height in sizes:
+        for batch in buckets:
+            result = warm_up(
+                pipe,
+                width=width,
+                height=height,
+                steps=spec.steps,
+                batch_size=batch,
+                strength=spec.strength,
+                guidance_scale=spec.guidance_scale,
+                extra_inputs=warm_up_inputs(spec, batch, (width, height)),
+            )
+            log.info(
+                "warmed %s at %dx%d batch %d in %.1fs",
+                spec.alias,
+                width,
+                height,
+                batch,
+                result.seconds,
+            )
+            if compiled and not result.compiled:
+                return False, (1,)
     return compiled, buckets
 
 

@@ -3,6 +3,9 @@
 1. check inputs   2. fetch sources   3. run pipeline (one call, one generator per item)
 4. encode         5. store (deterministic keys, provenance as object metadata)
 
+Steps 1-2 and 4-5 are CPU and network work, step 3 is the GPU's: the render task
+(worker/tasks.py) runs them as separate stages so that they overlap across tasks.
+
 Per model kind, step 2 also derives what the pipeline is conditioned on (an inpaint keep
 mask, canny edges) and step 3 pastes an inpaint job's kept pixels back; ``echo`` skips the
 pipeline and returns the resized source.
@@ -106,6 +109,28 @@ def padded(items: list[RenderItem], size: int) -> list[RenderItem]:
     return items + [items[-1]] * (size - len(items))
 
 
+@dataclass(frozen=True)
+class Rendered:
+    """What one pipeline call produced, before steps 4 and 5."""
+
+    items: list[RenderItem]
+    images: list[Image.Image]
+    # The size the pipeline really ran at (padding included): provenance records it, as it
+    # is part of the determinism contract (same params + seed + batch size -> same pixels).
+    batch_size: int
+    seconds: float
+
+
+def render(
+    model: LoadedModel, items: list[RenderItem], should_stop: Callable[[], bool] = lambda: False
+) -> Rendered:
+    """Step 3, timed: the only step that runs on the device lane."""
+    started = time.perf_counter()
+    images = run_pipeline(model, items, should_stop)
+    seconds = time.perf_counter() - started
+    return Rendered(items, images, model.pipeline_batch_size(len(items)), seconds)
+
+
 def run_pipeline(
     model: LoadedModel, items: list[RenderItem], should_stop: Callable[[], bool] = lambda: False
 ) -> list[Image.Image]:
@@ -116,6 +141,7 @@ def run_pipeline(
     neighbours' prompts. ``should_stop`` is polled after every denoising step.
     """
     if model.pipe is None:  # echo: the farm's overhead without a model
+        _stand_in_for_a_gpu(model.spec, len(items))
         return [item.source.copy() for item in items]
     served = padded(items, model.pipeline_batch_size(len(items)))
     images = _call_pipeline(model, served, should_stop)[: len(items)]
@@ -123,6 +149,16 @@ def run_pipeline(
         image if item.keep is None else paste_kept(image, item.source, item.keep)
         for item, image in zip(items, images, strict=True)
     ]
+
+
+def _stand_in_for_a_gpu(spec: ModelSpec, images: int) -> None:
+    """``echo`` with ``options = { device_seconds_per_image = S }`` holds the device lane
+    as long as a GPU would render that batch (e.g. 0.084: SD1.5 at 512² on an H200), so a
+    load test without GPUs still shows whether the worker keeps its GPU busy. It sleeps:
+    the CPU stays free for the other stages, as it would while a GPU renders."""
+    seconds = float(spec.options.get("device_seconds_per_image", 0.0)) * images
+    if seconds > 0:
+        time.sleep(seconds)
 
 
 def _call_pipeline(
@@ -208,13 +244,9 @@ def render_batch(
     should_stop: Callable[[], bool] = lambda: False,
     skip: Callable[[uuid.UUID], bool] = lambda _: False,
 ) -> list[RenderResult]:
-    """Render ``items`` in one pipeline call and store each output not ``skip``-ped."""
-    started = time.perf_counter()
-    images = run_pipeline(model, items, should_stop)
-    seconds = time.perf_counter() - started
-    # Provenance records the size the pipeline really ran at (padding included): it is
-    # part of the determinism contract, same params + seed + batch size -> same pixels.
-    batch_size = model.pipeline_batch_size(len(items))
+    """All five steps in the calling thread: render ``items`` in one pipeline call and store
+    each output not ``skip``-ped (the worker splits these across threads, worker/tasks.py)."""
+    rendered = render(model, items, should_stop)
     return [
         store_output(
             model,
@@ -222,10 +254,10 @@ def render_batch(
             item,
             image,
             worker=worker,
-            batch_size=batch_size,
-            render_seconds=seconds,
+            batch_size=rendered.batch_size,
+            render_seconds=rendered.seconds,
         )
-        for item, image in zip(items, images, strict=True)
+        for item, image in zip(rendered.items, rendered.images, strict=True)
         if not skip(item.job.id)
     ]
 

@@ -1,14 +1,23 @@
-"""Thin Celery tasks: claim the jobs, call render, record each job's outcome."""
+"""Thin Celery tasks: claim the jobs, call render, record each job's outcome.
+
+A task runs in three stages: prepare (claim, fetch and decode the sources, in parallel on
+the io pool), render (one pipeline call per compatible group, on the device lane) and
+finish (encode, upload and record the outputs, in parallel on the io pool). The worker
+runs ``IMGFARM_WORKER_PIPELINE_DEPTH`` tasks at once, so while one task renders, the others
+prepare or finish and the GPU does not wait for the CPU between batches (worker/device.py).
+"""
 
 from __future__ import annotations
 
 import logging
 import uuid
 from collections import Counter
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery, Task
+from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
@@ -22,7 +31,7 @@ from shared.jobs import claim_jobs_bulk, mark_failed, mark_succeeded_bulk, reque
 from shared.models import Job, utcnow
 from worker.context import WorkerContext
 from worker.dispatcher import compatibility_key
-from worker.render import RenderItem, RenderResult, prepare, render_batch
+from worker.render import Rendered, RenderItem, RenderResult, prepare, render, store_output
 from worker.retry import PERMANENT, backoff_seconds, is_transient
 
 log = logging.getLogger(__name__)
@@ -110,35 +119,79 @@ def record_failure(ctx: WorkerContext, job: Job, exc: BaseException, summary: Ba
 
 
 def render_group(ctx: WorkerContext, items: list[RenderItem], summary: BatchSummary) -> None:
-    """Render compatible items together; on failure split in halves so one bad job (or an
-    out-of-memory at this batch size) cannot fail the others."""
-    in_flight = ctx.in_flight
-    ids = [i.job.id for i in items]
+    """Render compatible items together, then finish them; on failure split in halves so
+    one bad job (or an out-of-memory at this batch size) cannot fail the others."""
     try:
-        results = render_batch(
-            ctx.model,
-            ctx.storage,
-            items,
-            worker=ctx.name,
-            should_stop=lambda: in_flight.all_canceled(ids),
-            skip=lambda job_id: job_id in in_flight.canceled,
-        )
+        rendered = ctx.device.run(_render_live, ctx, items)
     except Exception as e:
-        if len(items) > 1:
-            log.warning("batch of %d failed (%s); splitting", len(items), e)
-            _free_accelerator_memory()
-            mid = len(items) // 2
-            render_group(ctx, items[:mid], summary)
-            render_group(ctx, items[mid:], summary)
-        else:
-            record_failure(ctx, items[0].job, e, summary)
+        live = _live(ctx, items)
+        summary.outcomes["canceled"] += len(items) - len(live)
+        if len(live) > 1:
+            log.warning("batch of %d failed (%s); splitting", len(live), e)
+            ctx.device.run(_free_accelerator_memory)
+            mid = len(live) // 2
+            render_group(ctx, live[:mid], summary)
+            render_group(ctx, live[mid:], summary)
+        elif live:
+            record_failure(ctx, live[0].job, e, summary)
         return
-    summary.batch_size = max(summary.batch_size, len(items))
+    summary.outcomes["canceled"] += len(items) - len(rendered.items)
+    if rendered.items:
+        finish_group(ctx, rendered, summary)
+
+
+def _live(ctx: WorkerContext, items: list[RenderItem]) -> list[RenderItem]:
+    return [i for i in items if not ctx.in_flight.is_canceled(i.job.id)]
+
+
+def _render_live(ctx: WorkerContext, items: list[RenderItem]) -> Rendered:
+    """On the device lane: render the items not canceled while this task waited for it
+    (they are not worth a pipeline slot), stopping early if all of them get canceled."""
+    live = _live(ctx, items)
+    if not live:
+        return Rendered(items=[], images=[], batch_size=0, seconds=0.0)
+    ids = [i.job.id for i in live]
+    return render(ctx.model, live, should_stop=lambda: ctx.in_flight.all_canceled(ids))
+
+
+def finish_group(ctx: WorkerContext, rendered: Rendered, summary: BatchSummary) -> None:
+    """Encode, store and record one pipeline call's outputs, each upload on its own io
+    thread. A failed upload fails (or retries) only its own job: the render is not redone
+    for the others."""
+    summary.batch_size = max(summary.batch_size, len(rendered.items))
+    summary.render_seconds = max(summary.render_seconds, rendered.seconds)
+    pending = [
+        (item, _store_later(ctx, rendered, item, image))
+        for item, image in zip(rendered.items, rendered.images, strict=True)
+        if not ctx.in_flight.is_canceled(item.job.id)
+    ]
+    summary.outcomes["canceled"] += len(rendered.items) - len(pending)
+    results: list[RenderResult] = []
+    for item, future in pending:
+        try:
+            results.append(future.result())
+        except Exception as e:
+            record_failure(ctx, item.job, e, summary)
+    if not results:
+        return
     succeeded = record_successes(ctx, results)
     for result in results:
-        summary.render_seconds = max(summary.render_seconds, result.provenance["render_seconds"])
         summary.outcomes["succeeded" if result.job_id in succeeded else "superseded"] += 1
-    summary.outcomes["canceled"] += len(items) - len(results)
+
+
+def _store_later(
+    ctx: WorkerContext, rendered: Rendered, item: RenderItem, image: Image.Image
+) -> Future[RenderResult]:
+    return ctx.io.submit(
+        store_output,
+        ctx.model,
+        ctx.storage,
+        item,
+        image,
+        worker=ctx.name,
+        batch_size=rendered.batch_size,
+        render_seconds=rendered.seconds,
+    )
 
 
 def run_render(ctx: WorkerContext, job_ids: list[uuid.UUID]) -> BatchSummary:
@@ -151,7 +204,8 @@ def run_render(ctx: WorkerContext, job_ids: list[uuid.UUID]) -> BatchSummary:
         return summary
     now = utcnow()
     summary.queue_wait_seconds = [(now - j.created_at).total_seconds() for j in jobs]
-    ctx.in_flight.start([j.id for j in jobs])
+    ids = [j.id for j in jobs]
+    ctx.in_flight.start(ids)
     try:
         _render_claimed(ctx, jobs, summary)
     except Exception as e:
@@ -161,16 +215,17 @@ def run_render(ctx: WorkerContext, job_ids: list[uuid.UUID]) -> BatchSummary:
             record_failure(ctx, job, e, summary)
         raise
     finally:
-        ctx.in_flight.finish()
+        ctx.in_flight.finish(ids)
     return summary
 
 
 def _render_claimed(ctx: WorkerContext, jobs: list[Job], summary: BatchSummary) -> None:
-    """Prepare each job on its own, then render compatible ones together."""
+    """Prepare each job on its own (side by side), then render compatible ones together."""
     ready: dict[tuple[Any, ...], list[RenderItem]] = {}
-    for job in jobs:
+    pending = [(job, ctx.io.submit(prepare, ctx.model, ctx.storage, job)) for job in jobs]
+    for job, future in pending:
         try:
-            item = prepare(ctx.model, ctx.storage, job)
+            item = future.result()
         except Exception as e:  # one unreadable source must not sink the batch
             record_failure(ctx, job, e, summary)
             continue

@@ -49,6 +49,16 @@ def test_file_adds_aliases_with_defaults(tmp_path):
     assert (spec.steps, spec.guidance_scale, spec.width) == (4, 0.0, 512)
 
 
+def test_warm_sizes_follow_the_default_size_once_each(tmp_path):
+    path = tmp_path / "models.toml"
+    path.write_text(
+        '[models.sd]\nsource = "a"\nwidth = 512\nheight = 512\n'
+        'warm_sizes = ["768x512", "512x512", " 512 x 768 ", "768x512"]\n'
+    )
+    spec = load_registry(path)["sd"]
+    assert spec.served_sizes == [(512, 512), (768, 512), (512, 768)]
+
+
 @pytest.mark.parametrize(
     "body,message",
     [
@@ -59,6 +69,10 @@ def test_file_adds_aliases_with_defaults(tmp_path):
         ('[models.x]\nsource = "a"\nscheduler = "import os"\n', "scheduler"),
         ('[models.x]\nsource = "a"\ncontrolnet = "b"\n', "controlnet-canny"),
         ('[models.x]\nsource = "a"\nmax_batch = 0\n', "max_batch"),
+        ('[models.x]\nsource = "a"\nwarm_sizes = "768x512"\n', "warm_sizes must be a list"),
+        ('[models.x]\nsource = "a"\nwarm_sizes = ["768 by 512"]\n', "not WIDTHxHEIGHT"),
+        ('[models.x]\nsource = "a"\nwarm_sizes = ["770x512"]\n', "multiples of 8"),
+        ('[models.x]\nsource = "a"\nwarm_sizes = ["2048x512"]\n', "within 64..1024"),
     ],
 )
 def test_bad_registry_is_a_config_error(tmp_path, body, message):

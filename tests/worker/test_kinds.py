@@ -320,6 +320,26 @@ def test_warm_up_runs_at_every_bucket_only_when_compiled(models, monkeypatch):
     assert warm_model(model.pipe, spec) == (True, (1, 2, 4, 6)) and sizes == [1, 2, 4, 6]
 
 
+def test_warm_up_covers_every_warm_size_at_every_bucket(models, monkeypatch):
+    model = models("tiny-inpaint")
+    shapes: list[tuple[int, int, int]] = []
+
+    def fake_warm_up(pipe, **kwargs) -> accel.WarmUpResult:
+        shapes.append((kwargs["width"], kwargs["height"], kwargs["batch_size"]))
+        (mask, *_) = kwargs["extra_inputs"]["mask_image"]
+        assert mask.size == (kwargs["width"], kwargs["height"]), "inputs at the warmed size"
+        return accel.WarmUpResult(0.0, compiled=accel.is_compiled(pipe))
+
+    monkeypatch.setattr(accel, "warm_up", fake_warm_up)
+    spec = dataclasses.replace(model.spec, max_batch=2, warm_sizes=("64x48", "64x64", "48x64"))
+    assert warm_model(model.pipe, spec) == (False, (1,))
+    assert shapes == [(64, 64, 1)], "eager: one warm-up at the default size"
+    shapes.clear()
+    monkeypatch.setattr(accel, "is_compiled", lambda pipe: True)
+    assert warm_model(model.pipe, spec) == (True, (1, 2))
+    assert shapes == [(w, h, b) for w, h in [(64, 64), (64, 48), (48, 64)] for b in (1, 2)]
+
+
 # --- the claim / render / store path on Postgres and S3 ----------------------------------------
 
 

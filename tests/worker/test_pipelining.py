@@ -1,0 +1,201 @@
+"""The worker's stages overlap: one task's uploads run while the next task renders.
+
+In process, on Postgres and local storage, with real render tasks (``run_render``) in
+threads as Celery's thread pool runs them. Storage wrappers block or fail on purpose so
+that the order of events is forced, not timed.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+from sqlalchemy import select
+
+from shared.db import session_scope
+from shared.errors import TransientError
+from shared.jobs import cancel
+from shared.models import Job
+from shared.registry import BUILTINS
+from shared.settings import Settings
+from shared.storage import LocalStorage
+from shared.teams import ensure_team
+from tests.services import wait_for
+from tests.worker.test_kinds import cutout, make_job, png
+from worker.context import WorkerContext
+from worker.device import DeviceLane
+from worker.pipelines import load_model
+from worker.tasks import BatchSummary, run_render
+
+WAIT = 30.0  # seconds: a bound for conditions that hold within milliseconds when correct
+
+
+class GatedStorage(LocalStorage):
+    """Local storage whose output uploads wait for ``gate`` (sources are read freely)."""
+
+    def __init__(self, *args, gate: threading.Event, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = gate
+        self.waiting = threading.Event()
+
+    def put(self, key, data, content_type, metadata=None) -> None:
+        if key.startswith("outputs/") or "/outputs/" in key:
+            self.waiting.set()
+            if not self.gate.wait(WAIT):
+                raise AssertionError("upload gate never opened: stages did not overlap")
+        super().put(key, data, content_type, metadata=metadata)
+
+
+class FlakyStorage(LocalStorage):
+    """Local storage that fails the first upload of one chosen job with a transient error."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fail_job: uuid.UUID | None = None
+
+    def put(self, key, data, content_type, metadata=None) -> None:
+        if self.fail_job is not None and str(self.fail_job) in key:
+            self.fail_job = None
+            raise TransientError("S3 answered 503 Slow Down")
+        super().put(key, data, content_type, metadata=metadata)
+
+
+@pytest.fixture(scope="module")
+def echo(tmp_path_factory):
+    return load_model(BUILTINS["echo"], Settings(data_dir=tmp_path_factory.mktemp("d")))
+
+
+@pytest.fixture
+def make_ctx(settings, session_factory) -> Iterator[Callable[..., WorkerContext]]:
+    made: list[WorkerContext] = []
+
+    def make(model, storage, lane: DeviceLane | None = None) -> WorkerContext:
+        ctx = WorkerContext(
+            settings=settings,
+            model=model,
+            storage=storage,
+            session_factory=session_factory,
+            name=f"pipelining-{uuid.uuid4().hex[:6]}",
+            device=lane or DeviceLane(),
+        )
+        made.append(ctx)
+        return ctx
+
+    yield make
+    for ctx in made:
+        ctx.close()
+
+
+def queued_jobs(session_factory, storage, alias: str, count: int) -> list[uuid.UUID]:
+    with session_scope(session_factory) as session:
+        team = ensure_team(session, f"pipe-{uuid.uuid4().hex[:8]}")
+        jobs = [make_job(storage, alias, png(cutout(64, 64)), seed=i) for i in range(count)]
+        for job in jobs:
+            job.team_id = team.id
+            session.add(job)
+        return [job.id for job in jobs]
+
+
+def rows(session_factory, ids: list[uuid.UUID]) -> dict[uuid.UUID, Job]:
+    with session_factory() as session:
+        return {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(ids)))}
+
+
+def in_thread(fn: Callable[[], BatchSummary]) -> tuple[threading.Thread, list[BatchSummary]]:
+    out: list[BatchSummary] = []
+    thread = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_device_lane_runs_calls_in_order_on_one_thread_and_counts_busy_time():
+    busy: list[float] = []
+    lane = DeviceLane(on_busy=busy.append)
+    try:
+        threads = {lane.run(threading.get_ident) for _ in range(5)}
+        assert len(threads) == 1 and threading.get_ident() not in threads
+        with pytest.raises(ZeroDivisionError):
+            lane.run(lambda: 1 / 0)
+        assert lane.calls == 6 and len(busy) == 6, "a failed call is still counted"
+        assert lane.busy_seconds == pytest.approx(sum(busy))
+    finally:
+        lane.shutdown()
+
+
+def test_next_task_renders_while_the_previous_one_uploads(
+    tmp_path, echo, make_ctx, session_factory
+):
+    """Task A renders, then blocks in its uploads; task B must get the device meanwhile.
+    Run one after the other (no overlap), A's uploads would wait for B's render forever."""
+    gate = threading.Event()
+    storage = GatedStorage(tmp_path / "objects", "http://test", "secret", gate=gate)
+    renders: list[float] = []
+
+    def on_busy(seconds: float) -> None:
+        renders.append(seconds)
+        if len(renders) == 2:  # B rendered while A was still waiting to upload
+            gate.set()
+
+    ctx = make_ctx(echo, storage, DeviceLane(on_busy=on_busy))
+    a_ids = queued_jobs(session_factory, storage, "echo", 3)
+    b_ids = queued_jobs(session_factory, storage, "echo", 3)
+
+    a, a_out = in_thread(lambda: run_render(ctx, a_ids))
+    assert storage.waiting.wait(WAIT), "task A never reached its uploads"
+    assert not gate.is_set() and len(renders) == 1
+    b, b_out = in_thread(lambda: run_render(ctx, b_ids))
+    a.join(WAIT)
+    b.join(WAIT)
+
+    assert gate.is_set() and len(renders) == 2
+    assert a_out[0].outcomes["succeeded"] == 3 and b_out[0].outcomes["succeeded"] == 3
+    assert {r.status for r in rows(session_factory, a_ids + b_ids).values()} == {"succeeded"}
+    assert ctx.in_flight.snapshot() == set(), "finished tasks leave nothing in flight"
+
+
+def test_job_canceled_while_waiting_for_the_device_is_never_rendered(
+    tmp_path, echo, make_ctx, session_factory
+):
+    storage = LocalStorage(tmp_path / "objects", "http://test", "secret")
+    ctx = make_ctx(echo, storage)
+    keep, drop = queued_jobs(session_factory, storage, "echo", 2)
+    # Another task holds the device; this one claims and prepares, then queues behind it.
+    release = threading.Event()
+    holder = threading.Thread(target=lambda: ctx.device.run(release.wait, WAIT), daemon=True)
+    holder.start()
+    task, out = in_thread(lambda: run_render(ctx, [keep, drop]))
+
+    wait_for(lambda: ctx.in_flight.snapshot() == {keep, drop}, WAIT, "the task's claim")
+    with session_scope(session_factory) as session:
+        assert cancel(session, drop)
+    ctx.in_flight.mark_canceled({drop})  # what the heartbeat does when it sees the cancel
+    release.set()
+    task.join(WAIT)
+
+    summary = out[0]
+    assert summary.outcomes["succeeded"] == 1 and summary.outcomes["canceled"] == 1
+    assert summary.batch_size == 1, "the canceled job did not take a pipeline slot"
+    final = rows(session_factory, [keep, drop])
+    assert final[keep].status == "succeeded"
+    assert final[drop].status == "canceled" and not final[drop].outputs
+
+
+def test_failed_upload_retries_its_own_job_without_rendering_the_others_again(
+    tmp_path, echo, make_ctx, session_factory
+):
+    storage = FlakyStorage(tmp_path / "objects", "http://test", "secret")
+    ctx = make_ctx(echo, storage)
+    ids = queued_jobs(session_factory, storage, "echo", 4)
+    storage.fail_job = ids[1]
+
+    summary = run_render(ctx, ids)
+
+    assert ctx.device.calls == 1, "one pipeline call: an upload failure must not split it"
+    assert summary.outcomes["succeeded"] == 3 and summary.outcomes["retried"] == 1
+    final = rows(session_factory, ids)
+    retried = final[ids[1]]
+    assert retried.status == "queued" and retried.not_before is not None
+    assert "503 Slow Down" in (retried.error or "")
+    assert all(final[i].status == "succeeded" for i in ids if i != ids[1])
