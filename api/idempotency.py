@@ -6,6 +6,12 @@ transaction, under a unique constraint on (team_id, key). A concurrent request w
 key blocks on that insert until the first commits (then replays its answer) or rolls back
 (then does the work itself). The answer is written into the row before the commit, so a
 committed key always carries its answer.
+
+Keys expire ``ttl_seconds`` after they were first used (24 h by default, see
+``shared/idempotency.py``); a request carrying an expired key is new. Its old row is
+deleted and the new one inserted in the same savepoint, so the property above holds: a
+concurrent request replacing the same row blocks on the DELETE until the first commits,
+then deletes nothing and its INSERT meets the first's row, whose answer it replays.
 """
 
 from __future__ import annotations
@@ -19,11 +25,12 @@ from typing import Annotated, Any
 from fastapi import Header
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.errors import InvalidRequest
+from shared.idempotency import IDEMPOTENCY_TTL_SECONDS, expiry_cutoff
 from shared.models import IdempotencyKey
 
 HEADER = "Idempotency-Key"
@@ -87,13 +94,19 @@ def _replay(existing: IdempotencyKey, digest: str) -> Replay:
 
 
 def begin(
-    session: Session, team_id: uuid.UUID, key: str | None, scope: str, body: BaseModel
+    session: Session,
+    team_id: uuid.UUID,
+    key: str | None,
+    scope: str,
+    body: BaseModel,
+    ttl_seconds: float = IDEMPOTENCY_TTL_SECONDS,
 ) -> IdempotencyKey | Replay | None:
     """Claim ``key`` for this request, or return the answer of the request that did.
 
     Returns None without a key, a ``Replay`` to send as is, or the claimed row: do the work,
     ``remember`` the answer, then commit (all in ``session``'s transaction). Raises a 409
-    ``InvalidRequest`` when the key came with another body.
+    ``InvalidRequest`` when the key came with another body. A key first used
+    ``ttl_seconds`` ago or more is claimed afresh, whatever body it came with then.
     """
     if key is None:
         return None
@@ -101,11 +114,18 @@ def begin(
         raise InvalidRequest(HEADER, "must not contain NUL (\\x00) characters")
     digest = request_hash(scope, body)
     existing = _find(session, team_id, key)
+    expired: uuid.UUID | None = None
+    if existing is not None and existing.created_at <= expiry_cutoff(ttl_seconds):
+        expired, existing = existing.id, None
     if existing is None:
         row = IdempotencyKey(team_id=team_id, key=key, request_hash=digest)
         try:
             # A savepoint: on Postgres a failed INSERT would otherwise abort the transaction.
             with session.begin_nested():
+                if expired is not None:
+                    # By id: if a concurrent request replaced it first, this deletes nothing
+                    # (after waiting for its commit) and the INSERT below conflicts: replay.
+                    session.execute(delete(IdempotencyKey).where(IdempotencyKey.id == expired))
                 session.add(row)
         except IntegrityError:
             # Another request claimed the key and has committed by now (the INSERT waited).

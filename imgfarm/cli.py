@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from shared.teams import ApiKeyInfo
 
 console = Console(stderr=True)
 
@@ -65,6 +74,96 @@ def keys_create(team: str) -> None:
     key = issue_key(_settings(), team)
     console.print(f"new API key for team {team!r} (shown once, store it now):")
     click.echo(key)
+
+
+@contextmanager
+def _session(settings: Settings) -> Iterator[Session]:
+    """One committed transaction on the farm's database, for the short admin commands."""
+    from shared.db import make_engine, make_session_factory, session_scope
+
+    engine = make_engine(settings.database_url)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+def _when(moment: datetime | None) -> str:
+    return "" if moment is None else moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _key_rows(keys: list[ApiKeyInfo]) -> list[str]:
+    """Aligned plain text (not a rich table): stays greppable and never wraps in a pipe."""
+    rows = [("ID", "TEAM", "PREFIX", "CREATED", "REVOKED")]
+    rows += [
+        (str(k.id), k.team, k.prefix, _when(k.created_at), _when(k.revoked_at) or "active")
+        for k in keys
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+
+
+@keys.command("list")
+@click.option("--team", help="Only this team's keys.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
+def keys_list(team: str | None, as_json: bool) -> None:
+    """List API keys: id, team, display prefix, created, revoked (never the key itself)."""
+    import json
+
+    from shared.teams import UnknownTeam, list_api_keys
+
+    try:
+        with _session(_settings()) as session:
+            found = list_api_keys(session, team)
+    except UnknownTeam as e:
+        raise click.ClickException(str(e)) from e
+    if as_json:
+        click.echo(json.dumps([_key_json(k) for k in found], indent=2))
+        return
+    for line in _key_rows(found):
+        click.echo(line)
+
+
+def _key_json(key: ApiKeyInfo) -> dict[str, str | None]:
+    return {
+        "id": str(key.id),
+        "team": key.team,
+        "prefix": key.prefix,
+        "created_at": key.created_at.isoformat(),
+        "revoked_at": None if key.revoked_at is None else key.revoked_at.isoformat(),
+        "status": "active" if key.active else "revoked",
+    }
+
+
+@keys.command("revoke")
+@click.argument("key_id_or_prefix")
+def keys_revoke(key_id_or_prefix: str) -> None:
+    """Revoke one key, named by its id, the start of its id, or its display prefix (imf_...).
+
+    The API refuses it from the next request on. Revoking a revoked key changes nothing.
+    """
+    from shared.errors import ImgfarmError
+    from shared.teams import AmbiguousApiKey, revoke_api_key
+
+    try:
+        with _session(_settings()) as session:
+            done = revoke_api_key(session, key_id_or_prefix)
+    except AmbiguousApiKey as e:
+        matches = "\n".join(_key_rows(e.matches))
+        raise click.ClickException(f"{e}; nothing revoked. Matches:\n{matches}") from e
+    except ImgfarmError as e:
+        raise click.ClickException(str(e)) from e
+    key = done.key
+    if done.already_revoked:
+        click.echo(
+            f"key {key.id} ({key.prefix}, team {key.team}) was already revoked at "
+            f"{_when(key.revoked_at)}"
+        )
+    else:
+        click.echo(f"revoked key {key.id} ({key.prefix}, team {key.team})")
 
 
 @main.command()
@@ -129,14 +228,26 @@ def dispatcher() -> None:
 
 @main.command()
 @click.option("--port", default=5555, show_default=True, type=int)
-@click.option("--address", default=None, help="Interface to bind [default: all; 127.0.0.1 "
-              "with --local-only].")
-@click.option("--local-only", is_flag=True,
-              help="Serve on 127.0.0.1 without IMGFARM_FLOWER_BASIC_AUTH (a laptop, a tunnel).")
-@click.option("--inspect-timeout", default=1.0, show_default=True, type=float,
-              help="Seconds Flower waits for workers to answer an inspect.")
-@click.option("--allow-control", is_flag=True,
-              help="Let the UI revoke tasks and restart or stop workers (read-only otherwise).")
+@click.option(
+    "--address", default=None, help="Interface to bind [default: all; 127.0.0.1 with --local-only]."
+)
+@click.option(
+    "--local-only",
+    is_flag=True,
+    help="Serve on 127.0.0.1 without IMGFARM_FLOWER_BASIC_AUTH (a laptop, a tunnel).",
+)
+@click.option(
+    "--inspect-timeout",
+    default=1.0,
+    show_default=True,
+    type=float,
+    help="Seconds Flower waits for workers to answer an inspect.",
+)
+@click.option(
+    "--allow-control",
+    is_flag=True,
+    help="Let the UI revoke tasks and restart or stop workers (read-only otherwise).",
+)
 def flower(
     port: int, address: str | None, local_only: bool, inspect_timeout: float, allow_control: bool
 ) -> None:

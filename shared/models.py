@@ -189,11 +189,16 @@ class IdempotencyKey(Base):
     """The first answer to a POST sent with an ``Idempotency-Key``, replayed for retries.
 
     The row is inserted before the work, in the same transaction, so the unique constraint
-    makes a concurrent retry wait for (and then replay) the first request's answer.
+    makes a concurrent retry wait for (and then replay) the first request's answer. It
+    expires after ``idempotency_ttl_seconds`` and is pruned some time after.
     """
 
     __tablename__ = "idempotency_keys"
-    __table_args__ = (UniqueConstraint("team_id", "key", name="uq_idempotency_keys_team_key"),)
+    __table_args__ = (
+        UniqueConstraint("team_id", "key", name="uq_idempotency_keys_team_key"),
+        # Pruning expired keys (shared/idempotency.py) deletes by age.
+        Index("ix_idempotency_keys_created", "created_at"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))

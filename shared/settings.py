@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     allow_private_networks: str = ""
     max_attempts: int = 3
     lease_seconds: int = 300
+    # How long an Idempotency-Key replays its first answer (api/idempotency.py); after it the
+    # same key is a new request, and the dispatcher prunes the row.
+    idempotency_ttl_seconds: int = Field(default=24 * 60 * 60, gt=0)
     # Batches each online worker may have waiting in Redis: enough to never starve a GPU,
     # few enough that priorities and cancels still act on the backlog in Postgres.
     dispatch_depth_per_worker: int = 2

@@ -1,12 +1,66 @@
-"""Teams and their API keys."""
+"""Teams and their API keys: issue, list, revoke, authenticate."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from shared.keys import display_prefix, hash_api_key, new_api_key
-from shared.models import ApiKey, Team
+from shared.errors import ImgfarmError, NotFound
+from shared.keys import KEY_PREFIX, display_prefix, hash_api_key, new_api_key
+from shared.models import ApiKey, Team, utcnow
+
+# Shortest id or key prefix `revoke_api_key` accepts (after "imf_" for a key): "imf_" alone,
+# or "a", would pick whichever key happens to be the only one, which is never what was meant.
+MIN_SELECTOR_CHARS = 4
+
+
+class UnknownTeam(NotFound):
+    """No team has that name."""
+
+
+class ApiKeyNotFound(NotFound):
+    """No API key matches the id or prefix given."""
+
+
+class InvalidKeySelector(ImgfarmError):
+    """The id or prefix given is too short to pick a key safely."""
+
+
+class AmbiguousApiKey(ImgfarmError):
+    """Several API keys match the prefix given; ``matches`` lists them."""
+
+    def __init__(self, selector: str, matches: list[ApiKeyInfo]) -> None:
+        super().__init__(
+            f"{selector!r} matches {len(matches)} keys; give more characters, or the full id"
+        )
+        self.matches = matches
+
+
+@dataclass(frozen=True)
+class ApiKeyInfo:
+    """What may be shown about a key: never the key or its hash."""
+
+    id: uuid.UUID
+    team: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """The revoked key, and whether this call revoked it or it already was."""
+
+    key: ApiKeyInfo
+    already_revoked: bool
 
 
 def ensure_team(session: Session, name: str) -> Team:
@@ -28,9 +82,90 @@ def create_api_key(session: Session, team: Team) -> str:
 
 
 def team_for_key(session: Session, key: str) -> Team | None:
-    """The team owning an unrevoked ``key``, or None."""
+    """The team owning an unrevoked ``key``, or None.
+
+    Read on every request, uncached: a revoked key is refused from the next request on.
+    """
     return session.scalar(
         select(Team)
         .join(ApiKey, ApiKey.team_id == Team.id)
         .where(ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None))
     )
+
+
+def list_api_keys(session: Session, team: str | None = None) -> list[ApiKeyInfo]:
+    """Every key (of ``team`` only, if given), by team then age; raises ``UnknownTeam``."""
+    query = select(ApiKey, Team.name).join(Team, ApiKey.team_id == Team.id)
+    if team is not None:
+        if session.scalar(select(Team.id).where(Team.name == team)) is None:
+            # A typo must not read as "this team has no keys".
+            raise UnknownTeam(f"no team named {team!r}")
+        query = query.where(Team.name == team)
+    rows = session.execute(query.order_by(Team.name, ApiKey.created_at, ApiKey.id))
+    return [_info(key, name) for key, name in rows]
+
+
+def find_api_keys(session: Session, selector: str) -> list[ApiKeyInfo]:
+    """Keys matching ``selector``: a full id, the start of an id, the start of a display
+    prefix (``imf_…``), or a whole key (matched by its hash, never stored in clear)."""
+    selector = selector.strip()
+    if _is_uuid(selector):
+        return [k for k in list_api_keys(session) if k.id == uuid.UUID(selector)]
+    if selector.startswith(KEY_PREFIX) and len(selector) > len(display_prefix(selector)):
+        # Longer than any display prefix: a whole key someone pasted (a leaked one, say).
+        row = session.execute(
+            select(ApiKey, Team.name)
+            .join(Team, ApiKey.team_id == Team.id)
+            .where(ApiKey.key_hash == hash_api_key(selector))
+        ).first()
+        return [] if row is None else [_info(*row)]
+    significant = selector.removeprefix(KEY_PREFIX)
+    if len(significant) < MIN_SELECTOR_CHARS:
+        raise InvalidKeySelector(
+            f"{selector!r} is too short: give the key id, or at least {MIN_SELECTOR_CHARS} "
+            f"characters of it or of the key after {KEY_PREFIX!r}"
+        )
+    # Keys are few (a handful per team): matching in Python keeps one behaviour on
+    # SQLite and PostgreSQL, which render a UUID as text differently.
+    if selector.startswith(KEY_PREFIX):
+        return [k for k in list_api_keys(session) if k.prefix.startswith(selector)]
+    wanted = selector.lower()
+    return [k for k in list_api_keys(session) if str(k.id).startswith(wanted)]
+
+
+def revoke_api_key(session: Session, selector: str) -> Revocation:
+    """Revoke the one key ``selector`` names (see ``find_api_keys``); idempotent.
+
+    Raises ``ApiKeyNotFound``, ``AmbiguousApiKey`` (listing the matches) or
+    ``InvalidKeySelector``. Takes effect when the session commits.
+    """
+    matches = find_api_keys(session, selector)
+    if not matches:
+        raise ApiKeyNotFound(f"no API key matches {selector!r} (see `imgfarm keys list`)")
+    if len(matches) > 1:
+        raise AmbiguousApiKey(selector, matches)
+    (key,) = matches
+    now = utcnow()
+    # Conditional: two operators revoking at once both succeed, and the first time stays.
+    revoked = session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key.id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    if revoked:
+        return Revocation(replace(key, revoked_at=now), already_revoked=False)
+    first = session.scalar(select(ApiKey.revoked_at).where(ApiKey.id == key.id))
+    return Revocation(replace(key, revoked_at=first), already_revoked=True)
+
+
+def _info(key: ApiKey, team: str) -> ApiKeyInfo:
+    return ApiKeyInfo(key.id, team, key.prefix, key.created_at, key.revoked_at)
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True

@@ -55,7 +55,14 @@ def create_batch(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> BatchAccepted | Response:
     """Create images x prompts x variants jobs in one transaction (at most 10,000)."""
-    claim = idempotency.begin(session, team.id, idempotency_key, "POST /v1/batches", body)
+    claim = idempotency.begin(
+        session,
+        team.id,
+        idempotency_key,
+        "POST /v1/batches",
+        body,
+        ttl_seconds=settings.idempotency_ttl_seconds,
+    )
     if isinstance(claim, idempotency.Replay):
         return claim.response()
     batch = service.create_batch(

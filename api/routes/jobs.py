@@ -58,7 +58,14 @@ def submit_job(
     registry: RegistryDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JobAccepted | Response:
-    claim = idempotency.begin(session, team.id, idempotency_key, "POST /v1/jobs", body)
+    claim = idempotency.begin(
+        session,
+        team.id,
+        idempotency_key,
+        "POST /v1/jobs",
+        body,
+        ttl_seconds=settings.idempotency_ttl_seconds,
+    )
     if isinstance(claim, idempotency.Replay):
         return claim.response()
     job = create_job(session, team, body, registry=registry, storage=storage, settings=settings)
