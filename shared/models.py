@@ -90,6 +90,25 @@ class Job(Base):
         Index("ix_jobs_status_model", "status", "model"),
         Index("ix_jobs_dispatch", "model", "status", "enqueued_at", "created_at"),
         Index("ix_jobs_lease", "status", "lease_expires_at"),
+        # The dispatcher's working set, kept small by being partial: jobs waiting to be handed
+        # over, read per model and team oldest first (fair share, worker/dispatcher.py), and
+        # jobs handed over but not yet claimed (the room left in Redis, lost-message re-arm).
+        # Without them every tick reads the whole backlog.
+        Index(
+            "ix_jobs_waiting",
+            "model",
+            "team_id",
+            "created_at",
+            postgresql_where=text("status = 'queued' AND enqueued_at IS NULL"),
+            sqlite_where=text("status = 'queued' AND enqueued_at IS NULL"),
+        ),
+        Index(
+            "ix_jobs_handed_over",
+            "model",
+            "enqueued_at",
+            postgresql_where=text("status = 'queued' AND enqueued_at IS NOT NULL"),
+            sqlite_where=text("status = 'queued' AND enqueued_at IS NOT NULL"),
+        ),
         # A batch's counts and cancel/retry filter by (batch_id, status); its job listing
         # pages by (batch_id, id). Partial: single jobs (batch_id NULL) stay out of both.
         Index(

@@ -1,0 +1,293 @@
+"""Fair share in the dispatcher: each model's room is filled round-robin across teams.
+
+Real Postgres and Redis (the session's), plus one embedded SQLite run. Every test uses a
+model alias of its own, so the rest of the session's jobs never enter its ticks, and with no
+worker online for it the room is ``dispatch_depth_per_worker * max_batch``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import pytest
+import redis as redis_lib
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.broker import make_celery, render_queue
+from shared.db import make_engine, make_session_factory, session_scope
+from shared.migrate import upgrade
+from shared.models import Job, utcnow
+from shared.registry import ModelSpec
+from shared.settings import Settings
+from shared.teams import ensure_team
+from worker.dispatcher import Dispatcher, fair_pick
+
+pytestmark = pytest.mark.integration
+
+MAX_BATCH = 4
+PARAMS = {
+    "strength": 0.5,
+    "steps": 2,
+    "guidance_scale": 7.5,
+    "seed": 1,
+    "width": 64,
+    "height": 64,
+    "output_format": "png",
+}
+
+
+@dataclass
+class Farm:
+    """One model alias of the test's own, and what the dispatcher sent for it."""
+
+    model: str
+    settings: Settings
+    session_factory: sessionmaker[Session]
+    redis_url: str
+
+    def dispatcher(self, depth: int = 2) -> Dispatcher:
+        """A dispatcher whose room for this model is ``depth * MAX_BATCH`` jobs."""
+        settings = Settings(**{**self.settings.model_dump(), "dispatch_depth_per_worker": depth})
+        registry = {self.model: ModelSpec(self.model, "builtin:tiny", max_batch=MAX_BATCH)}
+        return Dispatcher(settings, self.session_factory, make_celery(settings), registry)
+
+    def team(self) -> uuid.UUID:
+        with session_scope(self.session_factory) as s:
+            return ensure_team(s, f"fair-{uuid.uuid4().hex[:8]}").id
+
+    def sent_batches(self) -> list[list[uuid.UUID]]:
+        """Job ids of each render message in this model's Redis queue, oldest message first."""
+        client = redis_lib.Redis.from_url(self.redis_url)
+        batches = []
+        # kombu pushes on the left: the oldest message is the last element.
+        for raw in reversed(client.lrange(render_queue(self.model), 0, -1)):
+            args, _kwargs, _embed = json.loads(base64.b64decode(json.loads(raw)["body"]))
+            batches.append([uuid.UUID(i) for i in args[0]])
+        return batches
+
+
+@pytest.fixture
+def farm(settings, session_factory, redis_url) -> Iterator[Farm]:
+    model = f"fair-{uuid.uuid4().hex[:8]}"
+    yield Farm(model, settings, session_factory, redis_url)
+    redis_lib.Redis.from_url(redis_url).delete(render_queue(model))
+    # Left queued, these would be failed as unknown models by later tests' dispatchers.
+    with session_scope(session_factory) as s:
+        s.execute(delete(Job).where(Job.model.in_([model, other_model(model)])))
+
+
+def other_model(model: str) -> str:
+    """A second alias whose waiting jobs must never enter ``model``'s ticks."""
+    return f"{model}-other"
+
+
+def add_jobs(
+    session_factory: sessionmaker[Session],
+    model: str,
+    team_id: uuid.UUID,
+    count: int,
+    start: datetime,
+    **columns: object,
+) -> list[uuid.UUID]:
+    """``count`` queued jobs of ``team_id``, one millisecond apart from ``start``, oldest first."""
+    rows = [
+        {
+            "id": uuid.uuid4(),
+            "team_id": team_id,
+            "model": model,
+            "prompt": "p",
+            "params": PARAMS,
+            "source_key": "k",
+            "created_at": start + timedelta(milliseconds=i),
+            **columns,
+        }
+        for i in range(count)
+    ]
+    with session_scope(session_factory) as s:
+        s.execute(insert(Job), rows)
+    return [r["id"] for r in rows]
+
+
+def handed_over(session_factory: sessionmaker[Session], model: str) -> set[uuid.UUID]:
+    with session_factory() as s:
+        return set(
+            s.scalars(select(Job.id).where(Job.model == model, Job.enqueued_at.is_not(None)))
+        )
+
+
+def test_lone_job_behind_a_big_batch_goes_in_the_first_tick(farm):
+    base = utcnow() - timedelta(hours=1)
+    big = add_jobs(farm.session_factory, farm.model, farm.team(), 10_000, base)
+    (lone,) = add_jobs(
+        farm.session_factory, farm.model, farm.team(), 1, base + timedelta(minutes=1)
+    )
+
+    stats = farm.dispatcher(depth=2).tick()
+
+    assert stats.sent_jobs == 2 * MAX_BATCH
+    assert handed_over(farm.session_factory, farm.model) == {lone, *big[: 2 * MAX_BATCH - 1]}
+    # Round one is each team's oldest job, oldest first: the big batch's head, then the lone one.
+    assert farm.sent_batches()[0][:2] == [big[0], lone]
+
+
+def test_three_teams_share_the_room_round_robin(farm):
+    base = utcnow() - timedelta(hours=1)
+    # Submitted one team after the other, as three big batches would be.
+    a, b, c = (
+        add_jobs(farm.session_factory, farm.model, farm.team(), 50, base + timedelta(minutes=i))
+        for i in range(3)
+    )
+
+    stats = farm.dispatcher(depth=3).tick()
+
+    assert stats.sent_jobs == 12
+    assert handed_over(farm.session_factory, farm.model) == {*a[:4], *b[:4], *c[:4]}
+    assert farm.sent_batches() == [
+        [a[0], b[0], c[0], a[1]],
+        [b[1], c[1], a[2], b[2]],
+        [c[2], a[3], b[3], c[3]],
+    ]
+
+
+def test_a_team_with_few_jobs_leaves_the_rest_of_its_share_to_the_others(farm):
+    base = utcnow() - timedelta(hours=1)
+    a = add_jobs(farm.session_factory, farm.model, farm.team(), 50, base)
+    b = add_jobs(farm.session_factory, farm.model, farm.team(), 50, base + timedelta(minutes=1))
+    c = add_jobs(farm.session_factory, farm.model, farm.team(), 2, base + timedelta(minutes=2))
+
+    stats = farm.dispatcher(depth=3).tick()
+
+    assert stats.sent_jobs == 12, "the room is used in full"
+    assert handed_over(farm.session_factory, farm.model) == {*a[:5], *b[:5], *c}
+
+
+def test_a_team_alone_fills_the_whole_room(farm):
+    jobs = add_jobs(farm.session_factory, farm.model, farm.team(), 100, utcnow())
+    dispatcher = farm.dispatcher(depth=4)
+
+    first, second = dispatcher.tick(), dispatcher.tick()
+
+    assert (first.sent_jobs, first.sent_batches) == (16, 4)
+    assert second.sent_jobs == 0, "the queue is full until a worker takes some"
+    assert handed_over(farm.session_factory, farm.model) == set(jobs[:16])
+    assert [j for batch in farm.sent_batches() for j in batch] == jobs[:16]
+
+
+def test_jobs_not_yet_due_or_already_handed_over_are_skipped(farm):
+    base = utcnow() - timedelta(hours=1)
+    a = add_jobs(farm.session_factory, farm.model, farm.team(), 30, base)
+    later = add_jobs(
+        farm.session_factory,
+        farm.model,
+        farm.team(),
+        3,
+        base - timedelta(minutes=1),
+        not_before=utcnow() + timedelta(minutes=5),
+    )
+    c = add_jobs(farm.session_factory, farm.model, farm.team(), 10, base + timedelta(minutes=1))
+    with session_scope(farm.session_factory) as s:
+        s.execute(update(Job).where(Job.id.in_(c[:2])).values(enqueued_at=utcnow()))
+
+    stats = farm.dispatcher(depth=3).tick()
+
+    # Two of c's are in flight: room for 10, shared by a and c (later's are backing off).
+    assert stats.sent_jobs == 10
+    assert handed_over(farm.session_factory, farm.model) == {*a[:5], *c[:7]}
+    assert not handed_over(farm.session_factory, farm.model) & set(later)
+
+
+def test_lateral_and_plain_rankings_pick_the_same_jobs(farm):
+    """Postgres ranks each team's oldest jobs (LATERAL), SQLite the whole backlog: same picks."""
+    base = utcnow() - timedelta(hours=1)
+    teams = [farm.team() for _ in range(4)]
+    for i, team in enumerate(teams):
+        add_jobs(farm.session_factory, farm.model, team, 20 + 7 * i, base + timedelta(seconds=i))
+        add_jobs(farm.session_factory, farm.model, team, 5, base, status="succeeded")
+        add_jobs(farm.session_factory, other_model(farm.model), team, 5, base)
+    add_jobs(
+        farm.session_factory, farm.model, teams[0], 5, base, not_before=utcnow() + timedelta(1)
+    )
+    now = utcnow()
+    with farm.session_factory() as s:
+        for room in (1, 3, 10, 40, 200):
+            picks = {
+                lateral: s.execute(select(fair_pick(farm.model, room, now, lateral=lateral))).all()
+                for lateral in (True, False)
+            }
+            assert picks[True] == picks[False], room
+            assert len(picks[True]) == min(room, 20 + 27 + 34 + 41)
+
+
+def test_two_dispatchers_hand_each_job_over_once_across_teams(farm):
+    base = utcnow() - timedelta(hours=1)
+    jobs = [
+        j
+        for i in range(3)
+        for j in add_jobs(
+            farm.session_factory, farm.model, farm.team(), 200, base + timedelta(minutes=i)
+        )
+    ]
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        dispatcher = farm.dispatcher(depth=2)
+        try:
+            idle = 0
+            while idle < 3:
+                idle = idle + 1 if dispatcher.tick().sent_jobs == 0 else 0
+                # Play the workers: what was handed over is done, so the room frees up and
+                # both dispatchers keep competing for the same rows tick after tick.
+                with session_scope(farm.session_factory) as s:
+                    s.execute(
+                        update(Job)
+                        .where(Job.model == farm.model, Job.enqueued_at.is_not(None))
+                        .values(status="succeeded")
+                    )
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    sent = Counter(j for batch in farm.sent_batches() for j in batch)
+    assert set(sent) == set(jobs), "every job handed over"
+    assert max(sent.values()) == 1, "no job handed over twice"
+
+
+def test_embedded_sqlite_shares_fairly_too(tmp_path):
+    # What `imgfarm demo` runs on: SQLite and Celery's filesystem broker, no server.
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=f"sqlite:///{tmp_path / 'imgfarm.db'}",
+        broker_url="filesystem://",
+    )
+    upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    session_factory = make_session_factory(engine)
+    try:
+        model = "tiny"
+        with session_scope(session_factory) as s:
+            big_team, lone_team = ensure_team(s, "big").id, ensure_team(s, "lone").id
+        base = utcnow() - timedelta(hours=1)
+        big = add_jobs(session_factory, model, big_team, 500, base)
+        (lone,) = add_jobs(session_factory, model, lone_team, 1, base + timedelta(minutes=1))
+        registry = {model: ModelSpec(model, "builtin:tiny", max_batch=MAX_BATCH)}
+        dispatcher = Dispatcher(settings, session_factory, make_celery(settings), registry)
+
+        stats = dispatcher.tick()
+
+        assert stats.sent_jobs == 2 * MAX_BATCH
+        assert handed_over(session_factory, model) == {lone, *big[: 2 * MAX_BATCH - 1]}
+    finally:
+        engine.dispose()
