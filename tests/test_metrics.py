@@ -303,6 +303,10 @@ def test_worker_process_serves_render_metrics_and_json_logs(
     assert m[("imgfarm_model_load_seconds", (("model", "tiny"),))] > 0
     assert m[("imgfarm_render_seconds_count", (("model", "tiny"),))] >= 1
     assert m[("imgfarm_queue_wait_seconds_count", (("model", "tiny"),))] >= 1
+    # The device lane counted at least the load and the render (the GPU duty-cycle panel).
+    busy = m[("imgfarm_worker_device_busy_seconds_total", (("model", "tiny"),))]
+    assert busy >= m[("imgfarm_render_seconds_sum", (("model", "tiny"),))] > 0
+    assert m[("imgfarm_worker_busy", (("model", "tiny"),))] == 0, "no task left in progress"
 
     # Every worker line is one JSON object; the ones about the job name it and the worker.
     entries = [__import__("json").loads(line) for line in worker.log().splitlines()

@@ -91,7 +91,7 @@ WORKER_BUSY = Gauge(
     multiprocess_mode="livesum",
 )
 DEVICE_BUSY_SECONDS = Counter(
-    "imgfarm_worker_device_busy_seconds",
+    "imgfarm_worker_device_busy_seconds_total",
     "Seconds the worker's device lane spent in pipeline calls (and in load and warm-up); "
     "its rate is the GPU's duty cycle: 1 means the GPU never waited for the CPU.",
     ["model"],
