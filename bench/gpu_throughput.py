@@ -8,7 +8,12 @@ Full-size SD1.5 with random weights (bench/sd15_config.py), 512x512 img2img:
 Prints images/s, the speedup (b)/(a), achieved TFLOP/s and the fraction of the bf16 peak.
 Never passes or fails on time; exits non-zero only when a workload got no figure at all.
 
+``--variants inductor`` then compiles the farm path with ``AccelOptions.inductor_tuning`` on
+and off at one batch size in the same process (on CUDA only: on the CPU nothing compiles);
+``--only-variants`` measures that alone, for a short device lease.
+
     python bench/gpu_throughput.py --device cuda --json out.json --budget-s 390
+    python bench/gpu_throughput.py --device cuda --only-variants --variants inductor
     python bench/gpu_throughput.py --device cpu --smoke     # same code, tiny model, seconds
 """
 
@@ -52,6 +57,8 @@ TEXT_TFLOP_PER_PROMPT = 0.013
 # An 8192³ bf16 matmul on this workplace's H200: the practical ceiling, not the datasheet's.
 BF16_PEAK_TFLOPS = 790.0
 PROMPT = "a product photo of a red sneaker on a white table, soft studio light"
+# Opt-in comparisons (--variants), each measured on and off in the same process.
+VARIANTS = ("inductor",)
 
 
 @dataclass(frozen=True)
@@ -160,6 +167,7 @@ class Bench:
             "results": [dataclasses.asdict(m) for m in self.results],
             "skipped": self.skipped,
             "summary": summarize(self.results, self.args.smoke),
+            "variants": {"inductor": inductor_comparison(self.results)},
         }
         path = Path(self.args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -328,6 +336,13 @@ def print_summary(results: list[Measurement], workloads: list[Workload], smoke: 
                 f"[{wl.name}] (b) achieved {s['b_tflops']} TFLOP/s = "
                 f"{100 * s['b_fraction_of_peak']:.1f}% of {BF16_PEAK_TFLOPS:.0f} TFLOP/s bf16 peak"
             )
+    c = inductor_comparison(results)
+    if c:
+        log(
+            f"[sd15] inductor tuning bs={c['batch_size']}: on {c['on_images_per_s']} images/s "
+            f"(warm-up {c['on_warmup_s']} s), off {c['off_images_per_s']} images/s (warm-up "
+            f"{c['off_warmup_s']} s): on/off {c['on_over_off']}x"
+        )
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -392,6 +407,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile steps")
     p.add_argument("--autotune", action="store_true", help="also try max-autotune-no-cudagraphs")
+    p.add_argument(
+        "--variants",
+        default="",
+        help="same-run comparisons after the plan, comma-separated (none by default):\n"
+        "inductor = the farm path compiled with AccelOptions.inductor_tuning on, then off",
+    )
+    p.add_argument("--variant-batch", type=int, default=None, help="sd15 batch for them (16)")
+    p.add_argument(
+        "--only-variants",
+        action="store_true",
+        help="skip (a), the eager steps and the compile plan: measure the variants alone",
+    )
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
     p.add_argument("--iters", type=int, default=5, help="most timed calls per configuration")
     p.add_argument("--min-iters", type=int, default=3, help="fewest timed calls")
@@ -413,6 +440,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.ladder_batch = 2 if args.smoke else 8
     if args.compile_batch_sizes is None:
         args.compile_batch_sizes = "2" if args.smoke else "8,16"
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(args.variants) - set(VARIANTS))
+    if unknown:
+        p.error(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}")
+    if args.variant_batch is None:
+        args.variant_batch = max(parse_batch_sizes(args.compile_batch_sizes))
     if args.smoke:
         args.iters, args.min_iters, args.max_seconds = 2, 2, 2.0
     return args
@@ -437,18 +470,6 @@ def main(argv: list[str] | None = None) -> int:
     what = "tiny" if args.smoke else "full-size SD1.5"
     log(f"built {what} pipeline in {time.perf_counter() - t:.1f} s")
 
-    # (a) plain diffusers, fp32, batch 1, default everything: measured first, before any
-    # process-wide flag (TF32, cudnn.benchmark) is touched.
-    log("\n== (a) plain diffusers fp32 bs=1 ==")
-    for wl in workloads:
-        bench.step(
-            f"{wl.name} (a)",
-            0,
-            partial(measure, pipe, wl, variant="a", label="plain fp32", batch_size=1, args=args),
-        )
-
-    # (b) the farm's render path, one step at a time at the ladder batch size.
-    log(f"\n== (b) farm path, eager, one optimization at a time (bs={args.ladder_batch}) ==")
     dt = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[args.dtype]
     base = AccelOptions(
         device=device,
@@ -470,6 +491,62 @@ def main(argv: list[str] | None = None) -> int:
             dataclasses.replace(base, cudnn_benchmark=True, channels_last=True, fuse_qkv=True),
         ),
     ]
+    eager_label, eager = ladder[-1]
+    compiles = not args.no_compile and device.startswith("cuda")
+
+    if args.only_variants:
+        log("\n== (a), the eager steps and the compile plan skipped (--only-variants) ==")
+    else:
+        _default_steps(bench, pipe, workloads, sd15, ladder, compiles, args)
+
+    if args.variants:
+        log(f"\n== variants: {', '.join(args.variants)} (sd15 bs={args.variant_batch}) ==")
+    if "inductor" in args.variants:
+        if compiles:
+            _inductor_variant(bench, pipe, sd15, eager, eager_label, args)
+        else:
+            # Nothing compiles on the CPU (or with --no-compile): the option has no effect there.
+            log("  inductor variant skipped: it needs torch.compile on CUDA")
+            bench.skipped.append("inductor variant (needs torch.compile on CUDA)")
+
+    print_summary(bench.results, workloads, args.smoke)
+    bench.dump()
+    if args.only_variants:
+        return 0 if bench.results or not compiles else 1
+    summary = summarize(bench.results, args.smoke)
+    missing = [
+        w.name
+        for w in workloads
+        if not all(summary.get(w.name, {}).get(k) for k in ("a_images_per_s", "b_images_per_s"))
+    ]
+    if missing:
+        log(f"no (a)/(b) figure for: {', '.join(missing)}")
+        return 1
+    return 0
+
+
+def _default_steps(
+    bench: Bench,
+    pipe: Any,
+    workloads: list[Workload],
+    sd15: Workload,
+    ladder: list[tuple[str, AccelOptions]],
+    compiles: bool,
+    args: argparse.Namespace,
+) -> None:
+    """(a) plain diffusers, then (b) the farm path: eager ladder, batch sweep, compile plan."""
+    # (a) plain diffusers, fp32, batch 1, default everything: measured first, before any
+    # process-wide flag (TF32, cudnn.benchmark) is touched.
+    log("\n== (a) plain diffusers fp32 bs=1 ==")
+    for wl in workloads:
+        bench.step(
+            f"{wl.name} (a)",
+            0,
+            partial(measure, pipe, wl, variant="a", label="plain fp32", batch_size=1, args=args),
+        )
+
+    # (b) the farm's render path, one step at a time at the ladder batch size.
+    log(f"\n== (b) farm path, eager, one optimization at a time (bs={args.ladder_batch}) ==")
     for label, opts in ladder:
         bench.step(
             label,
@@ -493,23 +570,10 @@ def main(argv: list[str] | None = None) -> int:
             partial(_eager, pipe, TURBO, eager_label, eager, bs, args),
         )
 
-    if args.no_compile or not device.startswith("cuda"):
+    if not compiles:
         log("\n== compile steps skipped (CPU or --no-compile) ==")
     else:
         _compiled_steps(bench, pipe, sd15, eager, eager_label, args)
-
-    print_summary(bench.results, workloads, args.smoke)
-    bench.dump()
-    summary = summarize(bench.results, args.smoke)
-    missing = [
-        w.name
-        for w in workloads
-        if not all(summary.get(w.name, {}).get(k) for k in ("a_images_per_s", "b_images_per_s"))
-    ]
-    if missing:
-        log(f"no (a)/(b) figure for: {', '.join(missing)}")
-        return 1
-    return 0
 
 
 def _eager(
@@ -588,6 +652,57 @@ def _compiled_steps(
             est_s,
             partial(_compiled, pipe, wl, label, opts, bs, args),
         )
+
+
+def _inductor_variant(
+    bench: Bench,
+    pipe: Any,
+    sd15: Workload,
+    eager: AccelOptions,
+    eager_label: str,
+    args: argparse.Namespace,
+) -> None:
+    """The farm path (UNet and VAE compiled) with ``AccelOptions.inductor_tuning`` on, then
+    off, at one batch size in this process. On goes first, being the unknown: if the budget
+    ends after it, the off figure on record (11.9 images/s at 16) still compares."""
+    off = dataclasses.replace(eager, compile=True, compile_vae=True)
+    on = dataclasses.replace(off, inductor_tuning=True)
+    label = f"{eager_label}+compile(unet,vae)"
+    bs = args.variant_batch
+    # Coordinate descent benchmarks every generated kernel's block sizes while compiling:
+    # guess the warm-up at three times the plain compile's ~50 s at batch 16.
+    for opts, tag, est_s in [(on, "+inductor_tuning", 240.0), (off, "", 120.0)]:
+        bench.step(
+            f"sd15 {label}{tag} bs={bs} (inductor variant)",
+            est_s,
+            partial(_as_variant, "inductor", _compiled, pipe, sd15, label + tag, opts, bs, args),
+        )
+
+
+def _as_variant(name: str, fn: Callable[..., Measurement], *args: Any) -> Measurement:
+    m = fn(*args)
+    m.options["variant"] = name
+    return m
+
+
+def inductor_comparison(results: list[Measurement]) -> dict[str, Any] | None:
+    """The inductor variant's last on and off figures, once both were measured."""
+    mine = [m for m in results if m.options.get("variant") == "inductor" and m.error is None]
+    on = next((m for m in reversed(mine) if m.options.get("inductor_tuning")), None)
+    off = next((m for m in reversed(mine) if not m.options.get("inductor_tuning")), None)
+    if on is None or off is None or not (on.images_per_s and off.images_per_s):
+        return None
+    return {
+        "batch_size": on.batch_size,
+        "on_images_per_s": on.images_per_s,
+        "off_images_per_s": off.images_per_s,
+        "on_over_off": round(on.images_per_s / off.images_per_s, 3),
+        # Warm-up = compile + first call; the second variant may reuse the first's kernels.
+        "on_warmup_s": on.first_call_s,
+        "off_warmup_s": off.first_call_s,
+        "on_compiled": on.compiled,
+        "off_compiled": off.compiled,
+    }
 
 
 if __name__ == "__main__":

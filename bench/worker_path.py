@@ -11,7 +11,16 @@ strength 0.75, guidance 7.5, 512², ``options = {compile = true}``). Then, per b
 images/s (median of several calls after warm-up), the share of (b)'s wall time spent on the
 CPU after the pipeline returns (what overlapping CPU work with GPU compute could win), the
 first call after each bucket's warm-up (it must not compile: the warm-up exists for that) and
-how many graphs torch.compile added during it.
+how many graphs torch.compile added during it. After the first batch size:
+
+  (c) pipelined worker   K batches of photo-like PNG jobs through ``depth`` render tasks at
+      once, staged as worker/tasks.py runs them (prepare on an io pool, ``lane.run(render)``
+      on a ``DeviceLane``, ``store_output`` on the io pool), no Postgres and no Celery
+
+for each depth (1 and 3 by default, alternating round by round): images/s, the lane's duty
+cycle (busy seconds / wall seconds: how much of the time the GPU had a call to run) and the
+ratio between the depths. Every step of the bench runs on that one lane thread, so the model
+is loaded, warmed and called there, as in a worker (worker/boot.py).
 
 Warm-up: ``--warmup-plan worker`` calls ``load_model(spec, settings)`` exactly as a worker does
 (every bucket 1, 2, 4, 8, 16 at start, ascending). The default ``staged`` loads with
@@ -45,6 +54,7 @@ import traceback
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -66,13 +76,22 @@ from shared.schemas import RenderParams  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.storage import LocalStorage, source_key  # noqa: E402
 from worker.accel import is_compiled, resolve_device, synchronize, warm_up  # noqa: E402
+from worker.device import DeviceLane  # noqa: E402
 from worker.pipelines import (  # noqa: E402
     LoadedModel,
     batch_buckets,
     load_model,
     warm_up_inputs,
 )
-from worker.render import RenderItem, prepare, render_batch, run_pipeline  # noqa: E402
+from worker.render import (  # noqa: E402
+    RenderItem,
+    RenderResult,
+    prepare,
+    render,
+    render_batch,
+    run_pipeline,
+    store_output,
+)
 
 PROMPTS = [
     "a red sneaker on a snowy porch, winter morning light",
@@ -127,8 +146,6 @@ def png_bytes(img: Image.Image, compress_level: int = 6) -> bytes:
 
 def encode_in_threads(images: list[Image.Image]) -> list[bytes]:
     """What a thread pool would do with a batch's PNG encodes (PIL releases the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(min(len(images), os.cpu_count() or 1)) as pool:
         return list(pool.map(lambda im: encode_image(im, "png"), images))
 
@@ -161,30 +178,35 @@ def make_items(
             data = jpeg_bytes(img)
         key = source_key(team, f"bench{i:04d}")
         storage.put(key, data, "image/png" if rgba else "image/jpeg")
-        params = RenderParams(
-            strength=spec.strength,
-            steps=spec.steps,
-            guidance_scale=spec.guidance_scale,
-            seed=1000 + i,
-            width=spec.width,
-            height=spec.height,
-            output_format="png",
-        )
-        job = Job(
-            id=uuid.uuid4(),
-            team_id=team,
-            model=spec.alias,
-            status="running",
-            prompt=PROMPTS[i % len(PROMPTS)],
-            negative_prompt=None,
-            params=params.model_dump(),
-            source_key=key,
-            mask_key=None,
-        )
+        job = bench_job(spec, team, key, i)
         t = time.perf_counter()
         items.append(prepare(model, storage, job))
         times.append(time.perf_counter() - t)
     return items, statistics.median(times)
+
+
+def bench_job(spec: ModelSpec, team: uuid.UUID, key: str, i: int) -> Job:
+    """A claimed job as the api stores it: params resolved from the spec, seed from ``i``."""
+    params = RenderParams(
+        strength=spec.strength,
+        steps=spec.steps,
+        guidance_scale=spec.guidance_scale,
+        seed=1000 + i,
+        width=spec.width,
+        height=spec.height,
+        output_format="png",
+    )
+    return Job(
+        id=uuid.uuid4(),
+        team_id=team,
+        model=spec.alias,
+        status="running",
+        prompt=PROMPTS[i % len(PROMPTS)],
+        negative_prompt=None,
+        params=params.model_dump(),
+        source_key=key,
+        mask_key=None,
+    )
 
 
 # ---------------------------------------------------------------- compile bookkeeping
@@ -234,6 +256,9 @@ class Bench:
     def __init__(self, args: argparse.Namespace, env: dict[str, Any]) -> None:
         self.args = args
         self.start = time.monotonic()
+        # Every step runs on this one thread, as every model call runs on a worker's lane:
+        # the model is loaded, warmed and called where the worker would do it.
+        self.lane = DeviceLane()
         self.data: dict[str, Any] = {
             "env": env,
             "args": {k: v for k, v in vars(args).items()},
@@ -241,6 +266,7 @@ class Bench:
             "warmup": [],
             "measurements": [],
             "cpu_side": {},
+            "pipelined": {},
             "tiny": {},
             "errors": [],
             "skipped": [],
@@ -252,8 +278,9 @@ class Bench:
             return float("inf")
         return self.args.budget_s - (time.monotonic() - self.start)
 
-    def step(self, name: str, est_s: float, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` unless less than ``est_s`` (or the reserve) is left; never raise."""
+    def step(self, name: str, est_s: float, fn: Callable[[], Any], *, on_lane: bool = True) -> Any:
+        """Run ``fn`` (on the device lane unless told not to: a step that submits to the lane
+        itself) unless less than ``est_s`` (or the reserve) is left; never raise."""
         left = self.remaining_s()
         if left < max(est_s, self.args.reserve_s):
             log(f"SKIP {name}: {left:.0f} s left, needs ~{est_s:.0f} s")
@@ -263,7 +290,7 @@ class Bench:
         log(f"\n== {name} ({left:.0f} s of budget left) ==")
         t = time.perf_counter()
         try:
-            return fn()
+            return self.lane.run(fn) if on_lane else fn()
         except Exception as exc:  # a failed section is a finding too: report it, go on
             log(f"FAILED {name} after {time.perf_counter() - t:.1f} s: {exc!r}")
             traceback.print_exc()
@@ -405,8 +432,8 @@ def time_path(
 
 def warm_bucket(bench: Bench, model: LoadedModel, size: int, mode: str) -> float:
     """The body of ``worker.pipelines.warm_model`` for one bucket; ``mode`` "worker" calls it
-    as the worker does, "inference_mode" inside ``torch.inference_mode()`` (the mode
-    ``run_pipeline`` renders in) to test whether that spares the first job a compile."""
+    as the worker does, "inference_mode" inside ``torch.inference_mode()`` (an experiment:
+    ``run_pipeline`` renders under no_grad, as warm-up does, so that mode now recompiles)."""
     spec = model.spec
     g0 = graph_count()
     ctx = torch.inference_mode() if mode == "inference_mode" else nullcontext()
@@ -438,6 +465,207 @@ def warm_bucket(bench: Bench, model: LoadedModel, size: int, mode: str) -> float
     if result.compile_error:
         bench.finding(f"compile failed warming {spec.alias} at {size}: {result.compile_error}")
     return result.seconds
+
+
+# ---------------------------------------------------------------- (c) pipelined worker
+
+
+@dataclass
+class PipelinedRun:
+    """K batches through ``depth`` render tasks at once, staged as worker/tasks.py runs them."""
+
+    depth: int
+    round: int
+    batches: int
+    batch_size: int
+    images: int
+    wall_s: float
+    lane_busy_s: float
+    lane_calls: int
+    duty_cycle: float
+    images_per_s: float
+    lane_call_median_s: float
+    prepare_stage_median_s: float
+    store_stage_median_s: float
+    stored: int
+    graphs_added: int
+    # Wall-clock start, to line the run up with `nvidia-smi dmon` samples (bench/gpu_session.sh).
+    started_at: str
+
+
+def upload_sources(storage: LocalStorage, n: int, source_size: int) -> list[str]:
+    """``n`` photo-like PNG sources in storage, as customers upload them."""
+    team = uuid.uuid4()
+    keys = []
+    for i in range(n):
+        key = source_key(team, f"pipelined{i:04d}")
+        storage.put(key, png_bytes(photo_like(source_size, source_size, seed=500 + i)), "image/png")
+        keys.append(key)
+    return keys
+
+
+def pipelined_worker(
+    model: LoadedModel,
+    storage: LocalStorage,
+    lane: DeviceLane,
+    io: ThreadPoolExecutor,
+    batches: list[list[Job]],
+    depth: int,
+    stand_in: Image.Image | None = None,
+) -> tuple[float, list[tuple[float, float, float, list[RenderResult]]]]:
+    """Run ``batches`` as ``depth`` render tasks at once (Celery's thread pool): each task
+    prepares its jobs on the io pool, renders them in one ``lane.run(render, ...)`` call and
+    stores every output on the io pool. No database and no broker: the stages and threads
+    are the worker's, the bookkeeping around them is left out. ``stand_in``, if given, is
+    stored in place of each rendered image (what encoding a real photo costs). Returns the
+    wall seconds and, per batch, (prepare stage s, lane call s, store stage s, results)."""
+
+    def task(jobs: list[Job]) -> tuple[float, float, float, list[RenderResult]]:
+        t = time.perf_counter()
+        prepared = [io.submit(prepare, model, storage, job) for job in jobs]
+        items = [f.result() for f in prepared]
+        prepare_s = time.perf_counter() - t
+        rendered = lane.run(render, model, items)
+        t = time.perf_counter()
+        images = rendered.images if stand_in is None else [stand_in.copy() for _ in items]
+        stores = [
+            io.submit(
+                store_output,
+                model,
+                storage,
+                item,
+                image,
+                worker=WORKER,
+                batch_size=rendered.batch_size,
+                render_seconds=rendered.seconds,
+            )
+            for item, image in zip(rendered.items, images, strict=True)
+        ]
+        results = [f.result() for f in stores]
+        return prepare_s, rendered.seconds, time.perf_counter() - t, results
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(depth, thread_name_prefix="bench-task") as tasks:
+        outcomes = list(tasks.map(task, batches))
+    return time.perf_counter() - t, outcomes
+
+
+def pipelined(bench: Bench, model: LoadedModel, storage: LocalStorage, lane: DeviceLane) -> None:
+    """(c): images/s and the device lane's duty cycle at each pipeline depth, same model,
+    same jobs, depths alternating round by round so drift (clocks, heat) hits them alike."""
+    args = bench.args
+    spec = model.spec
+    bs, k = args.pipeline_batch, args.pipeline_batches
+    keys = upload_sources(storage, bs, args.source_size)
+    team = uuid.uuid4()
+    # Random weights render noise or flat colour, which PNG-encode far slower or faster than
+    # a photo: by default each output is stored as a photo-like image of its size instead.
+    stand_in = None
+    if args.pipeline_outputs == "photo":
+        stand_in = photo_like(spec.width, spec.height, seed=99)
+    runs: list[PipelinedRun] = []
+    with ThreadPoolExecutor(args.io_threads, thread_name_prefix="bench-io") as io:
+        # One untimed batch: the io threads' start and the first decode stay out of the runs.
+        warm = [bench_job(spec, team, keys[i], i) for i in range(bs)]
+        pipelined_worker(model, storage, lane, io, [warm], 1, stand_in)
+        for r in range(args.pipeline_rounds):
+            order = args.pipeline_depths if r % 2 == 0 else args.pipeline_depths[::-1]
+            for depth in order:
+                batches = [
+                    [bench_job(spec, team, keys[i], b * bs + i) for i in range(bs)]
+                    for b in range(k)
+                ]
+                busy, calls, g0 = lane.busy_seconds, lane.calls, graph_count()
+                started_at = time.strftime("%H:%M:%S")
+                wall, outcomes = pipelined_worker(
+                    model, storage, lane, io, batches, depth, stand_in
+                )
+                busy, calls = lane.busy_seconds - busy, lane.calls - calls
+                results = [res for *_, batch in outcomes for res in batch]
+                run = PipelinedRun(
+                    depth=depth,
+                    round=r,
+                    batches=k,
+                    batch_size=bs,
+                    images=len(results),
+                    wall_s=round(wall, 4),
+                    lane_busy_s=round(busy, 4),
+                    lane_calls=calls,
+                    duty_cycle=round(busy / wall, 4),
+                    images_per_s=round(len(results) / wall, 3),
+                    lane_call_median_s=round(statistics.median(o[1] for o in outcomes), 4),
+                    prepare_stage_median_s=round(statistics.median(o[0] for o in outcomes), 4),
+                    store_stage_median_s=round(statistics.median(o[2] for o in outcomes), 4),
+                    stored=sum(storage.exists(res.outputs[0]["key"]) for res in results),
+                    graphs_added=graph_count() - g0,
+                    started_at=started_at,
+                )
+                runs.append(run)
+                log(
+                    f"  depth {depth} (round {r}, from {started_at}): {run.images} images in "
+                    f"{wall:.2f} s = {run.images_per_s} img/s; lane busy {busy:.2f} s = duty "
+                    f"{100 * run.duty_cycle:.1f}%; per batch: prepare {run.prepare_stage_median_s}"
+                    f" s, lane call {run.lane_call_median_s} s, store {run.store_stage_median_s}"
+                    f" s (medians); stored {run.stored}/{run.images}"
+                )
+                if run.graphs_added:
+                    bench.finding(
+                        f"pipelined depth {depth}: {run.graphs_added} graphs compiled on the lane"
+                    )
+    by_depth: dict[str, dict[str, Any]] = {}
+    for depth in args.pipeline_depths:
+        mine = [x for x in runs if x.depth == depth]
+        by_depth[str(depth)] = {
+            "images_per_s": round(statistics.median(x.images_per_s for x in mine), 3),
+            "duty_cycle": round(statistics.median(x.duty_cycle for x in mine), 4),
+            "lane_call_median_s": round(statistics.median(x.lane_call_median_s for x in mine), 4),
+            "runs": len(mine),
+        }
+    first, last = (by_depth[str(d)] for d in (args.pipeline_depths[0], args.pipeline_depths[-1]))
+    bench.data["pipelined"] = {
+        "workload": spec.alias,
+        "batch_size": bs,
+        "pipeline_batch": model.pipeline_batch_size(bs),
+        "batches_per_run": k,
+        "rounds": args.pipeline_rounds,
+        "io_threads": args.io_threads,
+        "source": f"photo-like PNG {args.source_size}x{args.source_size}",
+        "outputs_stored": args.pipeline_outputs,
+        "runs": [dataclasses.asdict(x) for x in runs],
+        "by_depth": by_depth,
+        "ratio": {
+            "depths": f"{args.pipeline_depths[-1]}/{args.pipeline_depths[0]}",
+            "images_per_s": round(last["images_per_s"] / first["images_per_s"], 3),
+            "duty_cycle": round(last["duty_cycle"] / first["duty_cycle"], 3),
+        },
+    }
+
+
+def pipelined_step(
+    bench: Bench,
+    model: LoadedModel,
+    storage: LocalStorage,
+    warm: Callable[[int], None],
+    warm_s: float,
+) -> None:
+    """(c) as a budgeted step: its bucket warmed on the lane first if (a)/(b) did not."""
+    args = bench.args
+    bucket = model.pipeline_batch_size(args.pipeline_batch)
+    calls = args.pipeline_rounds * len(args.pipeline_depths) * args.pipeline_batches
+    # ~1.5 s per SD1.5 batch of 16 on the H200 (pipeline call plus stages that do not overlap)
+    est = warm_s + 10 + 1.5 * calls * bucket / 16 if model.device.startswith("cuda") else 0.0
+
+    def run() -> None:
+        bench.lane.run(warm, bucket)
+        pipelined(bench, model, storage, bench.lane)
+
+    bench.step(
+        f"pipelined worker: {args.pipeline_batches} batches of {args.pipeline_batch}, "
+        f"depths {args.pipeline_depths}",
+        est,
+        run,
+        on_lane=False,
+    )
 
 
 # ---------------------------------------------------------------- CPU-side split
@@ -611,7 +839,7 @@ def save_checkpoint(folder: Path, device: str, smoke: bool) -> dict[str, Any]:
 
 
 class WarmLog(logging.Handler):
-    """Collects worker.pipelines' 'warmed ALIAS at batch N in S' lines."""
+    """Collects worker.pipelines' 'warmed ALIAS at WxH batch N in S' lines."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
@@ -619,7 +847,8 @@ class WarmLog(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.msg.startswith("warmed ") and record.args:
-            alias, size, seconds = record.args  # type: ignore[misc]
+            # (alias, width, height, batch, seconds); the size came later: read from both ends.
+            alias, *_, size, seconds = record.args  # type: ignore[misc]
             self.records.append({"model": alias, "bucket": size, "seconds": round(seconds, 2)})
 
 
@@ -732,7 +961,19 @@ def run(args: argparse.Namespace) -> Bench:
         return (max(seen) if seen else 75.0) if cuda else 0.0
 
     outputs: list[Any] = []
+    # (c) right after the first batch size: its bucket is warm then, and a short lease's
+    # budget reaches it before any other bucket's warm-up.
+    pipelined_pending = args.pipeline_batches > 0
+
+    def run_pipelined() -> None:
+        nonlocal pipelined_pending
+        pipelined_pending = False
+        cold = model.compiled and model.pipeline_batch_size(args.pipeline_batch) not in warmed
+        pipelined_step(bench, model, storage, warm, est_warm() if cold else 0.0)
+
     for n in args.batch_sizes:
+        if pipelined_pending and bench.data["measurements"]:
+            run_pipelined()
         if n > len(items_all) or not items_all:
             continue
         bucket = model.pipeline_batch_size(n)
@@ -751,6 +992,8 @@ def run(args: argparse.Namespace) -> Bench:
                 outputs.extend(images)
 
         bench.step(f"sd15 {n} items", need, one)
+    if pipelined_pending:
+        run_pipelined()
 
     if outputs:
         bench.step(
@@ -803,7 +1046,7 @@ def run(args: argparse.Namespace) -> Bench:
         )
 
     # Complete the worker's start figure with the buckets not yet warmed (ascending).
-    if model.compiled and args.warmup_plan == "staged":
+    if model.compiled and args.warmup_plan == "staged" and args.start_figure:
         for b in model.buckets:
             if b not in warmed:
                 bench.step(
@@ -884,12 +1127,24 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
         }
         for m in data.get("measurements", [])
     }
+    piped = data.get("pipelined")
     return {
         "load_model_s": load.get("load_model_s"),
         "warmup_s_by_bucket": {f"{w['bucket']} ({w['mode']})": w["seconds"] for w in warm},
         "worker_start_s": start_s,
         "buckets_not_warmed": sorted(set(buckets) - done) if load.get("plan") == "staged" else [],
         "by_batch": per_bs,
+        "pipelined": None
+        if not piped
+        else {
+            "batch_size": piped["batch_size"],
+            "batches_per_run": piped["batches_per_run"],
+            "by_depth": {
+                d: {k: v[k] for k in ("images_per_s", "duty_cycle", "lane_call_median_s")}
+                for d, v in piped["by_depth"].items()
+            },
+            "ratio": piped["ratio"],
+        },
     }
 
 
@@ -934,6 +1189,18 @@ def print_report(bench: Bench) -> None:
             f"first call {v['first_call_s']} s vs median {v['median_call_s']} s "
             f"({v['first_call_graphs_added']} graphs compiled in it)"
         )
+    if s["pipelined"]:
+        p = s["pipelined"]
+        log(
+            f"[pipelined worker, {p['batches_per_run']} batches of {p['batch_size']} per run] "
+            + "; ".join(
+                f"depth {d}: {v['images_per_s']} img/s, lane duty {100 * v['duty_cycle']:.1f}%, "
+                f"lane call {v['lane_call_median_s']} s"
+                for d, v in p["by_depth"].items()
+            )
+            + f"; depth {p['ratio']['depths']}: {p['ratio']['images_per_s']}x img/s, "
+            f"{p['ratio']['duty_cycle']}x duty"
+        )
     for name, t in bench.data["tiny"].items():
         log(
             f"[{name}] compiled={t['compiled']}, load+warm {t['load_and_warm_s']} s, first "
@@ -973,9 +1240,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--fix-mode",
         choices=("auto", "never", "always"),
-        default="auto",
-        help="staged plan: warm a bucket inside torch.inference_mode() (the mode run_pipeline\n"
-        "renders in): auto = after a first job was seen to recompile",
+        default="never",
+        help="staged plan: warm a bucket inside torch.inference_mode(), an experiment since\n"
+        "run_pipeline renders under no_grad like warm-up (worker/render.py); auto = after a\n"
+        "first job was seen to recompile",
     )
     p.add_argument(
         "--no-cpu-compile-probe",
@@ -987,6 +1255,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--cpu-side-only", action="store_true", help="no model: time the CPU work per batch"
     )
     p.add_argument("--extra-warmup", action="store_true", help="one more untimed call")
+    p.add_argument(
+        "--no-start-figure",
+        dest="start_figure",
+        action="store_false",
+        help="staged plan: do not warm the buckets no step needed (the worker's start time)",
+    )
+    p.add_argument(
+        "--pipeline-batches",
+        type=int,
+        default=None,
+        help="(c) pipelined worker: batches per run (6; smoke 3; 0 skips it)",
+    )
+    p.add_argument(
+        "--pipeline-batch", type=int, default=None, help="(c) jobs per batch (max batch)"
+    )
+    p.add_argument(
+        "--pipeline-depths",
+        default="1,3",
+        help="(c) render tasks at once, compared in this order (IMGFARM_WORKER_PIPELINE_DEPTH)",
+    )
+    p.add_argument(
+        "--pipeline-rounds", type=int, default=None, help="(c) runs per depth (2; smoke 1)"
+    )
+    p.add_argument(
+        "--pipeline-outputs",
+        choices=("photo", "real"),
+        default="photo",
+        help="(c) store a photo-like image per output (what a real render costs to encode)\n"
+        "or the random-weight render itself (noise or flat colour)",
+    )
+    p.add_argument(
+        "--io-threads",
+        type=int,
+        default=Settings.model_fields["worker_io_threads"].default,
+        help="(c) io pool size (IMGFARM_WORKER_IO_THREADS' default)",
+    )
     p.add_argument("--source-size", type=int, default=None, help="source photo side (768)")
     p.add_argument("--iters", type=int, default=5, help="most timed calls per path")
     p.add_argument("--min-iters", type=int, default=3, help="fewest timed calls per path")
@@ -1007,6 +1311,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.tiny = [x.strip() for x in args.tiny.split(",") if x.strip()]
     if args.source_size is None:
         args.source_size = 96 if args.smoke else 768
+    if args.pipeline_batches is None:
+        args.pipeline_batches = 3 if args.smoke else 6
+    if args.pipeline_batch is None:
+        args.pipeline_batch = args.max_batch
+    args.pipeline_depths = [int(x) for x in str(args.pipeline_depths).split(",") if x.strip()]
+    if args.pipeline_rounds is None:
+        args.pipeline_rounds = 1 if args.smoke else 2
     if args.reserve_s is None:
         args.reserve_s = 0.0 if not args.budget_s else 60.0
     if args.smoke:
@@ -1022,6 +1333,7 @@ def main(argv: list[str] | None = None) -> int:
     # Why each recompile happened goes to the log (dynamo's guard-failure reasons).
     torch._logging.set_logs(recompiles=True)
     bench = cpu_side_only(args) if args.cpu_side_only else run(args)
+    bench.lane.shutdown()
     bench.dump()
     print_report(bench)
     return 0 if bench.data["measurements"] or args.cpu_side_only else 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_worker_path_smoke_reports_both_paths(tmp_path: Path) -> None:
+def test_worker_path_smoke_reports_every_path(tmp_path: Path) -> None:
     json_path = tmp_path / "smoke.json"
     proc = subprocess.run(
         [
@@ -48,3 +49,51 @@ def test_worker_path_smoke_reports_both_paths(tmp_path: Path) -> None:
     for name in ("tiny-inpaint", "tiny-controlnet"):
         assert data["tiny"][name]["stored"], name
     assert "== summary ==" in proc.stdout
+
+    # (c) the pipelined worker: --smoke runs 3 batches of 4 at depth 1 and at depth 3.
+    piped = data["pipelined"]
+    assert [run["depth"] for run in piped["runs"]] == [1, 3]
+    for run in piped["runs"]:
+        assert run["images"] == run["stored"] == 3 * 4, run
+        assert run["lane_calls"] == 3, run
+        assert 0 < run["duty_cycle"] <= 1.05, run
+        assert run["images_per_s"] > 0, run
+        assert run["graphs_added"] == 0, "the warm model must not compile on the lane"
+    summary = data["summary"]["pipelined"]
+    assert set(summary["by_depth"]) == {"1", "3"}
+    for figures in summary["by_depth"].values():
+        assert figures["images_per_s"] > 0
+        assert 0 < figures["duty_cycle"] <= 1.05
+    assert summary["ratio"]["depths"] == "3/1" and summary["ratio"]["images_per_s"] > 0
+    assert "[pipelined worker, 3 batches of 4 per run] depth 1: " in proc.stdout
+
+
+def test_gpu_session_script_runs_its_steps_on_the_cpu(tmp_path: Path) -> None:
+    """bench/gpu_session.sh --cpu-smoke: the device run's steps, flags and summary, on the
+    CPU with the tiny model (the inductor variant is skipped there: nothing compiles)."""
+    out = tmp_path / "out"
+    env = {
+        **os.environ,
+        "OUT": str(out),
+        "WORK": str(tmp_path / "work"),
+        "PYTHON": sys.executable,
+        "SESSION_S": "600",
+    }
+    proc = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_session.sh"), "--cpu-smoke"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "1. done" in proc.stdout and "2. done" in proc.stdout, proc.stdout[-3000:]
+    assert "== session summary ==" in proc.stdout
+    data = json.loads((out / "worker_path.json").read_text())
+    assert not data["errors"], data["errors"]
+    assert set(data["summary"]["pipelined"]["by_depth"]) == {"1", "3"}
+    throughput = json.loads((out / "gpu_throughput.json").read_text())
+    assert throughput["variants"] == {"inductor": None}
+    # What comes back from the device: at most 8 files, plain names.
+    assert len(list(out.iterdir())) <= 8

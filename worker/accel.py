@@ -28,6 +28,16 @@ DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
 }
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune")
+# Set for the compile of the UNet and VAE when ``AccelOptions.inductor_tuning`` is on: 1x1
+# convolutions as matmuls (set process-wide anyway, see _compile), coordinate descent over
+# each generated kernel's block sizes (in every direction), and no fusion of pointwise
+# epilogues into matmul templates.
+INDUCTOR_TUNING: dict[str, bool] = {
+    "conv_1x1_as_mm": True,
+    "coordinate_descent_tuning": True,
+    "coordinate_descent_check_all_directions": True,
+    "epilogue_fusion": False,
+}
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,13 @@ class AccelOptions:
     # benchmark's device time); the others are accepted for experiments.
     compile_mode: str = "default"
     fullgraph: bool = True
+    # Inductor's tuning flags from diffusers' "Accelerate inference of text-to-image diffusion
+    # models" tutorial (INDUCTOR_TUNING), CUDA only. Off until measured on our GPU: the
+    # tutorial (SDXL, A100, batch 1) reports 3.31 -> 2.54 s for compiling UNet and VAE with
+    # these flags, max-autotune and CUDA graphs together, never the flags' own share; and
+    # coordinate descent benchmarks each kernel's block sizes, so warm-up takes longer.
+    # bench/gpu_throughput.py --variants inductor measures it on against off.
+    inductor_tuning: bool = False
     # Process-wide backend flags (one worker process serves one model, so global is fine).
     # TF32 matters only to fp32 pipelines; cudnn.benchmark showed no eager gain beyond
     # noise in bf16 on the H200, but served shapes are fixed, so its search is paid once.
@@ -149,7 +166,7 @@ def optimize_pipeline(pipe: Any, opts: AccelOptions) -> Any:
     # 5. compilation (lazy: the cost lands on the first call, i.e. in warm_up)
     uncompile(pipe)
     if opts.compile:
-        _compile(pipe, opts)
+        _compile(pipe, opts, device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -163,7 +180,25 @@ def _set_sdpa(pipe: Any) -> None:
         module.set_attn_processor(AttnProcessor2_0())
 
 
-def _compile(pipe: Any, opts: AccelOptions) -> None:
+def compile_kwargs(opts: AccelOptions, device: str) -> dict[str, Any]:
+    """The ``Module.compile()`` arguments for ``opts`` on ``device``.
+
+    The tuning flags go in as this compile's inductor options rather than process-wide
+    config: they then apply to these modules only, belong to the compiled graphs' cache key,
+    and a benchmark can compile with and without them in one process.
+    """
+    kwargs: dict[str, Any] = {"fullgraph": opts.fullgraph, "dynamic": False}
+    if opts.inductor_tuning and device.startswith("cuda"):
+        from torch._inductor import list_mode_options
+
+        # torch.compile takes a mode or options, not both: spell the mode out as options.
+        kwargs["options"] = {**list_mode_options(opts.compile_mode), **INDUCTOR_TUNING}
+    else:
+        kwargs["mode"] = opts.compile_mode
+    return kwargs
+
+
+def _compile(pipe: Any, opts: AccelOptions, device: str) -> None:
     import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
 
@@ -174,7 +209,7 @@ def _compile(pipe: Any, opts: AccelOptions) -> None:
     # limit (8) dynamo silently runs eager. Leave room for three modules at several shapes.
     limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
     setattr(dynamo_config, limit, max(getattr(dynamo_config, limit), 64))
-    kwargs = {"mode": opts.compile_mode, "fullgraph": opts.fullgraph, "dynamic": False}
+    kwargs = compile_kwargs(opts, device)
     # Module.compile() compiles in place: state-dict keys and `pipe.unet`'s type stay as
     # they were, unlike wrapping in torch.compile(), and uncompile() can undo it.
     pipe.unet.compile(**kwargs)

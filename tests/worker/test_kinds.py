@@ -340,6 +340,62 @@ def test_warm_up_covers_every_warm_size_at_every_bucket(models, monkeypatch):
     assert shapes == [(w, h, b) for w, h in [(64, 64), (64, 48), (48, 64)] for b in (1, 2)]
 
 
+def test_inductor_tuning_is_set_only_when_compiling_on_cuda(monkeypatch):
+    """The tutorial's inductor flags go into the UNet's and VAE's compile only when the
+    option is on, the pipeline compiles, and the device is CUDA (faked here: no GPU)."""
+    import torch
+    import torch._dynamo.config as dynamo_config
+    import torch._inductor.config as inductor_config
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    from worker.pipelines import accel_options
+    from worker.tiny import build_tiny_components
+
+    # A pipeline of its own: optimize_pipeline changes it in place.
+    pipe = StableDiffusionImg2ImgPipeline(**build_tiny_components(), requires_safety_checker=False)
+    compiles: list[dict] = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiles.append(kw))
+    monkeypatch.setattr(pipe, "to", lambda *args, **kwargs: pipe)  # stays on the CPU
+    # _compile sets these process-wide: give them back afterwards.
+    monkeypatch.setattr(inductor_config, "conv_1x1_as_mm", inductor_config.conv_1x1_as_mm)
+    limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    monkeypatch.setattr(dynamo_config, limit, getattr(dynamo_config, limit))
+    tuned = accel.AccelOptions(
+        device="cpu",
+        dtype="float32",
+        channels_last=False,
+        fuse_qkv=False,
+        compile=True,
+        compile_vae=True,
+        inductor_tuning=True,
+    )
+    plain = {"mode": "default", "fullgraph": True, "dynamic": False}
+
+    accel.optimize_pipeline(pipe, tuned)
+    assert compiles == [plain] * 3, "CPU: compiled without the CUDA tuning flags"
+    assert accel.compile_kwargs(tuned, "cpu") == plain
+
+    monkeypatch.setattr(accel, "resolve_device", lambda name: "cuda")
+    for opts, expected in [
+        (dataclasses.replace(tuned, compile=False), []),
+        (dataclasses.replace(tuned, inductor_tuning=False), [plain] * 3),
+        (tuned, [{"fullgraph": True, "dynamic": False, "options": accel.INDUCTOR_TUNING}] * 3),
+    ]:
+        compiles.clear()
+        accel.optimize_pipeline(pipe, opts)
+        assert compiles == expected, opts
+    autotune = dataclasses.replace(tuned, compile_mode="max-autotune-no-cudagraphs")
+    options = accel.compile_kwargs(autotune, "cuda")["options"]
+    assert options["max_autotune"] is True, "the mode's own options are kept"
+    assert options["epilogue_fusion"] is False
+
+    # The registry's override, read like `compile`; never on the CPU.
+    spec = dataclasses.replace(BUILTINS["tiny"], options={"inductor_tuning": True})
+    assert accel_options(spec, "cuda", torch.bfloat16).inductor_tuning is True
+    assert accel_options(spec, "cpu", torch.float32).inductor_tuning is False
+    assert accel_options(BUILTINS["tiny"], "cuda", torch.bfloat16).inductor_tuning is False
+
+
 # --- the claim / render / store path on Postgres and S3 ----------------------------------------
 
 
