@@ -303,6 +303,9 @@ def _dummy_runs(
             num_inference_steps=steps,
             strength=strength,
             guidance_scale=guidance_scale,
+            # One generator per item, as every real call (worker/render.py): the latents
+            # are prepared down that path, so the graphs compiled here are the ones used.
+            generator=[torch.Generator(device="cpu").manual_seed(i) for i in range(batch_size)],
             output_type="pil",
             **extra,
         )

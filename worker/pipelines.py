@@ -266,6 +266,7 @@ def load_model(spec: ModelSpec, settings: Settings, *, warm: bool = True) -> Loa
     import torch
 
     from worker.accel import is_compiled, optimize_pipeline, resolve_device
+    from worker.latents import batch_vae_encode
 
     started = time.perf_counter()
     location = weights_location(spec, settings)
@@ -274,6 +275,7 @@ def load_model(spec: ModelSpec, settings: Settings, *, warm: bool = True) -> Loa
     pipe = _from_pretrained(spec, location, dtype)
     _set_scheduler(pipe, spec)
     pipe = optimize_pipeline(pipe, accel_options(spec, device, dtype))
+    batch_vae_encode(pipe)  # one VAE encode per batch (worker/latents.py)
     if warm:
         compiled, buckets = warm_model(pipe, spec)
     else:
