@@ -12,10 +12,10 @@ folder costs what the disk's metadata operations cost; a folder on tmpfs shows t
 own overhead. The CPU time each process spent per job is printed too: unlike jobs/s, it
 hardly moves when other work shares the machine.
 
-Everything runs on this machine, started (and stopped) by the benchmark: a database of its
-own on the local PostgreSQL server (like the tests), a ``redis-server`` on a free port, an
-S3 endpoint (``moto_server``; ``--storage file`` uses a local folder instead), and real
-``imgfarm api``, ``imgfarm dispatcher`` and ``imgfarm worker --model echo`` processes.
+Everything runs on this machine, started (and stopped) by the benchmark (bench/farm.py): a
+database of its own on the local PostgreSQL server (like the tests), a ``redis-server`` on a
+free port, an S3 endpoint (``moto_server``; ``--storage file`` uses a local folder instead),
+and real ``imgfarm api``, ``imgfarm dispatcher`` and ``imgfarm worker --model echo`` processes.
 
 * farm: one ``POST /v1/batches`` of N jobs (1 image x 1 prompt x N variants, referenced by
   upload id) → every job ``succeeded`` in Postgres; then each job's output is checked in
@@ -37,180 +37,53 @@ import io
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 from PIL import Image
-from sqlalchemy import func, select, text
-from sqlalchemy.orm import Session, sessionmaker
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.farm import (  # noqa: E402
+    Farm,
+    count_jobs,
+    cpu_snapshot,
+    cpu_used,
+    missing_outputs,
+    running_services,
+    submit_batch,
+    upload_image,
+    wait_count,
+)
 from shared.broker import make_celery  # noqa: E402
-from shared.db import make_engine, make_session_factory, session_scope  # noqa: E402
-from shared.migrate import upgrade  # noqa: E402
 from shared.models import Job  # noqa: E402
 from shared.settings import Settings  # noqa: E402
-from shared.storage import LocalStorage, S3Storage, storage_from_settings  # noqa: E402
-from shared.teams import create_api_key, ensure_team  # noqa: E402
-from tests.services import (  # noqa: E402
-    ImgfarmProcess,
-    PostgresDatabase,
-    ServerProcess,
-    free_port,
-    moto_server,
-    redis_server,
-    wait_for,
-)
+from tests.services import ImgfarmProcess, wait_for  # noqa: E402
 
 MODEL = "echo"
 NOOP_TASK = "bench.noop"
 NOOP_QUEUE = "bench.noop"
 COUNTER_KEY = "bench:noop:done"
 STARTED_KEY = "bench:noop:started"
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "bench",
-    "AWS_SECRET_ACCESS_KEY": "bench",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-
-
-# --- the services and processes --------------------------------------------------------------
-
-
-@dataclass
-class Farm:
-    """What the benchmark started and talks to."""
-
-    env: dict[str, str]
-    settings: Settings
-    api_url: str
-    api_key: str
-    team_id: uuid.UUID
-    session_factory: sessionmaker[Session]
-    redis_url: str
-    logs: Path
-    pids: dict[str, int]
-
-
-def settings_from_env(env: dict[str, str]) -> Settings:
-    """The Settings the farm's processes build from the same IMGFARM_* variables."""
-    prefix = "IMGFARM_"
-    return Settings(
-        **{k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(prefix)}
-    )
-
-
-def farm_env(tmp: Path, database_url: str, redis_url: str, s3_url: str | None) -> dict[str, str]:
-    """IMGFARM_* variables for every process of the run."""
-    env = {
-        "IMGFARM_DATA_DIR": str(tmp / "data"),
-        "IMGFARM_DATABASE_URL": database_url,
-        "IMGFARM_BROKER_URL": redis_url,
-        # INFO, the production default: Celery says " ready." at INFO.
-        "IMGFARM_LOG_LEVEL": "INFO",
-        **AWS_ENV,
-    }
-    if s3_url is None:
-        env["IMGFARM_STORAGE_URL"] = f"file://{tmp / 'objects'}"
-    else:
-        env["IMGFARM_STORAGE_URL"] = "s3://imgfarm-bench/objects"
-        env["IMGFARM_S3_ENDPOINT_URL"] = s3_url
-    for name in ("IMGFARM_DISPATCH_DEPTH_PER_WORKER", "IMGFARM_MODELS"):
-        if name in os.environ:  # tuning knobs pass through
-            env[name] = os.environ[name]
-    return env
-
-
-def start_process(
-    stack: contextlib.ExitStack, args: list[str], env: dict[str, str], log: Path
-) -> ImgfarmProcess:
-    """An ``imgfarm`` subcommand, stopped (SIGTERM, then SIGKILL) when ``stack`` closes."""
-    proc = ImgfarmProcess(args, {**os.environ, **env}, log).start()
-    stack.callback(proc.stop)
-    return proc
-
-
-def start_server(stack: contextlib.ExitStack, server: ServerProcess) -> ServerProcess:
-    server.start()
-    stack.callback(server.stop)
-    return server
-
-
-def api_healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @contextlib.contextmanager
 def running_farm(args: argparse.Namespace) -> Iterator[Farm]:
-    """Start every service and process; stop them and drop the database on the way out."""
-    with contextlib.ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="imgfarm-bench-")))
-        db = PostgresDatabase(name=f"imgfarm_bench_{uuid.uuid4().hex[:8]}")
-        db.create()
-        stack.callback(db.drop)
-        redis = start_server(stack, redis_server(free_port(), tmp))
-        redis_url = f"redis://127.0.0.1:{redis.port}/0"
-        s3_url, moto = None, None
-        if args.storage == "s3":
-            os.environ.update(AWS_ENV)
-            moto = start_server(stack, moto_server(free_port(), tmp))
-            s3_url = f"http://127.0.0.1:{moto.port}"
-        env = farm_env(tmp, db.url, redis_url, s3_url)
-        settings = settings_from_env(env)
-        upgrade(settings.database_url)
-        storage = storage_from_settings(settings)
-        if isinstance(storage, S3Storage):
-            storage.ensure_bucket()
-        engine = make_engine(settings.database_url)
-        stack.callback(engine.dispose)
-        factory = make_session_factory(engine)
-        with session_scope(factory) as session:
-            team = ensure_team(session, "bench")
-            key, team_id = create_api_key(session, team), team.id
-
-        port = free_port()
-        logs = args.logs or tmp
-        logs.mkdir(parents=True, exist_ok=True)
-        api = start_process(stack, ["api", "--port", str(port)], env, logs / "api.log")
-        dispatcher = start_process(stack, ["dispatcher"], env, logs / "dispatcher.log")
-        worker = start_process(stack, ["worker", "--model", MODEL], env, logs / "worker.log")
-        noop = start_noop_worker(stack, env, logs / "noop-worker.log")
-        api_url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: api_healthy(api_url), 60, "imgfarm api")
-        dispatcher.wait_log("dispatcher started", timeout=60)
-        worker.wait_log(" ready.", timeout=120)
-        noop.wait_log(" ready.", timeout=60)
-        pids = {
-            name: proc.proc.pid
-            for name, proc in (("api", api), ("dispatcher", dispatcher), ("worker", worker))
-            if proc.proc is not None
-        }
-        if noop.proc is not None and redis.proc is not None:
-            pids.update({"noop worker": noop.proc.pid, "redis": redis.proc.pid})
-        if moto is not None and moto.proc is not None:
-            pids["moto"] = moto.proc.pid
-        yield Farm(env, settings, api_url, key, team_id, factory, redis_url, logs, pids)
+    """The farm (bench/farm.py) with an ``echo`` worker and a no-op Celery worker beside it."""
+    with running_services(args.storage, args.logs) as farm:
+        farm.start("worker", ["worker", "--model", MODEL], ready=" ready.", timeout=120)
+        noop = NoopWorker([], {**os.environ, **farm.env}, farm.logs / "noop-worker.log")
+        farm.adopt("noop worker", noop.start(), ready=" ready.", timeout=60)
+        farm.wait_ready()
+        yield farm
 
 
 # --- raw Celery: the no-op worker (this same file, run with --noop-worker) -------------------
-
-
-def start_noop_worker(stack: contextlib.ExitStack, env: dict[str, str], log: Path) -> NoopWorker:
-    """``python bench/overhead.py --noop-worker``: a solo-pool Celery worker of no-op tasks."""
-    proc = NoopWorker([], {**os.environ, **env}, log).start()
-    stack.callback(proc.stop)
-    return proc
 
 
 class NoopWorker(ImgfarmProcess):
@@ -288,18 +161,6 @@ def raw_celery_latency(farm: Farm, probes: int, gap: float) -> list[float]:
     return [float(v) for v in counter.lrange(STARTED_KEY, 0, -1)]
 
 
-def wait_count(
-    count: Callable[[], int], target: int, timeout: float, interval: float = 0.01
-) -> int:
-    """Poll ``count`` until it reaches ``target`` or ``timeout`` passes; the last count."""
-    deadline = time.monotonic() + timeout
-    seen = count()
-    while seen < target and time.monotonic() < deadline:
-        time.sleep(interval)
-        seen = count()
-    return seen
-
-
 # --- the farm -------------------------------------------------------------------------------
 
 
@@ -310,30 +171,7 @@ def png(size: int) -> bytes:
 
 
 def upload_source(client: httpx.Client, size: int) -> str:
-    files = [("files", ("bench.png", png(size), "image/png"))]
-    response = client.post("/v1/uploads", files=files)
-    response.raise_for_status()
-    return str(response.json()["uploads"][0]["id"])
-
-
-def submit_batch(client: httpx.Client, upload_id: str, jobs: int, size: int) -> uuid.UUID:
-    body = {
-        "model": MODEL,
-        "images": [upload_id],
-        "prompts": ["overhead"],
-        "variants": jobs,
-        "width": size,
-        "height": size,
-    }
-    response = client.post("/v1/batches", json=body, timeout=120)
-    response.raise_for_status()
-    return uuid.UUID(response.json()["id"])
-
-
-def count_jobs(factory: sessionmaker[Session], batch_id: uuid.UUID, status: str) -> int:
-    with factory() as session:
-        query = select(func.count()).where(Job.batch_id == batch_id, Job.status == status)
-        return int(session.scalar(query) or 0)
+    return upload_image(client, png(size))
 
 
 def farm_round_trip(
@@ -341,38 +179,11 @@ def farm_round_trip(
 ) -> tuple[int, float, uuid.UUID]:
     """Submit a batch of ``jobs``; (jobs succeeded, seconds until the last did, batch id)."""
     started = time.perf_counter()
-    batch_id = submit_batch(client, upload_id, jobs, size)
+    batch_id = submit_batch(client, MODEL, upload_id, jobs, size, "overhead")
     done = wait_count(
         lambda: count_jobs(farm.session_factory, batch_id, "succeeded"), jobs, timeout, 0.02
     )
     return done, time.perf_counter() - started, batch_id
-
-
-def missing_outputs(farm: Farm, batch_id: uuid.UUID) -> int:
-    """Succeeded jobs of the batch whose output object is not in storage."""
-    with farm.session_factory() as session:
-        keys = [
-            o["key"]
-            for outputs in session.scalars(
-                select(Job.outputs).where(Job.batch_id == batch_id, Job.status == "succeeded")
-            )
-            for o in outputs or []
-        ]
-    return len(set(keys) - stored_keys(farm.settings, f"outputs/{farm.team_id}/"))
-
-
-def stored_keys(settings: Settings, prefix: str) -> set[str]:
-    """Every key under ``prefix`` (one listing, not a request per object)."""
-    storage = storage_from_settings(settings)
-    if isinstance(storage, LocalStorage):
-        root = storage.root / prefix
-        return {str(p.relative_to(storage.root)) for p in root.rglob("*") if p.is_file()}
-    base = f"{storage.prefix}/" if storage.prefix else ""
-    keys: set[str] = set()
-    pages = storage.client.get_paginator("list_objects_v2")
-    for page in pages.paginate(Bucket=storage.bucket, Prefix=base + prefix):
-        keys.update(o["Key"].removeprefix(base) for o in page.get("Contents", []))
-    return keys
 
 
 def farm_latency(
@@ -398,36 +209,6 @@ def finished_job(farm: Farm, job_id: uuid.UUID) -> Job | None:
 
 
 # --- CPU time per process (Linux /proc), to see where a job's cost goes --------------------
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of ``pid`` so far; None where /proc cannot tell."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def postgres_pids(farm: Farm) -> dict[str, int]:
-    """The benchmark database's server backends (the pools keep them for the whole run)."""
-    query = "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-    with farm.session_factory() as session:
-        return {f"postgres {pid}": pid for pid in session.scalars(text(query))}
-
-
-def cpu_snapshot(farm: Farm) -> dict[str, float]:
-    pids = {**farm.pids, **postgres_pids(farm)}
-    found = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    return {name: seconds for name, seconds in found.items() if seconds is not None}
-
-
-def cpu_used(before: dict[str, float], after: dict[str, float]) -> Counter[str]:
-    """CPU seconds per process between two snapshots, all Postgres backends as one."""
-    used: Counter[str] = Counter()
-    for name in before.keys() & after.keys():
-        used["postgres" if name.startswith("postgres") else name] += after[name] - before[name]
-    return used
 
 
 def cpu_line(name: str, used: Counter[str], jobs: int, names: tuple[str, ...]) -> str:

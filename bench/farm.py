@@ -1,0 +1,354 @@
+"""The whole farm on this machine, as the end-to-end benchmarks run it.
+
+A database of its own on the local PostgreSQL server (like the tests), a ``redis-server`` on
+a free port, an S3 endpoint (``moto_server``; ``storage="file"`` uses a local folder), the
+schema migrated, a team with an API key, and real ``imgfarm api`` and ``imgfarm dispatcher``
+processes. Workers are started by each benchmark, as it needs them; everything is stopped
+(and the database dropped) when the benchmark leaves ``running_services``.
+
+Also here: what the benchmarks measure the farm with (batch submission, job counts in
+Postgres, the output objects in storage, CPU seconds per process from /proc).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from shared.db import make_engine, make_session_factory, session_scope  # noqa: E402
+from shared.migrate import upgrade  # noqa: E402
+from shared.models import Job  # noqa: E402
+from shared.settings import Settings  # noqa: E402
+from shared.storage import LocalStorage, S3Storage, storage_from_settings  # noqa: E402
+from shared.teams import create_api_key, ensure_team  # noqa: E402
+from tests.services import (  # noqa: E402
+    ImgfarmProcess,
+    PostgresDatabase,
+    ServerProcess,
+    free_port,
+    moto_server,
+    redis_server,
+    wait_for,
+)
+
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "bench",
+    "AWS_SECRET_ACCESS_KEY": "bench",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+# Tuning knobs a benchmark run may be given from the caller's environment.
+PASSTHROUGH = (
+    "IMGFARM_DISPATCH_DEPTH_PER_WORKER",
+    "IMGFARM_MODELS",
+    "IMGFARM_WORKER_IO_THREADS",
+    "IMGFARM_WORKER_PIPELINE_DEPTH",
+)
+
+
+# --- the services and processes --------------------------------------------------------------
+
+
+@dataclass
+class Farm:
+    """What the benchmark started and talks to. Processes started through ``start`` are
+    stopped when the farm is (or earlier, by ``stop``)."""
+
+    env: dict[str, str]
+    settings: Settings
+    api_url: str
+    api_key: str
+    team_id: uuid.UUID
+    session_factory: sessionmaker[Session]
+    redis_url: str
+    logs: Path
+    stack: contextlib.ExitStack
+    pids: dict[str, int] = field(default_factory=dict)
+    processes: dict[str, tuple[ImgfarmProcess, str, float]] = field(default_factory=dict)
+
+    def start(
+        self,
+        name: str,
+        args: list[str],
+        *,
+        ready: str,
+        env: Mapping[str, str] | None = None,
+        log: str | None = None,
+        timeout: float = 120,
+    ) -> ImgfarmProcess:
+        """Start ``imgfarm ARGS`` with the farm's environment (plus ``env``); ``wait_ready``
+        then waits for ``ready`` in its log."""
+        proc = ImgfarmProcess(
+            args, {**os.environ, **self.env, **(env or {})}, self.logs / (log or f"{name}.log")
+        )
+        return self.adopt(name, proc.start(), ready=ready, timeout=timeout)
+
+    def adopt(
+        self, name: str, proc: ImgfarmProcess, *, ready: str, timeout: float
+    ) -> ImgfarmProcess:
+        """Track a process started elsewhere (same log and stop as an ``imgfarm`` one)."""
+        self.stack.callback(proc.stop)
+        self.processes[name] = (proc, ready, timeout)
+        if proc.proc is not None:
+            self.pids[name] = proc.proc.pid
+        return proc
+
+    def wait_ready(self) -> None:
+        """The api answers and every started process has logged its ready line."""
+        wait_for(lambda: api_healthy(self.api_url), 60, "imgfarm api")
+        for proc, ready, timeout in self.processes.values():
+            proc.wait_log(ready, timeout=timeout)
+
+    def stop(self, name: str) -> None:
+        """Stop one process now (SIGTERM: a worker finishes its running tasks first)."""
+        proc, _, _ = self.processes.pop(name)
+        proc.stop()
+        self.pids.pop(name, None)
+
+
+def settings_from_env(env: Mapping[str, str]) -> Settings:
+    """The Settings the farm's processes build from the same IMGFARM_* variables."""
+    prefix = "IMGFARM_"
+    return Settings(
+        **{k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(prefix)}
+    )
+
+
+def farm_env(
+    tmp: Path,
+    database_url: str,
+    redis_url: str,
+    s3_url: str | None,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """IMGFARM_* variables for every process of the run; ``extra`` wins over the rest."""
+    env = {
+        "IMGFARM_DATA_DIR": str(tmp / "data"),
+        "IMGFARM_DATABASE_URL": database_url,
+        "IMGFARM_BROKER_URL": redis_url,
+        # INFO, the production default: Celery says " ready." at INFO.
+        "IMGFARM_LOG_LEVEL": "INFO",
+        **AWS_ENV,
+    }
+    if s3_url is None:
+        env["IMGFARM_STORAGE_URL"] = f"file://{tmp / 'objects'}"
+    else:
+        env["IMGFARM_STORAGE_URL"] = "s3://imgfarm-bench/objects"
+        env["IMGFARM_S3_ENDPOINT_URL"] = s3_url
+    env.update({name: os.environ[name] for name in PASSTHROUGH if name in os.environ})
+    env.update(extra or {})
+    return env
+
+
+def start_server(stack: contextlib.ExitStack, server: ServerProcess) -> ServerProcess:
+    server.start()
+    stack.callback(server.stop)
+    return server
+
+
+def api_healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextlib.contextmanager
+def running_services(
+    storage: str, logs: Path | None, extra_env: Mapping[str, str] | None = None
+) -> Iterator[Farm]:
+    """Start the services, the api and the dispatcher (not waited for: call
+    ``Farm.wait_ready`` once the benchmark's own processes are started too, so they all
+    boot side by side); stop them and drop the database on the way out."""
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="imgfarm-bench-")))
+        db = PostgresDatabase(name=f"imgfarm_bench_{uuid.uuid4().hex[:8]}")
+        db.create()
+        stack.callback(db.drop)
+        redis = start_server(stack, redis_server(free_port(), tmp))
+        redis_url = f"redis://127.0.0.1:{redis.port}/0"
+        s3_url, moto = None, None
+        if storage == "s3":
+            os.environ.update(AWS_ENV)
+            moto = start_server(stack, moto_server(free_port(), tmp))
+            s3_url = f"http://127.0.0.1:{moto.port}"
+        env = farm_env(tmp, db.url, redis_url, s3_url, extra_env)
+        settings = settings_from_env(env)
+        upgrade(settings.database_url)
+        objects = storage_from_settings(settings)
+        if isinstance(objects, S3Storage):
+            objects.ensure_bucket()
+        engine = make_engine(settings.database_url)
+        stack.callback(engine.dispose)
+        factory = make_session_factory(engine)
+        with session_scope(factory) as session:
+            team = ensure_team(session, "bench")
+            key, team_id = create_api_key(session, team), team.id
+
+        port = free_port()
+        logs = logs or tmp
+        logs.mkdir(parents=True, exist_ok=True)
+        farm = Farm(
+            env=env,
+            settings=settings,
+            api_url=f"http://127.0.0.1:{port}",
+            api_key=key,
+            team_id=team_id,
+            session_factory=factory,
+            redis_url=redis_url,
+            logs=logs,
+            stack=stack,
+        )
+        farm.start("api", ["api", "--port", str(port)], ready="", timeout=60)
+        farm.start("dispatcher", ["dispatcher"], ready="dispatcher started", timeout=60)
+        if redis.proc is not None:
+            farm.pids["redis"] = redis.proc.pid
+        if moto is not None and moto.proc is not None:
+            farm.pids["moto"] = moto.proc.pid
+        yield farm
+
+
+# --- submitting work and watching it in Postgres ---------------------------------------------
+
+
+def upload_image(client: httpx.Client, data: bytes, name: str = "bench.png") -> str:
+    """``POST /v1/uploads`` of one image; its upload id."""
+    response = client.post("/v1/uploads", files=[("files", (name, data, "image/png"))])
+    response.raise_for_status()
+    return str(response.json()["uploads"][0]["id"])
+
+
+def submit_batch(
+    client: httpx.Client, model: str, upload_id: str, jobs: int, size: int, prompt: str
+) -> uuid.UUID:
+    """One ``POST /v1/batches``: 1 image x 1 prompt x ``jobs`` variants, all at the same
+    params (only the seeds differ), so the dispatcher groups them into full batches."""
+    body = {
+        "model": model,
+        "images": [upload_id],
+        "prompts": [prompt],
+        "variants": jobs,
+        "width": size,
+        "height": size,
+    }
+    response = client.post("/v1/batches", json=body, timeout=120)
+    response.raise_for_status()
+    return uuid.UUID(response.json()["id"])
+
+
+def count_jobs(factory: sessionmaker[Session], batch_id: uuid.UUID, status: str) -> int:
+    with factory() as session:
+        query = select(func.count()).where(Job.batch_id == batch_id, Job.status == status)
+        return int(session.scalar(query) or 0)
+
+
+def status_counts(factory: sessionmaker[Session], batch_id: uuid.UUID) -> Counter[str]:
+    """Jobs of the batch by status, in one query."""
+    with factory() as session:
+        rows = session.execute(
+            select(Job.status, func.count()).where(Job.batch_id == batch_id).group_by(Job.status)
+        )
+        return Counter({str(status): int(n) for status, n in rows})
+
+
+def wait_count(
+    count: Callable[[], int], target: int, timeout: float, interval: float = 0.01
+) -> int:
+    """Poll ``count`` until it reaches ``target`` or ``timeout`` passes; the last count."""
+    deadline = time.monotonic() + timeout
+    seen = count()
+    while seen < target and time.monotonic() < deadline:
+        time.sleep(interval)
+        seen = count()
+    return seen
+
+
+def missing_outputs(farm: Farm, batch_id: uuid.UUID) -> int:
+    """Succeeded jobs of the batch whose output object is not in storage."""
+    with farm.session_factory() as session:
+        keys = [
+            o["key"]
+            for outputs in session.scalars(
+                select(Job.outputs).where(Job.batch_id == batch_id, Job.status == "succeeded")
+            )
+            for o in outputs or []
+        ]
+    return len(set(keys) - stored_keys(farm.settings, f"outputs/{farm.team_id}/"))
+
+
+def stored_keys(settings: Settings, prefix: str) -> set[str]:
+    """Every key under ``prefix`` (one listing, not a request per object)."""
+    storage = storage_from_settings(settings)
+    if isinstance(storage, LocalStorage):
+        root = storage.root / prefix
+        return {str(p.relative_to(storage.root)) for p in root.rglob("*") if p.is_file()}
+    base = f"{storage.prefix}/" if storage.prefix else ""
+    keys: set[str] = set()
+    pages = storage.client.get_paginator("list_objects_v2")
+    for page in pages.paginate(Bucket=storage.bucket, Prefix=base + prefix):
+        keys.update(o["Key"].removeprefix(base) for o in page.get("Contents", []))
+    return keys
+
+
+# --- CPU time per process (Linux /proc), to see where a job's cost goes --------------------
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` so far; None where /proc cannot tell."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu_seconds() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine so far, all cores; None off Linux.
+
+    Busy over total between two readings is how loaded the machine was: near 1, the CPU
+    stages (and the services) had no core to spare.
+    """
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except OSError:
+        return None
+    ticks = [int(v) for v in first[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    hz = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks) - idle) / hz, sum(ticks) / hz
+
+
+def postgres_pids(farm: Farm) -> dict[str, int]:
+    """The benchmark database's server backends (the pools keep them for the whole run)."""
+    query = "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+    with farm.session_factory() as session:
+        return {f"postgres {pid}": pid for pid in session.scalars(text(query))}
+
+
+def cpu_snapshot(farm: Farm) -> dict[str, float]:
+    pids = {**farm.pids, **postgres_pids(farm)}
+    found = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    return {name: seconds for name, seconds in found.items() if seconds is not None}
+
+
+def cpu_used(before: dict[str, float], after: dict[str, float]) -> Counter[str]:
+    """CPU seconds per process between two snapshots, all Postgres backends as one."""
+    used: Counter[str] = Counter()
+    for name in before.keys() & after.keys():
+        used["postgres" if name.startswith("postgres") else name] += after[name] - before[name]
+    return used
