@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import ParamSpec, TypeVar
 
 P = ParamSpec("P")
@@ -39,12 +40,12 @@ class DeviceLane:
 
     def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Call ``fn`` on the lane's thread and wait for its result (or exception)."""
-        return self._executor.submit(self._timed, fn, *args, **kwargs).result()
+        return self._executor.submit(self._timed, partial(fn, *args, **kwargs)).result()
 
-    def _timed(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    def _timed(self, call: Callable[[], T]) -> T:
         started = time.perf_counter()
         try:
-            return fn(*args, **kwargs)
+            return call()
         finally:
             seconds = time.perf_counter() - started
             with self._lock:

@@ -212,7 +212,7 @@ class Dispatcher:
         session_factory: sessionmaker[Session],
         celery: Celery,
         registry: dict[str, ModelSpec],
-        on_tick: Callable[[Session], None] | None = None,
+        on_tick: Callable[[Session], object] | None = None,
     ) -> None:
         self.settings = settings
         self.session_factory = session_factory
@@ -404,11 +404,11 @@ class NotifyWaiter:
         )
         self.conn: Any = None
 
-    def _connect(self) -> Any:
+    def _connect(self, url: str) -> Any:
         import psycopg
 
         if self.conn is None or self.conn.closed:
-            self.conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+            self.conn = psycopg.connect(url, autocommit=True, connect_timeout=5)
             self.conn.execute(f"LISTEN {CHANNEL}")
         return self.conn
 
@@ -417,7 +417,7 @@ class NotifyWaiter:
             stop.wait(timeout)
             return
         try:
-            conn = self._connect()
+            conn = self._connect(self.url)
             for _ in conn.notifies(timeout=timeout, stop_after=1):
                 pass
             # Drain the burst: 10,000 inserts' worth of NOTIFYs need one tick, not 10,000.
