@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     worker_pipeline_depth: int = Field(default=3, ge=1, le=16)
     # Threads per worker for fetching, decoding, encoding and uploading images.
     worker_io_threads: int = Field(default=8, ge=1, le=64)
+    # Memory per worker for fetched source bytes (one photo, many prompts and variants:
+    # fetched once). 0 turns the cache off.
+    worker_source_cache_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
     dispatch_poll_seconds: float = 1.0
     # A handed-over job still queued after this long was lost with a Redis restart: resend.
     redispatch_seconds: int = 600

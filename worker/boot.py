@@ -21,8 +21,13 @@ from worker.context import WorkerContext
 from worker.device import DeviceLane
 from worker.dispatcher import Dispatcher
 from worker.heartbeat import Heartbeat
-from worker.metrics import device_busy_recorder, install_worker_metrics
+from worker.metrics import (
+    device_busy_recorder,
+    install_worker_metrics,
+    source_cache_recorder,
+)
 from worker.pipelines import load_model
+from worker.source_cache import CachingStorage
 from worker.tasks import register_tasks
 
 log = logging.getLogger(__name__)
@@ -44,7 +49,11 @@ def build_worker(settings: Settings, alias: str) -> tuple[Celery, WorkerContext]
     ctx = WorkerContext(
         settings=settings,
         model=model,
-        storage=storage_from_settings(settings),
+        storage=CachingStorage(
+            storage_from_settings(settings),
+            settings.worker_source_cache_bytes,
+            on_lookup=source_cache_recorder(alias),
+        ),
         session_factory=make_session_factory(make_engine(settings.database_url)),
         name=worker_name(alias),
         device=device,

@@ -96,6 +96,11 @@ DEVICE_BUSY_SECONDS = Counter(
     "its rate is the GPU's duty cycle: 1 means the GPU never waited for the CPU.",
     ["model"],
 )
+SOURCE_CACHE = Counter(
+    "imgfarm_worker_source_cache_lookups_total",
+    "Source fetches answered from the worker's memory (hit) or from storage (miss).",
+    ["model", "result"],
+)
 GPU_MEMORY_BYTES = Gauge(
     "imgfarm_gpu_memory_bytes",
     "CUDA memory of this worker's device: allocated / reserved / peak_allocated by torch "
@@ -103,6 +108,12 @@ GPU_MEMORY_BYTES = Gauge(
     ["model", "device", "kind"],
     multiprocess_mode="livemax",
 )
+
+
+def source_cache_recorder(model: str) -> Callable[[bool], None]:
+    """The source cache's ``on_lookup``: count hits and misses of this model's worker."""
+    hit, miss = SOURCE_CACHE.labels(model, "hit"), SOURCE_CACHE.labels(model, "miss")
+    return lambda was_hit: (hit if was_hit else miss).inc()
 
 
 def device_busy_recorder(model: str) -> Callable[[float], None]:
