@@ -166,11 +166,9 @@ def _oldest_per_team(
         .limit(1)
         .scalar_subquery()
     )
-    # Starting at the model's oldest waiting job skips each team's history in
-    # ix_jobs_team_created. What is left to read is the team's jobs since then, of every
-    # model, until ``room`` match: a few for a team busy on this model, all of them for one
-    # busy only on others. A partial index on (model, team_id, created_at) over waiting
-    # rows would make every probe read only what it returns.
+    # Each probe is a range scan of ix_jobs_waiting (model, team_id, created_at over waiting
+    # rows, migration 0007): it reads only what it returns. The lower bound at the model's
+    # oldest waiting job keeps the probe cheap on the older ix_jobs_team_created too.
     team_jobs = (
         select(per_team.id, per_team.team_id, per_team.created_at)
         .where(
