@@ -95,9 +95,16 @@ def _when(moment: datetime | None) -> str:
 
 def _key_rows(keys: list[ApiKeyInfo]) -> list[str]:
     """Aligned plain text (not a rich table): stays greppable and never wraps in a pipe."""
-    rows = [("ID", "TEAM", "PREFIX", "CREATED", "REVOKED")]
+    rows = [("ID", "TEAM", "PREFIX", "CREATED", "LAST USED", "REVOKED")]
     rows += [
-        (str(k.id), k.team, k.prefix, _when(k.created_at), _when(k.revoked_at) or "active")
+        (
+            str(k.id),
+            k.team,
+            k.prefix,
+            _when(k.created_at),
+            _when(k.last_used_at) or "never",
+            _when(k.revoked_at) or "active",
+        )
         for k in keys
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -110,7 +117,8 @@ def _key_rows(keys: list[ApiKeyInfo]) -> list[str]:
 @click.option("--team", help="Only this team's keys.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
 def keys_list(team: str | None, as_json: bool) -> None:
-    """List API keys: id, team, display prefix, created, revoked (never the key itself)."""
+    """List API keys: id, team, display prefix, created, last used (to the minute), revoked
+    (never the key itself)."""
     import json
 
     from shared.teams import UnknownTeam, list_api_keys
@@ -134,6 +142,7 @@ def _key_json(key: ApiKeyInfo) -> dict[str, str | None]:
         "prefix": key.prefix,
         "created_at": key.created_at.isoformat(),
         "revoked_at": None if key.revoked_at is None else key.revoked_at.isoformat(),
+        "last_used_at": None if key.last_used_at is None else key.last_used_at.isoformat(),
         "status": "active" if key.active else "revoked",
     }
 

@@ -63,6 +63,9 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    # When a request last authenticated with it, to the minute (shared/teams.py): during a
+    # rotation, ops see whether the old key is still in use before revoking it.
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Upload(Base):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -16,6 +16,8 @@ from shared.models import ApiKey, Team, utcnow
 # Shortest id or key prefix `revoke_api_key` accepts (after "imf_" for a key): "imf_" alone,
 # or "a", would pick whichever key happens to be the only one, which is never what was meant.
 MIN_SELECTOR_CHARS = 4
+# How precisely ``last_used_at`` follows a key's use (see team_for_key).
+USE_RESOLUTION = timedelta(minutes=1)
 
 
 class UnknownTeam(NotFound):
@@ -49,6 +51,7 @@ class ApiKeyInfo:
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    last_used_at: datetime | None = None
 
     @property
     def active(self) -> bool:
@@ -82,15 +85,31 @@ def create_api_key(session: Session, team: Team) -> str:
 
 
 def team_for_key(session: Session, key: str) -> Team | None:
-    """The team owning an unrevoked ``key``, or None.
+    """The team owning an unrevoked ``key``, or None; records the key's use (committed).
 
     Read on every request, uncached: a revoked key is refused from the next request on.
+    ``last_used_at`` is written at most once per ``USE_RESOLUTION`` per key, so a busy key
+    costs one small UPDATE a minute, not one per request. Call it first in a request: it
+    commits the session.
     """
-    return session.scalar(
-        select(Team)
+    row = session.execute(
+        select(Team, ApiKey.id, ApiKey.last_used_at)
         .join(ApiKey, ApiKey.team_id == Team.id)
         .where(ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None))
-    )
+    ).first()
+    if row is None:
+        return None
+    team, key_id, last_used = row
+    now = utcnow()
+    if last_used is None or now - last_used >= USE_RESOLUTION:
+        session.execute(
+            update(ApiKey)
+            .where(ApiKey.id == key_id)
+            .values(last_used_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+    return team  # type: ignore[no-any-return]
 
 
 def list_api_keys(session: Session, team: str | None = None) -> list[ApiKeyInfo]:
@@ -160,7 +179,7 @@ def revoke_api_key(session: Session, selector: str) -> Revocation:
 
 
 def _info(key: ApiKey, team: str) -> ApiKeyInfo:
-    return ApiKeyInfo(key.id, team, key.prefix, key.created_at, key.revoked_at)
+    return ApiKeyInfo(key.id, team, key.prefix, key.created_at, key.revoked_at, key.last_used_at)
 
 
 def _is_uuid(text: str) -> bool:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import datetime, timedelta
 
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from imgfarm.cli import main
+from shared.db import session_scope
 from shared.keys import hash_api_key
 from shared.models import ApiKey
 from shared.teams import ensure_team
@@ -49,7 +51,7 @@ def test_list_shows_one_line_per_key_with_its_prefix_never_the_key(
     result = cli("keys", "list", "--team", team)
     assert result.exit_code == 0, result.output
     header, *rows = result.stdout.splitlines()
-    assert header.split() == ["ID", "TEAM", "PREFIX", "CREATED", "REVOKED"]
+    assert header.split() == ["ID", "TEAM", "PREFIX", "CREATED", "LAST", "USED", "REVOKED"]
     assert len(rows) == 2
     for key, row in zip((first, second), rows, strict=True):  # oldest first
         row_key = stored(session_factory, key)
@@ -58,6 +60,7 @@ def test_list_shows_one_line_per_key_with_its_prefix_never_the_key(
             team,
             row_key.prefix,
             row_key.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "never",
             "active",
         ]
         assert key not in result.output and row_key.key_hash not in result.output
@@ -78,7 +81,15 @@ def test_list_json_gives_scripts_every_field_and_the_revocation(
     assert listed[gone_id]["status"] == "revoked" and listed[gone_id]["revoked_at"]
     assert listed[gone_id]["team"] == team
     assert listed[gone_id]["prefix"] == gone[:10]
-    assert set(listed[gone_id]) == {"id", "team", "prefix", "created_at", "revoked_at", "status"}
+    assert set(listed[gone_id]) == {
+        "id",
+        "team",
+        "prefix",
+        "created_at",
+        "revoked_at",
+        "last_used_at",
+        "status",
+    }
 
 
 def test_list_of_an_unknown_team_is_an_error_not_an_empty_list(cli):
@@ -172,3 +183,28 @@ def test_too_short_a_selector_is_refused_and_revokes_nothing(
     assert result.exit_code != 0
     assert "too short" in result.stderr
     assert stored(session_factory, key).revoked_at is None
+
+
+def test_last_use_is_recorded_to_the_minute_and_listed(cli, client, new_key, team, session_factory):
+    key = new_key(team)
+    hashed = hash_api_key(key)
+
+    def last_used() -> datetime | None:
+        return stored(session_factory, key).last_used_at
+
+    assert last_used() is None, "a new key was never used"
+    assert models(client, key) == 200
+    first = last_used()
+    assert first is not None
+    assert models(client, key) == 200
+    assert last_used() == first, "within a minute a request writes nothing"
+    with session_scope(session_factory) as session:
+        session.execute(
+            update(ApiKey)
+            .where(ApiKey.key_hash == hashed)
+            .values(last_used_at=first - timedelta(minutes=5))
+        )
+    assert models(client, key) == 200
+    assert last_used() >= first, "a stale record is refreshed"
+    (listed,) = json.loads(cli("keys", "list", "--team", team, "--json").stdout)
+    assert listed["last_used_at"] == last_used().isoformat()
