@@ -847,8 +847,8 @@ class WarmLog(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.msg.startswith("warmed ") and record.args:
-            # (alias, width, height, batch, seconds); the size came later: read from both ends.
-            alias, *_, size, seconds = record.args  # type: ignore[misc]
+            # (alias, width, height, batch, guidance, seconds): worker/pipelines.warm_model.
+            alias, _width, _height, size, *_, seconds = record.args  # type: ignore[misc]
             self.records.append({"model": alias, "bucket": size, "seconds": round(seconds, 2)})
 
 

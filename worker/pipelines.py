@@ -217,22 +217,43 @@ def _revision(spec: ModelSpec, location: str) -> str:
     return revision
 
 
+def uses_cfg(guidance_scale: float) -> bool:
+    """diffusers runs classifier-free guidance (the UNet at twice the batch) above 1."""
+    return guidance_scale > 1
+
+
+def warm_plan(buckets: tuple[int, ...], guidance_scale: float) -> list[tuple[int, float]]:
+    """(batch, guidance) pairs to warm: every bucket at the model's default guidance, then
+    the other guidance mode only where it gives the UNet a batch not yet seen.
+
+    A request may turn CFG on or off, which halves or doubles the UNet's batch: with SD1.5's
+    CFG default, buckets 1..16 give the UNet 2..32, so only batch 1 without CFG is new; with
+    a turbo model's no-CFG default, only the largest bucket with CFG is.
+    """
+    default_cfg = uses_cfg(guidance_scale)
+    other = 1.0 if default_cfg else 7.5
+    seen = {2 * b if default_cfg else b for b in buckets}
+    extra = [(b, other) for b in buckets if (b if default_cfg else 2 * b) not in seen]
+    return [(b, guidance_scale) for b in buckets] + extra
+
+
 def warm_model(pipe: Any, spec: ModelSpec) -> tuple[bool, tuple[int, ...]]:
     """Warm ``pipe`` at every shape it will serve; returns (compiled, buckets).
 
-    Compiled: every bucket at every served size (the default and ``warm_sizes``), so no job
-    pays a recompile. Eager: batch 1 at the default size only (enough for lazy allocations
-    and kernels; other shapes cost nothing extra the first time). If compilation fails at
-    some shape the pipeline is eager from then on (warm_up's fallback) and calls are no
-    longer padded.
+    Compiled: every bucket at every served size (the default and ``warm_sizes``), with CFG
+    on and off (``warm_plan``), so no job pays a recompile. Eager: batch 1 at the default
+    size and guidance only (enough for lazy allocations and kernels; other shapes cost
+    nothing extra the first time). If compilation fails at some shape the pipeline is eager
+    from then on (warm_up's fallback) and calls are no longer padded.
     """
     from worker.accel import is_compiled, warm_up
 
     compiled = is_compiled(pipe)
     buckets = batch_buckets(spec.max_batch) if compiled else (1,)
     sizes = spec.served_sizes if compiled else spec.served_sizes[:1]
+    plan = warm_plan(buckets, spec.guidance_scale) if compiled else [(1, spec.guidance_scale)]
     for width, height in sizes:
-        for batch in buckets:
+        for batch, guidance in plan:
             result = warm_up(
                 pipe,
                 width=width,
@@ -240,15 +261,16 @@ def warm_model(pipe: Any, spec: ModelSpec) -> tuple[bool, tuple[int, ...]]:
                 steps=spec.steps,
                 batch_size=batch,
                 strength=spec.strength,
-                guidance_scale=spec.guidance_scale,
+                guidance_scale=guidance,
                 extra_inputs=warm_up_inputs(spec, batch, (width, height)),
             )
             log.info(
-                "warmed %s at %dx%d batch %d in %.1fs",
+                "warmed %s at %dx%d batch %d guidance %g in %.1fs",
                 spec.alias,
                 width,
                 height,
                 batch,
+                guidance,
                 result.seconds,
             )
             if compiled and not result.compiled:

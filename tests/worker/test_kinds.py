@@ -22,7 +22,14 @@ from shared.teams import ensure_team
 from worker import accel
 from worker.canny import canny_edges
 from worker.context import WorkerContext
-from worker.pipelines import LoadedModel, batch_buckets, load_model, warm_model
+from worker.pipelines import (
+    LoadedModel,
+    batch_buckets,
+    load_model,
+    uses_cfg,
+    warm_model,
+    warm_plan,
+)
 from worker.render import prepare, render_batch, run_pipeline
 from worker.tasks import run_render
 
@@ -317,7 +324,9 @@ def test_warm_up_runs_at_every_bucket_only_when_compiled(models, monkeypatch):
     sizes.clear()
     monkeypatch.setattr(accel, "is_compiled", lambda pipe: True)
     spec = dataclasses.replace(model.spec, max_batch=6)
-    assert warm_model(model.pipe, spec) == (True, (1, 2, 4, 6)) and sizes == [1, 2, 4, 6]
+    assert warm_model(model.pipe, spec) == (True, (1, 2, 4, 6))
+    # Then CFG off where the UNet batch is new (see warm_plan): 1 and 6.
+    assert sizes == [1, 2, 4, 6, 1, 6]
 
 
 def test_warm_up_covers_every_warm_size_at_every_bucket(models, monkeypatch):
@@ -337,7 +346,8 @@ def test_warm_up_covers_every_warm_size_at_every_bucket(models, monkeypatch):
     shapes.clear()
     monkeypatch.setattr(accel, "is_compiled", lambda pipe: True)
     assert warm_model(model.pipe, spec) == (True, (1, 2))
-    assert shapes == [(w, h, b) for w, h in [(64, 64), (64, 48), (48, 64)] for b in (1, 2)]
+    # Per size: buckets 1, 2 at the default (CFG) guidance, then 1 without CFG.
+    assert shapes == [(w, h, b) for w, h in [(64, 64), (64, 48), (48, 64)] for b in (1, 2, 1)]
 
 
 def test_inductor_tuning_is_set_only_when_compiling_on_cuda(monkeypatch):
@@ -394,6 +404,21 @@ def test_inductor_tuning_is_set_only_when_compiling_on_cuda(monkeypatch):
     assert accel_options(spec, "cuda", torch.bfloat16).inductor_tuning is True
     assert accel_options(spec, "cpu", torch.float32).inductor_tuning is False
     assert accel_options(BUILTINS["tiny"], "cuda", torch.bfloat16).inductor_tuning is False
+
+
+@pytest.mark.parametrize(
+    "buckets,guidance,extra",
+    [
+        ((1, 2, 4, 8, 16), 7.5, [(1, 1.0)]),  # CFG default: only batch 1 without CFG is new
+        ((1, 2, 4, 8), 0.0, [(8, 7.5)]),  # turbo: only the largest bucket with CFG is new
+        ((1, 2, 4, 6), 0.0, [(4, 7.5), (6, 7.5)]),  # UNet 8 and 12 were never seen
+    ],
+)
+def test_warm_plan_covers_every_unet_batch_a_request_can_cause(buckets, guidance, extra):
+    plan = warm_plan(buckets, guidance)
+    assert plan == [(b, guidance) for b in buckets] + extra
+    unet = {2 * b if uses_cfg(g) else b for b, g in plan}
+    assert unet >= {b for b in buckets} | {2 * b for b in buckets}
 
 
 # --- the claim / render / store path on Postgres and S3 ----------------------------------------
