@@ -27,7 +27,7 @@ from shared.db import session_scope
 from shared.dispatch import nudge
 from shared.errors import ImgfarmError
 from shared.events import JOB_FAILED, JOB_SUCCEEDED, emit_job_event, emit_job_events
-from shared.jobs import claim_jobs_bulk, mark_failed, mark_succeeded_bulk, requeue
+from shared.jobs import JobStatus, claim_jobs_bulk, mark_failed, mark_succeeded_bulk, requeue
 from shared.models import Job, utcnow
 from worker.context import WorkerContext
 from worker.dispatcher import compatibility_key
@@ -80,6 +80,20 @@ def claim_jobs(ctx: WorkerContext, job_ids: list[uuid.UUID]) -> list[Job]:
         # Room just opened in this model's queue: let the dispatcher refill it while we render.
         nudge(session)
     return [by_id[j] for j in claimed if j in by_id]
+
+
+@db_retry
+def job_states(ctx: WorkerContext, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """Each job's status as this worker sees it: ``running`` only if still running for this
+    worker (a job taken back and claimed by another reads ``superseded``)."""
+    with ctx.session_factory() as session:
+        rows = session.execute(
+            select(Job.id, Job.status, Job.worker).where(Job.id.in_(job_ids))
+        ).all()
+    return {
+        job_id: "superseded" if status == JobStatus.RUNNING.value and worker != ctx.name else status
+        for job_id, status, worker in rows
+    }
 
 
 @db_retry
@@ -160,12 +174,17 @@ def finish_group(ctx: WorkerContext, rendered: Rendered, summary: BatchSummary) 
     for the others."""
     summary.batch_size = max(summary.batch_size, len(rendered.items))
     summary.render_seconds = max(summary.render_seconds, rendered.seconds)
-    pending = [
-        (item, _store_later(ctx, rendered, item, image))
-        for item, image in zip(rendered.items, rendered.images, strict=True)
-        if not ctx.in_flight.is_canceled(item.job.id)
-    ]
-    summary.outcomes["canceled"] += len(rendered.items) - len(pending)
+    # Canceled (or taken back) while rendering, before the heartbeat noticed: not stored,
+    # so a canceled job leaves no output behind. One query per pipeline call.
+    states = job_states(ctx, [i.job.id for i in rendered.items])
+    pending = []
+    for item, image in zip(rendered.items, rendered.images, strict=True):
+        state = states.get(item.job.id, "superseded")
+        canceled = state == JobStatus.CANCELED.value or ctx.in_flight.is_canceled(item.job.id)
+        if state == JobStatus.RUNNING.value and not canceled:
+            pending.append((item, _store_later(ctx, rendered, item, image)))
+        else:  # canceled, or taken back after a lost lease: another attempt owns it now
+            summary.outcomes["canceled" if canceled else "superseded"] += 1
     results: list[RenderResult] = []
     for item, future in pending:
         try:

@@ -199,3 +199,29 @@ def test_failed_upload_retries_its_own_job_without_rendering_the_others_again(
     assert retried.status == "queued" and retried.not_before is not None
     assert "503 Slow Down" in (retried.error or "")
     assert all(final[i].status == "succeeded" for i in ids if i != ids[1])
+
+
+def test_job_canceled_mid_render_before_the_heartbeat_noticed_leaves_no_output(
+    tmp_path, echo, make_ctx, session_factory
+):
+    storage = LocalStorage(tmp_path / "objects", "http://test", "secret")
+    ctx = make_ctx(echo, storage)
+    keep, drop = queued_jobs(session_factory, storage, "echo", 2)
+    release = threading.Event()
+    holder = threading.Thread(target=lambda: ctx.device.run(release.wait, WAIT), daemon=True)
+    holder.start()
+    task, out = in_thread(lambda: run_render(ctx, [keep, drop]))
+    wait_for(lambda: ctx.in_flight.snapshot() == {keep, drop}, WAIT, "the task's claim")
+    with session_scope(session_factory) as session:
+        assert cancel(session, drop)  # no heartbeat here: only the database knows
+    release.set()
+    task.join(WAIT)
+
+    summary = out[0]
+    assert summary.batch_size == 2, "rendered: the worker did not know yet"
+    assert summary.outcomes["succeeded"] == 1 and summary.outcomes["canceled"] == 1
+    final = rows(session_factory, [keep, drop])
+    assert final[drop].status == "canceled" and not final[drop].outputs
+    team = final[drop].team_id
+    assert not list((tmp_path / "objects" / "outputs" / str(team) / str(drop)).glob("*"))
+    assert list((tmp_path / "objects" / "outputs" / str(team) / str(keep)).glob("*"))
