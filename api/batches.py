@@ -26,10 +26,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, insert, select, tuple_, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.owned import owned_row
 from api.params import model_spec, resolve_params
 from api.sources import check_webhook_url, resolve_source
 from shared.dispatch import nudge
-from shared.errors import InvalidRequest, NotFound, StorageError, TransientError
+from shared.errors import InvalidRequest, StorageError, TransientError
 from shared.events import JOB_CANCELED, emit_job_events
 from shared.jobs import JobStatus, check_transition
 from shared.models import Batch, Job, Team, Upload, utcnow
@@ -294,10 +295,7 @@ class StatusStats:
 
 def get_batch(session: Session, team: Team, batch_id: uuid.UUID) -> Batch:
     """The team's batch, or NotFound (another team's batch looks the same as none)."""
-    batch = session.scalar(select(Batch).where(Batch.id == batch_id, Batch.team_id == team.id))
-    if batch is None:
-        raise NotFound(f"no batch {batch_id}")
-    return batch
+    return owned_row(session, Batch, batch_id, team, "batch")
 
 
 def _aware(value: datetime | None) -> datetime | None:

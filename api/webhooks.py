@@ -12,8 +12,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.batches import newest_first_page
+from api.owned import owned_row
 from api.sources import check_webhook_url
-from shared.errors import InvalidRequest, NotFound
+from shared.errors import InvalidRequest
 from shared.models import (
     Team,
     TeamWebhookSecret,
@@ -67,14 +68,7 @@ def list_endpoints(session: Session, team: Team) -> list[WebhookEndpoint]:
 
 def get_endpoint(session: Session, team: Team, endpoint_id: uuid.UUID) -> WebhookEndpoint:
     """The team's endpoint, or NotFound (another team's looks the same as none)."""
-    endpoint = session.scalar(
-        select(WebhookEndpoint).where(
-            WebhookEndpoint.id == endpoint_id, WebhookEndpoint.team_id == team.id
-        )
-    )
-    if endpoint is None:
-        raise NotFound(f"no webhook endpoint {endpoint_id}")
-    return endpoint
+    return owned_row(session, WebhookEndpoint, endpoint_id, team, "webhook endpoint")
 
 
 def endpoint_public(endpoint: WebhookEndpoint) -> WebhookEndpointPublic:
@@ -150,14 +144,7 @@ def list_deliveries(
 
 
 def get_delivery(session: Session, team: Team, delivery_id: uuid.UUID) -> WebhookDelivery:
-    delivery = session.scalar(
-        select(WebhookDelivery).where(
-            WebhookDelivery.id == delivery_id, WebhookDelivery.team_id == team.id
-        )
-    )
-    if delivery is None:
-        raise NotFound(f"no webhook delivery {delivery_id}")
-    return delivery
+    return owned_row(session, WebhookDelivery, delivery_id, team, "webhook delivery")
 
 
 def delivery_public(d: WebhookDelivery) -> WebhookDeliveryPublic:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -76,6 +77,8 @@ def group_compatible(
     batches.extend(g for g in groups.values() if g)
     return batches
 
+
+PRUNE_EVERY_SECONDS = 60.0
 
 MODELS_WAITING = text(
     """
@@ -217,16 +220,14 @@ class Dispatcher:
         self.celery = celery
         self.registry = registry
         self.on_tick = on_tick
+        self._pruned_at = -PRUNE_EVERY_SECONDS
 
     def tick(self) -> TickStats:
         stats = TickStats()
         with session_scope(self.session_factory) as session:
             stats.requeued, stats.failed = expire_leases(session, self.settings.max_attempts)
             stats.rearmed = self._rearm_lost(session)
-        with session_scope(self.session_factory) as session:
-            # Expired Idempotency-Keys replay nothing any more: this only bounds the table
-            # (an index probe when there is nothing to delete).
-            prune_idempotency_keys(session, expiry_cutoff(self.settings.idempotency_ttl_seconds))
+        self._prune_idempotency_keys()
         with self.session_factory() as session:
             models = self._models_waiting(session)
         for model in models:
@@ -255,6 +256,15 @@ class Dispatcher:
             .execution_options(synchronize_session=False)
         )
         return result.rowcount  # type: ignore[attr-defined, no-any-return]
+
+    def _prune_idempotency_keys(self) -> None:
+        # Expired Idempotency-Keys replay nothing any more: pruning only bounds the table, so
+        # once a minute is plenty; ticks come on every submission's NOTIFY.
+        if time.monotonic() - self._pruned_at < PRUNE_EVERY_SECONDS:
+            return
+        with session_scope(self.session_factory) as session:
+            prune_idempotency_keys(session, expiry_cutoff(self.settings.idempotency_ttl_seconds))
+        self._pruned_at = time.monotonic()
 
     def _models_waiting(self, session: Session) -> list[str]:
         # A loose index scan over ix_jobs_waiting: one probe per distinct model, where

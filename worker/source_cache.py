@@ -44,25 +44,24 @@ class CachingStorage:
     def get(self, key: str) -> bytes:
         if self.max_bytes <= 0 or not key.startswith(CACHEABLE_PREFIX):
             return self.inner.get(key)
-        cached, fetching, owner = self._lookup(key)
+        found, owner = self._lookup(key)
         self._on_lookup(not owner)
-        if cached is not None:
-            return cached
-        return self._fetch(key, fetching) if owner else fetching.result()
+        if isinstance(found, bytes):
+            return found
+        return self._fetch(key, found) if owner else found.result()
 
-    def _lookup(self, key: str) -> tuple[bytes | None, Future[bytes], bool]:
-        """Under the lock: the cached bytes, else the fetch to wait for (and whether this
-        caller owns it). A fetch by another thread serves this caller too: a hit."""
+    def _lookup(self, key: str) -> tuple[bytes | Future[bytes], bool]:
+        """Under the lock: the cached bytes, else the fetch to wait for and whether this
+        caller owns it (a fetch by another thread serves this caller too: a hit)."""
         with self._lock:
-            cached = self._cache.get(key)
-            fetching = self._fetching.get(key)
-            owner = cached is None and fetching is None
-            if owner:
+            found: bytes | Future[bytes] | None = self._cache.get(key) or self._fetching.get(key)
+            owner = found is None
+            if found is None:
                 self.misses += 1
-                self._fetching[key] = fetching = Future()
+                self._fetching[key] = found = Future()
             else:
                 self.hits += 1
-        return cached, fetching or Future(), owner
+        return found, owner
 
     def _fetch(self, key: str, fetching: Future[bytes]) -> bytes:
         try:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import uuid
 
 from fastapi import APIRouter, Response, status
-from sqlalchemy import select
 
 from api import idempotency
 from api.deps import RegistryDep, SessionDep, SettingsDep, StorageDep, TeamDep
 from api.idempotency import IdempotencyKeyHeader
+from api.owned import owned_row
 from api.submit import create_job
-from shared.errors import NotFound
 from shared.jobs import cancel
 from shared.models import Job
 from shared.schemas import JobAccepted, JobCreate, JobPublic, OutputPublic, RenderParams
@@ -83,9 +82,7 @@ def get_job(
     settings: SettingsDep,
     storage: StorageDep,
 ) -> JobPublic:
-    job = session.scalar(select(Job).where(Job.id == job_id, Job.team_id == team.id))
-    if job is None:
-        raise NotFound(f"no job {job_id}")
+    job = owned_row(session, Job, job_id, team, "job")
     return job_public(job, storage, settings.url_expiry_seconds)
 
 
@@ -101,9 +98,7 @@ def cancel_job(
 
     Canceling a finished job changes nothing and answers its current state.
     """
-    job = session.scalar(select(Job).where(Job.id == job_id, Job.team_id == team.id))
-    if job is None:
-        raise NotFound(f"no job {job_id}")
+    job = owned_row(session, Job, job_id, team, "job")
     cancel(session, job_id)
     session.commit()
     session.refresh(job)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import select
@@ -110,6 +111,20 @@ def in_thread(fn: Callable[[], BatchSummary]) -> tuple[threading.Thread, list[Ba
     return thread, out
 
 
+@contextmanager
+def behind_a_busy_device(ctx: WorkerContext, ids: list[uuid.UUID]) -> Iterator[list[BatchSummary]]:
+    """``run_render(ctx, ids)`` in a thread while another call holds the device: inside the
+    block the task has claimed its jobs and waits for the device; on leaving it the device
+    is freed and the task has finished (its summary is the list's one item)."""
+    release = threading.Event()
+    threading.Thread(target=lambda: ctx.device.run(release.wait, WAIT), daemon=True).start()
+    task, out = in_thread(lambda: run_render(ctx, ids))
+    wait_for(lambda: ctx.in_flight.snapshot() == set(ids), WAIT, "the task's claim")
+    yield out
+    release.set()
+    task.join(WAIT)
+
+
 def test_device_lane_runs_calls_in_order_on_one_thread_and_counts_busy_time():
     busy: list[float] = []
     lane = DeviceLane(on_busy=busy.append)
@@ -161,18 +176,10 @@ def test_job_canceled_while_waiting_for_the_device_is_never_rendered(
     storage = LocalStorage(tmp_path / "objects", "http://test", "secret")
     ctx = make_ctx(echo, storage)
     keep, drop = queued_jobs(session_factory, storage, "echo", 2)
-    # Another task holds the device; this one claims and prepares, then queues behind it.
-    release = threading.Event()
-    holder = threading.Thread(target=lambda: ctx.device.run(release.wait, WAIT), daemon=True)
-    holder.start()
-    task, out = in_thread(lambda: run_render(ctx, [keep, drop]))
-
-    wait_for(lambda: ctx.in_flight.snapshot() == {keep, drop}, WAIT, "the task's claim")
-    with session_scope(session_factory) as session:
-        assert cancel(session, drop)
-    ctx.in_flight.mark_canceled({drop})  # what the heartbeat does when it sees the cancel
-    release.set()
-    task.join(WAIT)
+    with behind_a_busy_device(ctx, [keep, drop]) as out:
+        with session_scope(session_factory) as session:
+            assert cancel(session, drop)
+        ctx.in_flight.mark_canceled({drop})  # what the heartbeat does when it sees the cancel
 
     summary = out[0]
     assert summary.outcomes["succeeded"] == 1 and summary.outcomes["canceled"] == 1
@@ -207,15 +214,8 @@ def test_job_canceled_mid_render_before_the_heartbeat_noticed_leaves_no_output(
     storage = LocalStorage(tmp_path / "objects", "http://test", "secret")
     ctx = make_ctx(echo, storage)
     keep, drop = queued_jobs(session_factory, storage, "echo", 2)
-    release = threading.Event()
-    holder = threading.Thread(target=lambda: ctx.device.run(release.wait, WAIT), daemon=True)
-    holder.start()
-    task, out = in_thread(lambda: run_render(ctx, [keep, drop]))
-    wait_for(lambda: ctx.in_flight.snapshot() == {keep, drop}, WAIT, "the task's claim")
-    with session_scope(session_factory) as session:
-        assert cancel(session, drop)  # no heartbeat here: only the database knows
-    release.set()
-    task.join(WAIT)
+    with behind_a_busy_device(ctx, [keep, drop]) as out, session_scope(session_factory) as s:
+        assert cancel(s, drop)  # no heartbeat here: only the database knows
 
     summary = out[0]
     assert summary.batch_size == 2, "rendered: the worker did not know yet"
