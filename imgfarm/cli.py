@@ -291,7 +291,7 @@ def up(port: int) -> None:
         console.print(f"imgfarm is up at [bold]{stack.url}[/] (logs in {stack.data_dir}/logs)")
         console.print(f"API key for team 'local':\n{stack.api_key}")
         try:
-            while all(p.poll() is None for p in stack.processes):
+            while all(p.poll() is None for p in stack.processes.values()):
                 time.sleep(0.5)
         except KeyboardInterrupt:
             console.print("stopping")

@@ -56,7 +56,7 @@ class EmbeddedStack:
     port: int = 0
     models: tuple[str, ...] = ("tiny",)
     webhooks: bool = True
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     url: str = ""
     api_key: str = ""
 
@@ -79,7 +79,7 @@ class EmbeddedStack:
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
         )
-        self.processes.append(proc)
+        self.processes[name] = proc
 
     def start(self, timeout: float = 120.0) -> EmbeddedStack:
         self.data_dir = self.data_dir.resolve()
@@ -100,10 +100,10 @@ class EmbeddedStack:
     def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for proc in self.processes:
+            for name, proc in self.processes.items():
                 if proc.poll() is not None:
                     raise RuntimeError(
-                        f"{proc.args[3]} exited with {proc.returncode}; see {self.data_dir}/logs"
+                        f"{name} exited with {proc.returncode}; see {self.data_dir}/logs"
                     )
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
@@ -114,10 +114,10 @@ class EmbeddedStack:
         raise TimeoutError(f"api not ready after {timeout}s; see {self.data_dir}/logs")
 
     def stop(self, timeout: float = 30.0) -> None:
-        for proc in self.processes:
+        for proc in self.processes.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in self.processes:
+        for proc in self.processes.values():
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
