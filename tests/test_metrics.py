@@ -306,6 +306,8 @@ def test_worker_process_serves_render_metrics_and_json_logs(
     # The device lane counted at least the load and the render (the GPU duty-cycle panel).
     busy = m[("imgfarm_worker_device_busy_seconds_total", (("model", "tiny"),))]
     assert busy >= m[("imgfarm_render_seconds_sum", (("model", "tiny"),))] > 0
+    # Each lane call (load and warm-up, then at least one render) noted its wait in line.
+    assert m[("imgfarm_worker_device_wait_seconds_count", (("model", "tiny"),))] >= 2
     assert m[("imgfarm_worker_busy", (("model", "tiny"),))] == 0, "no task left in progress"
 
     # Every worker line is one JSON object; the ones about the job name it and the worker.

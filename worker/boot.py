@@ -23,6 +23,7 @@ from worker.dispatcher import Dispatcher
 from worker.heartbeat import Heartbeat
 from worker.metrics import (
     device_busy_recorder,
+    device_wait_recorder,
     install_worker_metrics,
     source_cache_recorder,
 )
@@ -43,7 +44,7 @@ def build_worker(settings: Settings, alias: str) -> tuple[Celery, WorkerContext]
     registry = load_registry(settings.models)
     if alias not in registry:
         raise ConfigError(f"unknown model {alias!r}; known: {', '.join(sorted(registry))}")
-    device = DeviceLane(on_busy=device_busy_recorder(alias))
+    device = DeviceLane(on_busy=device_busy_recorder(alias), on_wait=device_wait_recorder(alias))
     # Loaded and warmed on the lane's thread: the thread every render will run on.
     model = device.run(load_model, registry[alias], settings)
     ctx = WorkerContext(

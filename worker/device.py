@@ -29,21 +29,31 @@ class DeviceLane:
 
     ``busy_seconds`` over wall time is the accelerator's duty cycle as the worker sees it:
     the share of time a pipeline call was running rather than the GPU waiting for work.
+    ``on_wait`` gets each call's seconds in line before it started: the other side of the
+    same coin, time a prepared batch spent waiting for the GPU (near zero while the duty
+    cycle is low means the CPU stages cannot keep up; high means the GPU is the bottleneck).
     """
 
-    def __init__(self, on_busy: Callable[[float], None] = lambda _: None) -> None:
+    def __init__(
+        self,
+        on_busy: Callable[[float], None] = lambda _: None,
+        on_wait: Callable[[float], None] = lambda _: None,
+    ) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgfarm-device")
         self._on_busy = on_busy
+        self._on_wait = on_wait
         self._lock = threading.Lock()
         self._busy = 0.0
         self._calls = 0
 
     def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Call ``fn`` on the lane's thread and wait for its result (or exception)."""
-        return self._executor.submit(self._timed, partial(fn, *args, **kwargs)).result()
+        queued = time.perf_counter()
+        return self._executor.submit(self._timed, queued, partial(fn, *args, **kwargs)).result()
 
-    def _timed(self, call: Callable[[], T]) -> T:
+    def _timed(self, queued: float, call: Callable[[], T]) -> T:
         started = time.perf_counter()
+        self._on_wait(started - queued)
         try:
             return call()
         finally:

@@ -96,6 +96,14 @@ DEVICE_BUSY_SECONDS = Counter(
     "its rate is the GPU's duty cycle: 1 means the GPU never waited for the CPU.",
     ["model"],
 )
+DEVICE_WAIT_SECONDS = Histogram(
+    "imgfarm_worker_device_wait_seconds",
+    "Seconds a call (a prepared batch) waited in line for the worker's device lane, by model. "
+    "Up to (pipeline depth - 1) batches' render time when the GPU is the bottleneck, as it "
+    "should be; near zero with a low duty cycle means the CPU stages cannot keep up.",
+    ["model"],
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120),
+)
 SOURCE_CACHE = Counter(
     "imgfarm_worker_source_cache_lookups_total",
     "Source fetches answered from the worker's memory (hit) or from storage (miss).",
@@ -119,6 +127,11 @@ def source_cache_recorder(model: str) -> Callable[[bool], None]:
 def device_busy_recorder(model: str) -> Callable[[float], None]:
     """The device lane's ``on_busy``: add each call's seconds to this model's counter."""
     return DEVICE_BUSY_SECONDS.labels(model).inc
+
+
+def device_wait_recorder(model: str) -> Callable[[float], None]:
+    """The device lane's ``on_wait``: observe each call's seconds in line."""
+    return DEVICE_WAIT_SECONDS.labels(model).observe
 
 
 # A label value for workers without a model (the webhook delivery worker).

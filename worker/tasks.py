@@ -57,7 +57,9 @@ class BatchSummary:
     batch_size: int = 0
     render_seconds: float = 0.0
     outcomes: Counter[str] = field(default_factory=Counter)
-    queue_wait_seconds: list[float] = field(default_factory=list)
+    # Per job, from its creation to the start of its first pipeline call (not its claim:
+    # a claimed job may still wait for the device lane behind up to depth - 1 batches).
+    queue_wait_seconds: dict[uuid.UUID, float] = field(default_factory=dict)
     unexpected: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -66,8 +68,14 @@ class BatchSummary:
             "batch_size": self.batch_size,
             "render_seconds": round(self.render_seconds, 4),
             "outcomes": dict(self.outcomes),
-            "queue_wait_seconds": [round(s, 3) for s in self.queue_wait_seconds],
+            "queue_wait_seconds": [round(s, 3) for s in self.queue_wait_seconds.values()],
         }
+
+    def render_started(self, jobs: list[Job]) -> None:
+        """Note each job's queue wait, once: a split batch's retry is not a new wait."""
+        now = utcnow()
+        for job in jobs:
+            self.queue_wait_seconds.setdefault(job.id, (now - job.created_at).total_seconds())
 
 
 @db_retry
@@ -136,7 +144,7 @@ def render_group(ctx: WorkerContext, items: list[RenderItem], summary: BatchSumm
     """Render compatible items together, then finish them; on failure split in halves so
     one bad job (or an out-of-memory at this batch size) cannot fail the others."""
     try:
-        rendered = ctx.device.run(_render_live, ctx, items)
+        rendered = ctx.device.run(_render_live, ctx, items, summary)
     except Exception as e:
         live = _live(ctx, items)
         summary.outcomes["canceled"] += len(items) - len(live)
@@ -158,12 +166,13 @@ def _live(ctx: WorkerContext, items: list[RenderItem]) -> list[RenderItem]:
     return [i for i in items if not ctx.in_flight.is_canceled(i.job.id)]
 
 
-def _render_live(ctx: WorkerContext, items: list[RenderItem]) -> Rendered:
+def _render_live(ctx: WorkerContext, items: list[RenderItem], summary: BatchSummary) -> Rendered:
     """On the device lane: render the items not canceled while this task waited for it
     (they are not worth a pipeline slot), stopping early if all of them get canceled."""
     live = _live(ctx, items)
     if not live:
         return Rendered(items=[], images=[], batch_size=0, seconds=0.0)
+    summary.render_started([i.job for i in live])
     ids = [i.job.id for i in live]
     return render(ctx.model, live, should_stop=lambda: ctx.in_flight.all_canceled(ids))
 
@@ -221,8 +230,6 @@ def run_render(ctx: WorkerContext, job_ids: list[uuid.UUID]) -> BatchSummary:
     summary.outcomes["skipped"] = len(job_ids) - len(jobs)
     if not jobs:
         return summary
-    now = utcnow()
-    summary.queue_wait_seconds = [(now - j.created_at).total_seconds() for j in jobs]
     ids = [j.id for j in jobs]
     ctx.in_flight.start(ids)
     try:

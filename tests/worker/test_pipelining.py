@@ -8,6 +8,7 @@ that the order of events is forced, not timed.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from sqlalchemy import select
 from shared.db import session_scope
 from shared.errors import TransientError
 from shared.jobs import cancel
-from shared.models import Job
+from shared.models import Job, utcnow
 from shared.registry import BUILTINS
 from shared.settings import Settings
 from shared.storage import LocalStorage
@@ -137,6 +138,46 @@ def test_device_lane_runs_calls_in_order_on_one_thread_and_counts_busy_time():
         assert lane.busy_seconds == pytest.approx(sum(busy))
     finally:
         lane.shutdown()
+
+
+def test_device_lane_reports_how_long_each_call_waited_in_line():
+    waits: list[float] = []
+    lane = DeviceLane(on_wait=waits.append)
+    release, holding = threading.Event(), threading.Event()
+    try:
+        first = threading.Thread(
+            target=lambda: lane.run(lambda: (holding.set(), release.wait(WAIT))), daemon=True
+        )
+        first.start()
+        assert holding.wait(WAIT)
+        second, _ = in_thread(lambda: lane.run(lambda: None))
+        time.sleep(0.3)  # the time the second call spends in line is what is measured
+        release.set()
+        first.join(WAIT)
+        second.join(WAIT)
+        assert len(waits) == 2
+        assert waits[0] < 0.3 <= waits[1], waits
+    finally:
+        lane.shutdown()
+
+
+def test_queue_wait_runs_until_the_render_starts_not_until_the_claim(
+    tmp_path, echo, make_ctx, session_factory
+):
+    """With pipelining a claimed job may still wait behind other batches for the device:
+    that wait is queue time as a customer sees it, so the metric must include it."""
+    storage = LocalStorage(tmp_path / "objects", "http://test", "secret")
+    ctx = make_ctx(echo, storage)
+    ids = queued_jobs(session_factory, storage, "echo", 2)
+    with behind_a_busy_device(ctx, ids) as out:
+        time.sleep(0.3)  # claimed, and kept waiting for the device this long
+        released_at = utcnow()
+    created = {j.id: j.created_at for j in rows(session_factory, ids).values()}
+    waits = out[0].queue_wait_seconds
+    assert set(waits) == set(ids)
+    for job_id in ids:
+        assert waits[job_id] >= (released_at - created[job_id]).total_seconds() - 0.01
+    assert len(out[0].as_dict()["queue_wait_seconds"]) == 2
 
 
 def test_next_task_renders_while_the_previous_one_uploads(
