@@ -34,7 +34,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import ColumnElement, Select, Subquery, func, or_, select, text, true, update
+from sqlalchemy import (
+    CTE,
+    ColumnElement,
+    ScalarSelect,
+    Select,
+    Subquery,
+    func,
+    or_,
+    select,
+    text,
+    true,
+    update,
+)
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from shared.broker import send_render
@@ -43,7 +55,7 @@ from shared.dispatch import CHANNEL
 from shared.events import JOB_FAILED, emit_job_events
 from shared.idempotency import expiry_cutoff, prune_idempotency_keys
 from shared.jobs import JobStatus, expire_leases
-from shared.models import Job, Team, Worker, utcnow
+from shared.models import Job, Worker, utcnow
 from shared.registry import ModelSpec
 from shared.settings import Settings
 
@@ -151,14 +163,38 @@ def select_to_dispatch(
     )
 
 
+def _teams_waiting(model: str) -> CTE:
+    """The teams with jobs waiting for ``model`` (column ``team_id``, a trailing NULL ends
+    it): a loose index scan of ix_jobs_waiting, one probe per such team, however many teams
+    exist. Reading the ``teams`` table instead costs a probe per team in the farm: with
+    20,000 teams that tick took ~1 s, most of it Postgres JIT-compiling the big plan."""
+
+    def next_team(after: ColumnElement[Any] | None) -> ScalarSelect[Any]:
+        jobs = aliased(Job)
+        query = select(jobs.team_id).where(
+            jobs.model == model,
+            jobs.status == JobStatus.QUEUED.value,
+            jobs.enqueued_at.is_(None),
+        )
+        if after is not None:
+            query = query.where(jobs.team_id > after)
+        # ORDER BY ... LIMIT 1, not min(): Postgres has no min() over uuid.
+        return query.order_by(jobs.team_id).limit(1).scalar_subquery()
+
+    teams = select(next_team(None).label("team_id")).cte("teams_waiting", recursive=True)
+    return teams.union_all(select(next_team(teams.c.team_id)).where(teams.c.team_id.is_not(None)))
+
+
 def _oldest_per_team(
     model: str, room: int, now: datetime
 ) -> Select[uuid.UUID, uuid.UUID, datetime]:
-    """Each team's ``room`` oldest waiting jobs: one index range scan per team.
+    """Each team's ``room`` oldest waiting jobs: one index range scan per team with jobs
+    waiting for ``model`` (``_teams_waiting``).
 
     A team never gets more than ``room``, so ranking these is the same as ranking the whole
     backlog, without reading it. Postgres only (LATERAL).
     """
+    teams = _teams_waiting(model)
     first, per_team = aliased(Job), aliased(Job)
     # enqueued_at is NULL in every matched row, so ordering by it changes nothing; but it
     # lets Postgres walk ix_jobs_dispatch in order instead of sorting the whole backlog.
@@ -175,7 +211,7 @@ def _oldest_per_team(
     team_jobs = (
         select(per_team.id, per_team.team_id, per_team.created_at)
         .where(
-            per_team.team_id == Team.id,
+            per_team.team_id == teams.c.team_id,
             per_team.created_at >= oldest,
             *waiting_clauses(per_team, model, now),
         )
@@ -184,7 +220,7 @@ def _oldest_per_team(
         .lateral("team_jobs")
     )
     return select(team_jobs.c.id, team_jobs.c.team_id, team_jobs.c.created_at).select_from(
-        Team.__table__.join(team_jobs, true())
+        teams.join(team_jobs, true())
     )
 
 

@@ -1,0 +1,119 @@
+"""The dispatcher's fair pick against the number of teams in the farm. Prints figures; never
+fails on time.
+
+    python bench/dispatch_pick.py                          # 100 vs 20,000 teams
+    python bench/dispatch_pick.py --teams 10,1000,100000 --jobs-per-team 50000
+
+Each tick, for each model with work, the dispatcher picks up to ``room`` waiting jobs
+round-robin across the teams that have some (worker/dispatcher.py, ``select_to_dispatch``).
+Most teams of a large farm have nothing waiting for a given model at a given moment, so the
+pick must cost what the *waiting* teams cost, not what the ``teams`` table holds. This
+builds, in a database of its own on the local PostgreSQL server, a farm with each number of
+teams of which ``--active-teams`` have ``--jobs-per-team`` jobs waiting, and times the
+locking pick (median of ``--repeat``, rolled back each time) side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from shared.migrate import upgrade  # noqa: E402
+from worker.dispatcher import select_to_dispatch  # noqa: E402
+
+SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
+MODEL = "tiny"
+
+
+def fill(url: str, teams: int, active: int, jobs_per_team: int) -> None:
+    """``teams`` teams (adding to those there), ``active`` of them with jobs waiting."""
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        have = conn.execute(text("SELECT count(*) FROM teams")).scalar_one()
+        conn.execute(
+            text(
+                "INSERT INTO teams (id, name, created_at) SELECT gen_random_uuid(), 'bench-' || g,"
+                " now() FROM generate_series(CAST(:first AS int), CAST(:last AS int)) g"
+            ),
+            {"first": have + 1, "last": teams},
+        )
+        if have == 0:
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (id, team_id, model, status, prompt, params, source_key,"
+                    " created_at, attempts) SELECT gen_random_uuid(), t.id, :model, 'queued',"
+                    " 'p', '{}'::json, 'k', now() - make_interval(secs => g), 0"
+                    " FROM (SELECT id FROM teams ORDER BY name LIMIT :active) t,"
+                    " generate_series(1, CAST(:jobs AS int)) g"
+                ),
+                {"model": MODEL, "active": active, "jobs": jobs_per_team},
+            )
+        conn.execute(text("ANALYZE"))
+    engine.dispose()
+
+
+def time_pick(url: str, room: int, repeat: int) -> tuple[float, int]:
+    """Median seconds of the locking pick, and how many jobs it picked."""
+    engine = create_engine(url)
+    seconds, picked = [], 0
+    try:
+        for _ in range(repeat + 1):  # the first one warms caches and the plan
+            with engine.connect() as conn, conn.begin() as tx:
+                query = select_to_dispatch(MODEL, room, datetime.now(UTC), lateral=True)
+                started = time.perf_counter()
+                picked = len(conn.execute(query).all())
+                seconds.append(time.perf_counter() - started)
+                tx.rollback()
+    finally:
+        engine.dispose()
+    return statistics.median(seconds[1:]), picked
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--teams", default="100,20000", help="farm sizes, ascending, comma-separated")
+    p.add_argument("--active-teams", type=int, default=3, help="teams with jobs waiting")
+    p.add_argument("--jobs-per-team", type=int, default=20_000)
+    p.add_argument("--room", type=int, default=64, help="jobs one tick may hand over")
+    p.add_argument("--repeat", type=int, default=5)
+    args = p.parse_args()
+    sizes = sorted(int(n) for n in args.teams.split(","))
+
+    name = f"imgfarm_bench_pick_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(f"{SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        url = f"{SERVER}/{name}"
+        upgrade(url)
+        print(
+            f"fair pick of {args.room} jobs, {args.active_teams} teams x "
+            f"{args.jobs_per_team:,} jobs waiting, median of {args.repeat}"
+        )
+        first = None
+        for teams in sizes:
+            fill(url, teams, args.active_teams, args.jobs_per_team)
+            seconds, picked = time_pick(url, args.room, args.repeat)
+            first = first or seconds
+            print(
+                f"  {teams:>9,} teams: {seconds * 1000:8.2f} ms, {picked} picked"
+                f"   ({seconds / first:.2f}x the smallest farm)"
+            )
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+if __name__ == "__main__":
+    main()
