@@ -15,6 +15,10 @@ from PIL import Image, UnidentifiedImageError
 from shared.errors import InvalidRequest
 
 OutputFormat = Literal["png", "jpeg", "webp"]
+# zlib level of PNG outputs, the worker's biggest CPU cost per image. On photographs
+# (bench/encode.py, 512²) level 1 encodes 3.3x faster than Pillow's default 6 for 10% more
+# bytes; 9 is 2.2x slower than 6 for 1% fewer. Lossless either way: pixels are the same.
+PNG_COMPRESS_LEVEL = 1
 # How a source is brought to the requested size: ``fit`` stretches to exactly width x height
 # (aspect ratio not kept); ``crop`` scales to cover and center-crops (the default); ``pad``
 # scales to fit inside and centers it on white (for inpaint models the padding is repainted).
@@ -162,10 +166,12 @@ def fit_crop(img: Image.Image, width: int, height: int) -> Image.Image:
     return resize_image(img, width, height, "crop")
 
 
-def encode_image(img: Image.Image, fmt: OutputFormat) -> bytes:
+def encode_image(
+    img: Image.Image, fmt: OutputFormat, png_compress_level: int = PNG_COMPRESS_LEVEL
+) -> bytes:
     buf = io.BytesIO()
     if fmt == "png":
-        img.save(buf, format="PNG")
+        img.save(buf, format="PNG", compress_level=png_compress_level)
     elif fmt == "jpeg":
         img.convert("RGB").save(buf, format="JPEG", quality=92)
     else:

@@ -51,3 +51,15 @@ def test_fit_crop_gives_exact_size_keeping_center():
 def test_encode_formats(fmt, pil_format):
     data = encode_image(Image.new("RGB", (32, 24)), fmt)
     assert Image.open(io.BytesIO(data)).format == pil_format
+
+
+def test_png_compress_level_trades_bytes_for_time_never_pixels():
+    # A smooth gradient with some texture: compressible, unlike random noise.
+    img = Image.radial_gradient("L").convert("RGB").resize((128, 128))
+    img.paste(Image.effect_noise((32, 32), 40).convert("RGB"), (48, 48))
+    stored = encode_image(img, "png", png_compress_level=0)
+    fast = encode_image(img, "png", png_compress_level=1)
+    small = encode_image(img, "png", png_compress_level=9)
+    assert len(stored) > len(fast) >= len(small), "the level reaches zlib"
+    for data in (stored, fast, small):
+        assert Image.open(io.BytesIO(data)).tobytes() == img.tobytes()
