@@ -7,8 +7,9 @@
 #   1. bench/worker_path.py --device cuda: (a) run_pipeline and (b) render_batch at batch 16,
 #      then (c) the pipelined worker at depths 1 and 3 (alternating, 2 rounds), the model
 #      loaded and warmed on the DeviceLane; `nvidia-smi dmon` samples the GPU meanwhile
-#   2. bench/gpu_throughput.py --only-variants --variants inductor, with the time left:
-#      SD1.5 bs=16 compiled with AccelOptions.inductor_tuning on, then off (same process)
+#   2. bench/gpu_throughput.py --only-variants --variants cudnn_attention,inductor, with the
+#      time left: SD1.5 bs=16 compiled with AccelOptions.attention "cudnn", then without
+#      any variant, then with AccelOptions.inductor_tuning (same process)
 # A summary of both JSON files is printed last (the tool returns the output's tail).
 #
 # Files under $OUT (8 at most come back): session.log, nvidia-smi.csv, dmon.log,
@@ -190,14 +191,14 @@ timeout -k 10 "$T" "$PY" bench/worker_path.py --device "$DEVICE" "${SMOKE[@]}" \
   --workdir "$WORK" --json "$OUT/worker_path.json" >"$OUT/worker_path.log" 2>&1
 ended 1 $?
 
-# --- 2. the inductor tuning flags, on against off -----------------------------------------
+# --- 2. cuDNN attention first, and the inductor tuning flags, each against neither ---------
 T=$(slot 600)
 if [ "$T" -ge 120 ] || [ "$MODE" = cpu-smoke ]; then
-  say "2. bench/gpu_throughput.py --only-variants --variants inductor (${T} s)"
+  say "2. bench/gpu_throughput.py --only-variants --variants cudnn_attention,inductor (${T} s)"
   # No --budget-s: the compile of each variant either finishes or the timeout ends it; the
   # JSON is rewritten after each variant, so the first one's figure survives the second.
   timeout -k 10 "$T" "$PY" bench/gpu_throughput.py --device "$DEVICE" "${SMOKE[@]}" \
-    --only-variants --variants inductor --json "$OUT/gpu_throughput.json" \
+    --only-variants --variants cudnn_attention,inductor --json "$OUT/gpu_throughput.json" \
     >"$OUT/gpu_throughput.log" 2>&1
   ended 2 $?
 else
@@ -251,7 +252,8 @@ if gt.exists():
             f"gpu_throughput: {m['label']} bs={m['batch_size']}: {m['images_per_s']} img/s, "
             f"warm-up {m['first_call_s']} s, compiled {m['compiled']}, error {m['error']}"
         )
-    print(f"  inductor on/off: {d.get('variants', {}).get('inductor')}")
+    for name, c in d.get("variants", {}).items():
+        print(f"  {name} on/off: {c}")
     print(f"  skipped: {d.get('skipped')}, elapsed {d.get('elapsed_s')} s")
 else:
     print("gpu_throughput: no JSON")

@@ -8,12 +8,14 @@ Full-size SD1.5 with random weights (bench/sd15_config.py), 512x512 img2img:
 Prints images/s, the speedup (b)/(a), achieved TFLOP/s and the fraction of the bf16 peak.
 Never passes or fails on time; exits non-zero only when a workload got no figure at all.
 
-``--variants inductor`` then compiles the farm path with ``AccelOptions.inductor_tuning`` on
-and off at one batch size in the same process (on CUDA only: on the CPU nothing compiles);
-``--only-variants`` measures that alone, for a short device lease.
+``--variants inductor,cudnn_attention`` then compiles the farm path at one batch size with
+each variant's one change to ``AccelOptions`` (VARIANTS), and once without any of them
+("off", after the first variant), in the same process; each variant is compared with "off"
+(CUDA only: on the CPU nothing compiles). ``--only-variants`` measures them alone, for a
+short device lease.
 
     python bench/gpu_throughput.py --device cuda --json out.json --budget-s 390
-    python bench/gpu_throughput.py --device cuda --only-variants --variants inductor
+    python bench/gpu_throughput.py --device cuda --only-variants --variants cudnn_attention
     python bench/gpu_throughput.py --device cpu --smoke     # same code, tiny model, seconds
 """
 
@@ -57,8 +59,15 @@ TEXT_TFLOP_PER_PROMPT = 0.013
 # An 8192³ bf16 matmul on this workplace's H200: the practical ceiling, not the datasheet's.
 BF16_PEAK_TFLOPS = 790.0
 PROMPT = "a product photo of a red sneaker on a white table, soft studio light"
-# Opt-in comparisons (--variants), each measured on and off in the same process.
-VARIANTS = ("inductor",)
+# Opt-in comparisons (--variants): name -> (its change to the compiled farm path, a guess
+# of its warm-up + timing in seconds for the budget). "Off" is measured once, after them.
+VARIANTS: dict[str, tuple[dict[str, Any], float]] = {
+    # Coordinate descent benchmarks each generated kernel's block sizes while compiling:
+    # about three times the plain compile's ~50 s at batch 16.
+    "inductor": ({"inductor_tuning": True}, 240.0),
+    "cudnn_attention": ({"attention": "cudnn"}, 120.0),
+}
+OFF = "off"
 
 
 @dataclass(frozen=True)
@@ -167,7 +176,9 @@ class Bench:
             "results": [dataclasses.asdict(m) for m in self.results],
             "skipped": self.skipped,
             "summary": summarize(self.results, self.args.smoke),
-            "variants": {"inductor": inductor_comparison(self.results)},
+            "variants": {
+                name: variant_comparison(self.results, name) for name in self.args.variants
+            },
         }
         path = Path(self.args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -336,13 +347,14 @@ def print_summary(results: list[Measurement], workloads: list[Workload], smoke: 
                 f"[{wl.name}] (b) achieved {s['b_tflops']} TFLOP/s = "
                 f"{100 * s['b_fraction_of_peak']:.1f}% of {BF16_PEAK_TFLOPS:.0f} TFLOP/s bf16 peak"
             )
-    c = inductor_comparison(results)
-    if c:
-        log(
-            f"[sd15] inductor tuning bs={c['batch_size']}: on {c['on_images_per_s']} images/s "
-            f"(warm-up {c['on_warmup_s']} s), off {c['off_images_per_s']} images/s (warm-up "
-            f"{c['off_warmup_s']} s): on/off {c['on_over_off']}x"
-        )
+    for name in VARIANTS:
+        c = variant_comparison(results, name)
+        if c:
+            log(
+                f"[sd15] variant {name} bs={c['batch_size']}: on {c['on_images_per_s']} images/s"
+                f" (warm-up {c['on_warmup_s']} s), off {c['off_images_per_s']} images/s"
+                f" (warm-up {c['off_warmup_s']} s): on/off {c['on_over_off']}x"
+            )
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -410,8 +422,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--variants",
         default="",
-        help="same-run comparisons after the plan, comma-separated (none by default):\n"
-        "inductor = the farm path compiled with AccelOptions.inductor_tuning on, then off",
+        help="same-run comparisons after the plan, comma-separated (none by default): the\n"
+        "farm path compiled with one change each, then without: inductor = AccelOptions.\n"
+        "inductor_tuning, cudnn_attention = AccelOptions.attention 'cudnn'",
     )
     p.add_argument("--variant-batch", type=int, default=None, help="sd15 batch for them (16)")
     p.add_argument(
@@ -501,13 +514,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.variants:
         log(f"\n== variants: {', '.join(args.variants)} (sd15 bs={args.variant_batch}) ==")
-    if "inductor" in args.variants:
+    if args.variants:
         if compiles:
-            _inductor_variant(bench, pipe, sd15, eager, eager_label, args)
+            _variants(bench, pipe, sd15, eager, eager_label, args)
         else:
-            # Nothing compiles on the CPU (or with --no-compile): the option has no effect there.
-            log("  inductor variant skipped: it needs torch.compile on CUDA")
-            bench.skipped.append("inductor variant (needs torch.compile on CUDA)")
+            # Nothing compiles on the CPU (or with --no-compile); the attention order is a
+            # CUDA flag: the variants have no effect there.
+            log("  variants skipped: they need torch.compile on CUDA")
+            bench.skipped.append(
+                f"variants {', '.join(args.variants)} (need torch.compile on CUDA)"
+            )
 
     print_summary(bench.results, workloads, args.smoke)
     bench.dump()
@@ -654,7 +670,7 @@ def _compiled_steps(
         )
 
 
-def _inductor_variant(
+def _variants(
     bench: Bench,
     pipe: Any,
     sd15: Workload,
@@ -662,20 +678,21 @@ def _inductor_variant(
     eager_label: str,
     args: argparse.Namespace,
 ) -> None:
-    """The farm path (UNet and VAE compiled) with ``AccelOptions.inductor_tuning`` on, then
-    off, at one batch size in this process. On goes first, being the unknown: if the budget
-    ends after it, the off figure on record (11.9 images/s at 16) still compares."""
+    """The farm path (UNet and VAE compiled) with each of ``args.variants``' changes, and
+    without any ("off"), at one batch size in this process. Order: the first variant (the
+    unknown), then off, then the others, so a lease that ends early still has one pair."""
     off = dataclasses.replace(eager, compile=True, compile_vae=True)
-    on = dataclasses.replace(off, inductor_tuning=True)
     label = f"{eager_label}+compile(unet,vae)"
     bs = args.variant_batch
-    # Coordinate descent benchmarks every generated kernel's block sizes while compiling:
-    # guess the warm-up at three times the plain compile's ~50 s at batch 16.
-    for opts, tag, est_s in [(on, "+inductor_tuning", 240.0), (off, "", 120.0)]:
+    runs = [(name, *VARIANTS[name]) for name in args.variants]
+    runs.insert(1, (OFF, {}, 120.0))
+    for name, change, est_s in runs:
+        opts = dataclasses.replace(off, **change)
+        tag = "".join(f"+{k}={v}" for k, v in change.items())
         bench.step(
-            f"sd15 {label}{tag} bs={bs} (inductor variant)",
+            f"sd15 {label}{tag} bs={bs} (variant {name})",
             est_s,
-            partial(_as_variant, "inductor", _compiled, pipe, sd15, label + tag, opts, bs, args),
+            partial(_as_variant, name, _compiled, pipe, sd15, label + tag, opts, bs, args),
         )
 
 
@@ -685,11 +702,14 @@ def _as_variant(name: str, fn: Callable[..., Measurement], *args: Any) -> Measur
     return m
 
 
-def inductor_comparison(results: list[Measurement]) -> dict[str, Any] | None:
-    """The inductor variant's last on and off figures, once both were measured."""
-    mine = [m for m in results if m.options.get("variant") == "inductor" and m.error is None]
-    on = next((m for m in reversed(mine) if m.options.get("inductor_tuning")), None)
-    off = next((m for m in reversed(mine) if not m.options.get("inductor_tuning")), None)
+def variant_comparison(results: list[Measurement], name: str) -> dict[str, Any] | None:
+    """A variant's last figure against the last "off" one, once both were measured."""
+
+    def last(variant: str) -> Measurement | None:
+        ok = [m for m in results if m.options.get("variant") == variant and m.error is None]
+        return ok[-1] if ok and ok[-1].images_per_s else None
+
+    on, off = last(name), last(OFF)
     if on is None or off is None or not (on.images_per_s and off.images_per_s):
         return None
     return {
@@ -697,7 +717,7 @@ def inductor_comparison(results: list[Measurement]) -> dict[str, Any] | None:
         "on_images_per_s": on.images_per_s,
         "off_images_per_s": off.images_per_s,
         "on_over_off": round(on.images_per_s / off.images_per_s, 3),
-        # Warm-up = compile + first call; the second variant may reuse the first's kernels.
+        # Warm-up = compile + first call; a later compile may reuse an earlier one's kernels.
         "on_warmup_s": on.first_call_s,
         "off_warmup_s": off.first_call_s,
         "on_compiled": on.compiled,

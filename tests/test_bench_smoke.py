@@ -22,7 +22,7 @@ def test_gpu_throughput_smoke_prints_images_per_second(tmp_path: Path) -> None:
             "cpu",
             "--smoke",
             "--variants",
-            "inductor",
+            "inductor,cudnn_attention",
             "--json",
             str(json_path),
         ],
@@ -43,45 +43,52 @@ def test_gpu_throughput_smoke_prints_images_per_second(tmp_path: Path) -> None:
     summary = data["summary"]
     assert summary["sd15"]["a_images_per_s"] == figures[("sd15", "a")]
     assert summary["turbo"]["b_images_per_s"] == figures[("turbo", "b")]
-    # Nothing compiles on the CPU: the inductor variant is skipped, and says so.
-    assert data["variants"] == {"inductor": None}
-    assert data["skipped"] == ["inductor variant (needs torch.compile on CUDA)"]
+    # Nothing compiles on the CPU: the variants are skipped, and say so.
+    assert data["variants"] == {"inductor": None, "cudnn_attention": None}
+    assert data["skipped"] == ["variants inductor, cudnn_attention (need torch.compile on CUDA)"]
 
 
-def test_inductor_variant_measures_tuning_on_then_off(monkeypatch):
-    """The variant compiles the farm path twice in one process, tuning on first, and pairs
-    the two figures; the compile itself (CUDA only) is stubbed out here."""
+def test_variants_each_change_one_option_and_compare_with_off(monkeypatch):
+    """Each variant compiles the farm path with its one change, "off" compiles it without
+    (second, so a short lease still gets a pair), in one process; each pairs with "off".
+    The compile itself (CUDA only) is stubbed."""
     import dataclasses
 
     from bench import gpu_throughput as gt
 
-    args = gt.parse_args(["--device", "cpu", "--smoke", "--variants", "inductor"])
+    args = gt.parse_args(["--device", "cpu", "--smoke", "--variants", "cudnn_attention,inductor"])
     bench = gt.Bench(args, env={})
-    calls: list[tuple[str, bool]] = []
+    calls: list[tuple[str, bool, str]] = []
+    rates = {"cudnn_attention": 1.8, "inductor": 2.0, "off": 1.6}
 
     def fake_compiled(pipe, wl, label, opts, bs, args) -> gt.Measurement:
-        calls.append((label, opts.inductor_tuning))
+        calls.append((label, opts.inductor_tuning, opts.attention))
         assert opts.compile and opts.compile_vae and bs == args.variant_batch
-        ips = 2.0 if opts.inductor_tuning else 1.6
+        name = (
+            "inductor"
+            if opts.inductor_tuning
+            else ("cudnn_attention" if opts.attention == "cudnn" else "off")
+        )
         return gt.Measurement(
             workload=wl.name,
             variant="b",
             label=label,
             batch_size=bs,
             options=dataclasses.asdict(opts),
-            images_per_s=ips,
-            first_call_s=9.0 if opts.inductor_tuning else 3.0,
+            images_per_s=rates[name],
+            first_call_s=9.0 if name == "inductor" else 3.0,
             compiled=True,
         )
 
     monkeypatch.setattr(gt, "_compiled", fake_compiled)
     eager = gt.AccelOptions(device="cpu", dtype="float32")
-    gt._inductor_variant(bench, None, gt.SD15_SMOKE, eager, "fp32", args)
+    gt._variants(bench, None, gt.SD15_SMOKE, eager, "fp32", args)
     assert calls == [
-        ("fp32+compile(unet,vae)+inductor_tuning", True),
-        ("fp32+compile(unet,vae)", False),
+        ("fp32+compile(unet,vae)+attention=cudnn", False, "cudnn"),
+        ("fp32+compile(unet,vae)", False, "default"),
+        ("fp32+compile(unet,vae)+inductor_tuning=True", True, "default"),
     ]
-    assert gt.inductor_comparison(bench.results) == {
+    assert gt.variant_comparison(bench.results, "inductor") == {
         "batch_size": 2,
         "on_images_per_s": 2.0,
         "off_images_per_s": 1.6,
@@ -91,3 +98,4 @@ def test_inductor_variant_measures_tuning_on_then_off(monkeypatch):
         "on_compiled": True,
         "off_compiled": True,
     }
+    assert gt.variant_comparison(bench.results, "cudnn_attention")["on_over_off"] == 1.125

@@ -70,7 +70,7 @@ def test_worker_path_smoke_reports_every_path(tmp_path: Path) -> None:
 
 def test_gpu_session_script_runs_its_steps_on_the_cpu(tmp_path: Path) -> None:
     """bench/gpu_session.sh --cpu-smoke: the device run's steps, flags and summary, on the
-    CPU with the tiny model (the inductor variant is skipped there: nothing compiles)."""
+    CPU with the tiny model (the variants are skipped there: nothing compiles)."""
     out = tmp_path / "out"
     env = {
         **os.environ,
@@ -94,6 +94,6 @@ def test_gpu_session_script_runs_its_steps_on_the_cpu(tmp_path: Path) -> None:
     assert not data["errors"], data["errors"]
     assert set(data["summary"]["pipelined"]["by_depth"]) == {"1", "3"}
     throughput = json.loads((out / "gpu_throughput.json").read_text())
-    assert throughput["variants"] == {"inductor": None}
+    assert throughput["variants"] == {"cudnn_attention": None, "inductor": None}
     # What comes back from the device: at most 8 files, plain names.
     assert len(list(out.iterdir())) <= 8

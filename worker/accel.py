@@ -28,6 +28,10 @@ DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
 }
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune")
+# Which scaled-dot-product-attention kernel torch tries first (AccelOptions.attention), and
+# torch's own order as this module found it ("default" puts it back).
+ATTENTION_FIRST = ("default", "cudnn")
+_TORCH_ATTENTION_ORDER: list[int] = list(torch._C._get_sdp_priority_order())
 # Set for the compile of the UNet and VAE when ``AccelOptions.inductor_tuning`` is on: 1x1
 # convolutions as matmuls (set process-wide anyway, see _compile), coordinate descent over
 # each generated kernel's block sizes (in every direction), and no fusion of pointwise
@@ -77,6 +81,13 @@ class AccelOptions:
     # coordinate descent benchmarks each kernel's block sizes, so warm-up takes longer.
     # bench/gpu_throughput.py --variants inductor measures it on against off.
     inductor_tuning: bool = False
+    # The SDPA kernel tried first, CUDA only. torch's own order is flash, memory-efficient,
+    # math, cuDNN, so cuDNN's attention is never picked unless asked for; "cudnn" puts it
+    # first and keeps the others behind it for what it does not support. ONNX Runtime
+    # prefers cuDNN's kernel on Hopper (SM90) for fp16/bf16; SD1.5's attention has 40-wide
+    # heads at 4,096 tokens, a shape FlashAttention-2 pads. Off until measured on our GPU:
+    # bench/gpu_throughput.py --variants cudnn_attention.
+    attention: str = "default"
     # Process-wide backend flags (one worker process serves one model, so global is fine).
     # TF32 matters only to fp32 pipelines; cudnn.benchmark showed no eager gain beyond
     # noise in bf16 on the H200, but served shapes are fixed, so its search is paid once.
@@ -86,6 +97,8 @@ class AccelOptions:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.attention not in ATTENTION_FIRST:
+            raise ValueError(f"attention must be one of {ATTENTION_FIRST}, got {self.attention!r}")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(
                 f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}"
@@ -130,6 +143,23 @@ def set_backend_flags(opts: AccelOptions) -> None:
     torch.backends.cudnn.allow_tf32 = opts.tf32
     # The served shapes are fixed per worker, so cuDNN's one-time search per shape pays back.
     torch.backends.cudnn.benchmark = opts.cudnn_benchmark
+    set_attention_first(opts.attention)
+
+
+def set_attention_first(first: str) -> None:
+    """Put ``first``'s SDPA kernel ahead of the others ("default": torch's own order).
+
+    Process-wide, and read when attention is traced: set it before compiling. Uses the
+    setter behind ``torch.nn.attention.sdpa_kernel(..., set_priority=True)``, which only
+    exists as a context manager; a worker wants it for its whole life.
+    """
+    from torch.nn.attention import SDPBackend
+
+    order = list(_TORCH_ATTENTION_ORDER)
+    if first == "cudnn":
+        cudnn = SDPBackend.CUDNN_ATTENTION.value
+        order = [cudnn, *(b for b in order if b != cudnn)]
+    torch._C._set_sdp_priority_order(order)
 
 
 def optimize_pipeline(pipe: Any, opts: AccelOptions) -> Any:

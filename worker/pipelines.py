@@ -110,6 +110,8 @@ def accel_options(spec: ModelSpec, device: str, dtype: Any) -> Any:
         compile=bool(spec.options.get("compile", best.compile)) and on_gpu,
         # Applies only when compiling; off by default until measured (worker/accel.py).
         inductor_tuning=bool(spec.options.get("inductor_tuning", best.inductor_tuning)) and on_gpu,
+        # CUDA only, like the other process-wide flags; off by default until measured.
+        attention=str(spec.options.get("attention", best.attention)) if on_gpu else "default",
         vae_tiling=bool(spec.options.get("vae_tiling", False)),
         # Fused QKV weights cost the CPU's oneDNN ~10 s of first-call setup per shape
         # for no gain at tiny sizes; on CUDA it saves a GEMM per attention.

@@ -406,6 +406,32 @@ def test_inductor_tuning_is_set_only_when_compiling_on_cuda(monkeypatch):
     assert accel_options(BUILTINS["tiny"], "cuda", torch.bfloat16).inductor_tuning is False
 
 
+def test_attention_first_puts_cudnn_ahead_and_default_restores_torchs_order(monkeypatch):
+    import torch
+    from torch.nn.attention import SDPBackend
+
+    from worker.pipelines import accel_options
+
+    torch_order = torch._C._get_sdp_priority_order()
+    try:
+        accel.set_attention_first("cudnn")
+        order = torch._C._get_sdp_priority_order()
+        assert order[0] == SDPBackend.CUDNN_ATTENTION.value
+        assert sorted(order) == sorted(torch_order), "the others stay, behind it"
+        accel.set_attention_first("default")
+        assert torch._C._get_sdp_priority_order() == torch_order
+    finally:
+        torch._C._set_sdp_priority_order(torch_order)
+    with pytest.raises(ValueError, match="attention must be one of"):
+        accel.AccelOptions(attention="xformers")
+    # The registry's override, like `compile`; never on the CPU (CUDA faked: no GPU here).
+    monkeypatch.setattr(accel, "resolve_device", lambda name: name)
+    spec = dataclasses.replace(BUILTINS["tiny"], options={"attention": "cudnn"})
+    assert accel_options(spec, "cuda", torch.bfloat16).attention == "cudnn"
+    assert accel_options(spec, "cpu", torch.float32).attention == "default"
+    assert accel_options(BUILTINS["tiny"], "cuda", torch.bfloat16).attention == "default"
+
+
 @pytest.mark.parametrize(
     "buckets,guidance,extra",
     [
