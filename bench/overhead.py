@@ -5,6 +5,8 @@ on time.
     python bench/overhead.py                      # 2,000 jobs, S3 on moto_server
     python bench/overhead.py --jobs 500 --storage file --latency-jobs 20
     TMPDIR=/dev/shm python bench/overhead.py --storage file --rounds 3   # objects in RAM
+    python bench/overhead.py --source-size 1024 --rounds 2 \
+        --compare-env IMGFARM_WORKER_PREPARED_CACHE_BYTES=0     # a worker setting's effect
 
 Storage is part of every job (one GET of the source, one PUT of the output), so its cost is
 in the farm's figure: moto_server is a Python server sharing the machine's CPUs, and a local
@@ -27,6 +29,9 @@ and real ``imgfarm api``, ``imgfarm dispatcher`` and ``imgfarm worker --model ec
 * latency: single jobs through ``POST /v1/jobs``, one at a time with the worker idle;
   ``started_at - created_at`` of each job row (api commit → NOTIFY → dispatcher → Redis →
   worker claim), and the same for a raw Celery task (send → task running).
+* ``--compare-env NAME=VALUE``: every round also runs the farm with the worker restarted
+  with that variable ("farm B"), in alternating order (A B, B A, ...) so that neither
+  always runs first; both rows come from the same services in the same run.
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -247,54 +253,105 @@ def best_of(runs: list[tuple[int, float]]) -> tuple[int, float]:
     return max(runs, key=lambda r: (r[0], -r[1]))
 
 
+@dataclass
+class Variant:
+    """One way of running the farm's worker (its extra environment), with its rounds."""
+
+    name: str
+    env: dict[str, str]
+    runs: list[tuple[int, float]] = field(default_factory=list)
+    cpu: Counter[str] = field(default_factory=Counter)
+
+
+def variants(args: argparse.Namespace) -> list[Variant]:
+    """The worker as configured, and with ``--compare-env`` if given."""
+    if args.compare_env is None:
+        return [Variant("farm", {})]
+    name, _, value = args.compare_env.partition("=")
+    return [Variant("farm", {}), Variant("farm B", {name: value})]
+
+
+def restart_worker(farm: Farm, variant: Variant, warm_up: Callable[[], object]) -> None:
+    """Replace the echo worker by one with ``variant``'s environment, ready and warm."""
+    farm.stop("worker")
+    log = f"worker-{uuid.uuid4().hex[:6]}.log"  # its own log: the ready line is its own
+    worker = farm.start(
+        "worker", ["worker", "--model", MODEL], ready=" ready.", env=variant.env, log=log
+    )
+    worker.wait_log(" ready.", timeout=120)
+    warm_up()
+
+
 def measure(farm: Farm, args: argparse.Namespace) -> int:
     headers = {"Authorization": f"Bearer {farm.api_key}"}
+    configs = variants(args)
+    raw = Variant("raw Celery", {})
+    missing = 0
     with httpx.Client(base_url=farm.api_url, headers=headers, timeout=30) as client:
         upload_id = upload_source(client, args.source_size)
-        # warm-up: connections, imports and the first batch's plans on both sides
-        farm_round_trip(farm, client, upload_id, min(64, args.jobs), args.size, args.timeout)
-        raw_celery_round_trips(farm, min(64, args.jobs), args.timeout)
 
-        raw_runs: list[tuple[int, float]] = []
-        farm_runs: list[tuple[int, float]] = []
-        raw_cpu: Counter[str] = Counter()
-        farm_cpu: Counter[str] = Counter()
-        missing = 0
-        for _ in range(args.rounds):
+        def warm_up() -> None:  # connections, imports and the first batch's plans
+            farm_round_trip(farm, client, upload_id, min(64, args.jobs), args.size, args.timeout)
+
+        warm_up()
+        raw_celery_round_trips(farm, min(64, args.jobs), args.timeout)
+        running = configs[0]
+        for round_ in range(args.rounds):
             before = cpu_snapshot(farm)
-            raw_runs.append(raw_celery_round_trips(farm, args.jobs, args.timeout))
-            middle = cpu_snapshot(farm)
-            done, seconds, batch_id = farm_round_trip(
-                farm, client, upload_id, args.jobs, args.size, args.timeout
-            )
-            raw_cpu += cpu_used(before, middle)
-            farm_cpu += cpu_used(middle, cpu_snapshot(farm))
-            farm_runs.append((done, seconds))
-            missing += missing_outputs(farm, batch_id)
+            raw.runs.append(raw_celery_round_trips(farm, args.jobs, args.timeout))
+            raw.cpu += cpu_used(before, cpu_snapshot(farm))
+            for config in configs if round_ % 2 == 0 else configs[::-1]:
+                if config is not running:
+                    restart_worker(farm, config, warm_up)
+                    running = config
+                before = cpu_snapshot(farm)
+                done, seconds, batch_id = farm_round_trip(
+                    farm, client, upload_id, args.jobs, args.size, args.timeout
+                )
+                config.cpu += cpu_used(before, cpu_snapshot(farm))
+                config.runs.append((done, seconds))
+                missing += missing_outputs(farm, batch_id)
+        if running is not configs[0]:
+            restart_worker(farm, configs[0], warm_up)
         farm_lat = farm_latency(
             farm, client, upload_id, args.latency_jobs, args.size, args.latency_gap
         )
     raw_lat = raw_celery_latency(farm, args.latency_jobs, args.latency_gap)
-
-    raw_done, raw_s = best_of(raw_runs)
-    farm_done, farm_s = best_of(farm_runs)
-    raw_rate, farm_rate = raw_done / raw_s, farm_done / farm_s
-    print(f"== throughput: {args.jobs:,} jobs, best of {args.rounds} ==")
-    print(rate_line("raw Celery", raw_done, args.jobs, raw_s))
-    print(rate_line("farm", farm_done, args.jobs, farm_s))
-    print(f"  ratio       farm / raw Celery = {farm_rate / raw_rate:.1%} (target >= 50%)")
-    if args.rounds > 1:
-        print(f"  each round  raw Celery {rounds_line(raw_runs)}; farm {rounds_line(farm_runs)}")
-    print(f"  outputs     {missing} succeeded job(s) without their output in storage")
-    total = args.jobs * args.rounds
-    print("== CPU ms per job, by process (all rounds) ==")
-    print(cpu_line("raw Celery", raw_cpu, total, ("noop worker", "redis")))
-    farm_names = ("worker", "dispatcher", "api", "postgres", "redis", "moto")
-    print(cpu_line("farm", farm_cpu, total, farm_names[: 6 if "moto" in farm.pids else 5]))
+    report(farm, args, raw, configs, missing)
     print("== queued -> running latency, idle worker ==")
     print(latency_line("farm", farm_lat))
     print(latency_line("raw Celery", raw_lat))
     return 0
+
+
+def report(
+    farm: Farm, args: argparse.Namespace, raw: Variant, configs: list[Variant], missing: int
+) -> None:
+    """Throughput (best round of each) and CPU per job (all rounds) of raw Celery and the farm."""
+    raw_done, raw_s = best_of(raw.runs)
+    print(f"== throughput: {args.jobs:,} jobs, best of {args.rounds} ==")
+    print(rate_line("raw Celery", raw_done, args.jobs, raw_s))
+    for config in configs:
+        done, seconds = best_of(config.runs)
+        print(rate_line(config.name, done, args.jobs, seconds))
+    farm_done, farm_s = best_of(configs[0].runs)
+    ratio = (farm_done / farm_s) / (raw_done / raw_s)
+    print(f"  ratio       farm / raw Celery = {ratio:.1%} (target >= 50%)")
+    if len(configs) > 1:
+        b_done, b_s = best_of(configs[1].runs)
+        ratio_b = (b_done / b_s) / (farm_done / farm_s)
+        print(f"  farm B      the worker with {args.compare_env}: {ratio_b:.1%} of farm's jobs/s")
+    if args.rounds > 1:
+        rounds = "; ".join(f"{c.name} {rounds_line(c.runs)}" for c in [raw, *configs])
+        print(f"  each round  {rounds}")
+    print(f"  outputs     {missing} succeeded job(s) without their output in storage")
+    total = args.jobs * args.rounds
+    print("== CPU ms per job, by process (all rounds) ==")
+    print(cpu_line("raw Celery", raw.cpu, total, ("noop worker", "redis")))
+    processes = ("worker", "dispatcher", "api", "postgres", "redis", "moto")
+    names = processes if "moto" in farm.pids else processes[:5]
+    for config in configs:
+        print(cpu_line(config.name, config.cpu, total, names))
 
 
 def describe(farm: Farm, args: argparse.Namespace) -> None:
@@ -320,10 +377,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--storage", choices=("s3", "file"), default="s3")
     p.add_argument("--timeout", type=float, default=600, help="give up on a run after this")
     p.add_argument("--logs", type=Path, help="keep the processes' logs in this folder")
+    p.add_argument(
+        "--compare-env",
+        metavar="NAME=VALUE",
+        help="also run each round with the worker restarted with this variable (farm B)",
+    )
     p.add_argument("--noop-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if not 1 <= args.jobs <= 10_000:
         p.error("--jobs must be 1..10,000 (one batch)")
+    if args.compare_env is not None and "=" not in args.compare_env:
+        p.error("--compare-env takes NAME=VALUE")
     return args
 
 

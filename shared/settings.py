@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     # Memory per worker for fetched source bytes (one photo, many prompts and variants:
     # fetched once). 0 turns the cache off.
     worker_source_cache_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
+    # Memory per worker for prepared inputs: sources decoded and resized to an output size
+    # (pixel bytes; one photo at one size: decoded and resized once). 0 turns the cache off.
+    worker_prepared_cache_bytes: int = Field(default=128 * 1024 * 1024, ge=0)
     dispatch_poll_seconds: float = 1.0
     # A handed-over job still queued after this long was lost with a Redis restart: resend.
     redispatch_seconds: int = 600

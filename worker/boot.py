@@ -25,9 +25,11 @@ from worker.metrics import (
     device_busy_recorder,
     device_wait_recorder,
     install_worker_metrics,
+    prepared_cache_recorder,
     source_cache_recorder,
 )
 from worker.pipelines import load_model
+from worker.prepared_cache import PreparedCache
 from worker.source_cache import CachingStorage
 from worker.tasks import register_tasks
 
@@ -59,6 +61,9 @@ def build_worker(settings: Settings, alias: str) -> tuple[Celery, WorkerContext]
         name=worker_name(alias),
         device=device,
         io=ThreadPoolExecutor(settings.worker_io_threads, thread_name_prefix="imgfarm-io"),
+        prepared=PreparedCache(
+            settings.worker_prepared_cache_bytes, on_lookup=prepared_cache_recorder(alias)
+        ),
     )
     app = make_celery(settings, "imgfarm-worker")
     register_tasks(app, ctx)

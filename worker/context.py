@@ -13,6 +13,7 @@ from shared.settings import Settings
 from shared.storage import Storage
 from worker.device import DeviceLane
 from worker.pipelines import LoadedModel
+from worker.prepared_cache import PreparedCache
 
 
 @dataclass
@@ -69,6 +70,9 @@ class WorkerContext:
     io: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(8, thread_name_prefix="imgfarm-io")
     )
+    # Decoded, resized sources by source and size (worker/prepared_cache.py); boot sizes it,
+    # the default keeps nothing.
+    prepared: PreparedCache = field(default_factory=lambda: PreparedCache(0))
 
     def close(self) -> None:
         self.device.shutdown()

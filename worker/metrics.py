@@ -332,3 +332,18 @@ def install_worker_metrics(
     metrics.connect()
     metrics.server = start_metrics_server(settings)
     return metrics
+
+
+# A sibling of SOURCE_CACHE rather than a label on it: that counter's series stay as they were.
+PREPARED_CACHE = Counter(
+    "imgfarm_worker_prepared_cache_lookups_total",
+    "Prepared inputs (a source decoded and resized to an output size, with its conditioning) "
+    "reused from the worker's memory (hit) or prepared again (miss).",
+    ["model", "result"],
+)
+
+
+def prepared_cache_recorder(model: str) -> Callable[[bool], None]:
+    """The prepared cache's ``on_lookup``: count hits and misses of this model's worker."""
+    hit, miss = PREPARED_CACHE.labels(model, "hit"), PREPARED_CACHE.labels(model, "miss")
+    return lambda was_hit: (hit if was_hit else miss).inc()

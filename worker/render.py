@@ -8,7 +8,8 @@ Steps 1-2 and 4-5 are CPU and network work, step 3 is the GPU's: the render task
 
 Per model kind, step 2 also derives what the pipeline is conditioned on (an inpaint keep
 mask, canny edges) and step 3 pastes an inpaint job's kept pixels back; ``echo`` skips the
-pipeline and returns the resized source.
+pipeline and returns the resized source. Step 2's images are cached per source, size and
+kind (worker/prepared_cache.py): one photo x many prompts is decoded and resized once.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from shared.storage import Storage, output_key
 from worker.canny import DEFAULT_HIGH, DEFAULT_LOW, canny_edges
 from worker.masks import keep_mask, paste_kept, repaint_mask
 from worker.pipelines import LoadedModel, kind_inputs
+from worker.prepared_cache import PreparedCache, PreparedInputs, PreparedKey
+from worker.source_cache import content_addressed
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class RenderItem:
 
     ``keep`` (inpaint): mode L, 255 where the source's pixels are kept (worker/masks.py).
     ``control`` (controlnet-canny): the canny edges of ``source`` the render follows.
+    The images may be shared with other jobs (worker/prepared_cache.py): never change them
+    in place, make new ones.
     """
 
     job: Job
@@ -71,24 +76,58 @@ def check_inputs(model: LoadedModel, params: RenderParams) -> None:
         raise PermanentRenderError("strength x steps leaves no denoising step")
 
 
-def prepare(model: LoadedModel, storage: Storage, job: Job) -> RenderItem:
+def prepare(
+    model: LoadedModel, storage: Storage, job: Job, cache: PreparedCache | None = None
+) -> RenderItem:
     """Steps 1 and 2 for one job: its params checked, its source (and mask) fetched and
-    brought to the output size, plus what its model kind is conditioned on."""
+    brought to the output size, plus what its model kind is conditioned on. A ``cache`` hit
+    skips step 2: no fetch, no decode (worker/prepared_cache.py)."""
     params = RenderParams(**job.params)
     check_inputs(model, params)
+    key = prepared_key(model.spec, job, params)
+    if cache is None or key is None:
+        inputs = prepare_inputs(model.spec, storage, job, params)
+    else:
+        inputs = cache.get(key, lambda: prepare_inputs(model.spec, storage, job, params))
+    return RenderItem(
+        job=job, params=params, source=inputs.source, keep=inputs.keep, control=inputs.control
+    )
+
+
+def prepared_key(spec: ModelSpec, job: Job, params: RenderParams) -> PreparedKey | None:
+    """Everything ``prepare_inputs`` depends on, or None when its inputs may change (a key
+    that is not content-addressed): then it is not cached."""
+    mask_key = job.mask_key if spec.takes_mask else None
+    if not all(content_addressed(k) for k in (job.source_key, mask_key) if k is not None):
+        return None
+    return PreparedKey(
+        source_key=job.source_key,
+        mask_key=mask_key,
+        width=params.width,
+        height=params.height,
+        resize_mode=params.resize_mode,
+        kind=spec.kind,
+        canny=canny_thresholds(spec) if spec.kind == "controlnet-canny" else None,
+    )
+
+
+def prepare_inputs(
+    spec: ModelSpec, storage: Storage, job: Job, params: RenderParams
+) -> PreparedInputs:
+    """Step 2 for one job: fetch and decode its source (and mask), then ``build_inputs``."""
     # StorageError (missing) or TransientError (S3 down), both handled by the caller.
     data = storage.get(job.source_key)
-    mask_data = storage.get(job.mask_key) if model.spec.takes_mask and job.mask_key else None
+    mask_data = storage.get(job.mask_key) if spec.takes_mask and job.mask_key else None
     try:
         decoded = open_rgba(data)
     except OSError as e:
         raise PermanentRenderError(f"source image cannot be decoded: {e}") from e
-    return build_item(model.spec, job, params, decoded, mask_data)
+    return build_inputs(spec, params, decoded, mask_data)
 
 
-def build_item(
-    spec: ModelSpec, job: Job, params: RenderParams, decoded: Image.Image, mask_data: bytes | None
-) -> RenderItem:
+def build_inputs(
+    spec: ModelSpec, params: RenderParams, decoded: Image.Image, mask_data: bytes | None
+) -> PreparedInputs:
     """Resize the decoded source (RGB or RGBA) and derive the kind's conditioning."""
     size = (params.width, params.height)
     # Transparency is flattened onto white for every kind; inpaint reads it as a keep mask.
@@ -97,10 +136,15 @@ def build_item(
     if spec.takes_mask:
         keep = keep_mask(decoded, mask_data, *size, params.resize_mode)
     if spec.kind == "controlnet-canny":
-        low = int(spec.options.get("canny_low", DEFAULT_LOW))
-        high = int(spec.options.get("canny_high", DEFAULT_HIGH))
-        control = canny_edges(source, low, high)
-    return RenderItem(job=job, params=params, source=source, keep=keep, control=control)
+        control = canny_edges(source, *canny_thresholds(spec))
+    return PreparedInputs(source=source, keep=keep, control=control)
+
+
+def canny_thresholds(spec: ModelSpec) -> tuple[int, int]:
+    """(low, high) of a controlnet-canny model: its options, else OpenCV's usual 100, 200."""
+    low = int(spec.options.get("canny_low", DEFAULT_LOW))
+    high = int(spec.options.get("canny_high", DEFAULT_HIGH))
+    return low, high
 
 
 def padded(items: list[RenderItem], size: int) -> list[RenderItem]:

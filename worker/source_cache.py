@@ -7,20 +7,23 @@ and up to ``max_batch`` times at once within one batch (prepare runs side by sid
 Only content-addressed keys are cached (``sources/{team}/{sha256}``, shared/storage.py):
 their bytes can never change, so a cached copy is never stale, and the team is in the key,
 so nothing is shared between teams. Concurrent misses for one key make one fetch (the
-others wait for it). Bounded by bytes, least recently used first out (cachetools).
+others wait for it). Bounded by bytes, least recently used first out (worker/single_flight.py).
+A job whose prepared inputs are cached (worker/prepared_cache.py) does not ask for its source.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from concurrent.futures import Future
-
-from cachetools import LRUCache
 
 from shared.storage import Storage
+from worker.single_flight import SingleFlightLRU
 
 CACHEABLE_PREFIX = "sources/"
+
+
+def content_addressed(key: str) -> bool:
+    """Whether ``key`` names immutable bytes (``sources/{team}/{sha256}``): safe to cache."""
+    return key.startswith(CACHEABLE_PREFIX)
 
 
 class CachingStorage:
@@ -33,50 +36,23 @@ class CachingStorage:
         on_lookup: Callable[[bool], None] = lambda hit: None,
     ) -> None:
         self.inner = storage
-        self.max_bytes = max_bytes
-        self._on_lookup = on_lookup  # called with hit=True/False (a metric)
-        self._cache: LRUCache[str, bytes] = LRUCache(maxsize=max(1, max_bytes), getsizeof=len)
-        self._fetching: dict[str, Future[bytes]] = {}
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
+        self.cache: SingleFlightLRU[str, bytes] = SingleFlightLRU(max_bytes, len, on_lookup)
+
+    @property
+    def hits(self) -> int:
+        """Gets answered from memory, or by another thread's fetch of the same key."""
+        return self.cache.hits
+
+    @property
+    def misses(self) -> int:
+        """Gets that fetched from ``inner`` (sources only)."""
+        return self.cache.misses
 
     def get(self, key: str) -> bytes:
-        if self.max_bytes <= 0 or not key.startswith(CACHEABLE_PREFIX):
+        if not content_addressed(key):
             return self.inner.get(key)
-        found, owner = self._lookup(key)
-        self._on_lookup(not owner)
-        if isinstance(found, bytes):
-            return found
-        return self._fetch(key, found) if owner else found.result()
-
-    def _lookup(self, key: str) -> tuple[bytes | Future[bytes], bool]:
-        """Under the lock: the cached bytes, else the fetch to wait for and whether this
-        caller owns it (a fetch by another thread serves this caller too: a hit)."""
-        with self._lock:
-            found: bytes | Future[bytes] | None = self._cache.get(key) or self._fetching.get(key)
-            owner = found is None
-            if found is None:
-                self.misses += 1
-                self._fetching[key] = found = Future()
-            else:
-                self.hits += 1
-        return found, owner
-
-    def _fetch(self, key: str, fetching: Future[bytes]) -> bytes:
-        try:
-            data = self.inner.get(key)
-        except BaseException as e:
-            with self._lock:
-                del self._fetching[key]
-            fetching.set_exception(e)  # the waiters fail like the fetch did (and retry)
-            raise
-        with self._lock:
-            if len(data) <= self.max_bytes:
-                self._cache[key] = data
-            del self._fetching[key]
-        fetching.set_result(data)
-        return data
+        # A failed fetch fails its waiters too (they retry, as the job would).
+        return self.cache.get(key, lambda: self.inner.get(key))
 
     # --- the rest of the Storage protocol goes straight through ---
 

@@ -248,7 +248,9 @@ def run_render(ctx: WorkerContext, job_ids: list[uuid.UUID]) -> BatchSummary:
 def _render_claimed(ctx: WorkerContext, jobs: list[Job], summary: BatchSummary) -> None:
     """Prepare each job on its own (side by side), then render compatible ones together."""
     ready: dict[tuple[Any, ...], list[RenderItem]] = {}
-    pending = [(job, ctx.io.submit(prepare, ctx.model, ctx.storage, job)) for job in jobs]
+    pending = [
+        (job, ctx.io.submit(prepare, ctx.model, ctx.storage, job, ctx.prepared)) for job in jobs
+    ]
     for job, future in pending:
         try:
             item = future.result()

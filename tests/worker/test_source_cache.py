@@ -118,18 +118,25 @@ def test_zero_bytes_turns_the_cache_off(inner):
     assert inner.gets[key] == 2
 
 
-def test_a_batch_of_variants_of_one_photo_fetches_it_once(
-    tmp_path, inner, settings, session_factory
-):
-    storage = CachingStorage(inner, 1 << 20)
+def echo_context(
+    tmp_path, settings, session_factory, storage: CachingStorage, **fields
+) -> WorkerContext:
+    """A worker context serving the ``echo`` model (``fields``: more of its fields)."""
     echo = load_model(BUILTINS["echo"], Settings(data_dir=tmp_path))
-    ctx = WorkerContext(
-        settings=settings, model=echo, storage=storage, session_factory=session_factory
+    return WorkerContext(
+        settings=settings, model=echo, storage=storage, session_factory=session_factory, **fields
     )
+
+
+def render_variants_of_one_photo(
+    ctx: WorkerContext, inner: CountingStorage, session_factory, variants: int = 6
+) -> str:
+    """Render ``variants`` jobs of one photo in one task (closing ``ctx``), check that all
+    succeeded; the photo's key."""
     photo = png(cutout(64, 64))
     with session_scope(session_factory) as session:
         team = ensure_team(session, f"cache-{uuid.uuid4().hex[:8]}")
-        jobs = [make_job(inner, "echo", photo, seed=i) for i in range(6)]
+        jobs = [make_job(inner, "echo", photo, seed=i) for i in range(variants)]
         key = f"sources/{team.id}/one-photo"
         inner.put(key, photo, "image/png")
         for job in jobs:
@@ -140,9 +147,17 @@ def test_a_batch_of_variants_of_one_photo_fetches_it_once(
         summary = run_render(ctx, ids)
     finally:
         ctx.close()
-    assert summary.outcomes["succeeded"] == 6
-    assert inner.gets[key] == 1, "six jobs, one fetch"
+    assert summary.outcomes["succeeded"] == variants
     with session_factory() as session:
         assert {j.status for j in session.scalars(select(Job).where(Job.id.in_(ids)))} == {
             "succeeded"
         }
+    return key
+
+
+def test_a_batch_of_variants_of_one_photo_fetches_it_once(
+    tmp_path, inner, settings, session_factory
+):
+    ctx = echo_context(tmp_path, settings, session_factory, CachingStorage(inner, 1 << 20))
+    key = render_variants_of_one_photo(ctx, inner, session_factory)
+    assert inner.gets[key] == 1, "six jobs, one fetch"
