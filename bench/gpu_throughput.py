@@ -50,6 +50,7 @@ from worker.accel import (  # noqa: E402
     synchronize,
     warm_up,
 )
+from worker.pixels import batch_in, images_out, to_pixels  # noqa: E402
 
 # FLOPs at 512² (torch FlopCounter on the public SD1.5 configs, 2 FLOPs per MAC; NOTES.md).
 UNET_TFLOP_PER_PASS = 0.803
@@ -216,17 +217,26 @@ def measure(
     compiled: bool = False,
     first_call_s: float | None = None,
 ) -> Measurement:
-    """Time full pipeline calls (PIL in, PIL out): warm-up excluded, median of several."""
+    """Time full pipeline calls, warm-up excluded, median of several: (a) PIL in and out, as
+    plain diffusers is called; (b) as the worker calls it, uint8 tensors in (made on its io
+    pool, untimed) and 8-bit images out, converted on the device (worker/pixels.py)."""
     device = pipe.device
     image = source_image(args.size)
     kwargs: dict[str, Any] = {
         "prompt": [PROMPT] * batch_size,
-        "image": [image] * batch_size,
         "num_inference_steps": wl.steps,
         "strength": wl.strength,
         "guidance_scale": wl.guidance_scale,
-        "output_type": "pil",
     }
+    if variant == "a":
+        call = partial(pipe, image=[image] * batch_size, output_type="pil")
+    else:
+        pixels = [to_pixels(image)] * batch_size
+
+        def call(**kw: Any) -> Any:
+            out = pipe(image=batch_in(pixels, device), output_type="pt", **kw)
+            return images_out(out.images)
+
     seen = [0]
 
     def count_step(_pipe: Any, _i: int, _t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -238,11 +248,11 @@ def measure(
     # Warm-up: the first call pays cuDNN search, allocator growth (and compile if not yet done).
     synchronize(device)
     t = time.perf_counter()
-    pipe(**kwargs, callback_on_step_end=count_step, generator=_generator(device))
+    call(**kwargs, callback_on_step_end=count_step, generator=_generator(device))
     synchronize(device)
     first = time.perf_counter() - t
     for _ in range(args.warmup - 1):
-        pipe(**kwargs, generator=_generator(device))
+        call(**kwargs, generator=_generator(device))
     synchronize(device)
 
     times: list[float] = []
@@ -250,7 +260,7 @@ def measure(
         if len(times) >= args.min_iters and sum(times) >= args.max_seconds:
             break
         t = time.perf_counter()
-        pipe(**kwargs, generator=_generator(device))
+        call(**kwargs, generator=_generator(device))
         synchronize(device)
         times.append(time.perf_counter() - t)
 

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -32,6 +33,7 @@ from shared.storage import Storage, output_key
 from worker.canny import DEFAULT_HIGH, DEFAULT_LOW, canny_edges
 from worker.masks import keep_mask, paste_kept, repaint_mask
 from worker.pipelines import LoadedModel, kind_inputs
+from worker.pixels import batch_in, images_out, to_pixels
 from worker.prepared_cache import PreparedCache, PreparedInputs, PreparedKey
 from worker.source_cache import content_addressed
 
@@ -51,6 +53,12 @@ class RenderItem:
     source: Image.Image
     keep: Image.Image | None = None
     control: Image.Image | None = None
+
+    @cached_property
+    def pixels(self) -> torch.Tensor:
+        """``source`` as the uint8 tensor the pipeline is given (worker/pixels.py). prepare()
+        makes it on the io pool, so the device lane only stacks and copies."""
+        return to_pixels(self.source)
 
 
 @dataclass(frozen=True)
@@ -89,9 +97,12 @@ def prepare(
         inputs = prepare_inputs(model.spec, storage, job, params)
     else:
         inputs = cache.get(key, lambda: prepare_inputs(model.spec, storage, job, params))
-    return RenderItem(
+    item = RenderItem(
         job=job, params=params, source=inputs.source, keep=inputs.keep, control=inputs.control
     )
+    if model.pipe is not None:  # echo renders nothing
+        item.pixels  # noqa: B018 - made here, on the io pool, not on the device lane
+    return item
 
 
 def prepared_key(spec: ModelSpec, job: Job, params: RenderParams) -> PreparedKey | None:
@@ -225,12 +236,14 @@ def _call_pipeline(
             negative_prompt=None
             if all(n is None for n in negatives)
             else [n or "" for n in negatives],
-            image=[i.source for i in items],
+            # Tensors in and out: the per-pixel conversions run on the device, not on the
+            # lane's CPU thread while the GPU waits (worker/pixels.py); same pixels as PIL.
+            image=batch_in([i.pixels for i in items], model.device),
             strength=params.strength,
             num_inference_steps=params.steps,
             guidance_scale=params.guidance_scale,
             generator=generators,
-            output_type="pil",
+            output_type="pt",
             callback_on_step_end=on_step_end,
             **kind_inputs(
                 model.spec,
@@ -240,7 +253,7 @@ def _call_pipeline(
                 controls=[i.control for i in items if i.control is not None],
             ),
         )
-    return list(result.images)
+    return images_out(result.images)
 
 
 def store_output(

@@ -9,6 +9,7 @@ import uuid
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
 from sqlalchemy import select
 
@@ -22,6 +23,7 @@ from shared.teams import ensure_team
 from worker import accel
 from worker.canny import canny_edges
 from worker.context import WorkerContext
+from worker.masks import paste_kept
 from worker.pipelines import (
     LoadedModel,
     batch_buckets,
@@ -488,3 +490,46 @@ def test_batch_with_a_corrupt_source_renders_the_others(alias, models, settings,
             flatten(open_rgba(storage.get(ok.outputs[0]["key"]))).tobytes()
             == flatten(cutout(64, 64)).tobytes()
         )
+
+
+# --- tensors in and out of the pipeline (worker/pixels.py) -----------------------------------
+
+
+@pytest.mark.parametrize("alias", ["tiny", "tiny-inpaint", "tiny-controlnet"])
+def test_render_gives_the_pixels_of_diffusers_own_pil_path(models, storage, alias):
+    """The worker hands the pipeline tensors and takes tensors back; calling the same
+    pipeline the same way with PIL images in and out must give exactly the same pixels."""
+    model = models(alias)
+    mask = png(half_mask(64, 48)) if alias == "tiny-inpaint" else None
+    jobs = [
+        make_job(storage, alias, png(noise(64, 48, seed=s)), seed=s, mask=mask, width=64,
+                 height=48)
+        for s in (1, 2)
+    ]  # fmt: skip
+    items = [prepare(model, storage, job) for job in jobs]
+    calls: list[dict] = []
+    real = model.pipe
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def __call__(self, **kwargs):
+            calls.append(dict(kwargs))
+            return real(**kwargs)
+
+    model_with_recorder = dataclasses.replace(model, pipe=Recording())
+    ours = run_pipeline(model_with_recorder, items)
+
+    (kwargs,) = calls
+    assert kwargs["output_type"] == "pt" and not isinstance(kwargs["image"], list)
+    kwargs.update(
+        image=[i.source for i in items],
+        output_type="pil",
+        generator=[torch.Generator().manual_seed(i.params.seed) for i in items],
+        callback_on_step_end=None,
+    )
+    theirs = real(**kwargs).images
+    if alias == "tiny-inpaint":  # the worker pastes the kept pixels back; so does this
+        theirs = [paste_kept(t, i.source, i.keep) for t, i in zip(theirs, items, strict=True)]
+    assert [o.tobytes() for o in ours] == [t.tobytes() for t in theirs]
