@@ -25,7 +25,15 @@ import torch
 from PIL import Image
 
 from shared.errors import PermanentRenderError
-from shared.images import CONTENT_TYPES, EXTENSIONS, encode_image, flatten, open_rgba, resize_image
+from shared.images import (
+    CONTENT_TYPES,
+    EXTENSIONS,
+    PNG_COMPRESS_LEVEL,
+    encode_image,
+    flatten,
+    open_rgba,
+    resize_image,
+)
 from shared.models import Job
 from shared.registry import ModelSpec
 from shared.schemas import RenderParams
@@ -265,10 +273,11 @@ def store_output(
     worker: str,
     batch_size: int,
     render_seconds: float,
+    png_compress_level: int = PNG_COMPRESS_LEVEL,
 ) -> RenderResult:
     """Steps 4 and 5 for one item."""
     job, params = item.job, item.params
-    data = encode_image(image, params.output_format)
+    data = encode_image(image, params.output_format, png_compress_level)
     provenance = {
         "model": model.spec.alias,
         "source": model.spec.source,

@@ -7,6 +7,7 @@ that the order of events is forced, not timed.
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 import uuid
@@ -14,10 +15,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
+from PIL import Image
 from sqlalchemy import select
 
 from shared.db import session_scope
 from shared.errors import TransientError
+from shared.images import encode_image
 from shared.jobs import cancel
 from shared.models import Job, utcnow
 from shared.registry import BUILTINS
@@ -266,3 +269,18 @@ def test_job_canceled_mid_render_before_the_heartbeat_noticed_leaves_no_output(
     team = final[drop].team_id
     assert not list((tmp_path / "objects" / "outputs" / str(team) / str(drop)).glob("*"))
     assert list((tmp_path / "objects" / "outputs" / str(team) / str(keep)).glob("*"))
+
+
+@pytest.mark.parametrize("level", [0, 9])
+def test_outputs_are_encoded_at_the_configured_png_level(
+    tmp_path, echo, make_ctx, session_factory, level
+):
+    storage = LocalStorage(tmp_path / "objects", "http://test", "secret")
+    ctx = make_ctx(echo, storage)
+    ctx.settings = ctx.settings.model_copy(update={"worker_png_compress_level": level})
+    (job_id,) = queued_jobs(session_factory, storage, "echo", 1)
+    assert run_render(ctx, [job_id]).outcomes["succeeded"] == 1
+    data = storage.get(rows(session_factory, [job_id])[job_id].outputs[0]["key"])
+    image = Image.open(io.BytesIO(data))
+    assert data == encode_image(image, "png", png_compress_level=level)
+    assert (len(data) > image.width * image.height * 3) == (level == 0), "0 stores raw"
