@@ -36,9 +36,17 @@ class Storage(Protocol):
         ...
 
 
+SOURCES_PREFIX = "sources/"
+
+
 def source_key(team_id: uuid.UUID, digest: str) -> str:
     """Sources are content-addressed per team: one upload, many jobs, one object."""
-    return f"sources/{team_id}/{digest}"
+    return f"{SOURCES_PREFIX}{team_id}/{digest}"
+
+
+def content_addressed(key: str) -> bool:
+    """Whether ``key`` names immutable bytes (a ``source_key``): safe to cache forever."""
+    return key.startswith(SOURCES_PREFIX)
 
 
 def output_key(team_id: uuid.UUID, job_id: uuid.UUID, index: int, ext: str) -> str:

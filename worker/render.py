@@ -37,13 +37,12 @@ from shared.images import (
 from shared.models import Job
 from shared.registry import ModelSpec
 from shared.schemas import RenderParams
-from shared.storage import Storage, output_key
+from shared.storage import Storage, content_addressed, output_key
 from worker.canny import DEFAULT_HIGH, DEFAULT_LOW, canny_edges
 from worker.masks import keep_mask, paste_kept, repaint_mask
 from worker.pipelines import LoadedModel, kind_inputs
 from worker.pixels import batch_in, images_out, to_pixels
 from worker.prepared_cache import PreparedCache, PreparedInputs, PreparedKey
-from worker.source_cache import content_addressed
 
 
 @dataclass(frozen=True)

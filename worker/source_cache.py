@@ -15,15 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from shared.storage import Storage
+from shared.storage import Storage, content_addressed
 from worker.single_flight import SingleFlightLRU
-
-CACHEABLE_PREFIX = "sources/"
-
-
-def content_addressed(key: str) -> bool:
-    """Whether ``key`` names immutable bytes (``sources/{team}/{sha256}``): safe to cache."""
-    return key.startswith(CACHEABLE_PREFIX)
 
 
 class CachingStorage:
