@@ -97,8 +97,10 @@ def check_scaling(docs: list[dict[str, Any]]) -> None:
         for trigger in so["spec"]["triggers"]:
             meta = trigger["metadata"]
             if trigger["type"] == "redis" and meta.get("listName") != f"render.{alias}":
-                fail(f"{name_of(so)}: redis listName {meta.get('listName')!r}, "
-                     f"but {target} consumes render.{alias}")
+                fail(
+                    f"{name_of(so)}: redis listName {meta.get('listName')!r}, "
+                    f"but {target} consumes render.{alias}"
+                )
             if trigger["type"] == "prometheus" and f'model="{alias}"' not in meta["query"]:
                 fail(f"{name_of(so)}: prometheus query does not select model={alias!r}")
         if "replicas" in deployment["spec"]:
@@ -156,15 +158,18 @@ def check_selectors_and_refs(docs: list[dict[str, Any]]) -> None:
         for container in (spec or {}).get("containers", []):
             for p in container.get("ports", []):
                 if p.get("name") == "metrics" and str(p["containerPort"]) != port:
-                    fail(f"{name_of(doc)}: metrics port {p['containerPort']} but "
-                         f"IMGFARM_METRICS_PORT={port or '(unset)'}")
+                    fail(
+                        f"{name_of(doc)}: metrics port {p['containerPort']} but "
+                        f"IMGFARM_METRICS_PORT={port or '(unset)'}"
+                    )
             annotations = doc["spec"]["template"]["metadata"].get("annotations", {})
             scrape_port = annotations.get("prometheus.io/port")
             declared = {str(p["containerPort"]) for p in container.get("ports", [])}
             if scrape_port and scrape_port not in declared:
                 fail(f"{name_of(doc)}: scraped on port {scrape_port}, which it does not expose")
-    api = next((d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "api"),
-               None)
+    api = next(
+        (d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "api"), None
+    )
     probe = (api or {}).get("spec", {}).get("template", {}).get("spec", {})
     probe = (probe.get("containers") or [{}])[0].get("readinessProbe", {})
     if probe.get("httpGet", {}).get("path") != "/readyz":

@@ -45,8 +45,7 @@ def configure_tracing(settings: Settings, service_name: str) -> bool:
         ]
     except ImportError as e:
         raise ConfigError(
-            f"IMGFARM_OTEL_ENABLED=true but {e.name} is not installed: "
-            "pip install 'imgfarm[otel]'"
+            f"IMGFARM_OTEL_ENABLED=true but {e.name} is not installed: pip install 'imgfarm[otel]'"
         ) from e
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))

@@ -45,8 +45,11 @@ def test_malformed_basic_auth_is_refused(value):
 
 
 def test_prod_refuses_the_placeholder_password():
-    settings = Settings(env="prod", secret_key="real-secret",
-                        flower_basic_auth=SecretStr("admin:change-me-flower-password"))
+    settings = Settings(
+        env="prod",
+        secret_key="real-secret",
+        flower_basic_auth=SecretStr("admin:change-me-flower-password"),
+    )
     with pytest.raises(ConfigError, match="change-me"):
         flower_config(settings, port=5555)
 
@@ -56,7 +59,10 @@ def test_command_exits_with_a_message_without_auth(tmp_path):
     env["IMGFARM_DATA_DIR"] = str(tmp_path)
     result = subprocess.run(
         [sys.executable, "-m", "imgfarm", "flower", "--port", "5599"],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert "IMGFARM_FLOWER_BASIC_AUTH" in result.stderr

@@ -34,9 +34,12 @@ def flower_url(spawn) -> str:
     port = free_port()
     spawn(
         "flower",
-        "--port", str(port),
-        "--address", "127.0.0.1",
-        "--inspect-timeout", "0.3",
+        "--port",
+        str(port),
+        "--address",
+        "127.0.0.1",
+        "--inspect-timeout",
+        "0.3",
         env={"IMGFARM_FLOWER_BASIC_AUTH": f"{USER}:{PASSWORD}"},
     )
     url = f"http://127.0.0.1:{port}"
@@ -83,9 +86,7 @@ def test_flower_in_a_browser_shows_worker_online_and_tasks_succeeded(
     assert httpx.get(f"{flower_url}/metrics", timeout=5).status_code == 200
 
     def flower_saw_them() -> bool:
-        tasks = httpx.get(
-            f"{flower_url}/api/tasks", auth=(USER, PASSWORD), timeout=5
-        ).json()
+        tasks = httpx.get(f"{flower_url}/api/tasks", auth=(USER, PASSWORD), timeout=5).json()
         done = [t for t in tasks.values() if t.get("state") == "SUCCESS"]
         return all(any(j in str(t.get("args")) for t in done) for j in job_ids)
 

@@ -129,12 +129,20 @@ def test_task_fields_name_the_jobs_worker_and_model():
     )
     task = SimpleNamespace(request=request)
     single = task_log_fields(task, (["job-a"],))
-    assert single == {"task_id": "task-1", "worker": "tiny-42@host", "model": "tiny",
-                      "job_id": "job-a"}
+    assert single == {
+        "task_id": "task-1",
+        "worker": "tiny-42@host",
+        "model": "tiny",
+        "job_id": "job-a",
+    }
     batch = task_log_fields(task, (["job-a", "job-b"],))
     assert batch["job_ids"] == "job-a,job-b" and "job_id" not in batch
-    webhook = task_log_fields(SimpleNamespace(request=SimpleNamespace(
-        id="t", hostname="w", delivery_info={"routing_key": "webhooks"})), ())
+    webhook = task_log_fields(
+        SimpleNamespace(
+            request=SimpleNamespace(id="t", hostname="w", delivery_info={"routing_key": "webhooks"})
+        ),
+        (),
+    )
     assert webhook["model"] is None
 
 
@@ -145,11 +153,17 @@ def test_celery_task_signals_bind_then_clear_the_job_context(log_stream):
         request = SimpleNamespace(id="task-9", hostname="tiny-1@h", delivery_info={})
 
     task = FakeTask()
-    signals.task_prerun.send(sender=task, task_id="task-9", task=task, args=(["job-z"],),
-                             kwargs={})
+    signals.task_prerun.send(sender=task, task_id="task-9", task=task, args=(["job-z"],), kwargs={})
     logging.getLogger("imgfarm.test.task").info("claimed")
-    signals.task_postrun.send(sender=task, task_id="task-9", task=task, args=(["job-z"],),
-                              kwargs={}, retval="succeeded", state="SUCCESS")
+    signals.task_postrun.send(
+        sender=task,
+        task_id="task-9",
+        task=task,
+        args=(["job-z"],),
+        kwargs={},
+        retval="succeeded",
+        state="SUCCESS",
+    )
     logging.getLogger("imgfarm.test.task").info("idle")
     claimed, idle = lines(log_stream)
     assert claimed["job_id"] == "job-z" and claimed["worker"] == "tiny-1@h"
@@ -209,8 +223,12 @@ def test_enabled_tracing_turns_an_api_request_into_a_span():
         assert service == "imgfarm-api", service
         print("ok")
     """)
-    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
-           "OTEL_BSP_SCHEDULE_DELAY": "600000"}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                            text=True, timeout=120)
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+        "OTEL_BSP_SCHEDULE_DELAY": "600000",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]

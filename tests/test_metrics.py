@@ -60,8 +60,10 @@ def test_requests_are_counted_by_route_template_not_path(client, new_key):
     routes = {dict(k[1]).get("route") for k in metrics if k[0] == "imgfarm_http_requests_total"}
     assert "<unmatched>" in routes
     assert not any(r and ("wp-admin" in r or r.count("-") >= 4) for r in routes), routes
-    count = ("imgfarm_http_request_duration_seconds_count",
-             (("method", "GET"), ("route", "/v1/jobs/{job_id}")))
+    count = (
+        "imgfarm_http_request_duration_seconds_count",
+        (("method", "GET"), ("route", "/v1/jobs/{job_id}")),
+    )
     assert metrics[count] >= 2
 
 
@@ -79,9 +81,7 @@ def test_committed_jobs_are_counted_by_model_and_team(client, new_key):
     # Refused before anything is written: not a submitted job.
     assert client.post("/v1/jobs", json=job_body(strength=7), headers=auth(key)).status_code == 422
     text = client.get("/metrics").text
-    assert (
-        f'imgfarm_jobs_submitted_total{{model="tiny",team="{team}"}} {before + 2:.1f}' in text
-    )
+    assert f'imgfarm_jobs_submitted_total{{model="tiny",team="{team}"}} {before + 2:.1f}' in text
 
 
 def test_bulk_inserted_jobs_count_at_commit_and_not_on_rollback(session_factory):
@@ -97,8 +97,10 @@ def test_bulk_inserted_jobs_count_at_commit_and_not_on_rollback(session_factory)
         team = Team(name=f"team-{model}")
         s.add(team)
         s.flush()
-        rows = [{"team_id": team.id, "model": model, "prompt": "p", "params": {},
-                 "source_key": "k"} for _ in range(3)]
+        rows = [
+            {"team_id": team.id, "model": model, "prompt": "p", "params": {}, "source_key": "k"}
+            for _ in range(3)
+        ]
         s.execute(insert(Job), rows)  # the batch route's path: one bulk INSERT
         s.rollback()
         assert sample("imgfarm_jobs_submitted_total", model=model, team=team.name) == 0
@@ -115,8 +117,9 @@ def test_bulk_inserted_jobs_count_at_commit_and_not_on_rollback(session_factory)
 
 def test_metrics_port_moves_metrics_off_the_public_port(settings):
     port = free_port()
-    app = create_app(settings.model_copy(update={"metrics_port": port,
-                                                 "metrics_address": "127.0.0.1"}))
+    app = create_app(
+        settings.model_copy(update={"metrics_port": port, "metrics_address": "127.0.0.1"})
+    )
     with TestClient(app) as client:
         assert client.get("/healthz").status_code == 200
         assert client.get("/metrics").status_code == 404, "never on the public listener"
@@ -130,8 +133,13 @@ def test_metrics_port_moves_metrics_off_the_public_port(settings):
 # --- worker (signals) ------------------------------------------------------------------
 
 
-def run_task(metrics: WorkerMetrics, retval: object, state: str = "SUCCESS",
-             args: tuple = (["j1"],), name: str = "imgfarm.render") -> None:
+def run_task(
+    metrics: WorkerMetrics,
+    retval: object,
+    state: str = "SUCCESS",
+    args: tuple = (["j1"],),
+    name: str = "imgfarm.render",
+) -> None:
     task = SimpleNamespace(name=name)
     task_id = uuid.uuid4().hex
     metrics.on_task_prerun(task_id=task_id, task=task, args=args)
@@ -141,13 +149,27 @@ def run_task(metrics: WorkerMetrics, retval: object, state: str = "SUCCESS",
 def test_render_summary_feeds_histograms_and_outcomes():
     model = f"m-{uuid.uuid4().hex[:6]}"
     metrics = WorkerMetrics(model=model)
-    run_task(metrics, {
-        "model": model, "batch_size": 3, "render_seconds": 0.8, "load": {"seconds": 2.5},
-        "outcomes": {"succeeded": 2, "failed": 1},
-        "queue_wait_seconds": [1.0, 2.0, 30.0],
-    })
-    run_task(metrics, {"model": model, "batch_size": 0, "render_seconds": 0.0,
-                       "outcomes": {"skipped": 2}, "queue_wait_seconds": []})
+    run_task(
+        metrics,
+        {
+            "model": model,
+            "batch_size": 3,
+            "render_seconds": 0.8,
+            "load": {"seconds": 2.5},
+            "outcomes": {"succeeded": 2, "failed": 1},
+            "queue_wait_seconds": [1.0, 2.0, 30.0],
+        },
+    )
+    run_task(
+        metrics,
+        {
+            "model": model,
+            "batch_size": 0,
+            "render_seconds": 0.0,
+            "outcomes": {"skipped": 2},
+            "queue_wait_seconds": [],
+        },
+    )
     assert sample("imgfarm_worker_jobs_total", model=model, outcome="succeeded") == 2
     assert sample("imgfarm_worker_jobs_total", model=model, outcome="failed") == 1
     assert sample("imgfarm_worker_jobs_total", model=model, outcome="skipped") == 2
@@ -173,8 +195,10 @@ def test_plain_string_results_and_raised_tasks_are_still_counted():
     failure.summary = {"batch_size": 2, "outcomes": {"succeeded": 1, "failed": 1}}  # type: ignore[attr-defined]
     run_task(metrics, failure, state="FAILURE", args=(["d", "e"],))
     run_task(metrics, {"garbage": True, "outcomes": "nope", "queue_wait_seconds": "x"})
-    counts = {o: sample("imgfarm_worker_jobs_total", model=model, outcome=o)
-              for o in ("succeeded", "skipped", "error", "failed", "retry")}
+    counts = {
+        o: sample("imgfarm_worker_jobs_total", model=model, outcome=o)
+        for o in ("succeeded", "skipped", "error", "failed", "retry")
+    }
     assert counts == {"succeeded": 2, "skipped": 1, "error": 3, "failed": 1, "retry": 0}
 
 
@@ -195,23 +219,38 @@ def test_farm_gauges_read_backlog_age_running_and_expired_leases(session_factory
     now = utcnow()
 
     def job(team: Team, status: str, **values: object) -> Job:
-        return Job(team_id=team.id, model=model, status=status, prompt="p", params={},
-                   source_key="k", **values)
+        return Job(
+            team_id=team.id,
+            model=model,
+            status=status,
+            prompt="p",
+            params={},
+            source_key="k",
+            **values,
+        )
 
     with session_scope(session_factory) as s:
         team = Team(name=f"team-{model}")
         s.add(team)
         s.flush()
-        s.add_all([
-            job(team, "queued", created_at=now - timedelta(seconds=120)),
-            job(team, "queued", created_at=now - timedelta(seconds=5), enqueued_at=now),
-            job(team, "running", lease_expires_at=now + timedelta(seconds=60)),
-            job(team, "running", lease_expires_at=now - timedelta(seconds=1)),
-            job(team, "succeeded"),
-        ])
+        s.add_all(
+            [
+                job(team, "queued", created_at=now - timedelta(seconds=120)),
+                job(team, "queued", created_at=now - timedelta(seconds=5), enqueued_at=now),
+                job(team, "running", lease_expires_at=now + timedelta(seconds=60)),
+                job(team, "running", lease_expires_at=now - timedelta(seconds=1)),
+                job(team, "succeeded"),
+            ]
+        )
         s.add(Worker(name=f"{model}-1@h", model=model, device="cpu", last_seen_at=now))
-        s.add(Worker(name=f"{model}-2@h", model=model, device="cpu",
-                     last_seen_at=now - timedelta(hours=1)))
+        s.add(
+            Worker(
+                name=f"{model}-2@h",
+                model=model,
+                device="cpu",
+                last_seen_at=now - timedelta(hours=1),
+            )
+        )
     farm = FarmMetrics(interval=60)
     with session_factory() as s:
         assert farm.update(s)
@@ -264,8 +303,14 @@ def test_multiprocess_mode_sums_every_process(tmp_path):
             sys.stdout.write(generate_latest(exposition_registry()).decode())
     """)
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                            text=True, timeout=120, cwd=os.getcwd())
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=os.getcwd(),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'imgfarm_worker_jobs_total{model="tiny",outcome="succeeded"} 6.0' in result.stdout
 
@@ -278,14 +323,14 @@ def test_worker_process_serves_render_metrics_and_json_logs(
     client, new_key, spawn, start_worker, start_dispatcher
 ):
     port = free_port()
-    worker = start_worker("tiny", env={"IMGFARM_METRICS_PORT": str(port),
-                                       "IMGFARM_LOG_FORMAT": "json"})
+    worker = start_worker(
+        "tiny", env={"IMGFARM_METRICS_PORT": str(port), "IMGFARM_LOG_FORMAT": "json"}
+    )
     start_dispatcher()
     key = new_key()
     job_id = client.post("/v1/jobs", json=job_body(), headers=auth(key)).json()["id"]
     wait_for(
-        lambda: client.get(f"/v1/jobs/{job_id}", headers=auth(key)).json()["status"]
-        == "succeeded",
+        lambda: client.get(f"/v1/jobs/{job_id}", headers=auth(key)).json()["status"] == "succeeded",
         # Wide: a loaded CI machine (2 cores, several processes) can stall a first render.
         180,
         "the job to render",
@@ -297,8 +342,11 @@ def test_worker_process_serves_render_metrics_and_json_logs(
 
     # postrun runs right after the job row is marked succeeded: wait for the count.
     succeeded = ("imgfarm_worker_jobs_total", (("model", "tiny"), ("outcome", "succeeded")))
-    m = wait_for(lambda: (lambda m: m if m.get(succeeded, 0) >= 1 else None)(metrics()), 60,
-                 "the worker to count the job")
+    m = wait_for(
+        lambda: (lambda m: m if m.get(succeeded, 0) >= 1 else None)(metrics()),
+        60,
+        "the worker to count the job",
+    )
     assert m[("imgfarm_worker_ready", (("model", "tiny"),))] == 1
     assert m[("imgfarm_model_load_seconds", (("model", "tiny"),))] > 0
     assert m[("imgfarm_render_seconds_count", (("model", "tiny"),))] >= 1
@@ -311,8 +359,9 @@ def test_worker_process_serves_render_metrics_and_json_logs(
     assert m[("imgfarm_worker_busy", (("model", "tiny"),))] == 0, "no task left in progress"
 
     # Every worker line is one JSON object; the ones about the job name it and the worker.
-    entries = [__import__("json").loads(line) for line in worker.log().splitlines()
-               if line.startswith("{")]
+    entries = [
+        __import__("json").loads(line) for line in worker.log().splitlines() if line.startswith("{")
+    ]
     assert entries, worker.log()[-2000:]
     # A batch task names all its jobs (job_ids): other tests' queued tiny jobs may join ours.
     about_job = [
