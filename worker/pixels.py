@@ -38,6 +38,17 @@ def batch_in(pixels: list[torch.Tensor], device: torch.device | str) -> torch.Te
     return batch.to(torch.float32) / 255.0
 
 
+def masks_in(masks: list[Image.Image], device: torch.device | str) -> torch.Tensor:
+    """Inpaint masks (mode L, white repaints) as a (N, 1, H, W) float32 batch in [0, 1] on
+    ``device``. The inpaint pipeline multiplies the mask with the image, so both must be on
+    the same device. Channels first in memory: torch reads diffusers' own conversion (a
+    zero stride on its one channel) as that layout, and the layout reaches the UNet's input
+    through the mask's resize, where compiled graphs guard on it."""
+    levels = [torch.from_numpy(np.array(mask.convert("L"))) for mask in masks]
+    batch = torch.stack(levels).to(device).unsqueeze(1)
+    return batch.to(torch.float32) / 255.0
+
+
 def images_out(batch: torch.Tensor) -> list[Image.Image]:
     """PIL images of a pipeline's ``output_type="pt"`` result (N, 3, H, W, in [0, 1]):
     diffusers' ``pt_to_numpy`` + ``numpy_to_pil``, with the per-pixel work on the device and

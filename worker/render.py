@@ -41,7 +41,7 @@ from shared.storage import Storage, content_addressed, output_key
 from worker.canny import DEFAULT_HIGH, DEFAULT_LOW, canny_edges
 from worker.masks import keep_mask, paste_kept, repaint_mask
 from worker.pipelines import LoadedModel, kind_inputs
-from worker.pixels import batch_in, images_out, to_pixels
+from worker.pixels import batch_in, images_out, masks_in, to_pixels
 from worker.prepared_cache import PreparedCache, PreparedInputs, PreparedKey
 
 
@@ -235,6 +235,15 @@ def _call_pipeline(
             pipe._interrupt = True  # diffusers' own flag: leave the denoising loop now
         return kwargs
 
+    extra = kind_inputs(
+        model.spec,
+        params.width,
+        params.height,
+        masks=[repaint_mask(i.keep) for i in items if i.keep is not None],
+        controls=[i.control for i in items if i.control is not None],
+    )
+    if "mask_image" in extra:  # inpaint multiplies it with `image`: on the same device
+        extra["mask_image"] = masks_in(extra["mask_image"], model.device)
     # no_grad, not inference_mode: warm-up ran under the pipeline's own no_grad, and compiled
     # graphs guard on that mode; inference_mode here recompiled every bucket on its first job.
     with torch.no_grad():
@@ -252,13 +261,7 @@ def _call_pipeline(
             generator=generators,
             output_type="pt",
             callback_on_step_end=on_step_end,
-            **kind_inputs(
-                model.spec,
-                params.width,
-                params.height,
-                masks=[repaint_mask(i.keep) for i in items if i.keep is not None],
-                controls=[i.control for i in items if i.control is not None],
-            ),
+            **extra,
         )
     return images_out(result.images)
 

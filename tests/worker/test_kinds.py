@@ -23,7 +23,7 @@ from shared.teams import ensure_team
 from worker import accel
 from worker.canny import canny_edges
 from worker.context import WorkerContext
-from worker.masks import paste_kept
+from worker.masks import paste_kept, repaint_mask
 from worker.pipelines import (
     LoadedModel,
     batch_buckets,
@@ -518,11 +518,26 @@ def test_render_gives_the_pixels_of_diffusers_own_pil_path(models, storage, alia
             calls.append(dict(kwargs))
             return real(**kwargs)
 
+    # Compiled graphs guard on their inputs' strides: the tensor path must give the UNet
+    # and the VAE encoder inputs laid out as the PIL path (and warm-up) gives them.
+    strides: list[tuple] = []
+
+    def note(module, args, kwargs):
+        sample = args[0] if args else kwargs["sample"]
+        strides.append((type(module).__name__, tuple(sample.shape), sample.stride()))
+
+    hooks = [
+        m.register_forward_pre_hook(note, with_kwargs=True) for m in (real.unet, real.vae.encoder)
+    ]
     model_with_recorder = dataclasses.replace(model, pipe=Recording())
     ours = run_pipeline(model_with_recorder, items)
+    ours_strides, strides[:] = list(strides), []
 
     (kwargs,) = calls
-    assert kwargs["output_type"] == "pt" and not isinstance(kwargs["image"], list)
+    assert kwargs["output_type"] == "pt" and isinstance(kwargs["image"], torch.Tensor)
+    if alias == "tiny-inpaint":  # multiplied with the image: a tensor on its device too
+        assert isinstance(kwargs["mask_image"], torch.Tensor)
+        kwargs["mask_image"] = [repaint_mask(i.keep) for i in items]
     kwargs.update(
         image=[i.source for i in items],
         output_type="pil",
@@ -530,6 +545,9 @@ def test_render_gives_the_pixels_of_diffusers_own_pil_path(models, storage, alia
         callback_on_step_end=None,
     )
     theirs = real(**kwargs).images
+    for hook in hooks:
+        hook.remove()
+    assert ours_strides == strides
     if alias == "tiny-inpaint":  # the worker pastes the kept pixels back; so does this
         theirs = [paste_kept(t, i.source, i.keep) for t, i in zip(theirs, items, strict=True)]
     assert [o.tobytes() for o in ours] == [t.tobytes() for t in theirs]

@@ -8,7 +8,7 @@ import torch
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
-from worker.pixels import batch_in, images_out, to_pixels
+from worker.pixels import batch_in, images_out, masks_in, to_pixels
 
 PROCESSOR = VaeImageProcessor(vae_scale_factor=8)
 
@@ -49,3 +49,22 @@ def test_images_out_is_diffusers_postprocess_to_pil(dtype):
     for a, b in zip(ours, theirs, strict=True):
         assert a.mode == b.mode == "RGB"
         assert a.tobytes() == b.tobytes()
+
+
+def test_masks_in_is_diffusers_mask_preprocess_of_the_same_masks():
+    from diffusers.image_processor import VaeImageProcessor
+
+    masks = [image.convert("L") for image in photos(2)]
+    processor = VaeImageProcessor(
+        vae_scale_factor=8, do_normalize=False, do_binarize=True, do_convert_grayscale=True
+    )  # as StableDiffusionInpaintPipeline builds its mask_processor
+    ours = processor.preprocess(masks_in(masks, "cpu"))
+    theirs = processor.preprocess(masks)
+    assert ours.shape == theirs.shape == (2, 1, 32, 40)
+    assert torch.equal(ours, theirs)
+    # The same layout (a size-1 dimension's stride means nothing).
+    assert layout(ours) == layout(theirs)
+
+
+def layout(t: torch.Tensor) -> list[int]:
+    return [stride for stride, size in zip(t.stride(), t.shape, strict=True) if size > 1]
