@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import boto3
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -23,9 +24,11 @@ from tests.services import (
     PostgresDatabase,
     ServerProcess,
     free_port,
+    launch_api,
+    launch_dispatcher,
+    launch_worker,
     moto_server,
     redis_server,
-    wait_for,
 )
 from worker.tiny import save_tiny_pipeline
 
@@ -167,9 +170,11 @@ def client(app) -> Iterator[TestClient]:
         yield c
 
 
-@pytest.fixture
-def spawn(settings_env: dict[str, str], session_dir: Path, settings: Settings):
-    """Start ``imgfarm`` subcommands as real processes; all are stopped after the test."""
+@contextmanager
+def spawner(
+    settings_env: dict[str, str], session_dir: Path
+) -> Iterator[Callable[..., ImgfarmProcess]]:
+    """Start ``imgfarm`` subcommands as real processes; all are stopped on leaving."""
     started: list[ImgfarmProcess] = []
 
     def start(*args: str, env: dict[str, str] | None = None) -> ImgfarmProcess:
@@ -179,47 +184,40 @@ def spawn(settings_env: dict[str, str], session_dir: Path, settings: Settings):
         started.append(proc)
         return proc
 
-    yield start
-    for proc in started:
-        proc.stop()
+    try:
+        yield start
+    finally:
+        for proc in started:
+            proc.stop()
+
+
+@pytest.fixture
+def spawn(settings_env: dict[str, str], session_dir: Path, settings: Settings):
+    """``spawner`` for one test: what it starts is stopped after the test."""
+    with spawner(settings_env, session_dir) as start:
+        yield start
+
+
+@pytest.fixture(scope="module")
+def module_spawn(settings_env: dict[str, str], session_dir: Path, settings: Settings):
+    """``spawner`` for a module whose tests can share processes (each start costs seconds)."""
+    with spawner(settings_env, session_dir) as start:
+        yield start
 
 
 @pytest.fixture
 def start_worker(spawn):
     """Start ``imgfarm worker --model ALIAS`` and wait until Celery says it is ready."""
-
-    def start(alias: str = "tiny", env: dict[str, str] | None = None) -> ImgfarmProcess:
-        proc = spawn("worker", "--model", alias, env=env)
-        proc.wait_log(" ready.", timeout=120)
-        return proc
-
-    return start
+    return partial(launch_worker, spawn)
 
 
 @pytest.fixture
 def start_dispatcher(spawn):
     """Start ``imgfarm dispatcher`` and wait until it is looping."""
-
-    def start(env: dict[str, str] | None = None) -> ImgfarmProcess:
-        proc = spawn("dispatcher", env=env)
-        proc.wait_log("dispatcher started", timeout=60)
-        return proc
-
-    return start
+    return partial(launch_dispatcher, spawn)
 
 
 @pytest.fixture
 def api_server(spawn) -> str:
     """``imgfarm api`` on a free port; returns its base URL once it answers."""
-    port = free_port()
-    spawn("api", "--host", "127.0.0.1", "--port", str(port))
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(healthy, 60, "imgfarm api")
-    return url
+    return launch_api(spawn)

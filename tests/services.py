@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import psycopg
 
 PG_ADMIN_URL = os.environ.get(
@@ -148,6 +149,40 @@ class ImgfarmProcess:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def launch_worker(
+    spawn: Callable[..., ImgfarmProcess], alias: str = "tiny", env: dict[str, str] | None = None
+) -> ImgfarmProcess:
+    """``imgfarm worker --model ALIAS``, once Celery says it is ready."""
+    proc = spawn("worker", "--model", alias, env=env)
+    proc.wait_log(" ready.", timeout=120)
+    return proc
+
+
+def launch_dispatcher(
+    spawn: Callable[..., ImgfarmProcess], env: dict[str, str] | None = None
+) -> ImgfarmProcess:
+    """``imgfarm dispatcher``, once it is looping."""
+    proc = spawn("dispatcher", env=env)
+    proc.wait_log("dispatcher started", timeout=60)
+    return proc
+
+
+def launch_api(spawn: Callable[..., ImgfarmProcess]) -> str:
+    """``imgfarm api`` on a free port; returns its base URL once it answers."""
+    port = free_port()
+    spawn("api", "--host", "127.0.0.1", "--port", str(port))
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(healthy, 60, "imgfarm api")
+    return url
 
 
 @dataclass

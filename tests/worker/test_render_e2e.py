@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import time
+import uuid
 
 import httpx
 import numpy as np
@@ -12,7 +13,10 @@ import pytest
 from PIL import Image
 
 from imgfarm.client import Client
+from shared.db import session_scope
+from shared.teams import create_api_key, ensure_team
 from tests.factories import data_url, job_body, png_bytes
+from tests.services import launch_api, launch_dispatcher, launch_worker
 
 pytestmark = pytest.mark.integration
 
@@ -21,11 +25,16 @@ def pixels(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-@pytest.fixture
-def farm(api_server, start_dispatcher, start_worker, new_key):
-    start_dispatcher()
-    worker = start_worker("tiny")
-    with Client(api_server, new_key()) as client:
+@pytest.fixture(scope="module")
+def farm(module_spawn, session_factory):
+    """api, dispatcher and a tiny worker, shared by this module's tests: each process costs
+    seconds to start, and none of these tests changes them."""
+    url = launch_api(module_spawn)
+    launch_dispatcher(module_spawn)
+    worker = launch_worker(module_spawn, "tiny")
+    with session_scope(session_factory) as session:
+        key = create_api_key(session, ensure_team(session, f"e2e-{uuid.uuid4().hex[:8]}"))
+    with Client(url, key) as client:
         yield client, worker
 
 
