@@ -67,6 +67,11 @@ class RenderItem:
         makes it on the io pool, so the device lane only stacks and copies."""
         return to_pixels(self.source)
 
+    @cached_property
+    def control_pixels(self) -> torch.Tensor | None:
+        """``control`` as a uint8 tensor, like ``pixels`` (None for other kinds)."""
+        return None if self.control is None else to_pixels(self.control)
+
 
 @dataclass(frozen=True)
 class RenderResult:
@@ -108,7 +113,9 @@ def prepare(
         job=job, params=params, source=inputs.source, keep=inputs.keep, control=inputs.control
     )
     if model.pipe is not None:  # echo renders nothing
-        item.pixels  # noqa: B018 - made here, on the io pool, not on the device lane
+        # Made here, on the io pool, not on the device lane.
+        item.pixels  # noqa: B018
+        item.control_pixels  # noqa: B018
     return item
 
 
@@ -244,6 +251,9 @@ def _call_pipeline(
     )
     if "mask_image" in extra:  # inpaint multiplies it with `image`: on the same device
         extra["mask_image"] = masks_in(extra["mask_image"], model.device)
+    if "control_image" in extra:  # converted on the device too, like `image`
+        controls = [i.control_pixels for i in items if i.control_pixels is not None]
+        extra["control_image"] = batch_in(controls, model.device)
     # no_grad, not inference_mode: warm-up ran under the pipeline's own no_grad, and compiled
     # graphs guard on that mode; inference_mode here recompiled every bucket on its first job.
     with torch.no_grad():

@@ -525,6 +525,9 @@ def test_render_gives_the_pixels_of_diffusers_own_pil_path(models, storage, alia
     def note(module, args, kwargs):
         sample = args[0] if args else kwargs["sample"]
         strides.append((type(module).__name__, tuple(sample.shape), sample.stride()))
+        # ControlNet's residuals, computed from the edges, are UNet inputs too.
+        residuals = kwargs.get("down_block_additional_residuals") or ()
+        strides.extend(("residual", tuple(r.shape), r.stride()) for r in residuals)
 
     hooks = [
         m.register_forward_pre_hook(note, with_kwargs=True) for m in (real.unet, real.vae.encoder)
@@ -538,6 +541,9 @@ def test_render_gives_the_pixels_of_diffusers_own_pil_path(models, storage, alia
     if alias == "tiny-inpaint":  # multiplied with the image: a tensor on its device too
         assert isinstance(kwargs["mask_image"], torch.Tensor)
         kwargs["mask_image"] = [repaint_mask(i.keep) for i in items]
+    if alias == "tiny-controlnet":  # the edges go in as a tensor too
+        assert isinstance(kwargs["control_image"], torch.Tensor)
+        kwargs["control_image"] = [i.control for i in items]
     kwargs.update(
         image=[i.source for i in items],
         output_type="pil",
