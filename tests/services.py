@@ -174,15 +174,20 @@ def launch_api(spawn: Callable[..., ImgfarmProcess]) -> str:
     port = free_port()
     spawn("api", "--host", "127.0.0.1", "--port", str(port))
     url = f"http://127.0.0.1:{port}"
+    wait_answers(f"{url}/healthz", 60, "imgfarm api")
+    return url
 
-    def healthy() -> bool:
+
+def wait_answers(url: str, timeout: float, what: str) -> None:
+    """Wait until a GET of ``url`` answers 200 (a server starting up refuses or errors)."""
+
+    def answers() -> bool:
         try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+            return httpx.get(url, timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 
-    wait_for(healthy, 60, "imgfarm api")
-    return url
+    wait_for(answers, timeout, what)
 
 
 @dataclass

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.factories import job_body
-from tests.services import free_port, wait_for
+from tests.services import free_port, wait_answers, wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -43,14 +43,7 @@ def flower_url(spawn) -> str:
         env={"IMGFARM_FLOWER_BASIC_AUTH": f"{USER}:{PASSWORD}"},
     )
     url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{url}/healthcheck", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(healthy, 60, "flower /healthcheck")
+    wait_answers(f"{url}/healthcheck", 60, "flower /healthcheck")
     return url
 
 
