@@ -5,13 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from celery import Celery
 from fastapi import FastAPI
 
 from api.errors import ERROR_RESPONSES, register_error_handlers
 from api.metrics import install_api_metrics
 from api.routes import batches, files, health, jobs, models, uploads, webhooks
-from shared.broker import make_celery
 from shared.db import make_engine, make_session_factory
 from shared.logs import LogContextMiddleware
 from shared.registry import load_registry
@@ -23,9 +21,12 @@ def create_app(
     settings: Settings,
     *,
     storage: LocalStorage | S3Storage | None = None,
-    celery: Celery | None = None,
 ) -> FastAPI:
-    """Build the app from ``settings``; tests may hand in their own storage or broker."""
+    """Build the app from ``settings``; tests may hand in their own storage.
+
+    No broker: jobs reach Redis through the dispatcher, so the api process runs (and stays
+    ready) while Redis is down.
+    """
     engine = make_engine(settings.database_url)
 
     @asynccontextmanager
@@ -43,7 +44,6 @@ def create_app(
     app.state.session_factory = make_session_factory(engine)
     app.state.storage = storage or storage_from_settings(settings)
     app.state.registry = load_registry(settings.models)
-    app.state.celery = celery or make_celery(settings, "imgfarm-api")
     register_error_handlers(app)
     app.add_middleware(LogContextMiddleware)
     install_api_metrics(app, settings)

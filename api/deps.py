@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from celery import Celery
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
@@ -39,15 +38,10 @@ def get_registry(request: Request) -> dict[str, ModelSpec]:
     return request.app.state.registry  # type: ignore[no-any-return]
 
 
-def get_celery(request: Request) -> Celery:
-    return request.app.state.celery  # type: ignore[no-any-return]
-
-
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 StorageDep = Annotated[LocalStorage | S3Storage, Depends(get_storage)]
 RegistryDep = Annotated[dict[str, ModelSpec], Depends(get_registry)]
-CeleryDep = Annotated[Celery, Depends(get_celery)]
 
 _bearer = HTTPBearer(auto_error=False, description="A team API key from `imgfarm keys create`.")
 

@@ -71,7 +71,7 @@ def test_health_needs_no_key(client):
     assert client.get("/healthz").status_code == 200
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
+    assert ready.json()["checks"] == {"database": "ok", "storage": "ok"}
 
 
 def test_other_teams_job_is_404(client, new_key):

@@ -108,6 +108,9 @@ def test_redis_down_submissions_accepted_and_all_render_when_back(
     started = time.monotonic()
     try:
         ids = submit(client, new_key(), 100, model="echo", width=64, height=64)  # all 202
+        # The api never talks to the broker: it stays ready, so no pod leaves the Service.
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.text
         with session_factory() as s:
             waiting = s.scalar(
                 select(func.count()).where(Job.id.in_(ids), Job.enqueued_at.is_(None))
