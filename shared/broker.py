@@ -7,13 +7,28 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis.exceptions
 from celery import Celery
+from kombu.exceptions import OperationalError
 
 from shared.settings import Settings
 
 RENDER_TASK = "imgfarm.render"
 # Longest render we plan for; Redis redelivers an unacked message after this.
 VISIBILITY_TIMEOUT_SECONDS = 3600
+
+
+# What "the broker is unreachable" looks like to a sender: kombu re-raises the transport's
+# connection errors as OperationalError once send_task's retries are spent; the raw socket
+# and redis-py errors are listed for the paths that let them through. Nothing else: a
+# TypeError from our own code is a bug to surface, not an outage to wait out.
+BROKER_UNAVAILABLE: tuple[type[Exception], ...] = (
+    OperationalError,
+    ConnectionError,
+    TimeoutError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
 
 
 def render_queue(model: str) -> str:
@@ -59,7 +74,8 @@ def make_celery(settings: Settings, name: str = "imgfarm") -> Celery:
 
 
 def send_render(app: Celery, job_ids: list[str], model: str) -> None:
-    """Hand a group of compatible jobs to their model's queue; raises if the broker is down."""
+    """Hand a group of compatible jobs to their model's queue; raises one of
+    ``BROKER_UNAVAILABLE`` if the broker is down."""
     app.send_task(
         RENDER_TASK,
         args=[job_ids],

@@ -49,7 +49,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from shared.broker import send_render
+from shared.broker import BROKER_UNAVAILABLE, send_render
 from shared.db import session_scope
 from shared.dispatch import CHANNEL
 from shared.events import JOB_FAILED, emit_job_events
@@ -361,7 +361,7 @@ class Dispatcher:
                     send_render(self.celery, [str(i) for i in batch], model)
                     sent.extend(batch)
                     stats.sent_batches += 1
-            except Exception as e:  # kombu raises many types for "broker unreachable"
+            except BROKER_UNAVAILABLE as e:
                 stats.errors.append(f"{model}: {e}")
                 log.warning(
                     "broker unavailable; %s job(s) wait in Postgres: %s", len(rows) - len(sent), e
