@@ -314,6 +314,34 @@ def claim(
     )
 
 
+def recheck(session: Session, claimed: Claimed) -> str | None:
+    """Right before the request: why this claimed attempt must not be sent now, or None.
+
+    Between ``claim`` and the request another thread may have disabled the endpoint (a 410
+    answered to a sibling delivery fails every waiting one, in flight included) or an owner
+    may have disabled or deleted it. Such an attempt is dropped, not sent; one whose
+    endpoint went away is recorded as failed, as ``claim`` would have.
+    """
+    row = session.execute(
+        select(WebhookDelivery.token, WebhookEndpoint.id, WebhookEndpoint.disabled_at)
+        .outerjoin(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+        .where(WebhookDelivery.id == claimed.id)
+    ).one_or_none()
+    if row is None or row.token != claimed.token:
+        return "failed or taken over while waiting to be sent"
+    if claimed.endpoint_id is not None and (row.id is None or row.disabled_at is not None):
+        _finish(
+            session,
+            claimed.id,
+            claimed.token,
+            status="failed",
+            error="endpoint disabled",
+            next_attempt_at=None,
+        )
+        return "endpoint disabled"
+    return None
+
+
 @dataclass(frozen=True)
 class AttemptResult:
     """What one HTTP attempt gave: a status code, or an error without one."""

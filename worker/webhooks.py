@@ -43,6 +43,7 @@ from shared.webhooks import (
     count_in_flight,
     parse_retry_after,
     pick_due,
+    recheck,
     record,
     sign,
 )
@@ -135,6 +136,20 @@ def deliver(ctx: WebhookContext, delivery_id: uuid.UUID, token: str) -> str:
     if isinstance(claimed, str):
         log.info("webhook delivery %s skipped: %s", delivery_id, claimed)
         return "skipped"
+    return send_claimed(ctx, claimed)
+
+
+def send_claimed(ctx: WebhookContext, claimed: Claimed) -> str:
+    """Attempt and record one claimed delivery, unless its endpoint was disabled since the
+    claim (a 410 answered meanwhile to another thread): then it is dropped unsent."""
+    delivery_id = claimed.id
+    # Checked as late as possible: what remains is the time from this read to the request
+    # reaching the receiver (a connect, milliseconds), documented in docs/webhooks.md.
+    with session_scope(ctx.session_factory) as session:
+        dropped = recheck(session, claimed)
+    if dropped is not None:
+        log.info("webhook delivery %s dropped before sending: %s", delivery_id, dropped)
+        return "dropped"
     # The HTTP call runs outside any transaction: a slow receiver holds no database lock.
     result = post(claimed, ctx)
     try:

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from api.app import create_app
 from shared.events import emit_job_event
 from shared.jobs import claim_job, mark_failed, mark_succeeded
-from shared.models import Job, WebhookAttempt, WebhookDelivery
+from shared.models import Job, WebhookAttempt, WebhookDelivery, utcnow
 from tests.factories import batch_body, job_body
 from tests.receiver import Receiver
 from tests.services import ImgfarmProcess, wait_for
@@ -300,3 +300,45 @@ def test_batch_completed_arrives_once_with_the_right_counts(
     assert (
         len(rows(session_factory, event_type="batch.completed", batch_id=uuid.UUID(batch_id))) == 1
     )
+
+
+def test_in_flight_delivery_to_an_endpoint_disabled_by_410_is_dropped_unsent(
+    api, receiver, new_key, session_factory, settings
+):
+    """Two attempts to one endpoint claimed at once; the first answers 410: the second,
+    claimed before the endpoint was disabled, must not reach the receiver. In process, so
+    the order is exact (a webhook worker would make it a race)."""
+    from shared.netguard import parse_networks
+    from shared.webhooks import claim
+    from worker.webhooks import WebhookContext, send_claimed
+
+    receiver.on("/gone", 410)
+    receiver.start()
+    key = new_key()
+    endpoint(api, key, receiver.url("/gone"), ["job.failed"])
+    jobs = [new_job(api, key), new_job(api, key)]
+    with session_factory() as s:
+        for job_id in jobs:
+            assert claim_job(s, job_id, "fake-worker", 300)
+            assert mark_failed(s, job_id, "PermanentRenderError: simulated")
+            emit_job_event(s, job_id, "job.failed")
+        # Handed over in the same commit, as the scheduler would: the module's webhook
+        # worker (if running) skips rows already handed over.
+        tokens = {}
+        for row in s.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id.in_(jobs))):
+            row.token, row.dispatched_at = uuid.uuid4().hex, utcnow()
+            tokens[row.job_id] = (row.id, row.token)
+        s.commit()
+    with session_factory() as s:
+        first, second = (claim(s, *tokens[j], 60) for j in jobs)
+        s.commit()
+    assert not isinstance(first, str) and not isinstance(second, str)
+    ctx = WebhookContext(settings, session_factory, allowed=parse_networks(["127.0.0.0/8"]))
+    assert send_claimed(ctx, first) == "disable"
+    assert send_claimed(ctx, second) == "dropped"
+    assert len(receiver.requests("/gone")) == 1
+    with session_factory() as s:
+        statuses = set(
+            s.scalars(select(WebhookDelivery.status).where(WebhookDelivery.job_id.in_(jobs)))
+        )
+    assert statuses == {"failed"}
