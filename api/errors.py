@@ -11,7 +11,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from shared.errors import ImgfarmError, InvalidRequest, NotFound, StorageError, TransientError
+from shared.errors import (
+    ImgfarmError,
+    InvalidRequest,
+    NotFound,
+    StorageConfigError,
+    StorageError,
+    TransientError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +91,19 @@ async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(_body("a backing service is unavailable; retry shortly"), status_code=503)
 
 
+async def _misconfigured(_: Request, exc: Exception) -> JSONResponse:
+    # Retrying cannot help, so the client is not told to; the details (bucket names,
+    # which variable) are the operators' and go to the log and /readyz.
+    log.error("storage is misconfigured: %s", exc)
+    return JSONResponse(
+        _body(
+            "the farm's object storage is misconfigured; retrying will not help until its "
+            "operators fix it (GET /readyz names the cause)"
+        ),
+        status_code=503,
+    )
+
+
 def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(InvalidRequest, _invalid)
@@ -92,3 +112,4 @@ def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Unauthorized, _unauthorized)
     app.add_exception_handler(TransientError, _unavailable)
     app.add_exception_handler(StorageError, _unavailable)
+    app.add_exception_handler(StorageConfigError, _misconfigured)

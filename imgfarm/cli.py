@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from shared.teams import ApiKeyInfo
 
 console = Console(stderr=True)
+STORAGE_INIT_WAIT_SECONDS = 20
 
 
 def _settings() -> Settings:
@@ -52,12 +53,67 @@ def main() -> None:
 
 @main.command()
 def migrate() -> None:
-    """Apply database migrations to IMGFARM_DATABASE_URL."""
+    """Apply database migrations to IMGFARM_DATABASE_URL and say which ones ran."""
     from shared.migrate import upgrade
 
-    settings = _settings()
-    upgrade(settings.database_url)
-    console.print("database is at the latest schema")
+    applied = upgrade(_settings().database_url)
+    for revision in applied:
+        click.echo(f"applied migration {revision}")
+    if not applied:
+        click.echo("database already at the latest schema: nothing to apply")
+
+
+@main.group()
+def storage() -> None:
+    """Object storage (IMGFARM_STORAGE_URL)."""
+
+
+@storage.command("init")
+def storage_init() -> None:
+    """Create the bucket (or the local folder) if missing and check it answers. Idempotent."""
+    from shared.errors import ImgfarmError, TransientError
+    from shared.storage import S3Storage, storage_from_settings
+
+    store = storage_from_settings(_settings())
+    # An endpoint started a moment ago (a script's previous line) may not answer yet.
+    deadline = time.monotonic() + STORAGE_INIT_WAIT_SECONDS
+    while True:
+        try:
+            if isinstance(store, S3Storage):
+                store.ensure_bucket()
+            store.check()
+            break
+        except TransientError as e:
+            if time.monotonic() > deadline:
+                raise click.ClickException(f"{e} (waited {STORAGE_INIT_WAIT_SECONDS} s)") from e
+            time.sleep(0.5)
+        except ImgfarmError as e:
+            raise click.ClickException(str(e)) from e
+    where = (
+        f"bucket {store.bucket!r} at {store.client.meta.endpoint_url}"
+        if isinstance(store, S3Storage)
+        else f"folder {store.root}"
+    )
+    click.echo(f"storage ready: {where}")
+
+
+def _report_storage(settings: Settings) -> None:
+    """One clear log line at start-up when storage cannot work, naming what to fix.
+
+    The process still starts: /readyz keeps naming the cause until it is fixed.
+    """
+    import logging
+
+    from shared.errors import StorageConfigError, TransientError
+    from shared.storage import storage_from_settings
+
+    log = logging.getLogger("imgfarm.startup")
+    try:
+        storage_from_settings(settings).check()
+    except StorageConfigError as e:
+        log.error("storage is misconfigured, nothing can be stored until fixed: %s", e)
+    except TransientError as e:
+        log.warning("storage does not answer (down, or a wrong IMGFARM_S3_ENDPOINT_URL?): %s", e)
 
 
 @main.group()
@@ -186,6 +242,7 @@ def api(host: str, port: int) -> None:
 
     settings = _settings()
     _logging(settings)
+    _report_storage(settings)
     # log_config=None: uvicorn's loggers go through our handlers (JSON in deployments).
     uvicorn.run(
         create_app(settings),
@@ -219,6 +276,7 @@ def worker(alias: str | None, webhooks: bool) -> None:
     from worker.boot import run_worker
 
     assert alias is not None
+    _report_storage(settings)
     try:
         run_worker(settings, alias, settings.log_level)
     except ImgfarmError as e:

@@ -36,6 +36,10 @@ class StorageError(ImgfarmError):
     """Object storage refused or failed an operation."""
 
 
+class StorageConfigError(StorageError):
+    """Storage is misconfigured (no credentials, no bucket, access denied): retrying is futile."""
+
+
 class ModelLoadError(ImgfarmError):
     """A model's weights could not be loaded."""
 

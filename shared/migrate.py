@@ -6,6 +6,11 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.pool import NullPool
+
+from shared.db import make_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -18,6 +23,25 @@ def alembic_config(database_url: str) -> Config:
     return cfg
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
-    """Bring the database schema to ``revision``."""
-    command.upgrade(alembic_config(database_url), revision)
+def upgrade(database_url: str, revision: str = "head") -> list[str]:
+    """Bring the database schema to ``revision``; returns the revisions applied, oldest first."""
+    cfg = alembic_config(database_url)
+    before = current_revision(database_url)
+    command.upgrade(cfg, revision)
+    after = current_revision(database_url)
+    if after is None or after == before:
+        return []
+    script = ScriptDirectory.from_config(cfg)
+    # Newest first, from ``after`` down to ``before`` (inclusive, so it is dropped).
+    steps = script.walk_revisions(base=before or "base", head=after)
+    return [f"{r.revision} ({r.doc})" for r in steps if r.revision != before][::-1]
+
+
+def current_revision(database_url: str) -> str | None:
+    """The schema revision the database is at (None: never migrated)."""
+    engine = make_engine(database_url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote, urlparse
 
-from shared.errors import StorageError, TransientError
+from shared.errors import StorageConfigError, StorageError
 from shared.settings import Settings
+from shared.storage_errors import classify_s3_error
 
 
 class Storage(Protocol):
@@ -154,14 +155,8 @@ class S3Storage:
 
         try:
             return getattr(self.client, op)(Bucket=self.bucket, **kwargs)  # type: ignore[no-any-return]
-        except ClientError as e:
-            status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-            if status >= 500 or status == 429:
-                raise TransientError(f"S3 {op} failed with {status}: {e}") from e
-            raise StorageError(f"S3 {op} failed: {e}") from e
-        except BotoCoreError as e:
-            # Connection refused, timeouts, DNS: the endpoint may come back.
-            raise TransientError(f"S3 {op} failed: {e}") from e
+        except (ClientError, BotoCoreError) as e:
+            raise classify_s3_error(op, self.bucket, e) from e
 
     def put(
         self, key: str, data: bytes, content_type: str, metadata: dict[str, str] | None = None
@@ -181,6 +176,8 @@ class S3Storage:
     def exists(self, key: str) -> bool:
         try:
             self._call("head_object", Key=self._key(key))
+        except StorageConfigError:
+            raise  # no credentials is not "no such object"
         except StorageError:
             return False
         return True

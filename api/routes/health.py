@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from api.deps import SessionDep, StorageDep
+from shared.errors import StorageConfigError
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger(__name__)
@@ -24,6 +25,10 @@ def healthz() -> dict[str, str]:
 def _probe(check: Callable[[], object]) -> str:
     try:
         check()
+    except StorageConfigError as e:
+        # Only an operator can fix it: say what to fix (readiness is internal-facing).
+        log.error("readiness check failed: %s", e)
+        return f"error: {e}"
     except Exception as e:  # readiness reports any failure, it does not raise
         log.warning("readiness check failed: %s", e)
         return f"error: {type(e).__name__}"
