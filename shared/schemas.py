@@ -3,32 +3,89 @@
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from shared.events import EVENT_TYPES
 from shared.images import OutputFormat, ResizeMode
+from shared.names import NAME_RULE, name_problem
 
 MAX_METADATA_BYTES = 8 * 1024
 MAX_SEED = 2**63 - 1
 
 
 class RequestBody(BaseModel):
-    """A request body: unknown fields refused, and no NUL in any text field (PostgreSQL text
-    cannot hold one, so it would fail at the INSERT instead of naming the field)."""
+    """A request body: unknown fields refused, and text that can be stored and sent back.
+
+    Every string of every field, at any depth (``metadata`` keys and values included), is
+    refused with its path (``metadata.note``) when it holds NUL (PostgreSQL text cannot) or
+    a lone surrogate (what a client that cuts an emoji in half sends as ``"\\ud83d"``: it
+    would be stored, then break every answer that includes it, as UTF-8 cannot encode it).
+    Nested bodies (a batch's images and prompts) check their own fields the same way.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     @field_validator("*")
     @classmethod
-    def _no_nul(cls, value: Any) -> Any:
-        if isinstance(value, str) and "\x00" in value:
-            raise ValueError("must not contain NUL (\\x00) characters")
+    def _storable_text(cls, value: Any) -> Any:
+        if bad := first_bad_text(value):
+            path, problem = bad
+            error = PydanticCustomError("text", "{problem}", {"problem": problem})
+            raise ValidationError.from_exception_data(
+                cls.__name__, [InitErrorDetails(type=error, loc=path, input=None)]
+            )
         return value
+
+
+def _text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return "must not contain NUL (\\x00) characters"
+    if text.isascii():  # O(1) in CPython: the common case never copies the string
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must not contain a lone surrogate (half of a UTF-16 pair, e.g. a cut emoji)"
+    return None
+
+
+def _escaped(key: str) -> str:
+    # A bad key names its own path: escape it, or the error answer could not be encoded.
+    return key.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+def first_bad_text(value: Any) -> tuple[tuple[str | int, ...], str] | None:
+    """The path (relative to ``value``) and problem of its first string, or dict key, that
+    cannot be stored as text; None when all can. Nested models are skipped: they check
+    themselves. Iterative, so deep JSON cannot exhaust the stack."""
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            if problem := _text_problem(item):
+                return path, problem
+        elif isinstance(item, dict):
+            children: list[tuple[tuple[str | int, ...], Any]] = []
+            for key, child in item.items():
+                if isinstance(key, str) and (problem := _text_problem(key)):
+                    return (*path, _escaped(key)), f"key {problem}"
+                children.append(((*path, key), child))
+            stack.extend(reversed(children))
+        elif isinstance(item, list | tuple):
+            stack.extend(((*path, i), child) for i, child in reversed(list(enumerate(item))))
+    return None
 
 
 class RenderKnobs(RequestBody):
@@ -157,15 +214,11 @@ class ModelsPublic(BaseModel):
 # --- Batches -------------------------------------------------------------------------------
 
 MAX_BATCH_JOBS = 10_000
-NAME_RULE = "1-100 characters, no '/', '\\' or control characters, not '.' or '..'"
 
 
-_UNSAFE_IN_NAMES = re.compile(r"[/\\\x00-\x1f\x7f]")
-
-
-def _path_safe(value: str) -> str:
-    if value in (".", "..") or _UNSAFE_IN_NAMES.search(value):
-        raise ValueError(f"{value!r} cannot name a folder: use {NAME_RULE}")
+def _portable(value: str) -> str:
+    if problem := name_problem(value):
+        raise ValueError(f"{value!r} cannot name a file or folder on every system: it {problem}")
     return value
 
 
@@ -173,7 +226,7 @@ def _path_safe(value: str) -> str:
 Name = Annotated[
     str,
     Field(min_length=1, max_length=100, description=NAME_RULE),
-    AfterValidator(_path_safe),
+    AfterValidator(_portable),
 ]
 
 
