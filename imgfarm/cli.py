@@ -47,6 +47,7 @@ def _logging(settings: Settings) -> None:
 
 
 @click.group()
+@click.version_option(package_name="imgfarm", message="imgfarm %(version)s")
 def main() -> None:
     """imgfarm: a render farm for diffusion image-to-image."""
 
@@ -347,7 +348,9 @@ def up(port: int) -> None:
     settings = _settings()
     with EmbeddedStack(settings.data_dir, port=port) as stack:
         console.print(f"imgfarm is up at [bold]{stack.url}[/] (logs in {stack.data_dir}/logs)")
-        console.print(f"API key for team 'local':\n{stack.api_key}")
+        console.print("team 'local' (the same key on every start); paste into your shell:")
+        # Plain stdout, no markup or wrapping: meant to be copied or eval'ed.
+        click.echo(f"export IMGFARM_API_URL={stack.url} IMGFARM_API_KEY={stack.api_key}")
         try:
             while all(p.poll() is None for p in stack.processes.values()):
                 time.sleep(0.5)
@@ -427,7 +430,11 @@ def demo(out: Path, timeout: float) -> None:
     show_default=True,
     help="[env: IMGFARM_API_URL]",
 )
-@click.option("--api-key", envvar="IMGFARM_API_KEY", required=True, help="[env: IMGFARM_API_KEY]")
+@click.option(
+    "--api-key",
+    envvar="IMGFARM_API_KEY",
+    help="[env: IMGFARM_API_KEY] A team key: imgfarm keys create TEAM, or imgfarm up prints one.",
+)
 def submit(
     source: Path,
     prompts: tuple[str, ...],
@@ -447,13 +454,18 @@ def submit(
     out: Path,
     timeout: float,
     api_url: str,
-    api_key: str,
+    api_key: str | None,
 ) -> None:
     """Render every image in SOURCE (a folder, or a CSV 'sku,image_path') x every prompt.
 
     Prints the batch id. Running it again with the same inputs and OUT submits nothing new
     and downloads only what is missing.
     """
+    if not api_key:
+        raise click.UsageError(
+            "no API key: pass --api-key or set IMGFARM_API_KEY "
+            "(imgfarm keys create TEAM prints one; imgfarm up prints an export line)"
+        )
     import json
 
     import httpx

@@ -18,9 +18,11 @@ import httpx
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.migrate import upgrade
 from shared.settings import Settings
-from shared.teams import create_api_key, ensure_team
+from shared.teams import create_api_key, ensure_team, team_for_key
 
 LOCAL_TEAM = "local"
+# Keys are stored hashed: the embedded farm keeps its own key in its data dir to reuse it.
+LOCAL_KEY_FILE = "local-api-key"
 
 
 def _die_with_parent() -> None:
@@ -46,6 +48,27 @@ def issue_key(settings: Settings, team: str) -> str:
             return create_api_key(session, ensure_team(session, team))
     finally:
         engine.dispose()
+
+
+def local_key(settings: Settings) -> str:
+    """The embedded farm's key for team ``local``: the one saved in the data dir while it
+    still works, else a new one saved there (mode 0600), so runs do not pile up keys."""
+    saved = settings.data_dir / LOCAL_KEY_FILE
+    engine = make_engine(settings.database_url)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            if saved.exists():
+                key = saved.read_text().strip()
+                team = team_for_key(session, key)
+                if team is not None and team.name == LOCAL_TEAM:
+                    return key
+            key = create_api_key(session, ensure_team(session, LOCAL_TEAM))
+    finally:
+        engine.dispose()
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.touch(mode=0o600)
+    saved.write_text(key + "\n")
+    return key
 
 
 @dataclass
@@ -87,7 +110,7 @@ class EmbeddedStack:
         self.url = f"http://127.0.0.1:{self.port}"
         settings = Settings(data_dir=self.data_dir, public_url=self.url)
         upgrade(settings.database_url)
-        self.api_key = issue_key(settings, LOCAL_TEAM)
+        self.api_key = local_key(settings)
         self._spawn("api", "api", "--host", "127.0.0.1", "--port", str(self.port))
         self._spawn("dispatcher", "dispatcher")
         for alias in self.models:

@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, func, inspect, update
+from sqlalchemy.orm import Session
 
 from shared.keys import hash_api_key
 from shared.models import ApiKey
@@ -52,6 +53,8 @@ def test_migrate_then_keys_create_prints_a_working_key(
 ):
     result = imgfarm("migrate", env=settings_env)
     assert result.returncode == 0, result.stderr
+    # The session fixture migrated already: it says so rather than nothing at all.
+    assert "already at the latest schema" in result.stdout, result.stdout
     tables = set(inspect(create_engine(settings.database_url)).get_table_names())
     assert {"teams", "api_keys", "jobs", "uploads", "alembic_version"} <= tables
 
@@ -77,3 +80,41 @@ def test_bad_configuration_is_reported_not_a_traceback(bad, tmp_path):
     result = imgfarm("migrate", env={"IMGFARM_DATA_DIR": str(tmp_path), **bad}, timeout=60)
     assert result.returncode != 0
     assert "bad configuration" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_version_and_missing_key_say_what_to_do(tmp_path):
+    env = {"IMGFARM_DATA_DIR": str(tmp_path)}
+    version = imgfarm("--version", env=env, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("imgfarm 0."), version.stdout
+    bare = {k: v for k, v in os.environ.items() if k != "IMGFARM_API_KEY"}
+    result = subprocess.run(
+        [sys.executable, "-m", "imgfarm", "submit", str(tmp_path), "--prompt", "p"],
+        env=bare,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "IMGFARM_API_KEY" in result.stderr and "keys create" in result.stderr
+
+
+def test_embedded_farm_reuses_its_local_key(tmp_path):
+    from imgfarm.embedded import LOCAL_TEAM, local_key
+    from shared.migrate import upgrade
+    from shared.settings import Settings
+    from shared.teams import list_api_keys
+
+    settings = Settings(data_dir=tmp_path)
+    upgrade(settings.database_url)
+    first = local_key(settings)
+    assert local_key(settings) == first, "a second start reuses the saved key"
+    assert (tmp_path / "local-api-key").stat().st_mode & 0o077 == 0, "only its owner reads it"
+    engine = create_engine(settings.database_url)
+    with Session(engine) as session:
+        keys = list_api_keys(session, LOCAL_TEAM)
+        assert [k.active for k in keys] == [True]
+        session.execute(update(ApiKey).values(revoked_at=func.now()))
+        session.commit()
+    replaced = local_key(settings)
+    assert replaced != first, "a revoked saved key is replaced, not reused"
+    engine.dispose()
