@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import secrets
 from typing import cast
 
-from PIL import Image
-
 from shared.errors import InvalidRequest
-from shared.images import has_transparency, open_rgb
+from shared.images import has_transparency, open_rgb, open_rgba
 from shared.registry import ModelSpec
 from shared.schemas import JobCreate, RenderParams
 
@@ -70,25 +67,27 @@ def check_inpaint_inputs(spec: ModelSpec, source: bytes, mask: bytes | None) -> 
 
     With a mask: it must have the source's size (one resize geometry maps both) and some
     white. Without one: the source must have transparent pixels (those get repainted).
-    Both arrive checked (decodable, within the pixel limit).
+    Both arrive checked (decodable, within the limits) and are compared as the worker
+    decodes them: upright, so a phone photo tagged "rotate 90°" takes the mask drawn on it
+    as it is seen.
     """
     if not spec.takes_mask:
         return
+    image = open_rgba(source)
     if mask is None:
-        if not has_transparency(source):
+        if not has_transparency(image):
             raise InvalidRequest(
                 "mask",
                 f"model {spec.alias!r} inpaints: give a mask (white = repaint, black = keep) "
                 "or a source PNG whose transparent pixels are to be repainted",
             )
         return
-    source_size = Image.open(io.BytesIO(source)).size
     decoded = open_rgb(mask)
-    if decoded.size != source_size:
+    if decoded.size != image.size:
         raise InvalidRequest(
             "mask",
             f"is {decoded.width}x{decoded.height} but the image is "
-            f"{source_size[0]}x{source_size[1]}; the mask must have the image's size",
+            f"{image.width}x{image.height} (upright); the mask must have the image's size",
         )
     # Luminance below 128 keeps (worker/masks.py); a mask without any brighter pixel
     # repaints nothing.

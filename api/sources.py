@@ -27,6 +27,11 @@ def store_source(storage: Storage, team: Team, image: CheckedImage) -> str:
     return key
 
 
+def check_source(data: bytes, field: str, settings: Settings) -> CheckedImage:
+    """``check_image`` with this farm's limits: every way an image comes in checks here."""
+    return check_image(data, field, settings.max_image_pixels, settings.max_image_aspect_ratio)
+
+
 def fetch_url(url: str, field: str, settings: Settings) -> bytes:
     """GET a public URL with a size cap, re-checking every redirect hop against SSRF."""
     allowed = parse_networks(settings.private_networks)
@@ -80,10 +85,10 @@ def resolve_source(
             raise InvalidRequest(
                 field, f"image is larger than {settings.max_upload_bytes} bytes", status_code=413
             )
-        return store_source(storage, team, check_image(data, field, settings.max_image_pixels))
+        return store_source(storage, team, check_source(data, field, settings))
     if ref.startswith(("http://", "https://")):
         data = fetch_url(ref, field, settings)
-        return store_source(storage, team, check_image(data, field, settings.max_image_pixels))
+        return store_source(storage, team, check_source(data, field, settings))
     try:
         upload_id = uuid.UUID(ref)
     except ValueError:

@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8000"
     secret_key: str = DEV_SECRET
     max_image_pixels: int = 4096 * 4096
+    # Longest over shortest side of a source image or mask; past it, refused (422) at submit.
+    # Product photos run from 1:1 to banners of about 4:1; past 16:1 little of the product
+    # survives a crop to a model's output, and a sliver costs only memory and time.
+    max_image_aspect_ratio: float = Field(default=16.0, ge=1.0)
     max_upload_bytes: int = 20 * 1024 * 1024
     fetch_timeout_seconds: float = 10.0
     url_expiry_seconds: int = 3600

@@ -16,9 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import SessionDep, SettingsDep, StorageDep, TeamDep
-from api.sources import store_source
+from api.sources import check_source, store_source
 from shared.errors import InvalidRequest, NotFound
-from shared.images import check_image
 from shared.models import Team, Upload, utcnow
 from shared.schemas import UploadPresignCreate, UploadPresigned, UploadPublic, UploadsPublic
 from shared.storage import LocalStorage, S3Storage
@@ -47,7 +46,7 @@ async def create_uploads(
             raise InvalidRequest(
                 field, f"is larger than {settings.max_upload_bytes} bytes", status_code=413
             )
-        checked.append((file.filename, check_image(data, field, settings.max_image_pixels)))
+        checked.append((file.filename, check_source(data, field, settings)))
     for filename, image in checked:
         upload = Upload(
             team_id=team.id,
@@ -149,7 +148,7 @@ def complete_upload(
                 "file", f"is larger than {settings.max_upload_bytes} bytes", status_code=413
             )
         data = s3._call("get_object", Key=bucket_key)["Body"].read()  # type: ignore[attr-defined]
-        image = check_image(data, "file", settings.max_image_pixels)
+        image = check_source(data, "file", settings)
     except InvalidRequest:
         # A refused object is removed: it must not linger where a job could point.
         s3._call("delete_object", Key=bucket_key)
