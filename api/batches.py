@@ -34,6 +34,7 @@ from shared.errors import InvalidRequest, StorageError, TransientError
 from shared.events import JOB_CANCELED, emit_job_events
 from shared.jobs import JobStatus, check_transition
 from shared.models import Batch, Job, Team, Upload, utcnow
+from shared.names import first_collision, is_portable
 from shared.registry import ModelSpec
 from shared.schemas import (
     MAX_BATCH_JOBS,
@@ -85,7 +86,10 @@ def check_job_count(body: BatchCreate) -> None:
 
 
 def _slug(text: str, limit: int = 60) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower())[:limit].strip("-")
+    """Lowercase ASCII words of ``text`` joined by '-'; '' when none is left or the slug
+    is not a portable file name (a prompt "Con" would name the Windows device CON)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower())[:limit].strip("-")
+    return slug if is_portable(slug) else ""
 
 
 def image_names(images: Sequence[BatchImage]) -> list[str]:
@@ -104,16 +108,21 @@ def prompt_names(prompts: Sequence[BatchPrompt]) -> list[str]:
 
 
 def _check_distinct(names: list[str], field: str, attr: str) -> None:
-    # Names become archive folders: two images (or prompts) with one name would collide.
-    seen: dict[str, int] = {}
-    for i, name in enumerate(names):
-        if name in seen:
-            raise InvalidRequest(
-                f"{field}[{i}].{attr}",
-                f"{name!r} is already the {attr} of {field}[{seen[name]}]; "
-                f"give each a distinct {attr}",
-            )
-        seen[name] = i
+    # Names become folders of the archive and of the CLI's download tree, which macOS and
+    # Windows compare ignoring case and Unicode normalisation: SKU-A and sku-a would be one
+    # folder there, the second overwriting the first.
+    collision = first_collision(names)
+    if collision is None:
+        return
+    first, later = collision
+    if names[first] == names[later]:
+        message = f"{names[later]!r} is already the {attr} of {field}[{first}]"
+    else:
+        message = (
+            f"{names[later]!r} and {names[first]!r}, the {attr} of {field}[{first}], are one "
+            "folder on macOS and Windows (they differ only by case or Unicode normalisation)"
+        )
+    raise InvalidRequest(f"{field}[{later}].{attr}", f"{message}; give each a distinct {attr}")
 
 
 def shared_params(spec: ModelSpec, body: BatchCreate, batch_seed: int) -> dict[str, Any]:
@@ -632,10 +641,23 @@ def manifest_json(batch_id: uuid.UUID, items: Iterable[ManifestItem]) -> Iterato
 
 
 MANIFEST_COLUMNS = list(ManifestItem.model_fields)
+# A spreadsheet opening the CSV runs a cell that starts with one of these as a formula
+# (=HYPERLINK(...) in a sku, an error text). OWASP's CSV-injection advice: prefix such a cell
+# with a single quote, which spreadsheets show as text. The JSON manifest stays exact.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def manifest_csv(items: Iterable[ManifestItem]) -> Iterator[bytes]:
-    """The manifest as CSV with a header row, written as the rows arrive."""
+    """The manifest as CSV with a header row, written as the rows arrive; cells that a
+    spreadsheet would run as formulas are neutralised (see FORMULA_STARTS)."""
 
     def pieces() -> Iterator[str]:
         line = io.StringIO()
@@ -643,7 +665,7 @@ def manifest_csv(items: Iterable[ManifestItem]) -> Iterator[bytes]:
         writer.writerow(MANIFEST_COLUMNS)
         for item in items:
             values = item.model_dump(mode="json")
-            writer.writerow(["" if values[c] is None else values[c] for c in MANIFEST_COLUMNS])
+            writer.writerow([_csv_cell(values[c]) for c in MANIFEST_COLUMNS])
             yield line.getvalue()
             line.seek(0)
             line.truncate()

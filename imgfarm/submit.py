@@ -33,6 +33,7 @@ from rich.progress import (
 )
 
 from imgfarm.client import ApiError, Client
+from shared.names import first_collision, name_problem
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 STATE_FILE = ".imgfarm-submit.json"
@@ -119,12 +120,28 @@ def read_images(source: Path) -> list[SourceImage]:
             raise SubmitError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {source}")
     else:
         pairs = _read_csv(source)
-    seen: dict[str, Path] = {}
-    for sku, path in pairs:
-        if sku in seen:
-            raise SubmitError(f"sku {sku!r} is used by both {seen[sku]} and {path}")
-        seen[sku] = path
+    _check_names([sku for sku, _ in pairs], "sku", [str(path) for _, path in pairs])
     return [SourceImage(sku, path, _digest(path)) for sku, path in pairs]
+
+
+def _check_names(names: list[str], what: str, where: list[str]) -> None:
+    """Refuse, before anything is uploaded, names the farm would refuse: each must be a
+    portable file name, and no two may be one folder on macOS or Windows (``SKU-A`` and
+    ``sku-a``): the api applies the same rule (shared/names.py) to the batch."""
+    for name, origin in zip(names, where, strict=True):
+        if problem := name_problem(name):
+            raise SubmitError(f"{what} {name!r} ({origin}) cannot name a folder: it {problem}")
+    collision = first_collision(names)
+    if collision is None:
+        return
+    first, later = collision
+    a, b = names[first], names[later]
+    if a == b:
+        raise SubmitError(f"{what} {a!r} is used by both {where[first]} and {where[later]}")
+    raise SubmitError(
+        f"{what} {b!r} ({where[later]}) and {what} {a!r} ({where[first]}) would be one folder "
+        "on macOS and Windows (they differ only by case or Unicode normalisation): rename one"
+    )
 
 
 def _read_csv(source: Path) -> list[tuple[str, Path]]:
@@ -172,6 +189,8 @@ def read_prompts(options: tuple[str, ...] | list[str], file: Path | None) -> lis
                     prompts.append(parse_prompt(line))
     if not prompts:
         raise SubmitError("give at least one --prompt or a --prompts-file")
+    named = [(p["name"], f"prompt {n + 1}") for n, p in enumerate(prompts) if "name" in p]
+    _check_names([name for name, _ in named], "prompt name", [where for _, where in named])
     return prompts
 
 

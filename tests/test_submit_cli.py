@@ -77,6 +77,49 @@ def test_bad_csv_says_what_to_fix(tmp_path, content, message):
         read_images(listing)
 
 
+def test_skus_one_folder_on_macos_or_windows_are_refused_before_any_upload(tmp_path):
+    """Linux keeps Red-Shoe.png and red-shoe.jpg apart; their folders would not be on a
+    case-insensitive disk, nor would a composed and a decomposed é. Same rule as the api."""
+    folder = photo_folder(tmp_path, ("Red-Shoe", "blue-mug"))
+    (folder / "red-shoe.jpg").write_bytes((folder / "Red-Shoe.png").read_bytes())
+    with pytest.raises(SubmitError, match="one folder on macOS and Windows") as raised:
+        read_images(folder)
+    assert "Red-Shoe.png" in str(raised.value) and "red-shoe.jpg" in str(raised.value)
+
+    listing = tmp_path / "skus.csv"
+    listing.write_text(
+        "sku,image_path\ncaf\u00e9,photos/blue-mug.png\nCAFE\u0301,photos/Red-Shoe.png\n"
+    )
+    with pytest.raises(SubmitError, match="one folder on macOS and Windows"):
+        read_images(listing)
+
+
+@pytest.mark.parametrize(
+    ("stem", "why"),
+    [("CON", "device name"), ("lpt1", "device name"), ("a:b", "':'"), ("x.", "dot")],
+)
+def test_file_names_that_are_not_portable_skus_are_refused(tmp_path, stem, why):
+    folder = photo_folder(tmp_path, (stem, "blue-mug"))
+    with pytest.raises(SubmitError, match=f"sku {stem!r}.*{why}"):
+        read_images(folder)
+
+
+def test_csv_skus_that_are_not_portable_are_refused(tmp_path):
+    photo_folder(tmp_path)
+    listing = tmp_path / "skus.csv"
+    listing.write_text('sku,image_path\nNUL.txt,photos/red-shoe.png\n"a|b",photos/blue-mug.png\n')
+    with pytest.raises(SubmitError, match="'NUL.txt'.*device name"):
+        read_images(listing)
+
+
+def test_prompt_names_follow_the_same_rule():
+    with pytest.raises(SubmitError, match="'Winter'.*one folder on macOS and Windows"):
+        read_prompts(("winter=on snow", "Winter=on ice"), None)
+    with pytest.raises(SubmitError, match="prompt name 'con'.*device name"):
+        read_prompts(("con=on snow",), None)
+    assert read_prompts(("winter=on snow", "summer=on sand"), None)[1]["name"] == "summer"
+
+
 def test_prompts_from_options_and_files(tmp_path):
     assert parse_prompt("winter=a shoe on snow") == {"name": "winter", "prompt": "a shoe on snow"}
     assert parse_prompt("a shoe, f/2.8 = sharp") == {"prompt": "a shoe, f/2.8 = sharp"}

@@ -228,6 +228,66 @@ def test_bad_batch_is_4xx_naming_the_field_and_writes_nothing(
     assert counts(session_factory) == before
 
 
+@pytest.mark.parametrize(
+    "overrides,field",
+    [
+        (
+            {"images": [{"image": data_url(png_bytes()), "sku": s} for s in ("SKU-A", "sku-a")]},
+            "images[1].sku",
+        ),
+        (
+            {
+                "images": [
+                    {"image": data_url(png_bytes()), "sku": s} for s in ("caf\u00e9", "CAFE\u0301")
+                ]
+            },
+            "images[1].sku",
+        ),
+        (
+            # the first image's default sku is image-1
+            {
+                "images": [
+                    {"image": data_url(png_bytes())},
+                    {"image": data_url(png_bytes()), "sku": "IMAGE-1"},
+                ]
+            },
+            "images[1].sku",
+        ),
+        ({"prompts": ["On Snow", {"prompt": "other", "name": "ON-SNOW"}]}, "prompts[1].name"),
+    ],
+)
+def test_names_one_folder_on_macos_or_windows_are_refused(
+    client, key, session_factory, overrides, field
+):
+    """SKU-A and sku-a (or a composed and a decomposed é, or a given sku and a default
+    image-N) would overwrite each other's folder on a case-insensitive disk."""
+    before = counts(session_factory)
+    response = client.post("/v1/batches", json=batch_body(**overrides), headers=auth(key))
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["errors"]
+    assert error["field"] == field and "macOS and Windows" in error["message"], error
+    assert counts(session_factory) == before
+
+
+@pytest.mark.parametrize("sku", ["CON", "nul.txt", "COM1", "C:", "a|b", 'a"b', "x.", "x ", "  "])
+def test_non_portable_skus_are_refused(client, key, session_factory, sku):
+    before = counts(session_factory)
+    images = [{"image": data_url(png_bytes()), "sku": sku}]
+    response = client.post("/v1/batches", json=batch_body(images=images), headers=auth(key))
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == ["images.0.sku"]
+    assert counts(session_factory) == before
+
+
+def test_default_prompt_names_are_portable(client, key, session_factory):
+    """A prompt whose slug is a Windows device name ("Con", "LPT1") gets the default
+    prompt-N instead; other slugs are kept."""
+    prompts = ["Con", "lpt1", "AUX!", "a shoe"]
+    batch_id = submit(client, key, prompts=prompts, variants=1)
+    names = {j.prompt_name for j in batch_jobs(session_factory, batch_id)}
+    assert names == {"prompt-1", "prompt-2", "prompt-3", "a-shoe"}
+
+
 # --- idempotency ---------------------------------------------------------------------------
 
 
@@ -494,6 +554,44 @@ def test_manifest_json_and_csv_list_every_job_and_each_succeeded_output(
         item = items[row["job_id"]]
         assert row["sku"] == item["sku"] and int(row["seed"]) == item["seed"]
         assert row["status"] == item["status"] and row["path"] == (item["path"] or "")
+
+
+def test_manifest_csv_neutralises_formula_cells_and_json_stays_exact(
+    client, key, session_factory, storage
+):
+    """OWASP CSV injection: a cell a spreadsheet would run (= + - @ tab CR) gets a leading
+    single quote in the CSV; the JSON manifest keeps every value as stored."""
+    skus = ["=1+2", "@SUM(A1)", "-lead", "+plus", "plain"]
+    images = [
+        {"image": data_url(png_bytes(color=(i * 40, 9, 9))), "sku": s} for i, s in enumerate(skus)
+    ]
+    batch_id = submit(
+        client, key, images=images, prompts=[{"name": "p", "prompt": "x"}], variants=1
+    )
+    jobs = {j.sku: j for j in batch_jobs(session_factory, batch_id)}
+    finish_jobs(session_factory, storage, [jobs["=1+2"].id], "succeeded")
+    finish_jobs(session_factory, storage, [jobs["plain"].id], "failed")
+    with session_factory() as s:
+        s.execute(update(Job).where(Job.id == jobs["plain"].id).values(error="\t=cmd()"))
+        s.commit()
+
+    url = f"/v1/batches/{batch_id}/manifest"
+    items = {i["sku"]: i for i in client.get(url, headers=auth(key)).json()["items"]}
+    assert set(items) == set(skus), "JSON: the names exactly as given"
+    assert items["=1+2"]["path"] == "=1+2/p/1.png" and items["plain"]["error"] == "\t=cmd()"
+    text = client.get(url, params={"format": "csv"}, headers=auth(key)).text
+    rows = {r["job_id"]: r for r in csv.DictReader(io.StringIO(text))}
+    by_sku = {items[s]["job_id"]: s for s in skus}
+    for job_id, row in rows.items():
+        sku = by_sku[job_id]
+        expected = sku if sku == "plain" else "'" + sku
+        assert row["sku"] == expected, row
+    formula = rows[items["=1+2"]["job_id"]]
+    assert formula["path"] == "'=1+2/p/1.png"
+    assert formula["output_url"].startswith("http") and formula["status"] == "succeeded"
+    assert rows[items["plain"]["job_id"]]["error"] == "'\t=cmd()"
+    for row in rows.values():
+        assert not any(cell[:1] in "=+-@\t\r" for cell in row.values() if cell), row
 
 
 def test_archive_holds_every_succeeded_output_by_sku_prompt_variant(
