@@ -25,6 +25,7 @@ from tests.factories import job_body
 from tests.services import free_port, port_open, wait_for
 from worker.farm_metrics import FarmMetrics
 from worker.metrics import WorkerMetrics
+from worker.tasks import RenderFailed
 
 
 def auth(key: str) -> dict[str, str]:
@@ -191,8 +192,11 @@ def test_plain_string_results_and_raised_tasks_are_still_counted():
     run_task(metrics, "skipped")
     run_task(metrics, RuntimeError("boom"), state="FAILURE", args=(["a", "b", "c"],))
     run_task(metrics, None, state="RETRY")  # comes back: not counted yet
-    failure = RuntimeError("some jobs failed")
-    failure.summary = {"batch_size": 2, "outcomes": {"succeeded": 1, "failed": 1}}  # type: ignore[attr-defined]
+    # What the render task raises when some jobs failed unexpectedly (the real task is run
+    # in tests/worker/test_failures.py).
+    failure = RenderFailed(
+        "j: OverflowError", {"batch_size": 2, "outcomes": {"succeeded": 1, "failed": 1}}
+    )
     run_task(metrics, failure, state="FAILURE", args=(["d", "e"],))
     run_task(metrics, {"garbage": True, "outcomes": "nope", "queue_wait_seconds": "x"})
     counts = {

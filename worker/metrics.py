@@ -6,7 +6,8 @@ built: it connects the signal receivers below and serves ``/metrics`` on
 multiprocess mode when a prefork pool shares the port).
 
 The render task returns a summary that is read here, defensively (older workers returned a
-bare outcome string):
+bare outcome string); when some of its jobs failed unexpectedly it raises ``RenderFailed``
+with the same summary as its ``summary`` attribute:
 
     {"model": "sd-turbo", "batch_size": 4, "render_seconds": 1.8, "load": None,
      "outcomes": {"succeeded": 3, "failed": 1}, "queue_wait_seconds": [12.1, 12.0, 9.5, 9.4]}
@@ -256,7 +257,8 @@ class WorkerMetrics:
         if state == "SUCCESS":
             record_render_summary(self.model, retval)
         elif state == "FAILURE":
-            # The task raised: use the summary it carried if any, else count its jobs.
+            # RenderFailed (worker/tasks.py) carries the batch's summary: its jobs' real
+            # outcomes. Anything else raised before outcomes were known: count its jobs.
             summary = getattr(retval, "summary", None)
             if summary is not None:
                 record_render_summary(self.model, summary)

@@ -1,10 +1,15 @@
-"""Thin Celery tasks: claim the jobs, call render, record each job's outcome.
+"""The render task's orchestration: one batch of jobs from claim to recorded outcome.
 
-A task runs in three stages: prepare (claim, fetch and decode the sources, in parallel on
-the io pool), render (one pipeline call per compatible group, on the device lane) and
-finish (encode, upload and record the outputs, in parallel on the io pool). The worker
-runs ``IMGFARM_WORKER_PIPELINE_DEPTH`` tasks at once, so while one task renders, the others
-prepare or finish and the GPU does not wait for the CPU between batches (worker/device.py).
+``run_render`` runs a batch in three stages: prepare (claim, fetch and decode the sources,
+in parallel on the io pool), render (one pipeline call per compatible group, on the device
+lane) and finish (encode, upload and record the outputs, in parallel on the io pool). The
+worker runs ``IMGFARM_WORKER_PIPELINE_DEPTH`` batches at once, so while one renders, the
+others prepare or finish and the GPU does not wait for the CPU (worker/device.py).
+
+A failed pipeline call is split only where splitting can help (``render_group``); a failed
+job is handed back or failed by worker/failures.py's decision, written in its own
+transaction. The steps themselves are worker/render.py's; the Celery binding is the small
+``register_tasks`` at the end.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ from celery import Celery, Task
 from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
-from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
 from shared.broker import RENDER_TASK
 from shared.db import session_scope
@@ -31,22 +35,23 @@ from shared.jobs import JobStatus, claim_jobs_bulk, mark_failed, mark_succeeded_
 from shared.models import Job, utcnow
 from worker.context import WorkerContext
 from worker.dispatcher import compatibility_key
+from worker.failures import Failure, decide_failure
 from worker.render import Rendered, RenderItem, RenderResult, prepare, render, store_output
-from worker.retry import PERMANENT, backoff_seconds, is_transient
+from worker.retry import db_retry, is_out_of_memory
 
 log = logging.getLogger(__name__)
 
-# Recording an outcome must survive a database restart: the render is already paid for.
-db_retry = retry(
-    retry=retry_if_exception(is_transient),
-    wait=wait_exponential(multiplier=0.2, max=5),
-    stop=stop_after_delay(60),
-    reraise=True,
-)
-
 
 class RenderFailed(ImgfarmError):
-    """Some jobs of the batch failed for an unexpected reason (their rows say why)."""
+    """Some jobs of the batch failed for an unexpected reason (their rows say why).
+
+    ``summary`` is the batch's ``BatchSummary.as_dict()``: the worker's metrics count its
+    real outcomes from it (worker/metrics.py), not one error per job of the message.
+    """
+
+    def __init__(self, message: str, summary: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 @dataclass
@@ -118,48 +123,104 @@ def record_successes(ctx: WorkerContext, results: list[RenderResult]) -> set[uui
         return set(succeeded)
 
 
-@db_retry
 def record_failure(ctx: WorkerContext, job: Job, exc: BaseException, summary: BatchSummary) -> None:
-    """Fail at once if permanent; hand back with backoff if transient and attempts remain."""
-    error = f"{type(exc).__name__}: {exc}"
+    """Fail ``job`` at once or hand it back with backoff (worker/failures.py decides), and
+    log and count that once, however many tries the database write takes."""
+    failure = decide_failure(exc, job.attempts, ctx.settings.max_attempts, job.batch_id)
+    # Logged before the write: if the database stays away, the cause is still on record.
+    if failure.unexpected:
+        # The row names the class only; the operators get the traceback here.
+        summary.unexpected.append(f"{job.id}: {type(exc).__name__}: {exc}")
+        log.error("job %s: unexpected error", job.id, exc_info=exc)
+    elif failure.retry_in is not None:
+        log.warning("job %s: transient error, retry in %.0fs: %s", job.id, failure.retry_in, exc)
+    else:
+        log.info("job %s failed: %s", job.id, failure.error)
+    if write_failure(ctx, job.id, failure):
+        summary.outcomes["failed" if failure.retry_in is None else "retried"] += 1
+    else:  # canceled, or taken back after a lost lease: another attempt owns it now
+        summary.outcomes["canceled" if ctx.in_flight.is_canceled(job.id) else "superseded"] += 1
+
+
+@db_retry
+def write_failure(ctx: WorkerContext, job_id: uuid.UUID, failure: Failure) -> bool:
+    """Write the decision in one transaction; False if the job was no longer ours. Run again
+    from the top after a transient database error: nothing here but the database."""
     with session_scope(ctx.session_factory) as session:
-        if not isinstance(exc, PERMANENT) and is_transient(exc):
-            if job.attempts < ctx.settings.max_attempts:
-                delay = backoff_seconds(job.attempts)
-                requeue(session, job.id, f"attempt {job.attempts}: {error}", delay)
-                summary.outcomes["retried"] += 1
-                log.warning("job %s: transient error, retry in %.0fs: %s", job.id, delay, exc)
-                return
-            error = f"{error} (gave up after {job.attempts} attempts)"
-        elif not isinstance(exc, PERMANENT):
-            summary.unexpected.append(f"{job.id}: {error}")
-            log.error("job %s: unexpected error", job.id, exc_info=exc)
-        if mark_failed(session, job.id, error):
-            # webhooks: the event row commits with the state change (transactional outbox).
-            emit_job_event(session, job.id, JOB_FAILED)
-        summary.outcomes["failed"] += 1
+        if failure.retry_in is not None:
+            return requeue(session, job_id, failure.error, failure.retry_in)
+        if not mark_failed(session, job_id, failure.error):
+            return False
+        # webhooks: the event row commits with the state change (transactional outbox).
+        emit_job_event(session, job_id, JOB_FAILED)
+        return True
 
 
 def render_group(ctx: WorkerContext, items: list[RenderItem], summary: BatchSummary) -> None:
-    """Render compatible items together, then finish them; on failure split in halves so
-    one bad job (or an out-of-memory at this batch size) cannot fail the others."""
+    """Render compatible items in one pipeline call, then finish them. A failed call is
+    split only where that can help (``_settle``), so an error that every job hits costs
+    two more calls, not one per job and more."""
+    error = _try_render(ctx, items, summary)
+    if error is not None:
+        _settle(ctx, items, error, summary)
+
+
+def _try_render(
+    ctx: WorkerContext, items: list[RenderItem], summary: BatchSummary
+) -> Exception | None:
+    """One pipeline call for ``items`` and the finish of what it rendered; the call's error."""
     try:
         rendered = ctx.device.run(_render_live, ctx, items, summary)
     except Exception as e:
-        live = _live(ctx, items)
-        summary.outcomes["canceled"] += len(items) - len(live)
-        if len(live) > 1:
-            log.warning("batch of %d failed (%s); splitting", len(live), e)
-            ctx.device.run(_free_accelerator_memory)
-            mid = len(live) // 2
-            render_group(ctx, live[:mid], summary)
-            render_group(ctx, live[mid:], summary)
-        elif live:
-            record_failure(ctx, live[0].job, e, summary)
-        return
+        return e
     summary.outcomes["canceled"] += len(items) - len(rendered.items)
     if rendered.items:
         finish_group(ctx, rendered, summary)
+    return None
+
+
+def _settle(
+    ctx: WorkerContext, items: list[RenderItem], error: Exception, summary: BatchSummary
+) -> None:
+    """``items`` failed together with ``error``: find out whose failure it is.
+
+    Out of memory: the batch was too large for the device, and its halves, rendered afresh,
+    may fit. Anything else is either one job's doing (then one half renders and only the
+    other is narrowed down further) or the model's, the device's or the code's (then both
+    halves fail as well, and every job takes its half's error: two more calls in all).
+    Two bad jobs in opposite halves read as the second case; a rare price for not making a
+    broken worker try 2n - 1 calls per batch.
+    """
+    live = _live(ctx, items)
+    summary.outcomes["canceled"] += len(items) - len(live)
+    if len(live) <= 1:
+        for item in live:
+            record_failure(ctx, item.job, error, summary)
+        return
+    halves = [live[: len(live) // 2], live[len(live) // 2 :]]
+    if is_out_of_memory(error):
+        log.warning("batch of %d ran out of memory; rendering it in halves", len(live))
+        ctx.device.run(_free_accelerator_memory)
+        for half in halves:
+            render_group(ctx, half, summary)
+        return
+    log.warning("batch of %d failed (%s); trying its halves", len(live), type(error).__name__)
+    errors = [_try_render(ctx, half, summary) for half in halves]
+    systemic = all(e is not None and not is_out_of_memory(e) for e in errors)
+    for half, half_error in zip(halves, errors, strict=True):
+        if half_error is not None and systemic:
+            _fail_all(ctx, half, half_error, summary)
+        elif half_error is not None:
+            _settle(ctx, half, half_error, summary)
+
+
+def _fail_all(
+    ctx: WorkerContext, items: list[RenderItem], error: Exception, summary: BatchSummary
+) -> None:
+    live = _live(ctx, items)
+    summary.outcomes["canceled"] += len(items) - len(live)
+    for item in live:
+        record_failure(ctx, item.job, error, summary)
 
 
 def _live(ctx: WorkerContext, items: list[RenderItem]) -> list[RenderItem]:
@@ -283,5 +344,6 @@ def register_tasks(app: Celery, ctx: WorkerContext) -> None:
             # The database is away (restart, failover): put the message back for later.
             raise self.retry(exc=e, countdown=2, max_retries=30) from e
         if summary.unexpected:
-            raise RenderFailed("; ".join(summary.unexpected))
+            # Celery marks the task failed; the summary rides along for the metrics.
+            raise RenderFailed("; ".join(summary.unexpected), summary.as_dict())
         return summary.as_dict()
