@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from api.errors import ERROR_RESPONSES, register_error_handlers
 from api.metrics import install_api_metrics
@@ -34,7 +35,9 @@ def create_app(
         yield
         engine.dispose()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from assets inside the package, not a CDN: /docs works offline
+    # and on-prem (fastapi-offline ships the same swagger-ui dist FastAPI would fetch).
+    app = FastAPIOffline(
         title="imgfarm",
         version="0.1.0",
         summary="A render farm for diffusion image-to-image.",
