@@ -8,7 +8,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from api.body_limit import BodyLimitMiddleware
 from api.errors import ERROR_RESPONSES, register_error_handlers
+from api.fetch_slots import FetchSlots
 from api.metrics import install_api_metrics
 from api.routes import batches, files, health, jobs, models, uploads, webhooks
 from shared.db import make_engine, make_session_factory
@@ -28,7 +30,7 @@ def create_app(
     No broker: jobs reach Redis through the dispatcher, so the api process runs (and stays
     ready) while Redis is down.
     """
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, **_pool_options(settings))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -47,10 +49,28 @@ def create_app(
     app.state.session_factory = make_session_factory(engine)
     app.state.storage = storage or storage_from_settings(settings)
     app.state.registry = load_registry(settings.models)
+    app.state.fetch_slots = FetchSlots(
+        per_team=settings.fetch_concurrency_per_team,
+        total=settings.fetch_concurrency,
+        retry_after_seconds=settings.fetch_timeout_seconds,
+    )
     register_error_handlers(app)
+    # Innermost of ours: a refused body is still logged and counted in the metrics.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=settings.body_limit_bytes,
+        multipart_limit=settings.multipart_body_limit_bytes,
+        multipart_paths=(uploads.MULTIPART_PATH,),
+    )
     app.add_middleware(LogContextMiddleware)
     install_api_metrics(app, settings)
     app.include_router(health.router)
     for module in (jobs, batches, uploads, models, files, webhooks):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     return app
+
+
+def _pool_options(settings: Settings) -> dict[str, int]:
+    if settings.database_url.startswith("sqlite"):
+        return {}  # one file, one writer: SQLAlchemy's defaults suit it
+    return {"pool_size": settings.api_db_pool_size, "max_overflow": settings.api_db_max_overflow}

@@ -18,7 +18,6 @@ import secrets
 import uuid
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,14 +25,16 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, insert, select, tuple_, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.deps import release_connection
+from api.fetch_slots import FetchSlots
 from api.owned import owned_row
 from api.params import model_spec, resolve_params
-from api.sources import check_webhook_url, resolve_source
+from api.sources import SourceSpool, check_sources, check_webhook_url, upload_keys
 from shared.dispatch import nudge
 from shared.errors import InvalidRequest, StorageError, TransientError
 from shared.events import JOB_CANCELED, emit_job_events
 from shared.jobs import JobStatus, check_transition
-from shared.models import Batch, Job, Team, Upload, utcnow
+from shared.models import Batch, Job, Team, utcnow
 from shared.names import first_collision, is_portable
 from shared.registry import ModelSpec
 from shared.schemas import (
@@ -49,9 +50,6 @@ from shared.schemas import (
 from shared.settings import Settings
 from shared.storage import Storage
 
-# Distinct source URLs are fetched in parallel (I/O bound); bounded so one request cannot
-# open hundreds of outbound connections.
-FETCH_THREADS = 8
 PAGE_SIZE = 500  # rows per query when streaming a manifest or an archive
 FLUSH_BYTES = 64 * 1024  # manifest text is sent in chunks of about this size
 # Derived seeds keep to 53 bits so JavaScript clients read them exactly (Number is a double).
@@ -147,90 +145,48 @@ def resolve_sources(
     team: Team,
     images: Sequence[BatchImage],
     *,
-    storage: Storage,
+    spool: SourceSpool,
+    slots: FetchSlots,
     settings: Settings,
 ) -> list[str]:
-    """The storage key of each image; every distinct reference is fetched and checked once."""
-    first: dict[str, int] = {}
+    """The storage key of each image; every distinct reference is fetched and checked once.
+
+    Upload ids are looked up in one short read, then the connection goes back to the pool
+    before any fetch; fetched images wait in ``spool`` (nothing is stored here).
+    """
+    refs: dict[str, str] = {}
     for i, img in enumerate(images):
-        first.setdefault(img.image, i)
-    keys = _upload_keys(session, team, first)
-    others = [ref for ref in first if ref not in keys]
-    if others:
-        keys.update(_fetch_sources(team, others, first, session, storage, settings))
+        refs.setdefault(img.image, f"images[{i}].image")
+    uploads = upload_keys(session, team, refs)
+    release_connection(session)
+    keys = check_sources(refs, uploads, spool=spool, slots=slots, settings=settings)
     return [keys[img.image] for img in images]
 
 
-def _as_upload_id(ref: str) -> uuid.UUID | None:
-    if ref.startswith(("data:", "http://", "https://")):
-        return None
-    try:
-        return uuid.UUID(ref)
-    except ValueError:
-        return None
+@dataclass(frozen=True)
+class CheckedBatch:
+    """A batch request that nothing can refuse any more; its sources wait in the spool."""
+
+    spec: ModelSpec
+    skus: list[str]
+    names: list[str]
+    seed: int
+    params: dict[str, Any]
+    webhook_url: str | None
+    source_keys: list[str]
 
 
-def _upload_keys(session: Session, team: Team, first: dict[str, int]) -> dict[str, str]:
-    """Upload ids looked up in one query, not one per image."""
-    ids = {ref: u for ref in first if (u := _as_upload_id(ref)) is not None}
-    if not ids:
-        return {}
-    rows = session.execute(
-        select(Upload.id, Upload.object_key).where(
-            Upload.team_id == team.id, Upload.id.in_(list(ids.values()))
-        )
-    ).tuples()
-    found = {upload_id: key for upload_id, key in rows}
-    for ref, upload_id in ids.items():
-        if upload_id not in found:
-            raise InvalidRequest(
-                f"images[{first[ref]}].image", f"no upload {ref} for this team", status_code=404
-            )
-    return {ref: found[upload_id] for ref, upload_id in ids.items()}
-
-
-def _fetch_sources(
-    team: Team,
-    refs: list[str],
-    first: dict[str, int],
-    session: Session,
-    storage: Storage,
-    settings: Settings,
-) -> dict[str, str]:
-    """Data URLs and http(s) URLs, fetched in parallel; the first error in list order wins.
-
-    ``resolve_source`` only touches the session for upload ids, which were resolved
-    already, so sharing it with the threads is safe here.
-    """
-    pool = ThreadPoolExecutor(max_workers=min(FETCH_THREADS, len(refs)))
-    futures: dict[str, Future[str]] = {
-        ref: pool.submit(
-            resolve_source,
-            ref,
-            f"images[{first[ref]}].image",
-            team=team,
-            session=session,
-            storage=storage,
-            settings=settings,
-        )
-        for ref in refs
-    }
-    try:
-        return {ref: future.result() for ref, future in futures.items()}
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def create_batch(
+def check_batch(
     session: Session,
     team: Team,
     body: BatchCreate,
     *,
     registry: dict[str, ModelSpec],
-    storage: Storage,
     settings: Settings,
-) -> Batch:
-    """Validate ``body``, store its sources and insert all its jobs (the caller commits)."""
+    slots: FetchSlots,
+    spool: SourceSpool,
+) -> CheckedBatch:
+    """Validate ``body`` fully, every image included; writes nothing (4xx naming the field)."""
     # 1. cheap checks first: a bad knob or an oversized grid never costs a fetch
     spec = model_spec(registry, body.model)
     check_job_count(body)
@@ -241,8 +197,16 @@ def create_batch(
     webhook_url = None
     if body.webhook_url is not None:
         webhook_url = check_webhook_url(body.webhook_url, "webhook_url", settings)
-    # 2. the sources: each distinct image fetched, proven decodable and stored once
-    source_keys = resolve_sources(session, team, body.images, storage=storage, settings=settings)
+    # 2. the sources: each distinct image fetched and proven decodable once, not stored
+    source_keys = resolve_sources(
+        session, team, body.images, spool=spool, slots=slots, settings=settings
+    )
+    return CheckedBatch(spec, skus, names, batch_seed, params, webhook_url, source_keys)
+
+
+def create_batch(session: Session, team: Team, body: BatchCreate, checked: CheckedBatch) -> Batch:
+    """Insert the checked batch and all its jobs, its sources stored (the caller commits)."""
+    spec, params, batch_seed = checked.spec, checked.params, checked.seed
     # 3. the batch, then every job in one bulk INSERT (no per-job round trip)
     now = utcnow()
     batch = Batch(
@@ -257,7 +221,7 @@ def create_batch(
         job_count=body.job_count,
         meta=body.metadata,
         created_at=now,
-        webhook_url=webhook_url,
+        webhook_url=checked.webhook_url,
     )
     session.add(batch)
     session.flush()
@@ -280,8 +244,8 @@ def create_batch(
             "attempts": 0,
             "created_at": now,
         }
-        for sku, source_key in zip(skus, source_keys, strict=True)
-        for prompt, name in zip(body.prompts, names, strict=True)
+        for sku, source_key in zip(checked.skus, checked.source_keys, strict=True)
+        for prompt, name in zip(body.prompts, checked.names, strict=True)
         for variant in range(1, body.variants + 1)
     ]
     session.execute(insert(Job), rows)

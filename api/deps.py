@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.errors import Unauthorized
+from api.fetch_slots import FetchSlots
 from shared.logs import bind_log_context
 from shared.models import Team
 from shared.registry import ModelSpec
@@ -34,6 +35,18 @@ def get_storage(request: Request) -> LocalStorage | S3Storage:
     return request.app.state.storage  # type: ignore[no-any-return]
 
 
+def get_fetch_slots(request: Request) -> FetchSlots:
+    return request.app.state.fetch_slots  # type: ignore[no-any-return]
+
+
+def release_connection(session: Session) -> None:
+    """End the session's transaction, so its pooled connection goes back before the request
+    waits on the network. A commit, not a rollback: it expires nothing (the session's
+    ``expire_on_commit=False``), so the team stays loaded; the next query takes a
+    connection again."""
+    session.commit()
+
+
 def get_registry(request: Request) -> dict[str, ModelSpec]:
     return request.app.state.registry  # type: ignore[no-any-return]
 
@@ -42,6 +55,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 StorageDep = Annotated[LocalStorage | S3Storage, Depends(get_storage)]
 RegistryDep = Annotated[dict[str, ModelSpec], Depends(get_registry)]
+FetchSlotsDep = Annotated[FetchSlots, Depends(get_fetch_slots)]
 
 _bearer = HTTPBearer(auto_error=False, description="A team API key from `imgfarm keys create`.")
 

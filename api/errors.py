@@ -27,6 +27,14 @@ class Unauthorized(ImgfarmError):
     """No API key, or one we do not know."""
 
 
+class TooBusy(ImgfarmError):
+    """Over a concurrency bound (api/fetch_slots.py): 429 with Retry-After, never queued."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class FieldError(BaseModel):
     field: str
     message: str
@@ -104,12 +112,20 @@ async def _misconfigured(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _too_busy(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, TooBusy)
+    return JSONResponse(
+        _body(str(exc)), status_code=429, headers={"Retry-After": str(exc.retry_after)}
+    )
+
+
 def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(InvalidRequest, _invalid)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(Unauthorized, _unauthorized)
+    app.add_exception_handler(TooBusy, _too_busy)
     app.add_exception_handler(TransientError, _unavailable)
     app.add_exception_handler(StorageError, _unavailable)
     app.add_exception_handler(StorageConfigError, _misconfigured)

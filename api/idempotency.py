@@ -1,11 +1,13 @@
 """``Idempotency-Key``: a POST retried with the same key answers as the first time and
 creates nothing twice. Keys are per team.
 
-How it stays race-safe: the key row is inserted *before* the work, in the request's own
-transaction, under a unique constraint on (team_id, key). A concurrent request with the same
-key blocks on that insert until the first commits (then replays its answer) or rolls back
-(then does the work itself). The answer is written into the row before the commit, so a
-committed key always carries its answer.
+How it stays race-safe: ``replay_of`` answers a key already used before any work (nothing
+fetched twice); then, once the sources are fetched and checked (no transaction is open
+while a request waits on a client's server), the key row is inserted *before* the rows it
+promises, in one short transaction, under a unique constraint on (team_id, key). A
+concurrent request with the same key blocks on that insert until the first commits (then
+replays its answer) or rolls back (then does the work itself). The answer is written into
+the row before the commit, so a committed key always carries its answer.
 
 Keys expire ``ttl_seconds`` after they were first used (24 h by default, see
 ``shared/idempotency.py``); a request carrying an expired key is new. Its old row is
@@ -91,6 +93,30 @@ def _replay(existing: IdempotencyKey, digest: str) -> Replay:
             HEADER, "a request with this key is still being processed; retry shortly", 409
         )
     return Replay(existing.status_code, existing.response)
+
+
+def replay_of(
+    session: Session,
+    team_id: uuid.UUID,
+    key: str | None,
+    scope: str,
+    body: BaseModel,
+    ttl_seconds: float = IDEMPOTENCY_TTL_SECONDS,
+) -> Replay | None:
+    """The stored answer for ``key``, read before any work (a replay never fetches again),
+    or None when the key is new or expired. 409 when it came with another body.
+
+    Claims nothing: ``begin`` claims the key later, in the short transaction that also
+    inserts the work, and replays then if a concurrent request claimed it meanwhile.
+    """
+    if key is None:
+        return None
+    if "\x00" in key:  # PostgreSQL text cannot hold it
+        raise InvalidRequest(HEADER, "must not contain NUL (\\x00) characters")
+    existing = _find(session, team_id, key)
+    if existing is None or existing.created_at <= expiry_cutoff(ttl_seconds):
+        return None
+    return _replay(existing, request_hash(scope, body))
 
 
 def begin(

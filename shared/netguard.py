@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
+import time
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
@@ -86,13 +88,66 @@ def is_blocked(exc: BaseException) -> bool:
     return False
 
 
+def _remaining(
+    deadline: float | None, timeout: float | None, error: type[Exception]
+) -> float | None:
+    """``timeout`` cut to what is left before ``deadline`` (monotonic); ``error`` once none is."""
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise error("the overall deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read and write ends by one deadline: httpx's timeouts are
+    per operation, so a server sending a byte a second would otherwise never time out."""
+
+    def __init__(self, stream: httpcore.NetworkStream, deadline: float) -> None:
+        self._stream = stream
+        self._deadline = deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(
+            max_bytes, _remaining(self._deadline, timeout, httpcore.ReadTimeout)
+        )
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _remaining(self._deadline, timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        left = _remaining(self._deadline, timeout, httpcore.ConnectTimeout)
+        return DeadlineStream(
+            self._stream.start_tls(ssl_context, server_hostname, left), self._deadline
+        )
+
+    def get_extra_info(self, info: str) -> object:
+        return self._stream.get_extra_info(info)
+
+
 class GuardedBackend(httpcore.NetworkBackend):
     """httpcore's socket backend, but it resolves the host itself, refuses the connection
-    if any address is not allowed, and dials only the addresses it checked."""
+    if any address is not allowed, and dials only the addresses it checked. With a
+    ``deadline`` (``time.monotonic()``), every connection it makes ends by then."""
 
-    def __init__(self, allowed: list[Network], resolver: Resolver = system_resolver) -> None:
+    def __init__(
+        self,
+        allowed: list[Network],
+        resolver: Resolver = system_resolver,
+        deadline: float | None = None,
+    ) -> None:
         self.allowed = allowed
         self.resolver = resolver
+        self.deadline = deadline
         self._sockets = httpcore.SyncBackend()
 
     def connect_tcp(
@@ -118,11 +173,17 @@ class GuardedBackend(httpcore.NetworkBackend):
             try:
                 # The checked IP literal is dialled; httpcore still sends SNI and checks the
                 # certificate for ``host`` (the request URL keeps the name, and the Host header).
-                return self._sockets.connect_tcp(
-                    str(addr), port, timeout, local_address, socket_options
+                stream = self._sockets.connect_tcp(
+                    str(addr),
+                    port,
+                    _remaining(self.deadline, timeout, httpcore.ConnectTimeout),
+                    local_address,
+                    socket_options,
                 )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as e:
                 error = e
+                continue
+            return stream if self.deadline is None else DeadlineStream(stream, self.deadline)
         assert error is not None
         raise error
 
@@ -145,24 +206,30 @@ class GuardedTransport(httpx.HTTPTransport):
         *,
         resolver: Resolver = system_resolver,
         verify: bool = True,
+        deadline: float | None = None,
     ) -> None:
         super().__init__(verify=verify, trust_env=False)
         # httpx has no public hook for the network backend: swap the pool it built for one
         # on our backend (tests/shared/test_ssrf.py proves the guard is in the path).
         self._pool = httpcore.ConnectionPool(
             ssl_context=httpx.create_ssl_context(verify=verify, trust_env=False),
-            network_backend=GuardedBackend(allowed, resolver),
+            network_backend=GuardedBackend(allowed, resolver, deadline),
             retries=0,
         )
 
 
 def guarded_client(
-    allowed: list[Network], *, timeout: float, resolver: Resolver = system_resolver
+    allowed: list[Network],
+    *,
+    timeout: float,
+    resolver: Resolver = system_resolver,
+    deadline: float | None = None,
 ) -> httpx.Client:
     """An httpx client that connects only to allowed addresses and follows no redirect
-    (a caller that follows them re-checks each hop with ``resolve_public``)."""
+    (a caller that follows them re-checks each hop with ``resolve_public``). ``timeout``
+    bounds each operation; ``deadline`` (``time.monotonic()``) all of them together."""
     return httpx.Client(
-        transport=GuardedTransport(allowed, resolver=resolver),
+        transport=GuardedTransport(allowed, resolver=resolver, deadline=deadline),
         timeout=timeout,
         follow_redirects=False,
         trust_env=False,

@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRET = "dev-only-secret-change-me"
+MIB = 1024 * 1024
 
 
 class Settings(BaseSettings):
@@ -33,7 +34,25 @@ class Settings(BaseSettings):
     # survives a crop to a model's output, and a sliver costs only memory and time.
     max_image_aspect_ratio: float = Field(default=16.0, ge=1.0)
     max_upload_bytes: int = 20 * 1024 * 1024
-    fetch_timeout_seconds: float = 10.0
+    # Largest request body the api reads (api/body_limit.py), refused with 413 while it
+    # streams, before any parsing. Unset: room for four data URLs of max_upload_bytes (base64
+    # is 4/3 of the bytes; an inpaint job carries two, a batch may carry several) and 1 MiB
+    # for the rest. More images than that go by URL or upload id.
+    max_body_bytes: int | None = Field(default=None, gt=0)
+    # Multipart uploads (POST /v1/uploads) are spooled to disk, not memory: unset, room for
+    # ten files of max_upload_bytes and 1 MiB of multipart framing.
+    max_multipart_body_bytes: int | None = Field(default=None, gt=0)
+    # One deadline for fetching a source URL, redirects included (shared/netguard.py): a
+    # server that sends a byte now and then is cut at it, not merely between reads.
+    fetch_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Requests fetching source URLs at once, per team and in all, per api process
+    # (api/fetch_slots.py); one more answers 429 with Retry-After instead of queueing.
+    fetch_concurrency_per_team: int = Field(default=4, ge=1)
+    fetch_concurrency: int = Field(default=16, ge=1)
+    # Database connections of one api process (SQLAlchemy's pool_size and max_overflow).
+    # No request holds one while it fetches a URL, so a small pool serves many fetches.
+    api_db_pool_size: int = Field(default=10, ge=1)
+    api_db_max_overflow: int = Field(default=10, ge=0)
     url_expiry_seconds: int = 3600
     allow_private_networks: str = ""
     max_attempts: int = 3
@@ -122,6 +141,21 @@ class Settings(BaseSettings):
     def model_cache_dir(self) -> Path:
         """Where built-in offline models are saved on first use."""
         return self.data_dir.resolve() / "models"
+
+    @property
+    def body_limit_bytes(self) -> int:
+        """``max_body_bytes``, or its default derived from ``max_upload_bytes``."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        data_url = -(-self.max_upload_bytes * 4 // 3) + 64  # base64, and "data:image/...,"
+        return 4 * data_url + MIB
+
+    @property
+    def multipart_body_limit_bytes(self) -> int:
+        """``max_multipart_body_bytes``, or its default derived from ``max_upload_bytes``."""
+        if self.max_multipart_body_bytes is not None:
+            return self.max_multipart_body_bytes
+        return 10 * self.max_upload_bytes + MIB
 
     @property
     def private_networks(self) -> list[str]:

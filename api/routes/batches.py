@@ -11,9 +11,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api import batches as service
 from api import idempotency
-from api.deps import RegistryDep, SessionDep, SettingsDep, StorageDep, TeamDep
+from api.deps import FetchSlotsDep, RegistryDep, SessionDep, SettingsDep, StorageDep, TeamDep
 from api.idempotency import IdempotencyKeyHeader
 from api.routes.jobs import job_public
+from api.sources import SourceSpool
 from shared.jobs import JobStatus
 from shared.models import Job
 from shared.schemas import (
@@ -52,25 +53,30 @@ def create_batch(
     settings: SettingsDep,
     storage: StorageDep,
     registry: RegistryDep,
+    slots: FetchSlotsDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> BatchAccepted | Response:
     """Create images x prompts x variants jobs in one transaction (at most 10,000)."""
-    claim = idempotency.begin(
-        session,
-        team.id,
-        idempotency_key,
-        "POST /v1/batches",
-        body,
-        ttl_seconds=settings.idempotency_ttl_seconds,
-    )
-    if isinstance(claim, idempotency.Replay):
-        return claim.response()
-    batch = service.create_batch(
-        session, team, body, registry=registry, storage=storage, settings=settings
-    )
-    accepted = BatchAccepted(id=batch.id, job_count=batch.job_count, seed=batch.seed)
-    idempotency.remember(claim, status.HTTP_202_ACCEPTED, accepted)
-    session.commit()
+    scope, ttl = "POST /v1/batches", settings.idempotency_ttl_seconds
+    # 1. a retry of an answered request replays before fetching anything again
+    replay = idempotency.replay_of(session, team.id, idempotency_key, scope, body, ttl)
+    if replay is not None:
+        return replay.response()
+    with SourceSpool(team.id) as spool:
+        # 2. everything checked, images fetched, no connection held, nothing written
+        checked = service.check_batch(
+            session, team, body, registry=registry, settings=settings, slots=slots, spool=spool
+        )
+        # 3. store the sources (content-addressed: a racing replay below wrote the same),
+        # then a short transaction: claim the key, insert the batch and its jobs
+        spool.store(storage)
+        claim = idempotency.begin(session, team.id, idempotency_key, scope, body, ttl)
+        if isinstance(claim, idempotency.Replay):
+            return claim.response()
+        batch = service.create_batch(session, team, body, checked)
+        accepted = BatchAccepted(id=batch.id, job_count=batch.job_count, seed=batch.seed)
+        idempotency.remember(claim, status.HTTP_202_ACCEPTED, accepted)
+        session.commit()
     return accepted
 
 

@@ -7,10 +7,11 @@ import uuid
 from fastapi import APIRouter, Response, status
 
 from api import idempotency
-from api.deps import RegistryDep, SessionDep, SettingsDep, StorageDep, TeamDep
+from api.deps import FetchSlotsDep, RegistryDep, SessionDep, SettingsDep, StorageDep, TeamDep
 from api.idempotency import IdempotencyKeyHeader
 from api.owned import owned_row
-from api.submit import create_job
+from api.sources import SourceSpool
+from api.submit import add_job, check_job
 from shared.jobs import cancel
 from shared.models import Job
 from shared.schemas import JobAccepted, JobCreate, JobPublic, OutputPublic, RenderParams
@@ -55,22 +56,36 @@ def submit_job(
     settings: SettingsDep,
     storage: StorageDep,
     registry: RegistryDep,
+    slots: FetchSlotsDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JobAccepted | Response:
-    claim = idempotency.begin(
-        session,
-        team.id,
-        idempotency_key,
-        "POST /v1/jobs",
-        body,
-        ttl_seconds=settings.idempotency_ttl_seconds,
-    )
-    if isinstance(claim, idempotency.Replay):
-        return claim.response()
-    job = create_job(session, team, body, registry=registry, storage=storage, settings=settings)
-    accepted = JobAccepted(id=job.id, status=job.status)
-    idempotency.remember(claim, status.HTTP_202_ACCEPTED, accepted)
-    session.commit()
+    scope, ttl = "POST /v1/jobs", settings.idempotency_ttl_seconds
+    # 1. a retry of an answered request replays before fetching anything again
+    replay = idempotency.replay_of(session, team.id, idempotency_key, scope, body, ttl)
+    if replay is not None:
+        return replay.response()
+    with SourceSpool(team.id) as spool:
+        # 2. everything checked, sources fetched, no connection held, nothing written
+        checked = check_job(
+            session,
+            team,
+            body,
+            registry=registry,
+            storage=storage,
+            settings=settings,
+            slots=slots,
+            spool=spool,
+        )
+        # 3. store the sources (content-addressed: a racing replay below wrote the same),
+        # then a short transaction: claim the key, add the row
+        spool.store(storage)
+        claim = idempotency.begin(session, team.id, idempotency_key, scope, body, ttl)
+        if isinstance(claim, idempotency.Replay):
+            return claim.response()
+        job = add_job(session, team, body, checked)
+        accepted = JobAccepted(id=job.id, status=job.status)
+        idempotency.remember(claim, status.HTTP_202_ACCEPTED, accepted)
+        session.commit()
     return accepted
 
 

@@ -23,6 +23,7 @@ from shared.schemas import UploadPresignCreate, UploadPresigned, UploadPublic, U
 from shared.storage import LocalStorage, S3Storage
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
+MULTIPART_PATH = "/v1/uploads"  # its bodies get the larger multipart limit (api/body_limit.py)
 MAX_FILES = 100
 
 
