@@ -15,10 +15,10 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import case, literal, update
+from sqlalchemy import case, literal, select, update
 from sqlalchemy.orm import Session
 
-from shared.models import Job, utcnow
+from shared.models import Job, Worker, utcnow
 
 
 class JobStatus(StrEnum):
@@ -273,3 +273,78 @@ def expire_leases(session: Session, max_attempts: int) -> tuple[int, int]:
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
     return requeued, failed
+
+
+# --- reservations: handed over, held by a worker, not yet claimed ---------------------------
+# A message a worker has received but not started (prefetched, or waiting for its ETA) sits
+# unacked in Redis, and Redis returns it only after its visibility timeout (an hour). The
+# worker notes which jobs it holds (``Job.worker`` on a still-queued job), so when it dies
+# the dispatcher takes them back within one lease, as it does its running jobs.
+
+
+def reserve_jobs(session: Session, job_ids: Sequence[uuid.UUID], worker: str) -> int:
+    """Note that ``worker`` holds these handed-over jobs' message. Claimed, finished or
+    re-armed jobs are left alone (their row already says who, or nobody, has them)."""
+    if not job_ids:
+        return 0
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id.in_(list(job_ids)),
+            Job.status == JobStatus.QUEUED.value,
+            Job.enqueued_at.is_not(None),
+        )
+        .values(worker=worker)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount  # type: ignore[attr-defined, no-any-return]
+
+
+def rearm_reserved_by_lost_workers(session: Session, lease_seconds: int) -> int:
+    """Hand back to the dispatcher the jobs reserved by workers gone for a lease (killed,
+    out of memory) or stopped. Sending them again is safe: whichever message arrives first
+    claims the job (``claim_jobs_bulk``), a late copy is skipped."""
+    from shared.workers import lost_cutoff  # workers is read here only, never the reverse
+
+    alive = (
+        select(Worker.name)
+        .where(
+            Worker.name == Job.worker,
+            Worker.stopped_at.is_(None),
+            Worker.last_seen_at >= lost_cutoff(lease_seconds),
+        )
+        .exists()
+    )
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.status == JobStatus.QUEUED.value,
+            Job.enqueued_at.is_not(None),
+            Job.worker.is_not(None),
+            ~alive,
+        )
+        .values(enqueued_at=None, worker=None)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount  # type: ignore[attr-defined, no-any-return]
+
+
+def release_previous_life(session: Session, worker: str) -> tuple[int, int]:
+    """At a worker's start: give back what an earlier process of the same name (a container
+    restarted in place keeps its host name and pid) still holds. Its reservations go back
+    to the dispatcher now; its running jobs' leases end now, so the sweep takes them back,
+    counting the attempt. Without this the new process's heartbeat would renew leases of
+    jobs nobody renders. Returns (reservations released, leases ended)."""
+    released = session.execute(
+        update(Job)
+        .where(Job.worker == worker, Job.status == JobStatus.QUEUED.value)
+        .values(enqueued_at=None, worker=None)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    ended = session.execute(
+        update(Job)
+        .where(Job.worker == worker, Job.status == JobStatus.RUNNING.value)
+        .values(lease_expires_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    return released, ended

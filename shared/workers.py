@@ -32,3 +32,11 @@ def online_workers_by_model(session: Session, lease_seconds: int) -> dict[str, l
     for model, name in rows:
         workers[model].append(name)
     return dict(workers)
+
+
+def lost_cutoff(lease_seconds: int, now: datetime | None = None) -> datetime:
+    """A worker last seen before this instant is gone as far as what it holds goes: one
+    lease without a heartbeat, the same rule that takes back its running jobs (their lease
+    was last renewed to last beat + lease). No 10 s floor: a reserved job waits no longer
+    than a running one."""
+    return (now or utcnow()) - timedelta(seconds=lease_seconds)

@@ -4,7 +4,9 @@ Postgres is the queue of record; Redis only ever holds a few batches per online 
 Each tick (on a NOTIFY from the api, or every ``dispatch_poll_seconds``):
 
 1. take back running jobs whose lease expired (worker killed, OOM, machine gone);
-2. re-arm jobs handed over long ago but never claimed (lost with a Redis restart);
+2. re-arm jobs handed over but never claimed: at once if the worker that noted it holds
+   them (prefetched, unacked in Redis for an hour) has been gone for a lease or stopped,
+   otherwise after ``redispatch_seconds`` (their message was lost with a Redis restart);
 3. for each model, pick waiting jobs fairly between teams (below), lock them with
    ``FOR UPDATE SKIP LOCKED`` (two dispatchers never pick the same rows), group compatible
    ones into batches, send them.
@@ -54,7 +56,7 @@ from shared.db import session_scope
 from shared.dispatch import CHANNEL
 from shared.events import JOB_FAILED, emit_job_events
 from shared.idempotency import expiry_cutoff, prune_idempotency_keys
-from shared.jobs import JobStatus, expire_leases
+from shared.jobs import JobStatus, expire_leases, rearm_reserved_by_lost_workers
 from shared.models import Job, Worker, utcnow
 from shared.registry import ModelSpec
 from shared.settings import Settings
@@ -284,14 +286,17 @@ class Dispatcher:
         return stats
 
     def _rearm_lost(self, session: Session) -> int:
+        # Reserved by a dead worker: its message is unacked in Redis for an hour; a lease
+        # after its last heartbeat is when its running jobs come back too.
+        held = rearm_reserved_by_lost_workers(session, self.settings.lease_seconds)
         cutoff = utcnow() - timedelta(seconds=self.settings.redispatch_seconds)
         result = session.execute(
             update(Job)
             .where(Job.status == JobStatus.QUEUED.value, Job.enqueued_at < cutoff)
-            .values(enqueued_at=None)
+            .values(enqueued_at=None, worker=None)
             .execution_options(synchronize_session=False)
         )
-        return result.rowcount  # type: ignore[attr-defined, no-any-return]
+        return held + result.rowcount  # type: ignore[attr-defined, no-any-return]
 
     def _prune_idempotency_keys(self) -> None:
         # Expired Idempotency-Keys replay nothing any more: pruning only bounds the table, so

@@ -80,3 +80,70 @@ def test_broker_outage_waits_but_a_bug_in_sending_surfaces(settings, session_fac
     with session_factory() as s:
         waiting = s.scalars(select(Job.enqueued_at).where(Job.id.in_(ids))).all()
     assert waiting == [None] * 3, "nothing unsent may be marked handed over"
+
+
+def add_worker(session_factory, model: str, seen_ago: float, stopped: bool = False) -> str:
+    from datetime import timedelta
+
+    from shared.models import Worker, utcnow
+
+    name = f"{model}-{uuid.uuid4().hex[:6]}@test"
+    seen = utcnow() - timedelta(seconds=seen_ago)
+    with session_scope(session_factory) as s:
+        s.add(
+            Worker(
+                name=name,
+                model=model,
+                device="cpu",
+                last_seen_at=seen,
+                stopped_at=seen if stopped else None,
+            )
+        )
+    return name
+
+
+def test_jobs_reserved_by_a_dead_or_stopped_worker_are_rearmed_at_once(settings, session_factory):
+    from shared.jobs import reserve_jobs
+    from shared.models import utcnow
+
+    model = f"held-{uuid.uuid4().hex[:6]}"
+    lease = settings.lease_seconds
+    live = add_worker(session_factory, model, seen_ago=0)
+    dead = add_worker(session_factory, model, seen_ago=lease + 1)
+    stopped = add_worker(session_factory, model, seen_ago=0, stopped=True)
+    # Handed over a second ago: far inside the redispatch window, so only the holder counts.
+    held = {
+        w: add_jobs(session_factory, model, 2, enqueued_at=utcnow()) for w in (live, dead, stopped)
+    }
+    with session_scope(session_factory) as s:
+        for worker, ids in held.items():
+            assert reserve_jobs(s, ids, worker) == 2
+    stats = dispatcher_for(settings, session_factory, model).tick()
+    assert stats.rearmed == 4
+    # Re-armed jobs are handed over again in the same tick; the live worker's are untouched.
+    with session_factory() as s:
+        holders = dict(s.execute(select(Job.id, Job.worker).where(Job.model == model)).all())
+    assert {holders[j] for j in held[live]} == {live}
+    assert {holders[j] for j in held[dead] + held[stopped]} == {None}
+    assert stats.sent_jobs == 4
+
+
+def test_a_restarted_worker_of_the_same_name_gives_back_what_its_predecessor_held(
+    settings, session_factory
+):
+    from shared.jobs import claim_job, release_previous_life, reserve_jobs
+    from shared.models import utcnow
+
+    model = f"again-{uuid.uuid4().hex[:6]}"
+    name = add_worker(session_factory, model, seen_ago=0)
+    reserved = add_jobs(session_factory, model, 2, enqueued_at=utcnow())
+    (running,) = add_jobs(session_factory, model, 1, enqueued_at=utcnow())
+    with session_scope(session_factory) as s:
+        reserve_jobs(s, reserved, name)
+        assert claim_job(s, running, name, 300)
+    with session_scope(session_factory) as s:
+        assert release_previous_life(s, name) == (2, 1)
+    with session_factory() as s:
+        rows = {j.id: j for j in s.scalars(select(Job).where(Job.model == model))}
+    assert all(rows[j].enqueued_at is None and rows[j].worker is None for j in reserved)
+    assert rows[running].lease_expires_at <= utcnow(), "the sweep takes it back next tick"

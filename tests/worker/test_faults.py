@@ -14,10 +14,10 @@ from collections import Counter
 
 import pytest
 import redis as redis_lib
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 
 from shared.db import session_scope
-from shared.models import Job
+from shared.models import Job, utcnow
 from shared.registry import ModelSpec
 from shared.settings import Settings
 from shared.teams import ensure_team
@@ -164,6 +164,72 @@ def queued_job_ids(redis_url: str, queue: str) -> list[str]:
         ids.extend(args[0])
     client.delete(queue)
     return ids
+
+
+def unacked_job_ids(redis_url: str) -> set[str]:
+    """Job ids in the task messages some worker holds unacked (kombu's ``unacked`` hash)."""
+    client = redis_lib.Redis.from_url(redis_url)
+    ids: set[str] = set()
+    for raw in client.hvals("unacked"):
+        message = json.loads(raw)[0]
+        args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        if args and isinstance(args[0], list):
+            ids.update(args[0])
+    return ids
+
+
+def test_killed_worker_prefetched_jobs_render_elsewhere_within_a_lease(
+    client,
+    new_key,
+    settings,
+    session_factory,
+    s3_client,
+    redis_url,
+    start_worker,
+    start_dispatcher,
+    fault_report,
+):
+    """A message a worker received but did not start stays unacked in Redis for the
+    visibility timeout (an hour). A healthy worker starts what it takes (prefetch 1 per
+    task thread); it holds unstarted messages when they wait for an ETA (a retry's
+    countdown) or when it dies between receipt and claim. Here: messages with an ETA."""
+    from shared.broker import RENDER_TASK, make_celery, render_queue
+
+    first = start_worker("echo")  # the delivery path without diffusion
+    ids = submit(client, new_key(), 6, model="echo", width=64, height=64)
+    # Hand them over as the dispatcher does (none runs yet), two jobs a message, each with
+    # an ETA, so the worker takes them and holds them unclaimed.
+    with session_scope(session_factory) as s:
+        s.execute(update(Job).where(Job.id.in_(ids)).values(enqueued_at=utcnow()))
+    celery = make_celery(settings)
+    for pair in (ids[0:2], ids[2:4], ids[4:6]):
+        celery.send_task(
+            RENDER_TASK, args=[[str(j) for j in pair]], queue=render_queue("echo"), countdown=3600
+        )
+    wanted = {str(j) for j in ids}
+    wait_for(lambda: wanted <= unacked_job_ids(redis_url), 60, "the worker to hold all six")
+    # The replacement and the dispatcher are up before the kill (the queue is empty: the
+    # first worker holds every message), so the time measured is the recovery alone.
+    start_dispatcher()
+    start_worker("echo")
+    assert statuses(session_factory, ids) == {"queued": 6}
+    first.kill()
+    killed = time.monotonic()
+    # Without the fix they wait for IMGFARM_REDISPATCH_SECONDS (600 s): 60 s is plenty.
+    counts = wait_final(session_factory, ids, timeout=60)
+    seconds = time.monotonic() - killed
+    with session_factory() as s:
+        attempts = Counter(s.scalars(select(Job.attempts).where(Job.id.in_(ids))))
+    objects = output_objects(s3_client, ids)
+    fault_report(
+        f"SIGKILL worker holding 6 prefetched jobs: lost {6 - counts['succeeded']}, outputs "
+        f"{sorted(objects.values())}, all done on another worker {seconds:.1f}s after the kill "
+        f"(lease {settings.lease_seconds}s)"
+    )
+    assert counts == {"succeeded": 6}
+    assert attempts == {1: 6}, "never claimed by the dead worker, claimed once by the other"
+    assert objects == {j: 1 for j in ids}
+    assert seconds < settings.lease_seconds + 10
 
 
 def test_two_dispatchers_racing_hand_over_each_job_once(
