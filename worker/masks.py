@@ -4,7 +4,8 @@ A keep mask is a mode ``L`` image at the output size: 255 where the source's pix
 0 where the model repaints. It comes from, in this order:
 
 1. the job's ``mask`` image: its luminance (any alpha flattened onto white) below 128 keeps,
-   128 and above repaints ("white = repaint, black = keep");
+   128 and above repaints ("white = repaint, black = keep"); decoded upright like the
+   source (its own EXIF orientation applied), so both are compared as they are seen;
 2. otherwise the source's alpha channel: fully opaque pixels (alpha 255) are kept, every
    other pixel, transparent or partly so, is repainted (a product cut-out keeps the product);
 3. otherwise nothing is kept: the whole image is repainted.

@@ -1,9 +1,10 @@
 """Prepared inputs, kept in the worker's memory so a product photo is decoded and resized once.
 
-Preparing a job (worker/render.py ``prepare_inputs``) decodes its source, flattens and
-resizes it to the output size and derives what its model kind is conditioned on (an inpaint
-keep mask, canny edges): ~20 ms of CPU for a 1024² source. One photo x many prompts x many
-variants prepares the same pixels for every job; with this cache, once per worker.
+Preparing a job (worker/render.py ``prepare_inputs``) decodes its source (upright, 8-bit,
+sRGB: shared/images.py ``open_rgba``), flattens and resizes it to the output size and
+derives what its model kind is conditioned on (an inpaint keep mask, canny edges): ~20 ms
+of CPU for a 1024² source. One photo x many prompts x many variants prepares the same pixels
+for every job; with this cache, once per worker.
 
 The key is everything those pixels depend on (``PreparedKey``, built by render.py next to
 the code it describes); only content-addressed sources and masks are cached, as in
@@ -44,6 +45,8 @@ class PreparedInputs:
 class PreparedKey(NamedTuple):
     """What prepared inputs depend on: two jobs with equal keys get equal pixels."""
 
+    # Content-addressed bytes: orientation, bit depth and colour profile are read from them,
+    # so the key of the bytes is the key of the upright sRGB pixels too.
     source_key: str
     mask_key: str | None  # only for kinds that take a mask
     width: int

@@ -139,7 +139,9 @@ def prepared_key(spec: ModelSpec, job: Job, params: RenderParams) -> PreparedKey
 def prepare_inputs(
     spec: ModelSpec, storage: Storage, job: Job, params: RenderParams
 ) -> PreparedInputs:
-    """Step 2 for one job: fetch and decode its source (and mask), then ``build_inputs``."""
+    """Step 2 for one job: fetch and decode its source (and mask), then ``build_inputs``.
+    Decoded upright, 8-bit and in sRGB (shared/images.py ``open_rgba``), as the api checked
+    them; resized in memory that goes with the output size, not the source's shape."""
     # StorageError (missing) or TransientError (S3 down), both handled by the caller.
     data = storage.get(job.source_key)
     mask_data = storage.get(job.mask_key) if spec.takes_mask and job.mask_key else None

@@ -19,6 +19,7 @@ from shared.models import Job
 from shared.registry import BUILTINS, ModelSpec
 from shared.schemas import RenderParams
 from shared.settings import Settings
+from tests.photos import MARKS, UPRIGHT_SIZE, oriented_photo
 from tests.services import wait_for
 from tests.worker.test_kinds import cutout, half_mask, make_job, noise, png
 from tests.worker.test_source_cache import (
@@ -244,6 +245,25 @@ def test_size_and_resize_mode_are_prepared_apart(models, inner):
     small = prepare(model, inner, variant(job, width=32, height=32), cache)
     assert cache.misses == 3 and len({crop.source.tobytes(), pad.source.tobytes()}) == 2
     assert small.source.size == (32, 32)
+
+
+@pytest.mark.parametrize("mode", ["fit", "crop"])
+def test_a_rotated_phone_photo_is_prepared_upright_and_its_mask_lines_up(mode, models, inner):
+    """Stored 32x48 with orientation 6 (phone held upright), seen 48x32; the mask is drawn
+    on it as seen (white, repaint, on the left). Both are turned before any size check or
+    resize, and a hit serves the same upright pixels."""
+    model, cache = models("tiny-inpaint"), PreparedCache(1 << 20)
+    mask = png(half_mask(*UPRIGHT_SIZE))
+    job = make_job(inner, "tiny-inpaint", oriented_photo(6), mask=mask, resize_mode=mode)
+    job = variant(job, width=UPRIGHT_SIZE[0], height=UPRIGHT_SIZE[1])
+    first = prepare(model, inner, job, cache)
+    hit = prepare(model, inner, variant(job, seed=9), cache)
+    assert hit.source is first.source and first.source.size == UPRIGHT_SIZE
+    for (x, y), colour in MARKS.items():
+        pixel = first.source.getpixel((x, y))
+        assert all(abs(a - b) <= 12 for a, b in zip(pixel, colour, strict=True)), (x, y, pixel)
+    assert first.keep is not None
+    assert first.keep.getpixel((5, 16)) == 0 and first.keep.getpixel((42, 16)) == 255
 
 
 JOBS = {
