@@ -36,7 +36,15 @@ from shared.models import Job, utcnow
 from worker.context import WorkerContext
 from worker.dispatcher import compatibility_key
 from worker.failures import Failure, decide_failure
-from worker.render import Rendered, RenderItem, RenderResult, prepare, render, store_output
+from worker.render import (
+    Rendered,
+    RenderItem,
+    RenderResult,
+    discard_outputs,
+    prepare,
+    render,
+    store_output,
+)
 from worker.retry import db_retry, is_out_of_memory
 
 log = logging.getLogger(__name__)
@@ -194,8 +202,7 @@ def _settle(
     live = _live(ctx, items)
     summary.outcomes["canceled"] += len(items) - len(live)
     if len(live) <= 1:
-        for item in live:
-            record_failure(ctx, item.job, error, summary)
+        _fail_all(ctx, live, error, summary)
         return
     halves = [live[: len(live) // 2], live[len(live) // 2 :]]
     if is_out_of_memory(error):
@@ -266,6 +273,13 @@ def finish_group(ctx: WorkerContext, rendered: Rendered, summary: BatchSummary) 
     succeeded = record_successes(ctx, results)
     for result in results:
         summary.outcomes["succeeded" if result.job_id in succeeded else "superseded"] += 1
+    # Canceled during the upload (after the check above): the conditional UPDATE refused
+    # them, so what was stored goes. A superseded job's key is another attempt's now: kept.
+    refused = [r for r in results if r.job_id not in succeeded]
+    if refused:
+        latest = job_states(ctx, [r.job_id for r in refused])
+        canceled = [r for r in refused if latest.get(r.job_id) == JobStatus.CANCELED.value]
+        discard_outputs(ctx.storage, canceled)
 
 
 def _store_later(
