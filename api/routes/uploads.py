@@ -15,7 +15,7 @@ from fastapi import APIRouter, UploadFile, status
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from api.deps import SessionDep, SettingsDep, StorageDep, TeamDep
+from api.deps import SessionDep, SettingsDep, StorageDep, TeamDep, release_connection
 from api.sources import check_source, store_source
 from shared.errors import InvalidRequest, NotFound
 from shared.models import Team, Upload, utcnow
@@ -27,8 +27,24 @@ MULTIPART_PATH = "/v1/uploads"  # its bodies get the larger multipart limit (api
 MAX_FILES = 100
 
 
+MAX_FILENAME_CHARS = 255  # the uploads.filename column
+
+
+def check_filename(name: str | None, field: str) -> str | None:
+    """Refuse a filename the uploads table cannot hold, before any object is written."""
+    if name is None:
+        return None
+    if len(name) > MAX_FILENAME_CHARS:
+        raise InvalidRequest(field, f"is {len(name)} characters; at most {MAX_FILENAME_CHARS}")
+    if "\x00" in name:  # PostgreSQL text cannot hold it
+        raise InvalidRequest(field, "must not contain NUL (\\x00) characters")
+    return name
+
+
+# Sync, not async: the checks decode images and the writes wait on storage and the
+# database; in the event loop they would stall every other request.
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=UploadsPublic)
-async def create_uploads(
+def create_uploads(
     files: list[UploadFile],
     team: TeamDep,
     session: SessionDep,
@@ -41,13 +57,15 @@ async def create_uploads(
     # Check every file before storing any: one bad file refuses the whole request.
     checked = []
     for i, file in enumerate(files):
-        data = await file.read(settings.max_upload_bytes + 1)
         field = f"files[{i}]"
+        filename = check_filename(file.filename, f"{field}.filename")
+        data = file.file.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
             raise InvalidRequest(
                 field, f"is larger than {settings.max_upload_bytes} bytes", status_code=413
             )
-        checked.append((file.filename, check_source(data, field, settings)))
+        checked.append((filename, check_source(data, field, settings)))
+    release_connection(session)  # the writes below wait on storage, not on the database
     for filename, image in checked:
         upload = Upload(
             team_id=team.id,

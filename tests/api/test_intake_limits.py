@@ -246,3 +246,31 @@ def test_an_inpaint_job_with_a_bad_mask_writes_no_object(client, new_key, s3_cli
     assert response.status_code == 422, response.text
     assert response.json()["errors"][0]["field"] == "mask"
     assert source_objects(s3_client) == before
+
+
+@pytest.mark.parametrize(
+    "filename", ["x" * 256 + ".png", "a\x00b.png"], ids=["over-255-characters", "nul"]
+)
+def test_an_upload_with_a_bad_filename_is_4xx_naming_it_and_writes_no_object(
+    client, new_key, s3_client, filename
+):
+    key = new_key()
+    before = source_objects(s3_client)
+    # Built by hand: httpx would percent-encode the NUL; a hostile client sends it raw.
+    parts = [("fine.png", png_bytes(color=(7, 8, 9))), (filename, png_bytes(color=(9, 8, 7)))]
+    body = b"".join(
+        b'--B\r\nContent-Disposition: form-data; name="files"; filename="'
+        + name.encode()
+        + b'"\r\nContent-Type: image/png\r\n\r\n'
+        + data
+        + b"\r\n"
+        for name, data in parts
+    )
+    response = client.post(
+        "/v1/uploads",
+        content=body + b"--B--\r\n",
+        headers={**auth(key), "Content-Type": "multipart/form-data; boundary=B"},
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["field"] == "files[1].filename"
+    assert source_objects(s3_client) == before
