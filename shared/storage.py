@@ -28,6 +28,10 @@ class Storage(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
+    def delete(self, key: str) -> None:
+        """Remove ``key``; a missing key is not an error (deletes are retried blindly)."""
+        ...
+
     def url(self, key: str, expires_in: int) -> str:
         """A URL a client can GET without our API key (presigned, or signed by us)."""
         ...
@@ -93,6 +97,11 @@ class LocalStorage:
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + ".meta.json").unlink(missing_ok=True)
 
     def head(self, key: str) -> dict[str, object]:
         meta_path = self._path(key).with_name(self._path(key).name + ".meta.json")
@@ -181,6 +190,9 @@ class S3Storage:
         except StorageError:
             return False
         return True
+
+    def delete(self, key: str) -> None:
+        self._call("delete_object", Key=self._key(key))  # S3 answers 204 for a missing key
 
     def url(self, key: str, expires_in: int) -> str:
         return self.client.generate_presigned_url(  # type: ignore[no-any-return]

@@ -14,6 +14,7 @@ kind (worker/prepared_cache.py): one photo x many prompts is decoded and resized
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -43,6 +44,8 @@ from worker.masks import keep_mask, paste_kept, repaint_mask
 from worker.pipelines import LoadedModel, kind_inputs
 from worker.pixels import batch_in, images_out, masks_in, to_pixels
 from worker.prepared_cache import PreparedCache, PreparedInputs, PreparedKey
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -313,6 +316,20 @@ def store_output(
         "content_type": content_type,
     }
     return RenderResult(job_id=job.id, outputs=[output], provenance=provenance)
+
+
+def discard_outputs(storage: Storage, results: list[RenderResult]) -> None:
+    """Step 5 undone: remove what was stored for jobs canceled during their upload (the
+    conditional ``mark_succeeded`` refused them). A delete that fails is left to the
+    dispatcher's sweep of canceled jobs' outputs (worker/dispatcher.py)."""
+    for result in results:
+        for output in result.outputs:
+            try:
+                storage.delete(output["key"])
+            except Exception as e:  # S3 away: the sweep retries it
+                log.warning(
+                    "could not remove %s of canceled job %s: %s", output["key"], result.job_id, e
+                )
 
 
 def render_batch(

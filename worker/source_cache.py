@@ -57,6 +57,10 @@ class CachingStorage:
     def exists(self, key: str) -> bool:
         return self.inner.exists(key)
 
+    def delete(self, key: str) -> None:
+        # Only outputs are ever deleted; cached sources are content-addressed, never changed.
+        self.inner.delete(key)
+
     def url(self, key: str, expires_in: int) -> str:
         return self.inner.url(key, expires_in)
 

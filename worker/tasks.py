@@ -278,8 +278,8 @@ def finish_group(ctx: WorkerContext, rendered: Rendered, summary: BatchSummary) 
     refused = [r for r in results if r.job_id not in succeeded]
     if refused:
         latest = job_states(ctx, [r.job_id for r in refused])
-        canceled = [r for r in refused if latest.get(r.job_id) == JobStatus.CANCELED.value]
-        discard_outputs(ctx.storage, canceled)
+        gone = [r for r in refused if latest.get(r.job_id) == JobStatus.CANCELED.value]
+        discard_outputs(ctx.storage, gone)
 
 
 def _store_later(
