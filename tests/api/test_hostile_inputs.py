@@ -1,0 +1,303 @@
+"""One table of hostile inputs, sent through each entry point that takes source images and
+free text: ``POST /v1/jobs``, ``POST /v1/batches`` and ``POST /v1/uploads`` (multipart).
+
+Each case says where its hostile part goes in each entry point's request, or why it does not
+apply there. For every (case, entry point): a 4xx (never a 5xx), the error body names the
+field as that entry point spells it (``image`` / ``images[0].image`` / ``files[0]``), and
+nothing is written: no new object under ``sources/`` in the bucket, no new job, batch or
+upload row.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from PIL import Image
+from sqlalchemy import func, select
+
+from shared.models import Batch, Job, Upload
+from shared.storage import SOURCES_PREFIX
+from tests.factories import data_url, png_bytes
+
+ENTRY_POINTS = ("jobs", "batches", "uploads")
+MAX_PIXELS = 4096 * 4096  # Settings.max_image_pixels, the session's default
+GOOD_PNG = png_bytes(64, 64)
+
+
+# --- hostile bytes, built by hand ----------------------------------------------------------
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def header_bomb_png(width: int, height: int) -> bytes:
+    """A few dozen bytes whose IHDR claims ``width`` x ``height`` RGB pixels (no real data)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 16)
+    return (
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+    )
+
+
+def sliver_png(width: int, height: int) -> bytes:
+    """A real, decodable, tiny-on-disk 1-bit PNG of an absurd aspect ratio."""
+    buf = io.BytesIO()
+    Image.new("1", (width, height)).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+# --- the table ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hostile:
+    """One hostile input. Only the parts it sets are hostile; the rest of each request is a
+    valid one. ``not_for`` says, per entry point, why the case does not apply there."""
+
+    id: str
+    image: bytes | None = None  # source bytes: a data URL in JSON, a file in multipart
+    image_ref: str | None = None  # a raw ``image`` reference (JSON bodies only)
+    prompt: str | None = None
+    metadata: dict[str, Any] | None = None
+    skus: tuple[str, ...] | None = None  # batches: the skus of that many copies of one image
+    bad_sku: int = 0  # which sku the error names
+    filename: str | None = None  # uploads
+    extra: dict[str, Any] | None = None  # top-level JSON fields
+    status: int | None = 422  # None: any 4xx (the refusal is another engineer's to shape)
+    # The field path inside the hostile part, e.g. "note" for metadata {"note": ...}.
+    subfield: str = ""
+    not_for: dict[str, str] = field(default_factory=dict)
+    # Entry points where the fix belongs to another engineer and has not landed yet.
+    waiting: dict[str, str] = field(default_factory=dict)
+
+
+NO_METADATA = "uploads take files only: no metadata"
+NO_PROMPT = "uploads take files only: no prompt"
+NO_NAMES = "only a batch names its images (sku)"
+NO_REFS = "uploads take file bytes, not an image reference"
+NO_FILENAME = "JSON bodies carry no file name"
+JSON_ONLY = "multipart has no JSON body"
+FILENAME = "api/routes/uploads.py filename refusal (another engineer) has not landed yet"
+
+CASES = [
+    Hostile(
+        "lone-surrogate-metadata-value",
+        metadata={"note": "cut emoji \ud83d"},
+        subfield="note",
+        not_for={"uploads": NO_METADATA},
+    ),
+    Hostile(
+        "lone-surrogate-metadata-key",
+        metadata={"tags": [{"ok": 1, "\udc00x": 2}]},
+        subfield="tags.0.\\udc00x",
+        not_for={"uploads": NO_METADATA},
+    ),
+    Hostile(
+        "nul-in-metadata-key",
+        metadata={"a\x00b": "c"},
+        subfield="a\\x00b",
+        not_for={"uploads": NO_METADATA},
+    ),
+    Hostile(
+        "lone-surrogate-unknown-top-level-key",
+        extra={"\ud83d": 1},
+        not_for={"uploads": JSON_ONLY},
+    ),
+    Hostile("nul-in-prompt", prompt="a red\x00 shoe", not_for={"uploads": NO_PROMPT}),
+    Hostile("lone-surrogate-in-prompt", prompt="a red \ud83d", not_for={"uploads": NO_PROMPT}),
+    Hostile(
+        "skus-differ-only-by-case",
+        skus=("SKU-A", "sku-a"),
+        bad_sku=1,
+        not_for={"jobs": NO_NAMES, "uploads": NO_NAMES},
+    ),
+    Hostile(
+        "skus-differ-only-by-normalisation",
+        skus=("caf\u00e9", "cafe\u0301"),
+        bad_sku=1,
+        not_for={"jobs": NO_NAMES, "uploads": NO_NAMES},
+    ),
+    *(
+        Hostile(
+            f"non-portable-sku-{i}", skus=(sku,), not_for={"jobs": NO_NAMES, "uploads": NO_NAMES}
+        )
+        for i, sku in enumerate(
+            ["CON", "lpt1.txt", "C:", "a<b", "trailing.", "   ", "\U0001f600" * 64]
+        )
+    ),
+    Hostile("undecodable-image", image=b"\x89PNG\r\n\x1a\n" + b"\xde\xad" * 40),
+    Hostile("empty-image", image=b""),
+    Hostile("truncated-png", image=GOOD_PNG[: len(GOOD_PNG) // 2]),
+    Hostile("png-header-claims-too-many-pixels", image=header_bomb_png(70_000, 70_000), status=413),
+    Hostile("aspect-16777216x1", image=sliver_png(16_777_216, 1), status=None),
+    Hostile("aspect-65536x64", image=sliver_png(65_536, 64), status=None),
+    Hostile("text-file", image=b"name,sku\nshoe,SKU-1\n"),
+    Hostile("pdf-magic", image=b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n"),
+    Hostile(
+        "data-url-not-base64",
+        image_ref="data:image/png;base64,%%%not base64%%%",
+        not_for={"uploads": NO_REFS},
+    ),
+    Hostile(
+        "data-url-without-base64-flag",
+        image_ref="data:image/png,rawbytes",
+        not_for={"uploads": NO_REFS},
+    ),
+    Hostile(
+        "filename-over-255-chars",
+        filename="a" * 252 + ".png",
+        status=None,
+        not_for={"jobs": NO_FILENAME, "batches": NO_FILENAME},
+        waiting={"uploads": FILENAME},
+    ),
+    Hostile(
+        "filename-with-nul",
+        filename="shoe\x00.png",
+        status=None,
+        not_for={"jobs": NO_FILENAME, "batches": NO_FILENAME},
+        waiting={"uploads": FILENAME},
+    ),
+]
+
+
+# --- one request per entry point -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    path: str
+    json: dict[str, Any] | None = None
+    files: list[tuple[str, tuple[str, bytes, str]]] | None = None
+
+
+def _image_ref(case: Hostile) -> str:
+    if case.image_ref is not None:
+        return case.image_ref
+    return data_url(GOOD_PNG if case.image is None else case.image)
+
+
+def _text_fields(case: Hostile) -> dict[str, Any]:
+    fields = dict(case.extra or {})
+    if case.metadata is not None:
+        fields["metadata"] = case.metadata
+    return fields
+
+
+def job_request(case: Hostile) -> tuple[Request, str]:
+    body = {"model": "echo", "prompt": case.prompt or "a shoe", "image": _image_ref(case)}
+    body |= _text_fields(case)
+    return Request("/v1/jobs", json=body), _json_field(case, image="image", prompt="prompt")
+
+
+def _hostile_image(case: Hostile) -> bool:
+    return case.image is not None or case.image_ref is not None
+
+
+def batch_request(case: Hostile) -> tuple[Request, str]:
+    if _hostile_image(case):
+        # After a good image, so "nothing written" covers the good one too.
+        images = [{"image": data_url(GOOD_PNG)}, {"image": _image_ref(case)}]
+        return Request("/v1/batches", json=_batch_body(case, images)), "images[1].image"
+    skus = case.skus or (None,)
+    images = [{"image": _image_ref(case), **({"sku": s} if s else {})} for s in skus]
+    body = _batch_body(case, images)
+    # Names are checked two ways: each one alone by the schema (pydantic spells the path
+    # images.0.sku), their collisions by the api (images[1].sku).
+    sku_field = f"images[{case.bad_sku}].sku" if len(skus) > 1 else f"images.{case.bad_sku}.sku"
+    field = _json_field(case, image="images[0].image", prompt="prompts.0.prompt", sku=sku_field)
+    return Request("/v1/batches", json=body), field
+
+
+def _batch_body(case: Hostile, images: list[dict[str, str]]) -> dict[str, Any]:
+    body = {"model": "echo", "images": images, "prompts": [case.prompt or "a shoe"]}
+    return body | _text_fields(case)
+
+
+def upload_request(case: Hostile) -> tuple[Request, str]:
+    # The hostile file comes second, after a good one that must not be stored either.
+    data = GOOD_PNG if case.image is None else case.image
+    name = "shoe.png" if case.filename is None else case.filename
+    files = [("files", ("good.png", GOOD_PNG, "image/png")), ("files", (name, data, "image/png"))]
+    return Request("/v1/uploads", files=files), "files[1]"
+
+
+def _json_field(case: Hostile, *, image: str, prompt: str, sku: str = "") -> str:
+    if case.metadata is not None:
+        return f"metadata.{case.subfield}"
+    if case.extra is not None:
+        return "body"  # a key that cannot be encoded cannot be named either
+    if case.prompt is not None:
+        return prompt
+    if case.skus is not None:
+        return sku
+    return image
+
+
+BUILDERS: dict[str, Callable[[Hostile], tuple[Request, str]]] = {
+    "jobs": job_request,
+    "batches": batch_request,
+    "uploads": upload_request,
+}
+
+
+def _params() -> list[Any]:
+    params = []
+    for case in CASES:
+        for entry in ENTRY_POINTS:
+            marks = []
+            if entry in case.not_for:
+                marks.append(pytest.mark.skip(reason=f"not applicable: {case.not_for[entry]}"))
+            elif entry in case.waiting:
+                marks.append(pytest.mark.xfail(strict=True, reason=case.waiting[entry]))
+            params.append(pytest.param(case, entry, id=f"{case.id}-{entry}", marks=marks))
+    return params
+
+
+# --- what was written -----------------------------------------------------------------------
+
+
+def written(session_factory, s3_client, settings) -> tuple[int, int, int, int]:
+    """(jobs, batches, uploads, source objects) in the whole database and bucket."""
+    with session_factory() as s:
+        rows = [s.scalar(select(func.count()).select_from(t)) for t in (Job, Batch, Upload)]
+    bucket, _, prefix = settings.storage_url.removeprefix("s3://").partition("/")
+    sources = f"{prefix}/{SOURCES_PREFIX}" if prefix else SOURCES_PREFIX
+    objects = 0
+    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=sources):
+        objects += page.get("KeyCount", 0)
+    return (*rows, objects)
+
+
+@pytest.mark.parametrize(("case", "entry"), _params())
+def test_hostile_input_is_a_4xx_naming_the_field_and_writes_nothing(
+    client, new_key, session_factory, s3_client, settings, case: Hostile, entry: str
+) -> None:
+    request, expected_field = BUILDERS[entry](case)
+    headers = {"Authorization": f"Bearer {new_key(None)}"}
+    before = written(session_factory, s3_client, settings)
+    if request.json is not None:
+        # json.dumps escapes lone surrogates as "\\ud83d", as a JavaScript client sends them
+        # (httpx's own encoder would refuse to encode them).
+        content = json.dumps(request.json).encode()
+        headers["Content-Type"] = "application/json"
+        response = client.post(request.path, content=content, headers=headers)
+    else:
+        response = client.post(request.path, files=request.files, headers=headers)
+    assert 400 <= response.status_code < 500, response.text
+    if case.status is not None:
+        assert response.status_code == case.status, response.text
+    # The field, or a part of it ("files[0].filename" names files[0] too).
+    fields = [e["field"] for e in response.json()["errors"]]
+    assert any(f == expected_field or f.startswith(expected_field + ".") for f in fields), (
+        expected_field,
+        response.json(),
+    )
+    assert written(session_factory, s3_client, settings) == before, "something was written"
