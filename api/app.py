@@ -24,6 +24,7 @@ def create_app(
     settings: Settings,
     *,
     storage: LocalStorage | S3Storage | None = None,
+    listen_host: str | None = None,
 ) -> FastAPI:
     """Build the app from ``settings``; tests may hand in their own storage.
 
@@ -63,7 +64,7 @@ def create_app(
         multipart_paths=(uploads.MULTIPART_PATH,),
     )
     app.add_middleware(LogContextMiddleware)
-    install_api_metrics(app, settings)
+    install_api_metrics(app, settings, listen_host)
     app.include_router(health.router)
     for module in (jobs, batches, uploads, models, files, webhooks):
         app.include_router(module.router, responses=ERROR_RESPONSES)

@@ -4,13 +4,15 @@ Where ``/metrics`` is served, and why it has no API key: with ``IMGFARM_METRICS_
 (every deployment) it is served on that internal port only, like the workers' and the
 dispatcher's, and the public port has no ``/metrics`` at all. Prometheus scrapes the
 internal port; nothing routes it from outside, so no key is needed and none can leak into
-a scrape config. Without the setting (embedded / dev, the API on 127.0.0.1) it is served on
-the API's own port for convenience. Either way it is unauthenticated and internal-only:
-the labels name teams and models.
+a scrape config. Without the setting it is served on the API's own port only when that
+listens on loopback (embedded / dev, 127.0.0.1) or ``IMGFARM_METRICS_ON_API_PORT=true``
+asks for it; ``imgfarm api --host 0.0.0.0`` serves none. Either way it is unauthenticated
+and internal-only: the labels name teams and models.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -162,13 +164,33 @@ def track_submitted_jobs(session_factory: sessionmaker[Session]) -> None:
 # --- wiring ---------------------------------------------------------------------------
 
 
-def install_api_metrics(app: FastAPI, settings: Settings) -> None:
+def serves_on_api_port(settings: Settings, listen_host: str | None) -> bool:
+    """Whether ``/metrics`` shares the api's listener: never with a metrics port; else as
+    ``metrics_on_api_port`` says, or, unset, only when the api listens on loopback (an app
+    that does not say where it listens gets none)."""
+    if settings.metrics_port is not None:
+        return False
+    if settings.metrics_on_api_port is not None:
+        return settings.metrics_on_api_port
+    if listen_host is None:
+        return False
+    if listen_host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(listen_host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def install_api_metrics(app: FastAPI, settings: Settings, listen_host: str | None = None) -> None:
     """Request metrics, job counts and ``/metrics`` (on the internal port when configured)."""
     app.add_middleware(MetricsMiddleware)
     track_submitted_jobs(app.state.session_factory)
-    if settings.metrics_port is None:
+    if serves_on_api_port(settings, listen_host):
         app.add_route("/metrics", metrics_response, methods=["GET"], include_in_schema=False)
         return
+    if settings.metrics_port is None:
+        return  # none at all: set IMGFARM_METRICS_PORT (or IMGFARM_METRICS_ON_API_PORT)
     # Own port: start the listener with the app and stop it with the app.
     inner = app.router.lifespan_context
 

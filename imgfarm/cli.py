@@ -246,7 +246,7 @@ def api(host: str, port: int) -> None:
     _report_storage(settings)
     # log_config=None: uvicorn's loggers go through our handlers (JSON in deployments).
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, listen_host=host),
         host=host,
         port=port,
         log_level=settings.log_level.lower(),

@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     # its own port. A separate port keeps metrics (which name teams) off the public listener.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_address: str = "0.0.0.0"
+    # Without metrics_port, whether the api serves /metrics on its own (public) port: unset,
+    # only when it listens on loopback (`imgfarm up`, `imgfarm api` on 127.0.0.1), never on
+    # 0.0.0.0 or a public address; true or false says so explicitly.
+    metrics_on_api_port: bool | None = None
     # Flower's basic auth, "user:password" (several: "u1:p1,u2:p2"). `imgfarm flower` refuses
     # to start without it unless told --local-only.
     flower_basic_auth: SecretStr | None = None

@@ -48,6 +48,33 @@ def sample(name: str, **labels: str) -> float:
 # --- API ----------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def client(settings):
+    """The api with /metrics on its own port, as asked for explicitly."""
+    app = create_app(settings.model_copy(update={"metrics_on_api_port": True}))
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.mark.parametrize(
+    ("host", "update", "served"),
+    [
+        ("0.0.0.0", {}, False),  # README's by-hand `imgfarm api --host 0.0.0.0`
+        ("10.1.2.3", {}, False),
+        (None, {}, False),  # an app that does not say where it listens
+        ("127.0.0.1", {}, True),  # `imgfarm up`
+        ("0.0.0.0", {"metrics_on_api_port": True}, True),
+        ("127.0.0.1", {"metrics_on_api_port": False}, False),
+    ],
+)
+def test_metrics_share_the_public_port_only_on_loopback_or_when_asked(
+    settings, host, update, served
+):
+    app = create_app(settings.model_copy(update=update), listen_host=host)
+    with TestClient(app) as c:
+        assert (c.get("/metrics").status_code == 200) is served
+
+
 def test_requests_are_counted_by_route_template_not_path(client, new_key):
     key = new_key()
     labels = {"method": "GET", "route": "/v1/jobs/{job_id}", "status": "404"}
