@@ -207,7 +207,10 @@ def requeue(session: Session, job_id: uuid.UUID, error: str, delay_seconds: floa
 
 
 def cancel(session: Session, job_id: uuid.UUID) -> bool:
-    """Cancel a queued job so it never renders, or ask a running one to stop."""
+    """Cancel a queued job so it never renders, or ask a running one to stop.
+
+    A running job keeps its ``lease_expires_at``: it marks that an output may have been
+    stored and must be removed (``canceled_with_outputs``)."""
     now: datetime = utcnow()
     canceled = transition(
         session, job_id, JobStatus.QUEUED, JobStatus.CANCELED, finished_at=now
@@ -348,3 +351,33 @@ def release_previous_life(session: Session, worker: str) -> tuple[int, int]:
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
     return released, ended
+
+
+# --- outputs of canceled jobs ---------------------------------------------------------------
+# A running job canceled keeps its lease_expires_at (``cancel``): the mark that a worker may
+# have stored an output for it. The worker removes what it stored when mark_succeeded
+# refuses the job; if it dies between the upload and the delete, the dispatcher does,
+# once the lease has run out (by then no live worker still holds the job).
+
+
+def canceled_with_outputs(session: Session, limit: int) -> list[tuple[uuid.UUID, uuid.UUID, str]]:
+    """Lock up to ``limit`` canceled jobs whose outputs may remain (``SKIP LOCKED``: two
+    dispatchers never sweep one twice); returns (job id, team id, output format)."""
+    rows = session.execute(
+        select(Job.id, Job.team_id, Job.params)
+        .where(Job.status == JobStatus.CANCELED.value, Job.lease_expires_at < utcnow())
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    return [(r.id, r.team_id, (r.params or {}).get("output_format", "png")) for r in rows]
+
+
+def outputs_removed(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
+    """Clear the mark ``canceled_with_outputs`` looks for: nothing of these jobs remains."""
+    if job_ids:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(list(job_ids)), Job.status == JobStatus.CANCELED.value)
+            .values(lease_expires_at=None)
+            .execution_options(synchronize_session=False)
+        )

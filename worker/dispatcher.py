@@ -7,6 +7,7 @@ Each tick (on a NOTIFY from the api, or every ``dispatch_poll_seconds``):
 2. re-arm jobs handed over but never claimed: at once if the worker that noted it holds
    them (prefetched, unacked in Redis for an hour) has been gone for a lease or stopped,
    otherwise after ``redispatch_seconds`` (their message was lost with a Redis restart);
+   and remove what a worker that died mid-upload left of jobs canceled while running;
 3. for each model, pick waiting jobs fairly between teams (below), lock them with
    ``FOR UPDATE SKIP LOCKED`` (two dispatchers never pick the same rows), group compatible
    ones into batches, send them.
@@ -54,15 +55,26 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 from shared.broker import BROKER_UNAVAILABLE, send_render
 from shared.db import session_scope
 from shared.dispatch import CHANNEL
+from shared.errors import StorageError, TransientError
 from shared.events import JOB_FAILED, emit_job_events
 from shared.idempotency import expiry_cutoff, prune_idempotency_keys
-from shared.jobs import JobStatus, expire_leases, rearm_reserved_by_lost_workers
+from shared.images import EXTENSIONS
+from shared.jobs import (
+    JobStatus,
+    canceled_with_outputs,
+    expire_leases,
+    outputs_removed,
+    rearm_reserved_by_lost_workers,
+)
 from shared.models import Job, Worker, utcnow
 from shared.registry import ModelSpec
 from shared.settings import Settings
+from shared.storage import Storage, output_key, storage_from_settings
 
 log = logging.getLogger(__name__)
 UNKNOWN_MODEL_ERROR = "model {model!r} is no longer in the registry"
+# Canceled jobs whose outputs one tick removes at most (one delete each).
+SWEEP_OUTPUTS_PER_TICK = 100
 
 
 def compatibility_key(params: dict[str, Any]) -> tuple[Any, ...]:
@@ -239,6 +251,7 @@ class TickStats:
     requeued: int = 0
     failed: int = 0
     rearmed: int = 0
+    outputs_removed: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -252,12 +265,14 @@ class Dispatcher:
         celery: Celery,
         registry: dict[str, ModelSpec],
         on_tick: Callable[[Session], object] | None = None,
+        storage: Storage | None = None,
     ) -> None:
         self.settings = settings
         self.session_factory = session_factory
         self.celery = celery
         self.registry = registry
         self.on_tick = on_tick
+        self._storage = storage
         self._pruned_at = -PRUNE_EVERY_SECONDS
 
     def tick(self) -> TickStats:
@@ -265,6 +280,7 @@ class Dispatcher:
         with session_scope(self.session_factory) as session:
             stats.requeued, stats.failed = expire_leases(session, self.settings.max_attempts)
             stats.rearmed = self._rearm_lost(session)
+        stats.outputs_removed = self._remove_canceled_outputs()
         self._prune_idempotency_keys()
         with self.session_factory() as session:
             models = self._models_waiting(session)
@@ -297,6 +313,30 @@ class Dispatcher:
             .execution_options(synchronize_session=False)
         )
         return held + result.rowcount  # type: ignore[attr-defined, no-any-return]
+
+    @property
+    def storage(self) -> Storage:
+        if self._storage is None:  # built on first use: most ticks never need it
+            self._storage = storage_from_settings(self.settings)
+        return self._storage
+
+    def _remove_canceled_outputs(self) -> int:
+        """Delete the outputs a worker stored for a job canceled meanwhile and then died
+        before removing; a delete that fails is tried again next tick."""
+        with session_scope(self.session_factory) as session:
+            removed = []
+            for job_id, team_id, fmt in canceled_with_outputs(session, SWEEP_OUTPUTS_PER_TICK):
+                ext = EXTENSIONS.get(fmt)  # none: malformed params, nothing was rendered
+                try:
+                    if ext is not None:
+                        self.storage.delete(output_key(team_id, job_id, 0, ext))
+                except (StorageError, TransientError) as e:
+                    # The store is away: one warning a tick, not one per job.
+                    log.warning("could not remove outputs of canceled job %s: %s", job_id, e)
+                    break
+                removed.append(job_id)
+            outputs_removed(session, removed)
+        return len(removed)
 
     def _prune_idempotency_keys(self) -> None:
         # Expired Idempotency-Keys replay nothing any more: pruning only bounds the table, so

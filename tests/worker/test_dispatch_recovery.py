@@ -49,12 +49,12 @@ def add_jobs(session_factory, model: str, n: int, **values) -> list[uuid.UUID]:
     return [r["id"] for r in rows]
 
 
-def dispatcher_for(settings: Settings, session_factory, model: str):
+def dispatcher_for(settings: Settings, session_factory, model: str, storage=None):
     from shared.broker import make_celery
     from worker.dispatcher import Dispatcher
 
     registry = {model: ModelSpec(alias=model, source="builtin:tiny", max_batch=8)}
-    return Dispatcher(settings, session_factory, make_celery(settings), registry)
+    return Dispatcher(settings, session_factory, make_celery(settings), registry, storage=storage)
 
 
 def test_broker_outage_waits_but_a_bug_in_sending_surfaces(settings, session_factory, monkeypatch):
@@ -147,3 +147,37 @@ def test_a_restarted_worker_of_the_same_name_gives_back_what_its_predecessor_hel
         rows = {j.id: j for j in s.scalars(select(Job).where(Job.model == model))}
     assert all(rows[j].enqueued_at is None and rows[j].worker is None for j in reserved)
     assert rows[running].lease_expires_at <= utcnow(), "the sweep takes it back next tick"
+
+
+def test_outputs_a_dead_worker_left_for_a_canceled_job_are_removed_once_its_lease_ends(
+    tmp_path, settings, session_factory
+):
+    """The worker uploaded, the job was canceled, the worker died before deleting: the
+    dispatcher removes the object once the lease the worker held has run out."""
+    from datetime import timedelta
+
+    from shared.models import utcnow
+    from shared.storage import LocalStorage, output_key
+
+    storage = LocalStorage(tmp_path / "objects", "http://test", "secret")
+    model = f"leftover-{uuid.uuid4().hex[:6]}"
+    now = utcnow()
+    # canceled while running, lease over / canceled while running, lease still held /
+    # succeeded (its output is the result)
+    over, held = (
+        add_jobs(session_factory, model, 1, status="canceled", lease_expires_at=now + d)[0]
+        for d in (timedelta(seconds=-1), timedelta(seconds=60))
+    )
+    (done,) = add_jobs(session_factory, model, 1, status="succeeded")
+    with session_factory() as s:
+        teams = dict(s.execute(select(Job.id, Job.team_id).where(Job.model == model)).all())
+    keys = {j: output_key(teams[j], j, 0, "png") for j in (over, held, done)}
+    for key in keys.values():
+        storage.put(key, b"png", "image/png")
+    stats = dispatcher_for(settings, session_factory, model, storage=storage).tick()
+    assert stats.outputs_removed >= 1
+    assert not storage.exists(keys[over])
+    assert storage.exists(keys[held]), "its worker may still be finishing: not yet"
+    assert storage.exists(keys[done])
+    with session_factory() as s:
+        assert s.get(Job, over).lease_expires_at is None, "swept once, not every tick"
