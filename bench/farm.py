@@ -18,7 +18,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.harness import cpu_seconds  # noqa: E402
 from shared.db import make_engine, make_session_factory, session_scope  # noqa: E402
 from shared.migrate import upgrade  # noqa: E402
 from shared.models import Job  # noqa: E402
 from shared.settings import Settings  # noqa: E402
-from shared.storage import LocalStorage, S3Storage, storage_from_settings  # noqa: E402
+from shared.storage import S3Storage, storage_from_settings  # noqa: E402
 from shared.teams import create_api_key, ensure_team  # noqa: E402
 from tests.services import (  # noqa: E402
     ImgfarmProcess,
@@ -260,15 +260,6 @@ def count_jobs(factory: sessionmaker[Session], batch_id: uuid.UUID, status: str)
         return int(session.scalar(query) or 0)
 
 
-def status_counts(factory: sessionmaker[Session], batch_id: uuid.UUID) -> Counter[str]:
-    """Jobs of the batch by status, in one query."""
-    with factory() as session:
-        rows = session.execute(
-            select(Job.status, func.count()).where(Job.batch_id == batch_id).group_by(Job.status)
-        )
-        return Counter({str(status): int(n) for status, n in rows})
-
-
 def wait_count(
     count: Callable[[], int], target: int, timeout: float, interval: float = 0.01
 ) -> int:
@@ -281,59 +272,7 @@ def wait_count(
     return seen
 
 
-def missing_outputs(farm: Farm, batch_id: uuid.UUID) -> int:
-    """Succeeded jobs of the batch whose output object is not in storage."""
-    with farm.session_factory() as session:
-        keys = [
-            o["key"]
-            for outputs in session.scalars(
-                select(Job.outputs).where(Job.batch_id == batch_id, Job.status == "succeeded")
-            )
-            for o in outputs or []
-        ]
-    return len(set(keys) - stored_keys(farm.settings, f"outputs/{farm.team_id}/"))
-
-
-def stored_keys(settings: Settings, prefix: str) -> set[str]:
-    """Every key under ``prefix`` (one listing, not a request per object)."""
-    storage = storage_from_settings(settings)
-    if isinstance(storage, LocalStorage):
-        root = storage.root / prefix
-        return {str(p.relative_to(storage.root)) for p in root.rglob("*") if p.is_file()}
-    base = f"{storage.prefix}/" if storage.prefix else ""
-    keys: set[str] = set()
-    pages = storage.client.get_paginator("list_objects_v2")
-    for page in pages.paginate(Bucket=storage.bucket, Prefix=base + prefix):
-        keys.update(o["Key"].removeprefix(base) for o in page.get("Contents", []))
-    return keys
-
-
 # --- CPU time per process (Linux /proc), to see where a job's cost goes --------------------
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of ``pid`` so far; None where /proc cannot tell."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_cpu_seconds() -> tuple[float, float] | None:
-    """(busy, total) CPU seconds of the whole machine so far, all cores; None off Linux.
-
-    Busy over total between two readings is how loaded the machine was: near 1, the CPU
-    stages (and the services) had no core to spare.
-    """
-    try:
-        first = Path("/proc/stat").read_text().splitlines()[0].split()
-    except OSError:
-        return None
-    ticks = [int(v) for v in first[1:]]
-    idle = ticks[3] + ticks[4]  # idle + iowait
-    hz = os.sysconf("SC_CLK_TCK")
-    return (sum(ticks) - idle) / hz, sum(ticks) / hz
 
 
 def postgres_pids(farm: Farm) -> dict[str, int]:
@@ -347,11 +286,3 @@ def cpu_snapshot(farm: Farm) -> dict[str, float]:
     pids = {**farm.pids, **postgres_pids(farm)}
     found = {name: cpu_seconds(pid) for name, pid in pids.items()}
     return {name: seconds for name, seconds in found.items() if seconds is not None}
-
-
-def cpu_used(before: dict[str, float], after: dict[str, float]) -> Counter[str]:
-    """CPU seconds per process between two snapshots, all Postgres backends as one."""
-    used: Counter[str] = Counter()
-    for name in before.keys() & after.keys():
-        used["postgres" if name.startswith("postgres") else name] += after[name] - before[name]
-    return used

@@ -4,21 +4,27 @@
 # In ~9 minutes of wall time, each step under its own `timeout` so that a slow one still
 # leaves the others' results, everything written under $OUT as it goes:
 #   0. preflight: nvidia-smi, the carried wheels installed offline, imports and CUDA checked
-#   1. bench/worker_path.py --device cuda: (a) run_pipeline and (b) render_batch at batch 16,
-#      then (c) the pipelined worker at depths 1 and 3 (alternating, 2 rounds), the model
-#      loaded and warmed on the DeviceLane; `nvidia-smi dmon` samples the GPU meanwhile
-#   2. bench/gpu_throughput.py --only-variants --variants cudnn_attention,inductor, with the
+#   1. bench/pipeline_overlap.py --in-process --model sd15: the worker's own render task
+#      (worker/tasks.py) at pipeline depths 1 and 3 (alternating, 2 rounds of 6 batches of
+#      16), SQLite and a local folder for the services the device lacks: images/s and the
+#      device lane's duty cycle per depth; `nvidia-smi dmon` samples the GPU meanwhile
+#   2. bench/worker_path.py: run_pipeline and render_batch at batch 16 after that bucket's
+#      warm-up (its seconds), then the other buckets' warm-ups while the time lasts
+#   3. bench/gpu_throughput.py --only-variants --variants cudnn_attention,inductor, with the
 #      time left: SD1.5 bs=16 compiled with AccelOptions.attention "cudnn", then without
 #      any variant, then with AccelOptions.inductor_tuning (same process)
-# A summary of both JSON files is printed last (the tool returns the output's tail).
+# Steps 1 and 2 share the random SD1.5 checkpoint under $WORK (built once); each step has
+# its own inductor cache, so every warm-up is a cold compile, as on a fresh worker.
+# A summary of the JSON files is printed last (the tool returns the output's tail).
 #
-# Files under $OUT (8 at most come back): session.log, nvidia-smi.csv, dmon.log,
-# worker_path.json, worker_path.log, gpu_throughput.json, gpu_throughput.log.
+# Files under $OUT (8 at most come back): session.log (nvidia-smi's line in it), dmon.log,
+# pipeline_overlap.json/.log, worker_path.json/.log, gpu_throughput.json/.log.
 #
 # --- before the call, here, in the repo root (/.whl/ is already in .gitignore) -------------
 # The device has torch 2.11, transformers, accelerate, huggingface_hub, numpy, pillow, but
-# not diffusers nor what shared/ imports (pydantic, pydantic-settings, sqlalchemy); pydantic
-# 2.14 needs typing-extensions >= 4.16. Versions are this venv's (`pip list`); one of each:
+# not diffusers nor what shared/ and worker/tasks.py import (pydantic, pydantic-settings,
+# sqlalchemy, celery and its own dependencies, tenacity, cachetools); pydantic 2.14 needs
+# typing-extensions >= 4.16. Versions are this venv's (`pip list`); one of each:
 #
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
@@ -26,8 +32,10 @@
 #     --platform manylinux1_x86_64 -d .whl \
 #     diffusers==0.42.1 pydantic==2.14.4 pydantic-core==2.50.5 pydantic-settings==2.16.3 \
 #     python-dotenv==1.2.4 sqlalchemy==2.1.9 annotated-types==0.8.0 \
-#     typing-inspection==0.4.5 typing-extensions==4.16.0
-#   bash bench/gpu_session.sh --check-wheels     # one wheel per package, ~14 MB in all
+#     typing-inspection==0.4.5 typing-extensions==4.16.0 celery==5.7.0 kombu==5.7.0 \
+#     billiard==4.3.2 vine==5.1.0 amqp==5.4.2 click==8.5.1 python-dateutil==2.9.0.post0 \
+#     six==1.17.0 tzlocal==5.4.5 tenacity==9.2.1 cachetools==8.0.2 redis==8.1.0
+#   bash bench/gpu_session.sh --check-wheels     # one wheel per package, ~17 MB in all
 #   bash bench/gpu_session.sh --cpu-smoke        # the same steps on the CPU, tiny model
 #
 # --- the call (device tool `run`) -----------------------------------------------------------
@@ -48,6 +56,9 @@
 # PYTHON (default python3: on the device the one with torch; here the activated venv's),
 # WORK (weights and objects; /tmp by default). tests/test_bench_worker_path_smoke.py runs
 # --cpu-smoke, so a renamed flag breaks a test here rather than the device run.
+# worker/canny.py imports OpenCV at import time, which the device lacks (its wheel alone is
+# near the carry limit): the device run puts a stand-in cv2 on the path that fails if
+# called; nothing here renders controlnet-canny.
 
 set -uo pipefail
 
@@ -62,7 +73,8 @@ esac
 cd "$(dirname "$0")/.." || exit 1
 PY=${PYTHON:-python3}
 WHEELS=(diffusers pydantic pydantic_core pydantic_settings python_dotenv sqlalchemy
-  annotated_types typing_inspection typing_extensions)
+  annotated_types typing_inspection typing_extensions celery kombu billiard vine amqp click
+  python_dateutil six tzlocal tenacity cachetools redis)
 START=$(date +%s)
 
 check_wheels() {
@@ -127,8 +139,7 @@ say "mode $MODE, $SESSION_S s in all, OUT=$OUT"
 # --- 0. preflight -------------------------------------------------------------------------
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used,clocks.current.sm,clocks.max.sm,power.limit,temperature.gpu \
-    --format=csv >"$OUT/nvidia-smi.csv" 2>&1
-  cat "$OUT/nvidia-smi.csv" >>"$LOG"
+    --format=csv >>"$LOG" 2>&1
 fi
 
 if [ "$MODE" = device ]; then
@@ -137,6 +148,11 @@ if [ "$MODE" = device ]; then
     --target /tmp/site .whl/*.whl >>"$LOG" 2>&1 || { say "wheel install failed"; exit 3; }
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   say "wheels installed in /tmp/site"
+  if ! "$PY" -c "import cv2" 2>/dev/null; then
+    echo 'def Canny(*args, **kwargs): raise RuntimeError("OpenCV is not on this device")' \
+      >/tmp/site/cv2.py
+    say "no OpenCV here: a stand-in cv2 in /tmp/site (controlnet-canny cannot render)"
+  fi
 else
   # Not installed here (the venv has the stack; cp312 wheels do not fit this Python): the
   # set is checked, and pip resolves the same install for Python 3.12 into a scratch dir.
@@ -182,27 +198,39 @@ if [ "$MODE" = device ] && command -v nvidia-smi >/dev/null; then
   DMON=$!
 fi
 
-# --- 1. the worker path, pipelined section included ---------------------------------------
-T=$(slot 330)
-say "1. bench/worker_path.py on $DEVICE (${T} s)"
-timeout -k 10 "$T" "$PY" bench/worker_path.py --device "$DEVICE" "${SMOKE[@]}" \
-  --batch-sizes "$([ "$MODE" = device ] && echo 16 || echo 4)" --turbo-batch 0 --tiny '' \
-  --pipeline-depths 1,3 --no-start-figure --budget-s $((T - 30)) --reserve-s 15 \
-  --workdir "$WORK" --json "$OUT/worker_path.json" >"$OUT/worker_path.log" 2>&1
+# --- 1. depth 1 against 3: the worker's render task on the real model -----------------------
+T=$(slot 200)
+say "1. bench/pipeline_overlap.py --in-process --model sd15 on $DEVICE (${T} s)"
+# Smoke: 2 batches of 4 per run, the untimed warm-up batch of 4 too.
+JOBS=$([ "$MODE" = device ] && echo "--jobs 96" || echo "--jobs 8 --warmup-jobs 4")
+# shellcheck disable=SC2086
+TORCHINDUCTOR_CACHE_DIR="$WORK/inductor-1" timeout -k 10 "$T" "$PY" bench/pipeline_overlap.py \
+  --in-process --model sd15 --device "$DEVICE" "${SMOKE[@]}" $JOBS --depths 1,3 --rounds \
+  "$([ "$MODE" = device ] && echo 2 || echo 1)" --workdir "$WORK" \
+  --json "$OUT/pipeline_overlap.json" >"$OUT/pipeline_overlap.log" 2>&1
 ended 1 $?
 
-# --- 2. cuDNN attention first, and the inductor tuning flags, each against neither ---------
+# --- 2. the render path at batch 16, and each bucket's warm-up ------------------------------
+T=$(slot 160)
+say "2. bench/worker_path.py on $DEVICE (${T} s)"
+TORCHINDUCTOR_CACHE_DIR="$WORK/inductor-2" timeout -k 10 "$T" "$PY" bench/worker_path.py \
+  --device "$DEVICE" "${SMOKE[@]}" --batch-sizes "$([ "$MODE" = device ] && echo 16 || echo 4)" \
+  "$([ "$MODE" = device ] && echo --budget-s=$((T - 20)) || echo --no-start-figure)" \
+  --workdir "$WORK" --json "$OUT/worker_path.json" >"$OUT/worker_path.log" 2>&1
+ended 2 $?
+
+# --- 3. cuDNN attention first, and the inductor tuning flags, each against neither ---------
 T=$(slot 600)
 if [ "$T" -ge 120 ] || [ "$MODE" = cpu-smoke ]; then
-  say "2. bench/gpu_throughput.py --only-variants --variants cudnn_attention,inductor (${T} s)"
+  say "3. bench/gpu_throughput.py --only-variants --variants cudnn_attention,inductor (${T} s)"
   # No --budget-s: the compile of each variant either finishes or the timeout ends it; the
   # JSON is rewritten after each variant, so the first one's figure survives the second.
-  timeout -k 10 "$T" "$PY" bench/gpu_throughput.py --device "$DEVICE" "${SMOKE[@]}" \
-    --only-variants --variants cudnn_attention,inductor --json "$OUT/gpu_throughput.json" \
-    >"$OUT/gpu_throughput.log" 2>&1
-  ended 2 $?
+  TORCHINDUCTOR_CACHE_DIR="$WORK/inductor-3" timeout -k 10 "$T" "$PY" bench/gpu_throughput.py \
+    --device "$DEVICE" "${SMOKE[@]}" --only-variants --variants cudnn_attention,inductor \
+    --json "$OUT/gpu_throughput.json" >"$OUT/gpu_throughput.log" 2>&1
+  ended 3 $?
 else
-  say "2. skipped: ${T} s left"
+  say "3. skipped: ${T} s left"
 fi
 
 if [ -n "$DMON" ]; then
@@ -217,6 +245,18 @@ from pathlib import Path
 
 out = Path(sys.argv[1])
 print("== session summary ==")
+po = out / "pipeline_overlap.json"
+if po.exists():
+    d = json.loads(po.read_text())
+    for depth, r in d["best"].items():
+        print(
+            f"pipeline_overlap [{d['model']}, {r['jobs']} jobs in batches of {d['max_batch']}] "
+            f"depth {depth}: {r['images_per_second']} img/s, duty cycle {r['duty_cycle']}, "
+            f"of ideal {r['of_ideal']}"
+        )
+    print(f"  ratios vs depth {d['ratio_vs_depth']}: {d['ratios']}, {len(d['runs'])} runs")
+else:
+    print("pipeline_overlap: no JSON")
 wp = out / "worker_path.json"
 if wp.exists():
     d = json.loads(wp.read_text())
@@ -228,15 +268,6 @@ if wp.exists():
             f"{v['render_batch_img_s']} img/s, CPU share {v['cpu_fraction']}, first call "
             f"{v['first_call_s']} s ({v['first_call_graphs_added']} graphs)"
         )
-    p = s.get("pipelined")
-    if p:
-        for depth, f in p["by_depth"].items():
-            print(
-                f"  [pipelined {p['batches_per_run']} x {p['batch_size']}] depth {depth}: "
-                f"{f['images_per_s']} img/s, lane duty {f['duty_cycle']}, lane call "
-                f"{f['lane_call_median_s']} s"
-            )
-        print(f"  depth {p['ratio']['depths']}: {p['ratio']}")
     for e in d.get("errors", []):
         print(f"  ERROR {e['step']}: {e['error']}")
     for f in d.get("findings", []):

@@ -23,12 +23,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import platform
 import statistics
 import sys
 import time
-import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +40,13 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.harness import (  # noqa: E402
+    Report,
+    environment,
+    img2img_pipeline,
+    log,
+    timed_calls,
+)
 from worker.accel import (  # noqa: E402
     AccelOptions,
     optimize_pipeline,
@@ -57,16 +61,13 @@ UNET_TFLOP_PER_PASS = 0.803
 VAE_ENCODE_TFLOP = 1.117
 VAE_DECODE_TFLOP = 2.515
 TEXT_TFLOP_PER_PROMPT = 0.013
-# An 8192³ bf16 matmul on this workplace's H200: the practical ceiling, not the datasheet's.
-BF16_PEAK_TFLOPS = 790.0
 PROMPT = "a product photo of a red sneaker on a white table, soft studio light"
-# Opt-in comparisons (--variants): name -> (its change to the compiled farm path, a guess
-# of its warm-up + timing in seconds for the budget). "Off" is measured once, after them.
-VARIANTS: dict[str, tuple[dict[str, Any], float]] = {
-    # Coordinate descent benchmarks each generated kernel's block sizes while compiling:
-    # about three times the plain compile's ~50 s at batch 16.
-    "inductor": ({"inductor_tuning": True}, 240.0),
-    "cudnn_attention": ({"attention": "cudnn"}, 120.0),
+# Opt-in comparisons (--variants): name -> its change to the compiled farm path. "Off" is
+# measured once, after the first of them.
+VARIANTS: dict[str, dict[str, Any]] = {
+    # Coordinate descent benchmarks each generated kernel's block sizes while compiling.
+    "inductor": {"inductor_tuning": True},
+    "cudnn_attention": {"attention": "cudnn"},
 }
 OFF = "off"
 
@@ -132,69 +133,40 @@ class Measurement:
     error: str | None = None
 
 
-class Bench:
-    """Runs steps under a wall-clock budget and keeps every figure (JSON rewritten each time)."""
+class Bench(Report):
+    """The harness's report (bench/harness.py), holding this bench's measurements."""
 
     def __init__(self, args: argparse.Namespace, env: dict[str, Any]) -> None:
         self.args = args
-        self.env = env
-        self.start = time.monotonic()
         self.results: list[Measurement] = []
-        self.skipped: list[str] = []
+        super().__init__(
+            args.json, budget_s=args.budget_s, summarize=self.figures, env=env, args=vars(args)
+        )
 
-    def remaining_s(self) -> float:
-        if not self.args.budget_s:
-            return float("inf")
-        return self.args.budget_s - (time.monotonic() - self.start)
+    def figures(self, _data: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "results": [dataclasses.asdict(m) for m in self.results],
+            "summary": summarize(self.results, self.args.smoke),
+            "variants": {n: variant_comparison(self.results, n) for n in self.args.variants},
+        }
 
-    def step(self, name: str, est_s: float, fn: Callable[[], Measurement | None]) -> None:
-        """Run ``fn`` unless the budget has less than ``est_s`` left; never let it raise."""
-        if self.remaining_s() < est_s:
-            log(f"SKIP {name}: {self.remaining_s():.0f} s left, needs ~{est_s:.0f} s")
-            self.skipped.append(name)
-            self.dump()
-            return
-        try:
-            m = fn()
-        except Exception as exc:  # a failed configuration is a figure too: report, go on
-            log(f"FAILED {name}: {exc!r}")
-            traceback.print_exc()
-            sys.stderr.flush()
-            m = Measurement(workload="?", variant="b", label=name, batch_size=0, error=repr(exc))
-            _free_cuda()
+    def measure(self, name: str, fn: Callable[[], Measurement], kind: str) -> None:
+        """A step whose figure joins the results; ``kind`` sizes the budget check."""
+        m = self.step(name, fn, kind)
         if m is not None:
             self.results.append(m)
             log(describe(m))
-        self.dump()
-
-    def dump(self) -> None:
-        if not self.args.json:
-            return
-        payload = {
-            "env": self.env,
-            "args": vars(self.args),
-            "elapsed_s": round(time.monotonic() - self.start, 1),
-            "results": [dataclasses.asdict(m) for m in self.results],
-            "skipped": self.skipped,
-            "summary": summarize(self.results, self.args.smoke),
-            "variants": {
-                name: variant_comparison(self.results, name) for name in self.args.variants
-            },
-        }
-        path = Path(self.args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=2))
-        tmp.replace(path)
+            self.dump()
 
 
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def _free_cuda() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+def bf16_peak_tflops(device: str) -> float | None:
+    """This GPU's practical bf16 ceiling, measured here: the best of ten 8192³ matmuls."""
+    if not device.startswith("cuda"):
+        return None
+    a, b = (torch.randn(8192, 8192, device=device, dtype=torch.bfloat16) for _ in range(2))
+    times = timed_calls(lambda: a @ b, iters=13, min_iters=13, max_seconds=0,
+                        sync=lambda: synchronize(device))  # fmt: skip
+    return round(2 * 8192**3 / min(times[3:]) / 1e12, 1)
 
 
 def source_image(size: int) -> Any:
@@ -255,14 +227,13 @@ def measure(
         call(**kwargs, generator=_generator(device))
     synchronize(device)
 
-    times: list[float] = []
-    while len(times) < args.iters:
-        if len(times) >= args.min_iters and sum(times) >= args.max_seconds:
-            break
-        t = time.perf_counter()
-        call(**kwargs, generator=_generator(device))
-        synchronize(device)
-        times.append(time.perf_counter() - t)
+    times = timed_calls(
+        lambda: call(**kwargs, generator=_generator(device)),
+        iters=args.iters,
+        min_iters=args.min_iters,
+        max_seconds=args.max_seconds,
+        sync=lambda: synchronize(device),
+    )
 
     median = statistics.median(times)
     ips = batch_size / median
@@ -281,7 +252,8 @@ def measure(
     )
     if not args.smoke:
         m.tflops = round(ips * wl.tflop_per_image, 1)
-        m.fraction_of_peak = round(m.tflops / BF16_PEAK_TFLOPS, 4)
+        if args.peak_tflops:
+            m.fraction_of_peak = round(m.tflops / args.peak_tflops, 4)
     if device.type == "cuda":
         m.peak_mem_gb = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     if seen[0] != wl.denoising_steps:
@@ -328,7 +300,9 @@ def summarize(results: list[Measurement], smoke: bool) -> dict[str, Any]:
     return out
 
 
-def print_summary(results: list[Measurement], workloads: list[Workload], smoke: bool) -> None:
+def print_summary(
+    results: list[Measurement], workloads: list[Workload], smoke: bool, peak: float | None
+) -> None:
     summary = summarize(results, smoke)
     log("\n== all measurements ==")
     for m in results:
@@ -352,10 +326,10 @@ def print_summary(results: list[Measurement], workloads: list[Workload], smoke: 
             log(f"[{wl.name}] speedup (b)/(a): {s['speedup']}x")
         if smoke:
             log(f"[{wl.name}] TFLOP/s: n/a (tiny smoke model)")
-        elif s.get("b_tflops") is not None:
+        elif s.get("b_fraction_of_peak") is not None:
             log(
                 f"[{wl.name}] (b) achieved {s['b_tflops']} TFLOP/s = "
-                f"{100 * s['b_fraction_of_peak']:.1f}% of {BF16_PEAK_TFLOPS:.0f} TFLOP/s bf16 peak"
+                f"{100 * s['b_fraction_of_peak']:.1f}% of {peak} TFLOP/s (bf16 matmul, this GPU)"
             )
     for name in VARIANTS:
         c = variant_comparison(results, name)
@@ -365,47 +339,6 @@ def print_summary(results: list[Measurement], workloads: list[Workload], smoke: 
                 f" (warm-up {c['on_warmup_s']} s), off {c['off_images_per_s']} images/s"
                 f" (warm-up {c['off_warmup_s']} s): on/off {c['on_over_off']}x"
             )
-
-
-def environment(device: str) -> dict[str, Any]:
-    import diffusers
-    import transformers
-
-    env: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        "device": device,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    }
-    if device.startswith("cuda"):
-        env["gpu"] = torch.cuda.get_device_name(device)
-        env["capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
-        env["cuda"] = torch.version.cuda
-        env["cudnn"] = torch.backends.cudnn.version()
-    return env
-
-
-def build_pipeline(device: str, smoke: bool) -> Any:
-    """fp32 pipeline on ``device``: tiny components for --smoke, full-size SD1.5 otherwise."""
-    from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
-
-    from bench.sd15_config import SCHEDULER_CONFIG, build_sd15_components
-
-    if smoke:
-        from worker.tiny import build_tiny_components
-
-        components = build_tiny_components()
-        components["scheduler"] = DDIMScheduler(**SCHEDULER_CONFIG)
-    else:
-        components = build_sd15_components(device)
-    # Any: diffusers' lazy module hides the pipeline's methods from mypy.
-    pipe: Any = StableDiffusionImg2ImgPipeline(**components, requires_safety_checker=False)
-    pipe.to(device)
-    # Not a speedup: tqdm's bars would only clutter the log.
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def parse_batch_sizes(text: str) -> list[int]:
@@ -479,16 +412,16 @@ def main(argv: list[str] | None = None) -> int:
     # Random weights in low precision can yield NaN pixels; PIL conversion warns, harmlessly.
     warnings.filterwarnings("ignore", message="invalid value encountered in cast")
     device = args.device
-    env = environment(device)
     log("== environment ==")
-    for k, v in env.items():
-        log(f"  {k}: {v}")
+    env = environment(device)
+    args.peak_tflops = None if args.smoke else bf16_peak_tflops(device)
+    log(f"  bf16 matmul peak: {args.peak_tflops} TFLOP/s")
     sd15 = SD15_SMOKE if args.smoke else SD15
     workloads = [sd15, TURBO]
     bench = Bench(args, env)
 
     t = time.perf_counter()
-    pipe = build_pipeline(device, args.smoke)
+    pipe = img2img_pipeline(device, args.smoke)
     synchronize(device)
     what = "tiny" if args.smoke else "full-size SD1.5"
     log(f"built {what} pipeline in {time.perf_counter() - t:.1f} s")
@@ -531,11 +464,11 @@ def main(argv: list[str] | None = None) -> int:
             # Nothing compiles on the CPU (or with --no-compile); the attention order is a
             # CUDA flag: the variants have no effect there.
             log("  variants skipped: they need torch.compile on CUDA")
-            bench.skipped.append(
+            bench.data["skipped"].append(
                 f"variants {', '.join(args.variants)} (need torch.compile on CUDA)"
             )
 
-    print_summary(bench.results, workloads, args.smoke)
+    print_summary(bench.results, workloads, args.smoke, args.peak_tflops)
     bench.dump()
     if args.only_variants:
         return 0 if bench.results or not compiles else 1
@@ -565,36 +498,25 @@ def _default_steps(
     # process-wide flag (TF32, cudnn.benchmark) is touched.
     log("\n== (a) plain diffusers fp32 bs=1 ==")
     for wl in workloads:
-        bench.step(
-            f"{wl.name} (a)",
-            0,
-            partial(measure, pipe, wl, variant="a", label="plain fp32", batch_size=1, args=args),
-        )
+        plain = partial(measure, pipe, wl, variant="a", label="plain fp32", batch_size=1, args=args)
+        bench.measure(f"{wl.name} (a)", plain, "plain")
 
     # (b) the farm's render path, one step at a time at the ladder batch size.
     log(f"\n== (b) farm path, eager, one optimization at a time (bs={args.ladder_batch}) ==")
     for label, opts in ladder:
-        bench.step(
-            label,
-            5,
-            partial(_eager, pipe, sd15, label, opts, args.ladder_batch, args),
+        bench.measure(
+            label, partial(_eager, pipe, sd15, label, opts, args.ladder_batch, args), "eager"
         )
     eager_label, eager = ladder[-1]
 
     log("\n== (b) farm path, eager, batch sweep ==")
     for bs in parse_batch_sizes(args.batch_sizes):
         if bs != args.ladder_batch:
-            bench.step(
-                f"sd15 eager bs={bs}",
-                5,
-                partial(_eager, pipe, sd15, eager_label, eager, bs, args),
-            )
+            eager_bs = partial(_eager, pipe, sd15, eager_label, eager, bs, args)
+            bench.measure(f"sd15 eager bs={bs}", eager_bs, "eager")
     for bs in parse_batch_sizes(args.turbo_batch_sizes):
-        bench.step(
-            f"turbo eager bs={bs}",
-            5,
-            partial(_eager, pipe, TURBO, eager_label, eager, bs, args),
-        )
+        turbo = partial(_eager, pipe, TURBO, eager_label, eager, bs, args)
+        bench.measure(f"turbo eager bs={bs}", turbo, "eager")
 
     if not compiles:
         log("\n== compile steps skipped (CPU or --no-compile) ==")
@@ -660,24 +582,21 @@ def _compiled_steps(
     sizes = parse_batch_sizes(args.compile_batch_sizes)
     log(f"\n== (b) farm path, torch.compile (sd15 bs {sizes}, turbo at twice that) ==")
     first = sizes[0]
-    plan: list[tuple[Workload, str, AccelOptions, int, float]] = [
-        (sd15, l_unet, c_unet, first, 150),
-        (TURBO, l_unet, c_unet, 2 * first, 40),
-        (sd15, l_all, c_all, first, 90),
-        (TURBO, l_all, c_all, 2 * first, 60),
+    plan: list[tuple[Workload, str, AccelOptions, int]] = [
+        (sd15, l_unet, c_unet, first),
+        (TURBO, l_unet, c_unet, 2 * first),
+        (sd15, l_all, c_all, first),
+        (TURBO, l_all, c_all, 2 * first),
     ]
     for bs in sizes[1:]:
-        plan += [(sd15, l_all, c_all, bs, 120), (TURBO, l_all, c_all, 2 * bs, 90)]
+        plan += [(sd15, l_all, c_all, bs), (TURBO, l_all, c_all, 2 * bs)]
     if args.autotune:
         c_tune = dataclasses.replace(c_all, compile_mode="max-autotune-no-cudagraphs")
         l_tune = f"{eager_label}+compile(unet,vae,max-autotune-no-cudagraphs)"
-        plan.append((sd15, l_tune, c_tune, first, 240))
-    for wl, label, opts, bs, est_s in plan:
-        bench.step(
-            f"{wl.name} {label} bs={bs}",
-            est_s,
-            partial(_compiled, pipe, wl, label, opts, bs, args),
-        )
+        plan.append((sd15, l_tune, c_tune, first))
+    for wl, label, opts, bs in plan:
+        compiled = partial(_compiled, pipe, wl, label, opts, bs, args)
+        bench.measure(f"{wl.name} {label} bs={bs}", compiled, "compile")
 
 
 def _variants(
@@ -694,16 +613,13 @@ def _variants(
     off = dataclasses.replace(eager, compile=True, compile_vae=True)
     label = f"{eager_label}+compile(unet,vae)"
     bs = args.variant_batch
-    runs = [(name, *VARIANTS[name]) for name in args.variants]
-    runs.insert(1, (OFF, {}, 120.0))
-    for name, change, est_s in runs:
+    runs = [(name, VARIANTS[name]) for name in args.variants]
+    runs.insert(1, (OFF, {}))
+    for name, change in runs:
         opts = dataclasses.replace(off, **change)
         tag = "".join(f"+{k}={v}" for k, v in change.items())
-        bench.step(
-            f"sd15 {label}{tag} bs={bs} (variant {name})",
-            est_s,
-            partial(_as_variant, name, _compiled, pipe, sd15, label + tag, opts, bs, args),
-        )
+        run = partial(_as_variant, name, _compiled, pipe, sd15, label + tag, opts, bs, args)
+        bench.measure(f"sd15 {label}{tag} bs={bs} (variant {name})", run, "compile")
 
 
 def _as_variant(name: str, fn: Callable[..., Measurement], *args: Any) -> Measurement:

@@ -59,13 +59,12 @@ from bench.farm import (  # noqa: E402
     Farm,
     count_jobs,
     cpu_snapshot,
-    cpu_used,
-    missing_outputs,
     running_services,
     submit_batch,
     upload_image,
     wait_count,
 )
+from bench.harness import cpu_used, missing_outputs, percentile  # noqa: E402
 from shared.broker import make_celery  # noqa: E402
 from shared.models import Job  # noqa: E402
 from shared.settings import Settings  # noqa: E402
@@ -225,11 +224,6 @@ def cpu_line(name: str, used: Counter[str], jobs: int, names: tuple[str, ...]) -
 # --- report ---------------------------------------------------------------------------------
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def rate_line(name: str, done: int, jobs: int, seconds: float) -> str:
     partial = "" if done == jobs else f" (TIMED OUT: {done}/{jobs} done)"
     rate = done / seconds
@@ -310,7 +304,7 @@ def measure(farm: Farm, args: argparse.Namespace) -> int:
                 )
                 config.cpu += cpu_used(before, cpu_snapshot(farm))
                 config.runs.append((done, seconds))
-                missing += missing_outputs(farm, batch_id)
+                missing += missing_outputs(farm.session_factory, farm.settings, batch_id)
         if running is not configs[0]:
             restart_worker(farm, configs[0], warm_up)
         farm_lat = farm_latency(

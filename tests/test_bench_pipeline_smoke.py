@@ -45,3 +45,25 @@ def test_pipeline_bench_reports_rate_and_duty_cycle_per_depth(tmp_path: Path) ->
     assert figures["failed"] == figures["unfinished"] == figures["missing_outputs"] == 0
     assert "ratio  depth 3 / depth 1 images/s" in proc.stdout, proc.stdout
     assert "0 succeeded job(s) without their output in storage" in proc.stdout, proc.stdout
+
+
+def test_in_process_bench_runs_the_workers_render_task_without_services(tmp_path: Path) -> None:
+    """--in-process (the GPU session's way, no services): the worker's own render task on
+    SQLite and a local folder, the duty cycle read from its device lane."""
+    out = tmp_path / "figures.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "pipeline_overlap.py"), "--in-process", "--smoke",
+         "--jobs", "16", "--json", out],
+        cwd=ROOT, capture_output=True, text=True, timeout=150,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["in_process"] and figures["storage"] == "file"
+    assert figures["best"].keys() == {"1", "3"} and figures["ratios"]["3"] > 0
+    for run in figures["runs"]:
+        assert run["statuses"] == {"succeeded": 16}, run
+        assert run["missing_outputs"] == 0, run
+        assert run["device_busy_seconds"] >= 0.02 * 16 * 0.9, run
+        assert 0 < run["duty_cycle"] <= 1.05, run
+        assert run["cpu_seconds"].keys() == {"worker"}, run
+    assert "in process: SQLite, local folder" in proc.stdout

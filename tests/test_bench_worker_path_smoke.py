@@ -28,49 +28,34 @@ def test_worker_path_smoke_reports_every_path(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     data = json.loads(json_path.read_text())
     assert not data["errors"], data["errors"]
     by_batch = data["summary"]["by_batch"]
-    # --smoke: 4, 2 and 3 items (3 padded to the warm bucket 4), then the turbo alias at 4.
-    assert set(by_batch) == {"sd15 4", "sd15 2", "sd15 3", "turbo 4"}
-    assert by_batch["sd15 3"]["pipeline_batch"] == 4
+    # --smoke: 4, 2 and 3 items (3 padded to the warm bucket 4).
+    assert set(by_batch) == {"sd15-random 4", "sd15-random 2", "sd15-random 3"}
+    assert by_batch["sd15-random 3"]["pipeline_batch"] == 4
     for name, figures in by_batch.items():
         assert figures["run_pipeline_img_s"] > 0, name
         assert figures["render_batch_img_s"] > 0, name
         assert 0 <= figures["cpu_fraction"] < 1, name
-    # Every bucket of the spec was warmed, so the worker's start time adds up.
+        assert figures["first_call_graphs_added"] == 0, "a warm bucket must not compile"
+    # Every entry of the worker's warm plan was warmed, so the worker's start time adds up:
+    # buckets 1, 2 and 4 with guidance, and batch 1 without (a UNet batch not seen yet).
+    warmed = {(w["bucket"], w["guidance"]) for w in data["warmup"]}
+    assert warmed == {(1, 7.5), (2, 7.5), (4, 7.5), (1, 1.0)}
     assert data["summary"]["buckets_not_warmed"] == []
     assert data["summary"]["worker_start_s"] > 0
-    assert data["cpu_side"]["png_encode_photo_like_ms"] > 0
-    for name in ("tiny-inpaint", "tiny-controlnet"):
-        assert data["tiny"][name]["stored"], name
     assert "== summary ==" in proc.stdout
-
-    # (c) the pipelined worker: --smoke runs 3 batches of 4 at depth 1 and at depth 3.
-    piped = data["pipelined"]
-    assert [run["depth"] for run in piped["runs"]] == [1, 3]
-    for run in piped["runs"]:
-        assert run["images"] == run["stored"] == 3 * 4, run
-        assert run["lane_calls"] == 3, run
-        assert 0 < run["duty_cycle"] <= 1.05, run
-        assert run["images_per_s"] > 0, run
-        assert run["graphs_added"] == 0, "the warm model must not compile on the lane"
-    summary = data["summary"]["pipelined"]
-    assert set(summary["by_depth"]) == {"1", "3"}
-    for figures in summary["by_depth"].values():
-        assert figures["images_per_s"] > 0
-        assert 0 < figures["duty_cycle"] <= 1.05
-    assert summary["ratio"]["depths"] == "3/1" and summary["ratio"]["images_per_s"] > 0
-    assert "[pipelined worker, 3 batches of 4 per run] depth 1: " in proc.stdout
 
 
 def test_gpu_session_script_runs_its_steps_on_the_cpu(tmp_path: Path) -> None:
     """bench/gpu_session.sh --cpu-smoke: the device run's steps, flags and summary, on the
-    CPU with the tiny model (the variants are skipped there: nothing compiles)."""
+    CPU with the tiny model (the variants are skipped there: nothing compiles); depth 1
+    against 3 from the worker's own render task (pipeline_overlap.py --in-process)."""
     out = tmp_path / "out"
     env = {
         **os.environ,
@@ -88,11 +73,18 @@ def test_gpu_session_script_runs_its_steps_on_the_cpu(tmp_path: Path) -> None:
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "1. done" in proc.stdout and "2. done" in proc.stdout, proc.stdout[-3000:]
-    assert "== session summary ==" in proc.stdout
+    for step in ("1. done", "2. done", "3. done", "== session summary =="):
+        assert step in proc.stdout, proc.stdout[-3000:]
+    overlap = json.loads((out / "pipeline_overlap.json").read_text())
+    assert overlap["model"] == "sd15-random" and overlap["in_process"]
+    assert set(overlap["best"]) == {"1", "3"} and overlap["ratios"]["3"] > 0
+    for run in overlap["runs"]:
+        assert run["statuses"] == {"succeeded": 8} and run["missing_outputs"] == 0, run
+        assert 0 < run["duty_cycle"] <= 1.05, run
     data = json.loads((out / "worker_path.json").read_text())
     assert not data["errors"], data["errors"]
-    assert set(data["summary"]["pipelined"]["by_depth"]) == {"1", "3"}
+    assert set(data["summary"]["by_batch"]) == {"sd15-random 4"}
+    assert set(data["summary"]["warmup_s_by_bucket"]) == {"4"}
     throughput = json.loads((out / "gpu_throughput.json").read_text())
     assert throughput["variants"] == {"cudnn_attention": None, "inductor": None}
     # What comes back from the device: at most 8 files, plain names.

@@ -1,0 +1,382 @@
+"""What the benches share: the run's environment, random-weight models, timers, a JSON report.
+
+Scripts under bench/ put the repository root on ``sys.path`` and import this module; torch
+and diffusers are imported only by the helpers that need them, so the benches that measure
+the services (overhead, submit, dispatch_pick) stay light.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.models import Job
+from shared.settings import Settings
+from shared.storage import LocalStorage, storage_from_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Versions, device and machine, as every bench's JSON records them."""
+    import diffusers
+    import torch
+    import transformers
+
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "device": device,
+        "cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    if device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
+    for k, v in env.items():
+        log(f"  {k}: {v}")
+    return env
+
+
+# --- figures ----------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def timed_calls(
+    fn: Callable[[], Any],
+    *,
+    iters: int,
+    min_iters: int,
+    max_seconds: float,
+    sync: Callable[[], None] = lambda: None,
+) -> list[float]:
+    """Seconds of each of up to ``iters`` calls (at least ``min_iters``, then until
+    ``max_seconds`` are spent); ``sync`` waits for the device before each clock reading."""
+    times: list[float] = []
+    while len(times) < iters:
+        if len(times) >= min_iters and sum(times) >= max_seconds:
+            break
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def median_rate(items: int, times: list[float]) -> float:
+    """Items per second at the median call."""
+    return round(items / statistics.median(times), 3)
+
+
+def graph_count() -> int:
+    """Graphs torch.compile has produced so far in this process (dynamo's own counter)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+# --- images -----------------------------------------------------------------------------------
+
+
+def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A product-photo stand-in: smooth gradient, a few soft shapes, mild sensor noise.
+
+    Random-weight models render noise or flat colour, which PNG compresses far worse or far
+    better than a real photo: benches store this where encoding cost matters.
+    """
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.empty((height, width, 3), np.float32)
+    for c, (a, b) in enumerate([(210, 30), (200, 20), (190, 10)]):
+        img[..., c] = a - b * (y / height) + 10 * np.sin(x / width * 3.1 + c)
+    for _ in range(4):
+        cx, cy = rng.uniform(0.2, 0.8) * width, rng.uniform(0.2, 0.8) * height
+        rx, ry = rng.uniform(0.08, 0.25) * width, rng.uniform(0.08, 0.25) * height
+        inside = ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1.0
+        shade = 0.75 + 0.25 * (1 - (y - cy) / (2 * ry))
+        img[inside] = rng.uniform(20, 235, 3) * shade[inside, None]
+    img += rng.normal(0.0, 3.0, img.shape)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# --- random-weight img2img models -------------------------------------------------------------
+
+
+def img2img_pipeline(device: str, smoke: bool) -> Any:
+    """StableDiffusionImg2ImgPipeline with random weights on ``device``: the tiny components
+    for ``smoke``, full-size SD1.5 otherwise (bench/sd15_config.py), DDIM either way."""
+    from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
+
+    from bench.sd15_config import SCHEDULER_CONFIG, build_sd15_components
+
+    if smoke:
+        from worker.tiny import build_tiny_components
+
+        components = build_tiny_components()
+        components["scheduler"] = DDIMScheduler(**SCHEDULER_CONFIG)
+    else:
+        components = build_sd15_components(device)
+    # Any: diffusers' lazy module hides the pipeline's methods from mypy.
+    pipe: Any = StableDiffusionImg2ImgPipeline(**components, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)  # tqdm bars would only clutter the log
+    return pipe.to(device)
+
+
+def saved_img2img(folder: Path, device: str, smoke: bool) -> dict[str, Any]:
+    """``img2img_pipeline`` saved with ``save_pretrained`` (fp16 on CUDA, like a
+    checkpoint's fp16 variant), for ``worker.pipelines.load_model``. A folder saved by an
+    earlier bench of the same session is reused: building SD1.5 costs half a minute."""
+    import torch
+
+    if (folder / "model_index.json").exists():
+        log(f"  reusing the checkpoint in {folder}")
+        return {"reused": str(folder)}
+    t = time.perf_counter()
+    pipe = img2img_pipeline(device, smoke)
+    if device.startswith("cuda"):
+        pipe.to(dtype=torch.float16)
+    built = time.perf_counter() - t
+    pipe.save_pretrained(folder)
+    saved = time.perf_counter() - t - built
+    del pipe
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    log(f"  built in {built:.1f} s, saved {size / 2**30:.2f} GiB in {saved:.1f} s to {folder}")
+    return {"build_s": round(built, 2), "save_s": round(saved, 2), "bytes": size}
+
+
+def warm_bucket(model: Any, batch: int, guidance_scale: float | None = None) -> Any:
+    """One entry of ``worker.pipelines.warm_model``'s plan, alone: a short lease warms the
+    buckets its measurements need first. The result says how long it took."""
+    from worker.accel import warm_up
+    from worker.pipelines import warm_up_inputs
+
+    spec = model.spec
+    return warm_up(
+        model.pipe,
+        width=spec.width,
+        height=spec.height,
+        steps=spec.steps,
+        batch_size=batch,
+        strength=spec.strength,
+        guidance_scale=spec.guidance_scale if guidance_scale is None else guidance_scale,
+        extra_inputs=warm_up_inputs(spec, batch),
+    )
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+class Report:
+    """Steps under a wall-clock budget; figures in ``data``, rewritten to ``path`` after each.
+
+    A step is skipped when the budget has less left than the reserve or than the longest
+    earlier step of the same ``kind`` took: estimates come from this run, not from figures
+    of another machine. A failed step is recorded and the run goes on.
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None,
+        *,
+        budget_s: float = 0.0,
+        reserve_s: float = 0.0,
+        summarize: Callable[[dict[str, Any]], dict[str, Any]] = lambda _: {},
+        **data: Any,
+    ) -> None:
+        self.path = Path(path) if path else None
+        self.budget_s, self.reserve_s = budget_s, reserve_s
+        self.summarize = summarize
+        self.start = time.monotonic()
+        self.took: dict[str, float] = {}
+        self.data: dict[str, Any] = {**data, "errors": [], "skipped": [], "findings": []}
+
+    def remaining_s(self) -> float:
+        if not self.budget_s:
+            return float("inf")
+        return self.budget_s - (time.monotonic() - self.start)
+
+    def step(self, name: str, fn: Callable[[], Any], kind: str = "") -> Any:
+        """``fn()``, or None if skipped or failed."""
+        left, need = self.remaining_s(), max(self.took.get(kind, 0.0), self.reserve_s)
+        if left < need:
+            log(f"SKIP {name}: {left:.0f} s left, needs ~{need:.0f} s")
+            self.data["skipped"].append(name)
+            self.dump()
+            return None
+        log(f"\n== {name} ==")
+        t = time.perf_counter()
+        try:
+            return fn()
+        except Exception as exc:  # a failed section is a finding too: report it, go on
+            log(f"FAILED {name} after {time.perf_counter() - t:.1f} s: {exc!r}")
+            traceback.print_exc()
+            sys.stderr.flush()
+            self.data["errors"].append({"step": name, "error": repr(exc)})
+            free_accelerator()
+            return None
+        finally:
+            if kind:
+                self.took[kind] = max(self.took.get(kind, 0.0), time.perf_counter() - t)
+            self.dump()
+
+    def finding(self, text: str) -> None:
+        log(f"FINDING: {text}")
+        self.data["findings"].append(text)
+
+    def dump(self) -> None:
+        """Rewrite the JSON (atomically: a run killed mid-write leaves the last full one)."""
+        self.data["elapsed_s"] = round(time.monotonic() - self.start, 1)
+        self.data.update(self.summarize(self.data))
+        if self.path is not None:
+            write_json(self.path, self.data)
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def free_accelerator() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# --- jobs -------------------------------------------------------------------------------------
+
+
+def render_job(spec: Any, team_id: Any, source_key: str, seed: int) -> Any:
+    """A job as the api stores it (params resolved from the spec), ``queued``."""
+    from shared.schemas import RenderParams
+
+    params = RenderParams(
+        strength=spec.strength,
+        steps=spec.steps,
+        guidance_scale=spec.guidance_scale,
+        seed=seed,
+        width=spec.width,
+        height=spec.height,
+        output_format="png",
+    )
+    return Job(
+        id=uuid.uuid4(),
+        team_id=team_id,
+        model=spec.alias,
+        status="queued",
+        prompt=f"a red sneaker on a porch, scene {seed % 4}",
+        params=params.model_dump(),
+        source_key=source_key,
+        attempts=0,
+    )
+
+
+# --- what the farm did: jobs by status, outputs in storage, CPU seconds ------------------------
+
+
+def status_counts(factory: sessionmaker[Session], batch_id: uuid.UUID) -> Counter[str]:
+    """Jobs of the batch by status, in one query."""
+    with factory() as session:
+        rows = session.execute(
+            select(Job.status, func.count()).where(Job.batch_id == batch_id).group_by(Job.status)
+        )
+        return Counter({str(status): int(n) for status, n in rows})
+
+
+def missing_outputs(factory: sessionmaker[Session], settings: Settings, batch_id: uuid.UUID) -> int:
+    """Succeeded jobs of the batch whose output object is not in storage."""
+    with factory() as session:
+        keys = [
+            o["key"]
+            for outputs in session.scalars(
+                select(Job.outputs).where(Job.batch_id == batch_id, Job.status == "succeeded")
+            )
+            for o in outputs or []
+        ]
+    return len(set(keys) - stored_keys(settings, "outputs/"))
+
+
+def stored_keys(settings: Settings, prefix: str) -> set[str]:
+    """Every key under ``prefix`` (one listing, not a request per object)."""
+    storage = storage_from_settings(settings)
+    if isinstance(storage, LocalStorage):
+        root = storage.root / prefix
+        return {str(p.relative_to(storage.root)) for p in root.rglob("*") if p.is_file()}
+    base = f"{storage.prefix}/" if storage.prefix else ""
+    keys: set[str] = set()
+    pages = storage.client.get_paginator("list_objects_v2")
+    for page in pages.paginate(Bucket=storage.bucket, Prefix=base + prefix):
+        keys.update(o["Key"].removeprefix(base) for o in page.get("Contents", []))
+    return keys
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` so far; None where /proc cannot tell."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu_seconds() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine so far, all cores; None off Linux.
+
+    Busy over total between two readings is how loaded the machine was: near 1, the CPU
+    stages (and the services) had no core to spare.
+    """
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except OSError:
+        return None
+    ticks = [int(v) for v in first[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    hz = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks) - idle) / hz, sum(ticks) / hz
+
+
+def cpu_used(before: dict[str, float], after: dict[str, float]) -> Counter[str]:
+    """CPU seconds per process between two snapshots, all Postgres backends as one."""
+    used: Counter[str] = Counter()
+    for name in before.keys() & after.keys():
+        used["postgres" if name.startswith("postgres") else name] += after[name] - before[name]
+    return used
