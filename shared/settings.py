@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     api_db_pool_size: int = Field(default=10, ge=1)
     api_db_max_overflow: int = Field(default=10, ge=0)
     url_expiry_seconds: int = 3600
+    # Presigned upload PUT URLs: also how long a staged object may wait for /complete
+    # before the dispatcher sweeps it (shared/staging.py).
+    presign_expiry_seconds: int = Field(default=900, ge=60, le=7 * 24 * 3600)
     allow_private_networks: str = ""
     max_attempts: int = 3
     lease_seconds: int = 300

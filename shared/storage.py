@@ -8,6 +8,9 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote, urlparse
@@ -126,6 +129,15 @@ class LocalStorage:
             raise StorageError(f"storage folder {self.root} is not writable")
 
 
+@dataclass(frozen=True)
+class StoredObject:
+    """One listed object: its key relative to the store, size and last write."""
+
+    key: str
+    size: int
+    last_modified: datetime
+
+
 class S3Storage:
     """Any S3-compatible endpoint (AWS, MinIO, moto) through boto3."""
 
@@ -193,6 +205,38 @@ class S3Storage:
 
     def delete(self, key: str) -> None:
         self._call("delete_object", Key=self._key(key))  # S3 answers 204 for a missing key
+
+    def presigned_put_url(self, key: str, expires_in: int) -> str:
+        """A URL that lets its holder PUT ``key`` without credentials until it expires."""
+        return self.client.generate_presigned_url(  # type: ignore[no-any-return]
+            "put_object",
+            Params={"Bucket": self.bucket, "Key": self._key(key)},
+            ExpiresIn=expires_in,
+        )
+
+    def list_objects(self, prefix: str, limit: int | None = None) -> Iterator[StoredObject]:
+        """Objects under ``prefix`` (keys relative to the store), at most ``limit``."""
+        token: str | None = None
+        seen = 0
+        while True:
+            page = self._call(
+                "list_objects_v2",
+                Prefix=self._key(prefix),
+                MaxKeys=min(1000, limit or 1000),
+                **({"ContinuationToken": token} if token else {}),
+            )
+            for obj in page.get("Contents") or []:  # type: ignore[attr-defined]
+                yield StoredObject(
+                    key=str(obj["Key"]).removeprefix(f"{self.prefix}/" if self.prefix else ""),
+                    size=int(obj["Size"]),
+                    last_modified=obj["LastModified"],
+                )
+                seen += 1
+                if limit is not None and seen >= limit:
+                    return
+            if not page.get("IsTruncated"):
+                return
+            token = str(page["NextContinuationToken"])
 
     def url(self, key: str, expires_in: int) -> str:
         return self.client.generate_presigned_url(  # type: ignore[no-any-return]

@@ -69,7 +69,8 @@ from shared.jobs import (
 from shared.models import Job, Worker, utcnow
 from shared.registry import ModelSpec
 from shared.settings import Settings
-from shared.storage import Storage, output_key, storage_from_settings
+from shared.staging import sweep_staging
+from shared.storage import S3Storage, Storage, output_key, storage_from_settings
 
 log = logging.getLogger(__name__)
 UNKNOWN_MODEL_ERROR = "model {model!r} is no longer in the registry"
@@ -281,7 +282,7 @@ class Dispatcher:
             stats.requeued, stats.failed = expire_leases(session, self.settings.max_attempts)
             stats.rearmed = self._rearm_lost(session)
         stats.outputs_removed = self._remove_canceled_outputs()
-        self._prune_idempotency_keys()
+        self._housekeeping()
         with self.session_factory() as session:
             models = self._models_waiting(session)
         for model in models:
@@ -338,14 +339,27 @@ class Dispatcher:
             outputs_removed(session, removed)
         return len(removed)
 
-    def _prune_idempotency_keys(self) -> None:
-        # Expired Idempotency-Keys replay nothing any more: pruning only bounds the table, so
+    def _housekeeping(self) -> None:
+        # Expired Idempotency-Keys replay nothing any more and stale staged uploads can no
+        # longer be completed: removing them only bounds a table and a bucket prefix, so
         # once a minute is plenty; ticks come on every submission's NOTIFY.
         if time.monotonic() - self._pruned_at < PRUNE_EVERY_SECONDS:
             return
         with session_scope(self.session_factory) as session:
             prune_idempotency_keys(session, expiry_cutoff(self.settings.idempotency_ttl_seconds))
+        self._sweep_staged_uploads()
         self._pruned_at = time.monotonic()
+
+    def _sweep_staged_uploads(self) -> None:
+        if not isinstance(self.storage, S3Storage):
+            return  # presigned uploads exist only on S3
+        try:
+            swept = sweep_staging(self.storage, utcnow(), self.settings.presign_expiry_seconds)
+        except (StorageError, TransientError) as e:  # the next minute tries again
+            log.warning("could not sweep staged uploads: %s", e)
+            return
+        if swept:
+            log.info("swept %d staged upload(s) older than their PUT URL", swept)
 
     def _models_waiting(self, session: Session) -> list[str]:
         # A loose index scan over ix_jobs_waiting: one probe per distinct model, where

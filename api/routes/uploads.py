@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
-from urllib.parse import quote, unquote
 
 from fastapi import APIRouter, UploadFile, status
 from sqlalchemy import select
@@ -18,8 +17,9 @@ from sqlalchemy.exc import IntegrityError
 from api.deps import SessionDep, SettingsDep, StorageDep, TeamDep, release_connection
 from api.sources import check_source, store_source
 from shared.errors import InvalidRequest, NotFound
-from shared.models import Team, Upload, utcnow
+from shared.models import Upload, utcnow
 from shared.schemas import UploadPresignCreate, UploadPresigned, UploadPublic, UploadsPublic
+from shared.staging import discard_staged, find_staged, presign_staged_put
 from shared.storage import LocalStorage, S3Storage
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
@@ -107,16 +107,6 @@ def _s3_only(storage: LocalStorage | S3Storage) -> S3Storage:
     return storage
 
 
-def _staging_prefix(team: Team, upload_id: uuid.UUID) -> str:
-    # The team is in the key, so one team can never complete another team's upload; the
-    # filename rides in the key too, so no table is needed for pending uploads.
-    return f"uploads/{team.id}/{upload_id}/"
-
-
-def _bucket_key(storage: S3Storage, key: str) -> str:
-    return f"{storage.prefix}/{key}" if storage.prefix else key
-
-
 @router.post("/presign", status_code=status.HTTP_201_CREATED, response_model=UploadPresigned)
 def presign_upload(
     body: UploadPresignCreate, team: TeamDep, settings: SettingsDep, storage: StorageDep
@@ -124,14 +114,9 @@ def presign_upload(
     """A URL to PUT one image straight to the bucket; then call ``/complete`` with the id."""
     s3 = _s3_only(storage)
     upload_id = uuid.uuid4()
-    name = quote(body.filename or "upload", safe="")
-    key = _staging_prefix(team, upload_id) + name
-    url = s3.client.generate_presigned_url(
-        "put_object",
-        Params={"Bucket": s3.bucket, "Key": _bucket_key(s3, key)},
-        ExpiresIn=settings.url_expiry_seconds,
-    )
-    expires_at = utcnow() + timedelta(seconds=settings.url_expiry_seconds)
+    expires_in = settings.presign_expiry_seconds
+    url = presign_staged_put(s3, team.id, upload_id, body.filename, expires_in)
+    expires_at = utcnow() + timedelta(seconds=expires_in)
     return UploadPresigned(id=upload_id, url=url, expires_at=expires_at)
 
 
@@ -150,34 +135,31 @@ def complete_upload(
         select(Upload).where(Upload.id == upload_id, Upload.team_id == team.id)
     )
     if existing is not None:
+        # The URL stays valid after /complete: whatever it PUT since goes too.
+        discard_staged(_s3_only(storage), team.id, upload_id)
         return upload_public(existing)
     s3 = _s3_only(storage)
     # 1. what was PUT (listing gives key and size without reading the object)
-    prefix = _bucket_key(s3, _staging_prefix(team, upload_id))
-    listing = s3._call("list_objects_v2", Prefix=prefix, MaxKeys=1)
-    objects = listing.get("Contents") or []
-    if not objects:
+    staged = find_staged(s3, team.id, upload_id)
+    if staged is None:
         raise NotFound(f"nothing was uploaded for {upload_id}: PUT the file to its URL first")
-    staged = objects[0]  # type: ignore[index]
-    bucket_key, size = str(staged["Key"]), int(staged["Size"])
     try:
         # 2. size before reading, then the image checks, as for a multipart upload
-        if size > settings.max_upload_bytes:
+        if staged.size > settings.max_upload_bytes:
             raise InvalidRequest(
                 "file", f"is larger than {settings.max_upload_bytes} bytes", status_code=413
             )
-        data = s3._call("get_object", Key=bucket_key)["Body"].read()  # type: ignore[attr-defined]
-        image = check_source(data, "file", settings)
+        image = check_source(s3.get(staged.key), "file", settings)
     except InvalidRequest:
         # A refused object is removed: it must not linger where a job could point.
-        s3._call("delete_object", Key=bucket_key)
+        s3.delete(staged.key)
         raise
     # 3. keep it content-addressed (a key the client cannot write), like multipart uploads
     upload = Upload(
         id=upload_id,
         team_id=team.id,
         object_key=store_source(s3, team, image),
-        filename=unquote(bucket_key.rsplit("/", 1)[-1]),
+        filename=staged.filename,
         content_type=image.content_type,
         width=image.width,
         height=image.height,
@@ -193,5 +175,5 @@ def complete_upload(
         if existing is None or existing.team_id != team.id:
             raise
         return upload_public(existing)
-    s3._call("delete_object", Key=bucket_key)
+    s3.delete(staged.key)
     return upload_public(upload)
