@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import math
 import re
 import struct
 from dataclasses import dataclass
@@ -174,7 +175,8 @@ def open_rgba(data: bytes) -> Image.Image:
     # landscape pixels and a tag saying how to turn them.
     ImageOps.exif_transpose(img, in_place=True)
     srgb = _to_srgb(_to_8bit(img), icc)
-    out = srgb.convert("RGBA" if "A" in srgb.getbands() else "RGB")
+    mode = "RGBA" if "A" in srgb.getbands() else "RGB"
+    out = srgb if srgb.mode == mode else srgb.convert(mode)
     # Nothing of the file's metadata may reach an output: its profile no longer describes
     # these pixels, its EXIF no longer their orientation.
     out.info = {}
@@ -211,7 +213,7 @@ def _to_srgb(img: Image.Image, icc: bytes | None) -> Image.Image:
     colour = img.convert(img.mode[:-1]) if alpha is not None else img
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        if profile.profile.xcolor_space.strip() != space:
+        if profile.profile.xcolor_space.strip() != space or _is_srgb(profile):
             return img
         # Perceptual intent: LUT profiles (CMYK) map their gamut as their makers meant;
         # matrix profiles (RGB, gray) have only the colorimetric mapping.
@@ -222,6 +224,25 @@ def _to_srgb(img: Image.Image, icc: bytes | None) -> Image.Image:
     if alpha is not None:
         out.putalpha(alpha)
     return out
+
+
+def _is_srgb(profile: ImageCms.ImageCmsProfile) -> bool:
+    """Whether ``profile`` is sRGB itself (by name and primaries), as most cameras and many
+    phones embed: converting would cost ~30 ms of CPU per megapixel to change nothing."""
+    theirs, ours = profile.profile, _SRGB.profile
+    if "srgb" not in (theirs.profile_description or "").lower():
+        return False
+    pairs = [
+        (theirs.red_colorant, ours.red_colorant),
+        (theirs.green_colorant, ours.green_colorant),
+        (theirs.blue_colorant, ours.blue_colorant),
+    ]
+    for a, b in pairs:  # ((X, Y, Z), (x, y, Y)) of each primary, adapted to D50
+        if a is None or b is None:
+            return False
+        if not all(math.isclose(u, v, abs_tol=0.002) for u, v in zip(a[0], b[0], strict=True)):
+            return False
+    return True
 
 
 def flatten(img: Image.Image) -> Image.Image:

@@ -13,7 +13,14 @@ import pytest
 from PIL import Image, ImageCms
 
 from shared.errors import InvalidRequest
-from shared.images import check_image, encode_image, fit_crop, open_rgba, parse_data_url
+from shared.images import (
+    SRGB_ICC,
+    check_image,
+    encode_image,
+    fit_crop,
+    open_rgba,
+    parse_data_url,
+)
 from tests.factories import bomb_png, data_url, png_bytes
 from tests.photos import (
     ADOBE_RGB_ICC,
@@ -229,3 +236,17 @@ def test_resizing_a_sliver_costs_memory_in_proportion_to_the_output():
     grown_mib = int(result.stdout)
     # Outputs are 0.75 MiB (512²) and 12 MiB (2048²) of RGB; leave room for Pillow's tables.
     assert grown_mib < 100, f"resizing grew the process by {grown_mib} MiB"
+
+
+def test_an_embedded_srgb_profile_costs_no_conversion(monkeypatch):
+    """Most cameras embed sRGB: a transform to sRGB would be ~30 ms of CPU per Mpx for nothing."""
+    calls = []
+    convert = ImageCms.profileToProfile
+    monkeypatch.setattr(
+        ImageCms, "profileToProfile", lambda *a, **k: calls.append(1) or convert(*a, **k)
+    )
+    src = Image.new("RGB", (8, 8), (100, 200, 100))
+    assert open_rgba(encoded(src, "PNG", icc_profile=SRGB_ICC)).getpixel((4, 4)) == (100, 200, 100)
+    assert calls == []
+    open_rgba(encoded(src, "PNG", icc_profile=ADOBE_RGB_ICC))
+    assert calls == [1], "other profiles are converted"
