@@ -30,6 +30,7 @@ _FORBIDDEN = re.compile(r'[<>:"/\\|?*\x00-\x1f\x7f]')
 # Windows device names are reserved in every folder, whatever the case and whatever the
 # extension ("nul.txt" and "NUL .tar.gz" are the device too). Superscript 1-3 count as
 # digits there (Microsoft's "Naming Files, Paths, and Namespaces").
+_DEVICE_STEMS = frozenset({"CON", "PRN", "AUX", "NUL", "COM", "LPT"})  # a cheap first look
 _RESERVED = re.compile(r"(CON|PRN|AUX|NUL|COM[1-9¹²³]|LPT[1-9¹²³]) *(\..*)?", re.I | re.S)
 
 
@@ -37,17 +38,20 @@ def name_problem(name: str) -> str | None:
     """Why ``name`` cannot be a file name on every common system, or None when it can."""
     if not name.strip():
         return "is blank"
-    try:
-        size = len(name.encode("utf-8"))
-    except UnicodeEncodeError:
-        return "is not valid Unicode (it holds a lone surrogate, half of an emoji)"
-    if size > MAX_NAME_BYTES:
-        return f"is {size} bytes of UTF-8; a file name holds at most {MAX_NAME_BYTES}"
+    if not name.isascii():  # ASCII (the usual sku): one byte a character, nothing to encode
+        try:
+            size = len(name.encode("utf-8"))
+        except UnicodeEncodeError:
+            return "is not valid Unicode (it holds a lone surrogate, half of an emoji)"
+        if size > MAX_NAME_BYTES:
+            return f"is {size} bytes of UTF-8; a file name holds at most {MAX_NAME_BYTES}"
+    elif len(name) > MAX_NAME_BYTES:
+        return f"is {len(name)} bytes of UTF-8; a file name holds at most {MAX_NAME_BYTES}"
     if found := _FORBIDDEN.search(name):
         return f"contains {found.group()!r}, which Windows or a path would not keep"
     if name[-1] in ". ":
         return "ends in a dot or a space, which Windows drops"
-    if _RESERVED.fullmatch(name):
+    if name[:3].upper() in _DEVICE_STEMS and _RESERVED.fullmatch(name):
         return "is a Windows device name (CON, PRN, AUX, NUL, COM1-9, LPT1-9)"
     return None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -40,7 +41,12 @@ class RequestBody(BaseModel):
     @field_validator("*")
     @classmethod
     def _storable_text(cls, value: Any) -> Any:
-        if bad := first_bad_text(value):
+        bad: tuple[Path, str] | None
+        if isinstance(value, str):  # most fields: no walk
+            bad = None if (problem := _text_problem(value)) is None else ((), problem)
+        else:
+            bad = first_bad_text(value)
+        if bad is not None:
             path, problem = bad
             error = PydanticCustomError("text", "{problem}", {"problem": problem})
             raise ValidationError.from_exception_data(
@@ -66,39 +72,73 @@ def _escaped(key: str) -> str:
     return key.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
-def first_bad_text(value: Any) -> tuple[tuple[str | int, ...], str] | None:
-    """The path (relative to ``value``) and problem of its first string, or dict key, that
-    cannot be stored as text; None when all can. Nested models are skipped: they check
-    themselves. Iterative, so deep JSON cannot exhaust the stack."""
-    stack: list[tuple[tuple[str | int, ...], Any]] = [((), value)]
+Path = tuple[str | int, ...]
+
+
+def first_bad_text(value: Any) -> tuple[Path, str] | None:
+    """The path (relative to ``value``) and problem of a string, or dict key, of ``value``
+    that cannot be stored as text; None when all can. Nested models are skipped: they
+    check themselves. Iterative, so deep JSON cannot exhaust the stack."""
+    stack: list[tuple[Path, Any]] = [((), value)]
     while stack:
         path, item = stack.pop()
-        if isinstance(item, str):
-            if problem := _text_problem(item):
-                return path, problem
-        elif isinstance(item, dict):
-            children: list[tuple[tuple[str | int, ...], Any]] = []
-            for key, child in item.items():
+        pairs: Iterable[tuple[str | int, Any]]
+        if isinstance(item, dict):
+            for key in item:
                 if isinstance(key, str) and (problem := _text_problem(key)):
                     return (*path, _escaped(key)), f"key {problem}"
-                children.append(((*path, key), child))
-            stack.extend(reversed(children))
+            pairs = item.items()
         elif isinstance(item, list | tuple):
-            stack.extend(((*path, i), child) for i, child in reversed(list(enumerate(item))))
+            pairs = enumerate(item)
+        else:
+            continue
+        for step, child in pairs:
+            if isinstance(child, str):
+                if problem := _text_problem(child):
+                    return (*path, step), problem
+            elif isinstance(child, dict | list | tuple):
+                stack.append(((*path, step), child))
     return None
 
 
 class RenderKnobs(RequestBody):
-    """The optional render knobs shared by a job and a batch; left out, the model decides."""
+    """What a job and a batch both take, declared once so the two routes cannot drift: the
+    model and its optional render knobs (left out, the model decides), a negative prompt,
+    metadata and a webhook URL. Both are checked by one function (api/submit.py)."""
 
+    model: str = Field(min_length=1, max_length=100)
+    negative_prompt: str | None = Field(
+        default=None,
+        max_length=2000,
+        description="What to keep out of the render; in a batch, for prompts that do not "
+        "give their own.",
+    )
     strength: float | None = Field(default=None, gt=0, le=1)
     steps: int | None = Field(default=None, ge=1)
     guidance_scale: float | None = Field(default=None, ge=0, le=50)
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_SEED,
+        description="A job's seed; a batch derives each job's seed from it. Drawn if omitted.",
+    )
     width: int | None = Field(default=None, gt=0)
     height: int | None = Field(default=None, gt=0)
     output_format: OutputFormat = "png"
+    resize_mode: ResizeMode = Field(
+        default="crop",
+        description="How the source is brought to width x height: fit (stretch), crop "
+        "(cover, center-crop) or pad (fit inside, pad with white; inpaint repaints the pad).",
+    )
     metadata: dict[str, Any] | None = None
+    webhook_url: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2048,
+        description="Public http(s) URL that receives the job.* events of this job (of every "
+        "job of a batch, and batch.progress and batch.completed), signed with the team's "
+        "webhook secret (GET /v1/webhooks/secret).",
+    )
 
     @field_validator("metadata")
     @classmethod
@@ -108,36 +148,23 @@ class RenderKnobs(RequestBody):
         return value
 
 
+MASK_DESCRIPTION = (
+    "Inpaint models only: white repaints, black keeps (bit-identical). Same forms as image "
+    "and the source's size. Omitted: a source PNG's transparent pixels are repainted and its "
+    "fully opaque ones kept."
+)
+
+
 class JobCreate(RenderKnobs):
     """``POST /v1/jobs``. Optional knobs left out take the model's defaults."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(min_length=1, max_length=100)
     prompt: str = Field(min_length=1, max_length=2000)
     image: str = Field(
         min_length=1, description="A data URL, an http(s) URL, or an id from POST /v1/uploads."
     )
-    negative_prompt: str | None = Field(default=None, max_length=2000)
-    webhook_url: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=2048,
-        description="Public http(s) URL that receives this job's job.* events, signed with "
-        "the team's webhook secret (GET /v1/webhooks/secret).",
-    )
-    mask: str | None = Field(
-        default=None,
-        min_length=1,
-        description="Inpaint models only: white repaints, black keeps (bit-identical). Same "
-        "forms as image and the source's size. Omitted: a source PNG's transparent pixels "
-        "are repainted and its fully opaque ones kept.",
-    )
-    resize_mode: ResizeMode = Field(
-        default="crop",
-        description="How the source is brought to width x height: fit (stretch), crop "
-        "(cover, center-crop) or pad (fit inside, pad with white; inpaint repaints the pad).",
-    )
+    mask: str | None = Field(default=None, min_length=1, description=MASK_DESCRIPTION)
 
 
 class RenderParams(BaseModel):
@@ -231,7 +258,12 @@ Name = Annotated[
 
 
 class BatchImage(RequestBody):
-    """One source image of a batch; ``sku`` names its folder (default ``image-N``)."""
+    """One source image of a batch; ``sku`` names its folder (default ``image-N``).
+
+    A mask belongs to its image (it must have the image's size and outline what to repaint
+    in it), so there is no batch-wide mask: give the same upload id as each image's mask to
+    share one; a reference repeated in a batch is fetched and stored once.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -239,6 +271,7 @@ class BatchImage(RequestBody):
         min_length=1, description="A data URL, an http(s) URL, or an id from POST /v1/uploads."
     )
     sku: Name | None = None
+    mask: str | None = Field(default=None, min_length=1, description=MASK_DESCRIPTION)
 
 
 class BatchPrompt(RequestBody):
@@ -254,26 +287,17 @@ class BatchPrompt(RequestBody):
 class BatchCreate(RenderKnobs):
     """``POST /v1/batches``: every image x every prompt x ``variants`` seeds, one job each.
 
-    Images and prompts may be plain strings or objects naming them. Shared knobs left out
-    take the model's defaults. Each job's seed is derived from ``seed`` (drawn if omitted).
+    Images and prompts may be plain strings or objects naming them; an image object may
+    carry its own ``mask`` (inpaint models). The knobs (RenderKnobs) are the batch's, for
+    every job, checked as a job's are; left out, they take the model's defaults. Each job's
+    seed is derived from ``seed`` (drawn if omitted).
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(min_length=1, max_length=100)
     images: list[BatchImage] = Field(min_length=1, max_length=MAX_BATCH_JOBS)
     prompts: list[BatchPrompt] = Field(min_length=1, max_length=MAX_BATCH_JOBS)
     variants: int = Field(default=1, ge=1, le=MAX_BATCH_JOBS)
-    negative_prompt: str | None = Field(
-        default=None, max_length=2000, description="For prompts that do not give their own."
-    )
-    webhook_url: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=2048,
-        description="Public http(s) URL that receives the job.* events of every job of the "
-        "batch, batch.progress and batch.completed, signed with the team's webhook secret.",
-    )
 
     @field_validator("images", mode="before")
     @classmethod
