@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import threading
 import time
 import uuid
@@ -311,6 +312,59 @@ def test_cancel_running_job_stops_at_next_step(
     fault_report(f"cancel a running 50-step job: render stopped {seconds:.1f}s after the request")
     assert statuses(session_factory, [job_id]) == {"canceled": 1}
     assert output_objects(s3_client, [job_id])[job_id] == 0, "a canceled job leaves no output"
+
+
+def test_cancel_storm_leaves_no_output_of_a_canceled_job(
+    client,
+    new_key,
+    settings,
+    session_factory,
+    s3_client,
+    start_worker,
+    start_dispatcher,
+    fault_report,
+):
+    """Running jobs canceled at random moments through the api while a real worker renders
+    and uploads: afterwards no object under outputs/ belongs to a canceled job."""
+    start_dispatcher()
+    start_worker("tiny")
+    key = new_key()
+    ids = submit(client, key, 12, width=64, height=64, steps=4, strength=1.0)
+    rng = random.Random(7)
+    doomed = set(rng.sample(ids, 6))  # each canceled once seen running, after a random wait
+    answered = 0
+    deadline = time.monotonic() + 300  # 2 shared cores: renders may crawl
+    while doomed and sum(statuses(session_factory, ids)[f] for f in FINAL) < len(ids):
+        assert time.monotonic() < deadline, "the storm did not end"
+        with session_factory() as s:
+            running = set(
+                s.scalars(select(Job.id).where(Job.id.in_(doomed), Job.status == "running"))
+            )
+        for job_id in running:
+            time.sleep(rng.uniform(0, 0.1))  # anywhere in render, encode or upload
+            answer = client.post(f"/v1/jobs/{job_id}/cancel", headers=auth(key))
+            answered += answer.status_code == 200
+            doomed.discard(job_id)
+        time.sleep(0.02)
+    counts = wait_final(session_factory, ids, timeout=300)
+    with session_factory() as s:
+        canceled = list(s.scalars(select(Job.id).where(Job.id.in_(ids), Job.status == "canceled")))
+        done = list(s.scalars(select(Job.id).where(Job.id.in_(ids), Job.status == "succeeded")))
+    seen = len(output_objects(s3_client, canceled))
+    # A worker may still be finishing an upload it started before the cancel: its delete
+    # follows within moments, the dispatcher's sweep within a lease if it died.
+    wait_for(
+        lambda: not output_objects(s3_client, canceled),
+        settings.lease_seconds + 30,
+        "no output of a canceled job",
+    )
+    fault_report(
+        f"cancel storm over 12 running jobs: {answered} canceled while running, "
+        f"{counts['succeeded']} succeeded; objects of canceled jobs at the end 0 "
+        f"(just after the storm {seen})"
+    )
+    assert answered >= 3, "the storm must cancel running jobs"
+    assert output_objects(s3_client, done) == {i: 1 for i in done}, "the others keep theirs"
 
 
 def test_sigterm_lets_the_running_batch_finish(
