@@ -363,24 +363,31 @@ def up(port: int) -> None:
 @click.option("--out", default="imgfarm-out", show_default=True, type=click.Path(path_type=Path))
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for renders.")
 def demo(out: Path, timeout: float) -> None:
-    """Start the embedded stack, render a product photo in 4 seasons, save the images."""
-    from imgfarm.demo import run_demo
+    """Start the embedded stack, render a product photo in 4 seasons and through echo and
+    tiny-inpaint, save the source, the renders and a contact sheet."""
+    from rich.markup import escape
+
+    from imgfarm.demo import DEMO_MODELS, NEXT_STEPS, run_demo
     from imgfarm.embedded import EmbeddedStack
 
     settings = _settings()
-    console.print("starting the embedded farm (api + tiny worker)...")
+    console.print(f"starting the embedded farm (api + workers for {', '.join(DEMO_MODELS)})...")
     # The demo sends no webhooks: one process fewer to start.
-    with EmbeddedStack(settings.data_dir, webhooks=False) as stack:
-        console.print(f"farm up at {stack.url}; submitting 4 seasonal variants")
-        paths = run_demo(stack.url, stack.api_key, out, console, timeout=timeout)
-    for path in paths:
+    with EmbeddedStack(settings.data_dir, models=DEMO_MODELS, webhooks=False) as stack:
+        console.print(f"farm up at {stack.url}; submitting 4 seasonal variants, echo and inpaint")
+        result = run_demo(stack.url, stack.api_key, out, console, timeout=timeout)
+    for path in result.paths():
         click.echo(str(path))
-    if len(paths) < 4:
-        raise click.ClickException(f"only {len(paths)} of 4 images rendered")
+    for job in result.failed:
+        console.print(f"[red]{escape(f'{job.name} ({job.model}): {job.error}')}")
+    if result.failed:
+        raise click.ClickException(f"{len(result.failed)} of {len(result.jobs)} renders failed")
     console.print(
-        f"[green]{len(paths)} images written to {out}/[/] "
-        "(the built-in 'tiny' model has random weights: expect noise-like images)"
+        f"[green]contact sheet: {result.sheet_html}[/] (open it in a browser; PNG beside it). "
+        "The built-in models have random weights: expect noise, except echo (the source back) "
+        "and inpaint's kept product pixels (outlined on the sheet)."
     )
+    console.print(NEXT_STEPS, markup=False, highlight=False, soft_wrap=True)
 
 
 @main.command()

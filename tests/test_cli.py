@@ -8,11 +8,14 @@ import sys
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 from sqlalchemy import create_engine, func, inspect, update
 from sqlalchemy.orm import Session
 
+from imgfarm import contact_sheet as sheet_layout
+from imgfarm.demo import SEASONS
 from shared.keys import hash_api_key
 from shared.models import ApiKey
 
@@ -29,7 +32,8 @@ def imgfarm(*args: str, env: dict[str, str], cwd: Path | None = None, timeout: f
 
 
 def test_demo_writes_four_images_on_the_embedded_stack(tmp_path):
-    """`imgfarm demo` with no configuration: SQLite, local objects, filesystem broker."""
+    """`imgfarm demo` with no configuration: SQLite, local objects, filesystem broker; it
+    saves the source, its 4 seasons, echo and inpaint renders, and a contact sheet."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMGFARM_")}
     result = subprocess.run(
         [sys.executable, "-m", "imgfarm", "demo", "--out", "out"],
@@ -40,11 +44,35 @@ def test_demo_writes_four_images_on_the_embedded_stack(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "out"
     paths = [tmp_path / line for line in result.stdout.split()]
-    assert len(paths) == 4
-    for path in paths:
-        assert path.parent == tmp_path / "out"
-        assert Image.open(path).size == (64, 64)
+    renders = [f"{name}-0.png" for name in (*SEASONS, "echo", "inpaint")]
+    names = ["source.png", "source-mask.png", *renders, "contact-sheet.png", "contact-sheet.html"]
+    assert paths == [out / name for name in names]
+    pixels = {name: np.asarray(Image.open(out / name).convert("RGB")) for name in names[:-2]}
+    for name in ["source.png", *renders]:
+        assert pixels[name].shape == (64, 64, 3), name
+    source = pixels["source.png"]
+    assert np.array_equal(pixels["echo-0.png"], source), "echo returns the source's structure"
+    keep = pixels["source-mask.png"][..., 0] < 128  # black keeps (README, Inpainting)
+    assert 0 < keep.sum() < keep.size
+    inpaint = pixels["inpaint-0.png"]
+    assert np.array_equal(inpaint[keep], source[keep]), "kept pixels are the source's, bit for bit"
+    assert not np.array_equal(inpaint[~keep], source[~keep]), "the background is repainted"
+
+    # The sheet's first row: the source, then each season, scaled up 3x with NEAREST.
+    sheet = Image.open(out / "contact-sheet.png").convert("RGB")
+    y = sheet_layout.GAP + 3 * sheet_layout.LINE
+    for i, name in enumerate(["source.png", *renders[:4]]):
+        x = sheet_layout.GAP + i * (sheet_layout.TILE + sheet_layout.GAP)
+        tile = sheet.crop((x, y, x + sheet_layout.TILE, y + sheet_layout.TILE))
+        assert np.array_equal(np.asarray(tile), pixels[name].repeat(3, 0).repeat(3, 1)), name
+    page = (out / "contact-sheet.html").read_text()
+    for prompt in SEASONS.values():
+        assert prompt in page
+    assert page.count('<img src="data:image/png;base64,') == 5 + 3
+    assert 'href="inpaint-0.png"' in page and 'href="contact-sheet.png"' in page
+    assert "imgfarm up" in result.stderr and "[models.sd-turbo]" in result.stderr
     assert (tmp_path / ".imgfarm" / "imgfarm.db").exists(), "embedded state lives in ./.imgfarm"
 
 

@@ -1,0 +1,37 @@
+"""The demo's contact sheet: escaped captions, the kept region outlined on the sheet only."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from imgfarm.contact_sheet import OUTLINE, TILE, Row, Tile, render_html, tile_image
+
+
+def test_sheet_html_escapes_every_text():
+    hostile = '<script>alert("x")</script> & more'
+    tile = Tile(Image.new("RGB", (64, 64)), hostile, (hostile,), href='a".png')
+
+    page = render_html(hostile, [Row(hostile, [tile])], png_href='b"<.png')
+
+    assert "<script>" not in page
+    escaped = "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; more"
+    assert page.count(escaped) == 6, "title, h1, h2, alt, tile name, caption"
+    assert 'href="a&quot;.png"' in page and 'href="b&quot;&lt;.png"' in page
+
+
+def test_kept_region_outline_is_drawn_on_the_tile_not_the_render():
+    render = Image.new("RGB", (64, 64), (128, 128, 128))
+    keep = Image.new("L", (64, 64), 0)
+    keep.paste(255, (16, 16, 48, 48))  # kept: a 32 px square in the middle
+
+    tile = np.asarray(tile_image(Tile(render, "inpaint", keep=keep)))
+
+    assert tile.shape == (TILE, TILE, 3)
+    outlined = np.all(tile == OUTLINE, axis=-1)
+    scale = TILE // 64
+    lo, hi = 16 * scale, 48 * scale  # the square's border on the tile
+    assert outlined[lo, lo:hi].all() and outlined[hi - 1, lo:hi].all()
+    assert outlined[lo:hi, lo].all() and outlined[lo:hi, hi - 1].all()
+    assert not outlined[: lo - 1].any() and not outlined[lo + 2 : hi - 2, lo + 2 : hi - 2].any()
+    assert np.all(np.asarray(render) == 128), "the render itself is left untouched"
