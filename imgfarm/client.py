@@ -49,7 +49,6 @@ class Client:
         retries: RetryPolicy | None = None,
     ) -> None:
         self._transport = Transport(base_url, api_key, timeout, retries or RetryPolicy())
-        self.http = self._transport.http
         self.jobs = Jobs(self._transport)
         self.batches = Batches(self._transport)
         self.uploads = Uploads(self._transport)

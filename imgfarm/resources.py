@@ -159,7 +159,9 @@ class Uploads:
 
     def create(self, *files: UploadFile) -> list[UploadPublic]:
         """Multipart ``POST /v1/uploads`` of paths or (name, bytes, content type) triples;
-        returns one upload per file, in order (pass one as a job's ``image``)."""
+        returns one upload per file, in order (pass one as a job's ``image``). A retry after
+        a lost answer may leave an unused upload behind (stored once: same bytes, same
+        object), never a second job."""
         parts = [_upload_part(f) for f in files]
         uploads: list[UploadPublic] = []
         for start in range(0, len(parts), UPLOAD_FILES_PER_REQUEST):

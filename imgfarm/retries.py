@@ -9,6 +9,7 @@ the work twice (see imgfarm/transport.py).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ import httpx
 from tenacity import (
     RetryCallState,
     Retrying,
+    before_sleep_log,
     retry_if_exception_type,
     retry_if_result,
     stop_after_attempt,
@@ -25,6 +27,8 @@ from tenacity import (
 )
 
 from shared.webhooks import parse_retry_after
+
+log = logging.getLogger("imgfarm.client")
 
 RETRY_STATUSES = frozenset({429, 503})
 # No answer came: refused or cut connections, timeouts, a server that hung up mid-answer.
@@ -64,6 +68,7 @@ class RetryPolicy:
             ),
             stop=stop_after_attempt(self.attempts) | stop_before_delay(self.total_seconds),
             retry_error_callback=_last_outcome,
+            before_sleep=before_sleep_log(log, logging.INFO),
         )
         return retrying(send)  # type: ignore[no-any-return]
 

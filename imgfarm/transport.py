@@ -55,12 +55,12 @@ class Transport:
         self.http = httpx.Client(
             base_url=base_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout
         )
-        self._plain_http: httpx.Client | None = None
+        # Made up front, not on first use: threads share the transport (batch downloads).
+        self._plain_http = httpx.Client(timeout=timeout)
 
     def close(self) -> None:
         self.http.close()
-        if self._plain_http is not None:
-            self._plain_http.close()
+        self._plain_http.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send (with retries); raises ApiError on an error status."""
@@ -80,8 +80,6 @@ class Transport:
 
     def plain(self) -> httpx.Client:
         """The pool without the API key (presigned and signed URLs authorize themselves)."""
-        if self._plain_http is None:
-            self._plain_http = httpx.Client(timeout=self.http.timeout)
         return self._plain_http
 
     def fetch_to(self, url: str, path: Path) -> Path:

@@ -178,7 +178,7 @@ def test_upload_then_job_submit_wait_download_are_typed(farm, new_key, tmp_path)
         done = client.jobs.wait(job.id, timeout=120)
         assert isinstance(done, JobPublic) and done.status == "succeeded", done.error
         (path,) = client.jobs.download(done, tmp_path / "out")
-        # From the S3 endpoint's presigned URL: it refuses a request that also carries a key.
+        # Fetched from the S3 endpoint's presigned URL (another origin: no API key sent).
         assert path == tmp_path / "out" / f"{job.id}-0.png"
         assert Image.open(path).size == (64, 48)
         # A JobCreate does as well as its fields; both are checked before anything is sent.
@@ -382,3 +382,17 @@ def test_readme_python_client_block_runs_as_pasted(farm, new_key, tmp_path):
     assert len(job_files) == 1 and re.fullmatch(r"[0-9a-f-]{36}-0\.png", job_files[0])
     batch_files = sorted(p.relative_to(renders).as_posix() for p in renders.glob("*/*/*.png"))
     assert batch_files == ["image-1/on-sand/1.png", "image-1/on-snow/1.png"]
+
+
+def test_the_command_does_not_import_the_client_until_it_is_used():
+    """``import imgfarm`` runs for every ``imgfarm`` command; the client's imports (the
+    api's schemas pull in SQLAlchemy) wait for ``from imgfarm import Client``."""
+    probe = (
+        "import sys, imgfarm\n"
+        "assert 'imgfarm.client' not in sys.modules and 'shared.schemas' not in sys.modules\n"
+        "from imgfarm import Client, verify_webhook\n"
+        "print(Client.__module__, verify_webhook.__module__)\n"
+    )
+    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == ["imgfarm.client", "imgfarm.webhooks"]
