@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
     from shared.teams import ApiKeyInfo
 
-console = Console(stderr=True)
+# soft_wrap: outside a terminal rich would break long paths and URLs at 80 columns.
+console = Console(stderr=True, soft_wrap=True)
 STORAGE_INIT_WAIT_SECONDS = 20
 
 
@@ -46,7 +47,33 @@ def _logging(settings: Settings) -> None:
         raise click.ClickException(str(e)) from e
 
 
-@click.group()
+def first_sentence(text: str | None) -> str:
+    """A docstring's first sentence, whole: what a command list shows for it."""
+    paragraph = " ".join((text or "").strip().split("\n\n", 1)[0].split())
+    end = paragraph.find(". ")
+    return paragraph if end < 0 else paragraph[: end + 1]
+
+
+class _WholeSentences:
+    """Command lists show each command's first sentence wrapped, never cut off with '...'."""
+
+    short_help: str | None
+    help: str | None
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        return self.short_help or first_sentence(self.help)
+
+
+class _Command(_WholeSentences, click.Command):
+    pass
+
+
+class _Group(_WholeSentences, click.Group):
+    command_class = _Command
+    group_class = type  # subgroups are _Group too
+
+
+@click.group(cls=_Group)
 @click.version_option(package_name="imgfarm", message="imgfarm %(version)s")
 def main() -> None:
     """imgfarm: a render farm for diffusion image-to-image."""

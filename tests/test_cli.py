@@ -146,3 +146,13 @@ def test_embedded_farm_reuses_its_local_key(tmp_path):
     replaced = local_key(settings)
     assert replaced != first, "a revoked saved key is replaced, not reused"
     engine.dispose()
+
+
+def test_command_lists_show_whole_sentences(tmp_path):
+    env = {"IMGFARM_DATA_DIR": str(tmp_path), "COLUMNS": "80"}
+    for group in ([], ["keys"], ["storage"]):
+        listing = imgfarm(*group, "--help", env=env, timeout=60)
+        assert listing.returncode == 0, listing.stderr
+        commands = listing.stdout.split("Commands:", 1)[1]
+        cut = [line for line in commands.splitlines() if line.rstrip().endswith("...")]
+        assert not cut, f"cut off in 'imgfarm {' '.join(group)} --help': {cut}"
