@@ -1,8 +1,10 @@
 """Batches: images x prompts x variants jobs created in one transaction, then followed,
 canceled, retried, listed in a manifest and fetched as one streamed zip.
 
-The api never talks to the broker for batches: it commits queued jobs and nudges the
-dispatcher (shared/dispatch.py), which hands them to Redis in compatible groups.
+A batch's jobs are checked by the job path itself (api/submit.py ``check_jobs``, one
+source per image), then inserted in one bulk INSERT. The api never talks to the broker
+for batches: it commits queued jobs and nudges the dispatcher (shared/dispatch.py), which
+hands them to Redis in compatible groups.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import hashlib
 import io
 import json
 import re
-import secrets
 import uuid
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,11 +26,10 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, insert, select, tuple_, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.deps import release_connection
 from api.fetch_slots import FetchSlots
 from api.owned import owned_row
-from api.params import model_spec, resolve_params
-from api.sources import SourceSpool, check_sources, check_webhook_url, upload_keys
+from api.sources import SourceSpool
+from api.submit import CheckedJobs, SourceRefs, check_jobs
 from shared.dispatch import nudge
 from shared.errors import InvalidRequest, StorageError, TransientError
 from shared.events import JOB_CANCELED, emit_job_events
@@ -44,7 +44,6 @@ from shared.schemas import (
     BatchImage,
     BatchPrompt,
     BatchPublic,
-    JobCreate,
     ManifestItem,
 )
 from shared.settings import Settings
@@ -123,57 +122,18 @@ def _check_distinct(names: list[str], field: str, attr: str) -> None:
     raise InvalidRequest(f"{field}[{later}].{attr}", f"{message}; give each a distinct {attr}")
 
 
-def shared_params(spec: ModelSpec, body: BatchCreate, batch_seed: int) -> dict[str, Any]:
-    """The batch's knobs resolved once against the model (seeds are per job, set later)."""
-    knobs = JobCreate.model_construct(
-        model=body.model,
-        strength=body.strength,
-        steps=body.steps,
-        guidance_scale=body.guidance_scale,
-        seed=batch_seed,
-        width=body.width,
-        height=body.height,
-        output_format=body.output_format,
-    )
-    params = resolve_params(spec, knobs).model_dump()
-    del params["seed"]
-    return params
-
-
-def resolve_sources(
-    session: Session,
-    team: Team,
-    images: Sequence[BatchImage],
-    *,
-    spool: SourceSpool,
-    slots: FetchSlots,
-    settings: Settings,
-) -> list[str]:
-    """The storage key of each image; every distinct reference is fetched and checked once.
-
-    Upload ids are looked up in one short read, then the connection goes back to the pool
-    before any fetch; fetched images wait in ``spool`` (nothing is stored here).
-    """
-    refs: dict[str, str] = {}
-    for i, img in enumerate(images):
-        refs.setdefault(img.image, f"images[{i}].image")
-    uploads = upload_keys(session, team, refs)
-    release_connection(session)
-    keys = check_sources(refs, uploads, spool=spool, slots=slots, settings=settings)
-    return [keys[img.image] for img in images]
+def image_sources(images: Sequence[BatchImage]) -> list[SourceRefs]:
+    """Each image's source and mask, named as the batch spells them (``images[3].mask``)."""
+    return [SourceRefs(img.image, img.mask, f"images[{i}].") for i, img in enumerate(images)]
 
 
 @dataclass(frozen=True)
 class CheckedBatch:
     """A batch request that nothing can refuse any more; its sources wait in the spool."""
 
-    spec: ModelSpec
+    jobs: CheckedJobs  # one entry per image; params.seed is the batch seed
     skus: list[str]
     names: list[str]
-    seed: int
-    params: dict[str, Any]
-    webhook_url: str | None
-    source_keys: list[str]
 
 
 def check_batch(
@@ -182,31 +142,35 @@ def check_batch(
     body: BatchCreate,
     *,
     registry: dict[str, ModelSpec],
+    storage: Storage,
     settings: Settings,
     slots: FetchSlots,
     spool: SourceSpool,
 ) -> CheckedBatch:
     """Validate ``body`` fully, every image included; writes nothing (4xx naming the field)."""
-    # 1. cheap checks first: a bad knob or an oversized grid never costs a fetch
-    spec = model_spec(registry, body.model)
+    # 1. the batch's own cheap checks: an oversized grid or clashing names cost no fetch
     check_job_count(body)
     skus = image_names(body.images)
     names = prompt_names(body.prompts)
-    batch_seed = secrets.randbelow(2**31) if body.seed is None else body.seed
-    params = shared_params(spec, body, batch_seed)
-    webhook_url = None
-    if body.webhook_url is not None:
-        webhook_url = check_webhook_url(body.webhook_url, "webhook_url", settings)
-    # 2. the sources: each distinct image fetched and proven decodable once, not stored
-    source_keys = resolve_sources(
-        session, team, body.images, spool=spool, slots=slots, settings=settings
+    # 2. then each image's job exactly as POST /v1/jobs checks one: knobs, source, mask
+    jobs = check_jobs(
+        session,
+        team,
+        body,
+        image_sources(body.images),
+        registry=registry,
+        storage=storage,
+        settings=settings,
+        slots=slots,
+        spool=spool,
     )
-    return CheckedBatch(spec, skus, names, batch_seed, params, webhook_url, source_keys)
+    return CheckedBatch(jobs, skus, names)
 
 
 def create_batch(session: Session, team: Team, body: BatchCreate, checked: CheckedBatch) -> Batch:
     """Insert the checked batch and all its jobs, its sources stored (the caller commits)."""
-    spec, params, batch_seed = checked.spec, checked.params, checked.seed
+    spec, batch_seed = checked.jobs.spec, checked.jobs.params.seed
+    params = checked.jobs.params.model_dump(exclude={"seed"})  # seeds are per job, derived
     # 3. the batch, then every job in one bulk INSERT (no per-job round trip)
     now = utcnow()
     batch = Batch(
@@ -221,7 +185,7 @@ def create_batch(session: Session, team: Team, body: BatchCreate, checked: Check
         job_count=body.job_count,
         meta=body.metadata,
         created_at=now,
-        webhook_url=checked.webhook_url,
+        webhook_url=checked.jobs.webhook_url,
     )
     session.add(batch)
     session.flush()
@@ -237,14 +201,15 @@ def create_batch(session: Session, team: Team, body: BatchCreate, checked: Check
                 body.negative_prompt if prompt.negative_prompt is None else prompt.negative_prompt
             ),
             "params": {**params, "seed": derive_seed(batch_seed, sku, name, variant)},
-            "source_key": source_key,
+            "source_key": sources.source_key,
+            "mask_key": sources.mask_key,
             "sku": sku,
             "prompt_name": name,
             "variant": variant,
             "attempts": 0,
             "created_at": now,
         }
-        for sku, source_key in zip(checked.skus, checked.source_keys, strict=True)
+        for sku, sources in zip(checked.skus, checked.jobs.sources, strict=True)
         for prompt, name in zip(body.prompts, checked.names, strict=True)
         for variant in range(1, body.variants + 1)
     ]

@@ -8,7 +8,7 @@ from typing import cast
 from shared.errors import InvalidRequest
 from shared.images import has_transparency, open_rgb, open_rgba
 from shared.registry import ModelSpec
-from shared.schemas import JobCreate, RenderParams
+from shared.schemas import RenderKnobs, RenderParams
 
 SIZE_MULTIPLE = 8
 
@@ -30,7 +30,7 @@ def _check_size(field: str, value: int, spec: ModelSpec) -> None:
         )
 
 
-def resolve_params(spec: ModelSpec, body: JobCreate) -> RenderParams:
+def resolve_params(spec: ModelSpec, body: RenderKnobs) -> RenderParams:
     """Exactly what the worker will render. A missing seed is drawn now and recorded."""
     steps = spec.steps if body.steps is None else body.steps
     strength = spec.strength if body.strength is None else body.strength
@@ -45,11 +45,6 @@ def resolve_params(spec: ModelSpec, body: JobCreate) -> RenderParams:
     height = spec.height if body.height is None else body.height
     _check_size("width", width, spec)
     _check_size("height", height, spec)
-    if body.mask is not None and not spec.takes_mask:
-        raise InvalidRequest(
-            "mask",
-            f"model {spec.alias!r} is of kind {spec.kind}; only inpaint models take a mask",
-        )
     return RenderParams(
         strength=strength,
         steps=steps,
@@ -62,14 +57,24 @@ def resolve_params(spec: ModelSpec, body: JobCreate) -> RenderParams:
     )
 
 
-def check_inpaint_inputs(spec: ModelSpec, source: bytes, mask: bytes | None) -> None:
+def check_mask_given(spec: ModelSpec, mask: str | None, field: str = "mask") -> None:
+    """Refuse a mask for a model that takes none (before anything is fetched)."""
+    if mask is not None and not spec.takes_mask:
+        raise InvalidRequest(
+            field, f"model {spec.alias!r} is of kind {spec.kind}; only inpaint models take a mask"
+        )
+
+
+def check_inpaint_inputs(
+    spec: ModelSpec, source: bytes, mask: bytes | None, field: str = "mask"
+) -> None:
     """An inpaint job must leave something to repaint: refuse what would only echo the source.
 
     With a mask: it must have the source's size (one resize geometry maps both) and some
     white. Without one: the source must have transparent pixels (those get repainted).
     Both arrive checked (decodable, within the limits) and are compared as the worker
     decodes them: upright, so a phone photo tagged "rotate 90°" takes the mask drawn on it
-    as it is seen.
+    as it is seen. Errors name ``field`` (``images[3].mask`` for a batch's fourth image).
     """
     if not spec.takes_mask:
         return
@@ -77,7 +82,7 @@ def check_inpaint_inputs(spec: ModelSpec, source: bytes, mask: bytes | None) -> 
     if mask is None:
         if not has_transparency(image):
             raise InvalidRequest(
-                "mask",
+                field,
                 f"model {spec.alias!r} inpaints: give a mask (white = repaint, black = keep) "
                 "or a source PNG whose transparent pixels are to be repainted",
             )
@@ -85,7 +90,7 @@ def check_inpaint_inputs(spec: ModelSpec, source: bytes, mask: bytes | None) -> 
     decoded = open_rgb(mask)
     if decoded.size != image.size:
         raise InvalidRequest(
-            "mask",
+            field,
             f"is {decoded.width}x{decoded.height} but the image is "
             f"{image.width}x{image.height} (upright); the mask must have the image's size",
         )
@@ -93,4 +98,4 @@ def check_inpaint_inputs(spec: ModelSpec, source: bytes, mask: bytes | None) -> 
     # repaints nothing.
     _, brightest = cast(tuple[int, int], decoded.convert("L").getextrema())
     if brightest < 128:
-        raise InvalidRequest("mask", "is all black: nothing to repaint (white = repaint)")
+        raise InvalidRequest(field, "is all black: nothing to repaint (white = repaint)")

@@ -1,26 +1,31 @@
-"""Create jobs. The database commit is the promise; the dispatcher hands jobs to the broker.
+"""Create jobs: the one path by which ``POST /v1/jobs`` and ``POST /v1/batches`` check them.
 
-In two steps (see api/sources.py): ``check_job`` proves the request acceptable (knobs,
-sources fetched and decoded, an inpaint mask checked) holding no database connection and
-writing nothing; the route then stores the sources, and ``add_job`` adds the row in a
-short transaction.
+``check_jobs`` turns (model, knobs, each job's source and mask) into jobs that nothing can
+refuse any more, in the order that keeps intake cheap and safe (see api/sources.py): knobs
+first, so a bad one never costs a fetch; then the sources, fetched and decoded holding no
+database connection and writing nothing; then the checks that need their pixels (an
+inpaint mask). A job is one source; a batch is one source per image, sharing the knobs.
+The route then stores the sources and adds the rows in a short transaction (``add_job``
+here, a bulk INSERT in api/batches.py). The database commit is the promise; the
+dispatcher hands jobs to the broker.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
 from api.deps import release_connection
 from api.fetch_slots import FetchSlots
-from api.params import check_inpaint_inputs, model_spec, resolve_params
+from api.params import check_inpaint_inputs, check_mask_given, model_spec, resolve_params
 from api.sources import SourceSpool, check_sources, check_webhook_url, upload_keys
 from shared.dispatch import nudge
 from shared.models import Job, Team
 from shared.registry import ModelSpec
-from shared.schemas import JobCreate, RenderParams
+from shared.schemas import JobCreate, RenderKnobs, RenderParams
 from shared.settings import Settings
 from shared.storage import Storage
 
@@ -28,14 +33,82 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class CheckedJob:
-    """A job request that nothing can refuse any more; its sources wait in the spool."""
+class SourceRefs:
+    """One job's images as the client gave them, and where they sit in its request."""
+
+    image: str
+    mask: str | None = None
+    at: str = ""  # field prefix: "" in POST /v1/jobs, "images[3]." in a batch
+
+    def field(self, name: str) -> str:
+        return f"{self.at}{name}"
+
+
+@dataclass(frozen=True)
+class CheckedSources:
+    """Where one job's checked source (and mask) will be stored; they wait in the spool."""
+
+    source_key: str
+    mask_key: str | None
+
+
+@dataclass(frozen=True)
+class CheckedJobs:
+    """Jobs that nothing can refuse any more: their model, params (a job's seed; a batch's
+    seed, from which each of its jobs' is derived) and sources, in the order given."""
 
     spec: ModelSpec
     params: RenderParams
     webhook_url: str | None
-    source_key: str
-    mask_key: str | None
+    sources: list[CheckedSources]
+
+
+def check_jobs(
+    session: Session,
+    team: Team,
+    knobs: RenderKnobs,
+    refs: Sequence[SourceRefs],
+    *,
+    registry: dict[str, ModelSpec],
+    storage: Storage,
+    settings: Settings,
+    slots: FetchSlots,
+    spool: SourceSpool,
+) -> CheckedJobs:
+    """Validate jobs sharing ``knobs``, one per entry of ``refs``, their images included;
+    writes nothing (4xx naming the field, prefixed as ``refs`` say)."""
+    # 1. cheap checks first, so bad knobs never cost a fetch
+    spec = model_spec(registry, knobs.model)
+    params = resolve_params(spec, knobs)
+    for ref in refs:
+        check_mask_given(spec, ref.mask, ref.field("mask"))
+    webhook_url = None
+    if knobs.webhook_url is not None:
+        webhook_url = check_webhook_url(knobs.webhook_url, "webhook_url", settings)
+    # 2. upload ids in one short read; then the connection goes back before any fetch
+    fields: dict[str, str] = {}  # each distinct reference, fetched once, named where first seen
+    for ref in refs:
+        fields.setdefault(ref.image, ref.field("image"))
+        if ref.mask is not None:
+            fields.setdefault(ref.mask, ref.field("mask"))
+    uploads = upload_keys(session, team, fields)
+    release_connection(session)
+    # 3. every source (and mask): fetched and proven decodable, not stored
+    keys = check_sources(fields, uploads, spool=spool, slots=slots, settings=settings)
+    checked = [
+        CheckedSources(keys[ref.image], None if ref.mask is None else keys[ref.mask])
+        for ref in refs
+    ]
+    # 4. what needs the pixels: an inpaint job must leave something to repaint
+    if spec.takes_mask:
+        for ref, sources in zip(refs, checked, strict=True):
+            check_inpaint_inputs(
+                spec,
+                spool.read(sources.source_key, storage),
+                None if sources.mask_key is None else spool.read(sources.mask_key, storage),
+                ref.field("mask"),
+            )
+    return CheckedJobs(spec, params, webhook_url, checked)
 
 
 def check_job(
@@ -48,48 +121,37 @@ def check_job(
     settings: Settings,
     slots: FetchSlots,
     spool: SourceSpool,
-) -> CheckedJob:
+) -> CheckedJobs:
     """Validate ``body`` fully, its images included; writes nothing (4xx naming the field)."""
-    # 1. cheap checks first, so bad params never cost a fetch
-    spec = model_spec(registry, body.model)
-    params = resolve_params(spec, body)
-    webhook_url = None
-    if body.webhook_url is not None:
-        webhook_url = check_webhook_url(body.webhook_url, "webhook_url", settings)
-    # 2. upload ids in one short read; then the connection goes back before any fetch
-    refs = {body.image: "image"}
-    if body.mask is not None:
-        refs.setdefault(body.mask, "mask")
-    uploads = upload_keys(session, team, refs)
-    release_connection(session)
-    # 3. the source image (and an inpaint mask): fetched and proven decodable, not stored
-    keys = check_sources(refs, uploads, spool=spool, slots=slots, settings=settings)
-    key = keys[body.image]
-    mask_key = keys[body.mask] if body.mask is not None else None
-    if spec.takes_mask:
-        check_inpaint_inputs(
-            spec,
-            spool.read(key, storage),
-            spool.read(mask_key, storage) if mask_key is not None else None,
-        )
-    return CheckedJob(spec, params, webhook_url, key, mask_key)
+    return check_jobs(
+        session,
+        team,
+        body,
+        [SourceRefs(body.image, body.mask)],
+        registry=registry,
+        storage=storage,
+        settings=settings,
+        slots=slots,
+        spool=spool,
+    )
 
 
 def add_job(
     session: Session,
     team: Team,
     body: JobCreate,
-    checked: CheckedJob,
+    checked: CheckedJobs,
 ) -> Job:
     """Add the queued job, its sources stored (``SourceSpool.store``); the caller commits."""
+    (sources,) = checked.sources
     job = Job(
         team_id=team.id,
         model=checked.spec.alias,
         prompt=body.prompt,
         negative_prompt=body.negative_prompt,
         params=checked.params.model_dump(),
-        source_key=checked.source_key,
-        mask_key=checked.mask_key,
+        source_key=sources.source_key,
+        mask_key=sources.mask_key,
         meta=body.metadata,
         webhook_url=checked.webhook_url,
     )

@@ -65,7 +65,14 @@ def create_batch(
     with SourceSpool(team.id) as spool:
         # 2. everything checked, images fetched, no connection held, nothing written
         checked = service.check_batch(
-            session, team, body, registry=registry, settings=settings, slots=slots, spool=spool
+            session,
+            team,
+            body,
+            registry=registry,
+            storage=storage,
+            settings=settings,
+            slots=slots,
+            spool=spool,
         )
         # 3. store the sources (content-addressed: a racing replay below wrote the same),
         # then a short transaction: claim the key, insert the batch and its jobs
