@@ -55,6 +55,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+# What a 503 asks clients to wait: storage and database blips last seconds, not minutes.
+UNAVAILABLE_RETRY_AFTER_SECONDS = 5
+
+
 def _body(detail: str, errors: list[dict[str, str]] | None = None) -> dict[str, object]:
     return {"detail": detail, "errors": errors or []}
 
@@ -96,19 +100,24 @@ async def _unauthorized(_: Request, exc: Exception) -> JSONResponse:
 
 async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
     log.warning("dependency unavailable: %s", exc)
-    return JSONResponse(_body("a backing service is unavailable; retry shortly"), status_code=503)
+    return JSONResponse(
+        _body("a backing service is unavailable; retry shortly"),
+        status_code=503,
+        headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)},
+    )
 
 
 async def _misconfigured(_: Request, exc: Exception) -> JSONResponse:
-    # Retrying cannot help, so the client is not told to; the details (bucket names,
-    # which variable) are the operators' and go to the log and /readyz.
+    # 500, not 503: a 503 tells clients (ours retries it) that waiting helps, and this
+    # will not heal by itself. The details (bucket names, which variable) are the
+    # operators': they go to the log and /readyz, not to the client.
     log.error("storage is misconfigured: %s", exc)
     return JSONResponse(
         _body(
             "the farm's object storage is misconfigured; retrying will not help until its "
             "operators fix it (GET /readyz names the cause)"
         ),
-        status_code=503,
+        status_code=500,
     )
 
 

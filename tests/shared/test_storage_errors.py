@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from shared.errors import StorageConfigError, TransientError
 from shared.storage import S3Storage, storage_from_settings
+from tests.factories import png_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -79,9 +80,20 @@ def test_readyz_and_clients_are_told_what_is_wrong(settings, new_key):
         upload = client.post(
             "/v1/uploads",
             headers={"Authorization": f"Bearer {new_key()}"},
-            files={"files": ("a.png", b"\x89PNG", "image/png")},
+            files={"files": ("a.png", png_bytes(40, 30), "image/png")},
         )
-        assert upload.status_code in (422, 503), upload.text
-        if upload.status_code == 503:
-            assert "retry shortly" not in upload.text
-            assert "misconfigured" in upload.json()["detail"]
+        assert upload.status_code == 500, upload.text  # not 503: waiting will not fix it
+        assert "retry shortly" not in upload.text and "Retry-After" not in upload.headers
+        assert "misconfigured" in upload.json()["detail"]
+
+
+def test_an_outage_is_a_503_that_says_when_to_retry(settings, new_key):
+    down = settings.model_copy(update={"s3_endpoint_url": "http://127.0.0.1:9"})
+    with TestClient(create_app(down)) as client:
+        upload = client.post(
+            "/v1/uploads",
+            headers={"Authorization": f"Bearer {new_key()}"},
+            files={"files": ("a.png", png_bytes(40, 30), "image/png")},
+        )
+    assert upload.status_code == 503, upload.text
+    assert int(upload.headers["Retry-After"]) > 0
