@@ -1,5 +1,5 @@
 """Batches: images x prompts x variants jobs created in one transaction, then followed,
-canceled, retried, listed in a manifest and fetched as one streamed zip.
+canceled and retried. Their manifest and archive stream from api/archive.py.
 
 A batch's jobs are checked by the job path itself (api/submit.py ``check_jobs``, one
 source per image), then inserted in one bulk INSERT. The api never talks to the broker
@@ -9,29 +9,24 @@ hands them to Redis in compatible groups.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import csv
 import hashlib
-import io
 import json
 import re
 import uuid
-import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-from sqlalchemy import ColumnElement, func, insert, select, tuple_, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session
 
 from api.fetch_slots import FetchSlots
 from api.owned import owned_row
+from api.pagination import decode_cursor, encode_cursor, newest_first_page
 from api.sources import SourceSpool
 from api.submit import CheckedJobs, SourceRefs, check_jobs
 from shared.dispatch import nudge
-from shared.errors import InvalidRequest, StorageError, TransientError
+from shared.errors import InvalidRequest
 from shared.events import JOB_CANCELED, emit_job_events
 from shared.jobs import JobStatus, check_transition
 from shared.models import Batch, Job, Team, utcnow
@@ -44,13 +39,10 @@ from shared.schemas import (
     BatchImage,
     BatchPrompt,
     BatchPublic,
-    ManifestItem,
 )
 from shared.settings import Settings
 from shared.storage import Storage
 
-PAGE_SIZE = 500  # rows per query when streaming a manifest or an archive
-FLUSH_BYTES = 64 * 1024  # manifest text is sent in chunks of about this size
 # Derived seeds keep to 53 bits so JavaScript clients read them exactly (Number is a double).
 SEED_BITS = 53
 
@@ -324,44 +316,6 @@ def batch_public(
     )
 
 
-def encode_cursor(*values: object) -> str:
-    """An opaque page cursor (the sort key of the last row of the page)."""
-    raw = json.dumps([v.isoformat() if isinstance(v, datetime) else str(v) for v in values])
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str, size: int) -> list[str]:
-    try:
-        values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (binascii.Error, ValueError) as e:
-        raise InvalidRequest("cursor", "is not a cursor from a previous page") from e
-    if not isinstance(values, list) or len(values) != size:
-        raise InvalidRequest("cursor", "is not a cursor from a previous page")
-    return [str(v) for v in values]
-
-
-def newest_first_page(
-    session: Session, query: Any, model: Any, cursor: str | None, limit: int
-) -> tuple[list[Any], str | None]:
-    """One page of ``query`` (ordered by created_at, id descending, limit + 1) after ``cursor``.
-
-    Keyset pagination: the cursor is the last row's (created_at, id), so pages stay stable
-    while rows are added.
-    """
-    if cursor is not None:
-        created, last_id = decode_cursor(cursor, 2)
-        try:
-            key = (datetime.fromisoformat(created), uuid.UUID(last_id))
-        except ValueError as e:
-            raise InvalidRequest("cursor", "is not a cursor from a previous page") from e
-        query = query.where(tuple_(model.created_at, model.id) < tuple_(*key))
-    rows = list(session.scalars(query))
-    if len(rows) <= limit:
-        return rows, None
-    last = rows[limit - 1]
-    return rows[:limit], encode_cursor(last.created_at, last.id)
-
-
 def list_batches(
     session: Session, team: Team, cursor: str | None, limit: int
 ) -> tuple[list[Batch], str | None]:
@@ -460,207 +414,3 @@ def retry_batch(session: Session, batch: Batch) -> int:
             .execution_options(synchronize_session=False)
         )
     return retried
-
-
-# --- 4. manifest and archive ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Row:
-    id: uuid.UUID
-    sku: str
-    prompt_name: str
-    variant: int
-    params: dict[str, Any]
-    status: str
-    error: str | None
-    outputs: list[dict[str, Any]] | None
-    finished_at: datetime | None
-
-
-def output_path(sku: str, prompt_name: str, variant: int, key: str, index: int = 0) -> str:
-    """Where an output sits in the archive and the CLI's download tree."""
-    ext = key.rsplit(".", 1)[-1]
-    stem = str(variant) if index == 0 else f"{variant}-{index}"
-    return f"{sku}/{prompt_name}/{stem}.{ext}"
-
-
-def iter_rows(
-    session_factory: sessionmaker[Session], batch_id: uuid.UUID, *extra: ColumnElement[bool]
-) -> Iterator[_Row]:
-    """The batch's jobs in (sku, prompt, variant) order, a page at a time.
-
-    Each page is its own short query (keyset on the names, unique within a batch), so a slow
-    download never holds a transaction or a server-side cursor open.
-    """
-    order = (Job.sku, Job.prompt_name, Job.variant)
-    after: tuple[str, str, int] | None = None
-    while True:
-        query = (
-            select(
-                Job.id,
-                Job.sku,
-                Job.prompt_name,
-                Job.variant,
-                Job.params,
-                Job.status,
-                Job.error,
-                Job.outputs,
-                Job.finished_at,
-            )
-            .where(Job.batch_id == batch_id, *extra)
-            .order_by(*order)
-            .limit(PAGE_SIZE)
-        )
-        if after is not None:
-            query = query.where(tuple_(*order) > tuple_(*after))
-        with session_factory() as session:
-            page = [_Row(*r) for r in session.execute(query).tuples()]
-        yield from page
-        if len(page) < PAGE_SIZE:
-            return
-        last = page[-1]
-        after = (last.sku, last.prompt_name, last.variant)
-
-
-def manifest_items(
-    rows: Iterable[_Row], storage: Storage, expires_in: int
-) -> Iterator[ManifestItem]:
-    for row in rows:
-        first = row.outputs[0] if row.outputs else None
-        yield ManifestItem(
-            job_id=row.id,
-            sku=row.sku,
-            prompt_name=row.prompt_name,
-            variant=row.variant,
-            seed=row.params["seed"],
-            status=row.status,
-            error=row.error,
-            path=output_path(row.sku, row.prompt_name, row.variant, first["key"])
-            if first
-            else None,
-            output_url=storage.url(first["key"], expires_in) if first else None,
-        )
-
-
-def _chunked(pieces: Iterable[str]) -> Iterator[bytes]:
-    """Join small strings into chunks of about FLUSH_BYTES (fewer, larger writes)."""
-    buffer: list[str] = []
-    size = 0
-    for piece in pieces:
-        buffer.append(piece)
-        size += len(piece)
-        if size >= FLUSH_BYTES:
-            yield "".join(buffer).encode()
-            buffer, size = [], 0
-    if buffer:
-        yield "".join(buffer).encode()
-
-
-def manifest_json(batch_id: uuid.UUID, items: Iterable[ManifestItem]) -> Iterator[bytes]:
-    """``{"batch_id": ..., "items": [...]}``, written as the rows arrive."""
-
-    def pieces() -> Iterator[str]:
-        yield f'{{"batch_id":"{batch_id}","items":['
-        for n, item in enumerate(items):
-            yield ("," if n else "") + item.model_dump_json()
-        yield "]}"
-
-    return _chunked(pieces())
-
-
-MANIFEST_COLUMNS = list(ManifestItem.model_fields)
-# A spreadsheet opening the CSV runs a cell that starts with one of these as a formula
-# (=HYPERLINK(...) in a sku, an error text). OWASP's CSV-injection advice: prefix such a cell
-# with a single quote, which spreadsheets show as text. The JSON manifest stays exact.
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _csv_cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
-
-
-def manifest_csv(items: Iterable[ManifestItem]) -> Iterator[bytes]:
-    """The manifest as CSV with a header row, written as the rows arrive; cells that a
-    spreadsheet would run as formulas are neutralised (see FORMULA_STARTS)."""
-
-    def pieces() -> Iterator[str]:
-        line = io.StringIO()
-        writer = csv.writer(line)
-        writer.writerow(MANIFEST_COLUMNS)
-        for item in items:
-            values = item.model_dump(mode="json")
-            writer.writerow([_csv_cell(values[c]) for c in MANIFEST_COLUMNS])
-            yield line.getvalue()
-            line.seek(0)
-            line.truncate()
-        yield line.getvalue()
-
-    return _chunked(pieces())
-
-
-class _ChunkSink(io.RawIOBase):
-    """A write-only, unseekable file: zipfile writes into it, the generator drains it.
-
-    Unseekable on purpose: zipfile then writes sizes after each entry's data (data
-    descriptors) instead of seeking back, which is what makes the zip streamable.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._chunks: list[bytes] = []
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        self._chunks.append(bytes(data))
-        return len(data)
-
-    def take(self) -> bytes:
-        data = b"".join(self._chunks)
-        self._chunks.clear()
-        return data
-
-
-@dataclass(frozen=True)
-class ArchiveEntry:
-    path: str
-    key: str
-    modified: datetime | None
-
-
-def archive_entries(rows: Iterable[_Row]) -> Iterator[ArchiveEntry]:
-    for row in rows:
-        for index, output in enumerate(row.outputs or []):
-            path = output_path(row.sku, row.prompt_name, row.variant, output["key"], index)
-            yield ArchiveEntry(path, output["key"], row.finished_at)
-
-
-def iter_archive(entries: Iterable[ArchiveEntry], storage: Storage) -> Iterator[bytes]:
-    """A zip of ``entries``, streamed: one output in memory at a time, fetched when its
-    turn comes. Outputs are stored, not deflated (PNG, JPEG and WebP are compressed
-    already). An output that cannot be read is listed in MISSING.txt at the end: by then
-    the 200 status has been sent and an error status cannot be."""
-    sink = _ChunkSink()
-    missing: list[str] = []
-    with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_STORED) as archive:
-        for entry in entries:
-            try:
-                data = storage.get(entry.key)
-            except (StorageError, TransientError) as e:
-                missing.append(f"{entry.path}: {e}")
-                continue
-            stamp = (_aware(entry.modified) or utcnow()).timetuple()[:6]
-            info = zipfile.ZipInfo(entry.path, date_time=stamp)
-            info.external_attr = 0o644 << 16
-            archive.writestr(info, data)
-            del data
-            yield sink.take()
-        if missing:
-            archive.writestr("MISSING.txt", "\n".join(missing) + "\n")
-    yield sink.take()

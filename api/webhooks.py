@@ -11,8 +11,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.batches import newest_first_page
 from api.owned import owned_row
+from api.pagination import newest_first_page
 from api.sources import check_webhook_url
 from shared.errors import InvalidRequest
 from shared.models import (

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
+from api import archive, idempotency
 from api import batches as service
-from api import idempotency
 from api.deps import FetchSlotsDep, RegistryDep, SessionDep, SettingsDep, StorageDep, TeamDep
 from api.idempotency import IdempotencyKeyHeader
 from api.routes.jobs import job_public
@@ -153,18 +153,18 @@ def get_manifest(
 ) -> StreamingResponse:
     """Every job: sku, prompt name, variant, seed, status, error, archive path, output URL."""
     batch = service.get_batch(session, team, batch_id)
-    items = service.manifest_items(
-        service.iter_rows(_session_factory(request), batch.id),
+    items = archive.manifest_items(
+        archive.iter_rows(_session_factory(request), batch.id),
         storage,
         settings.url_expiry_seconds,
     )
     if format == "csv":
         return StreamingResponse(
-            service.manifest_csv(items),
+            archive.manifest_csv(items),
             media_type="text/csv; charset=utf-8",
             headers=_attachment(f"batch-{batch.id}.csv"),
         )
-    return StreamingResponse(service.manifest_json(batch.id, items), media_type="application/json")
+    return StreamingResponse(archive.manifest_json(batch.id, items), media_type="application/json")
 
 
 @router.get(
@@ -181,11 +181,11 @@ def get_archive(
 ) -> StreamingResponse:
     """A zip of every succeeded output as ``{sku}/{prompt}/{variant}.{ext}``, streamed."""
     batch = service.get_batch(session, team, batch_id)
-    rows = service.iter_rows(
+    rows = archive.iter_rows(
         _session_factory(request), batch.id, Job.status == JobStatus.SUCCEEDED.value
     )
     return StreamingResponse(
-        service.iter_archive(service.archive_entries(rows), storage),
+        archive.iter_archive(archive.archive_entries(rows), storage),
         media_type="application/zip",
         headers=_attachment(f"batch-{batch.id}.zip"),
     )

@@ -20,7 +20,8 @@ from PIL import Image
 from sqlalchemy import func, select, update
 
 from api.app import create_app
-from api.batches import ArchiveEntry, derive_seed, iter_archive
+from api.archive import ArchiveEntry, iter_archive
+from api.batches import derive_seed
 from shared.models import Batch, IdempotencyKey, Job, Upload
 from shared.schemas import MAX_BATCH_JOBS
 from shared.storage import LocalStorage, storage_from_settings
