@@ -8,9 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# Minutes on a loaded 2-CPU machine: the subprocess's own timeout is the limit.
+@pytest.mark.timeout(660)
 def test_worker_path_smoke_reports_every_path(tmp_path: Path) -> None:
     json_path = tmp_path / "smoke.json"
     proc = subprocess.run(
@@ -52,6 +56,7 @@ def test_worker_path_smoke_reports_every_path(tmp_path: Path) -> None:
     assert "== summary ==" in proc.stdout
 
 
+@pytest.mark.timeout(660)
 def test_gpu_session_script_runs_its_steps_on_the_cpu(tmp_path: Path) -> None:
     """bench/gpu_session.sh --cpu-smoke: the device run's steps, flags and summary, on the
     CPU with the tiny model (the variants are skipped there: nothing compiles); depth 1
