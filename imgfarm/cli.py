@@ -390,8 +390,11 @@ def up(port: int) -> None:
 @click.option("--out", default="imgfarm-out", show_default=True, type=click.Path(path_type=Path))
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for renders.")
 def demo(out: Path, timeout: float) -> None:
-    """Start the embedded stack, render a product photo in 4 seasons and through echo and
-    tiny-inpaint, save the source, the renders and a contact sheet."""
+    """Start the embedded farm, render a sample product photo, write a contact sheet.
+
+    The photo goes in 4 seasons through tiny, and through echo and tiny-inpaint; the source,
+    its mask, the renders and the sheet (HTML and PNG) are written to OUT.
+    """
     from rich.markup import escape
 
     from imgfarm.demo import DEMO_MODELS, NEXT_STEPS, run_demo
