@@ -10,7 +10,6 @@ conversion would flatten count too.
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -23,5 +22,9 @@ def canny_edges(img: Image.Image, low: int = DEFAULT_LOW, high: int = DEFAULT_HI
     # OpenCV would silently swap them: a registry typo must not mean other edges.
     if not 0 <= low <= high:
         raise ValueError(f"canny thresholds need 0 <= low <= high, got low={low} high={high}")
+    # Imported here: only controlnet-canny workers need OpenCV (a ~60 MB wheel), so an
+    # img2img worker, the dispatcher and the benches' device run start without it.
+    import cv2
+
     edges = cv2.Canny(np.asarray(img.convert("RGB")), low, high)
     return Image.fromarray(edges).convert("RGB")
