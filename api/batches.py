@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from api.fetch_slots import FetchSlots
@@ -27,8 +27,7 @@ from api.sources import SourceSpool
 from api.submit import CheckedJobs, SourceRefs, check_jobs
 from shared.dispatch import nudge
 from shared.errors import InvalidRequest
-from shared.events import JOB_CANCELED, emit_job_events
-from shared.jobs import JobStatus, check_transition
+from shared.jobs import JobStatus, cancel_queued_of_batch, retry_failed_of_batch
 from shared.models import Batch, Job, Team, utcnow
 from shared.names import first_collision, is_portable
 from shared.registry import ModelSpec
@@ -355,62 +354,23 @@ def cancel_batch(session: Session, batch: Batch) -> int:
     """queued → canceled for the whole batch in one conditional UPDATE (caller commits).
 
     Running jobs may finish (their result is kept); jobs already handed to Redis are
-    skipped by the worker's claim (``WHERE status='queued'``), so they never render.
+    skipped by the worker's claim (``WHERE status='queued'``), so they never render. The
+    job.canceled events (and batch.completed if nothing is left running) are written with
+    the cancel by shared/jobs.py.
     """
-    check_transition(JobStatus.QUEUED, JobStatus.CANCELED)
-    now = utcnow()
-    canceled_ids = list(
-        session.scalars(
-            update(Job)
-            .where(Job.batch_id == batch.id, Job.status == JobStatus.QUEUED.value)
-            .values(status=JobStatus.CANCELED.value, finished_at=now, lease_expires_at=None)
-            .returning(Job.id)
-            .execution_options(synchronize_session=False)
-        )
-    )
     if batch.canceled_at is None:
-        batch.canceled_at = now
-    # webhooks: job.canceled (and batch.completed if nothing is left running) commit with
-    # the cancel (transactional outbox).
-    emit_job_events(session, canceled_ids, JOB_CANCELED)
-    return len(canceled_ids)
+        batch.canceled_at = utcnow()
+    return cancel_queued_of_batch(session, batch.id)
 
 
 def retry_batch(session: Session, batch: Batch) -> int:
     """failed → queued for the batch's failed jobs only, then nudge (caller commits).
 
-    shared/jobs.TRANSITIONS has no failed → queued: a job's own failure is final for the
-    worker. A client's retry is a deliberate new round, done here as one conditional UPDATE
-    (``WHERE status='failed'``, so a job cannot be retried twice by racing requests). The
-    round starts clean: error, timings and attempts are reset, so the declared retry policy
-    (IMGFARM_MAX_ATTEMPTS for transient errors) applies to it in full.
+    The transition is shared/jobs.py's (TRANSITIONS allows failed → queued for this retry
+    only: a job's own failure is final for the worker): one conditional UPDATE, a clean
+    round (error, timings and attempts reset), the batch reopened for batch.completed.
     """
-    result = session.execute(
-        update(Job)
-        .where(Job.batch_id == batch.id, Job.status == JobStatus.FAILED.value)
-        .values(
-            status=JobStatus.QUEUED.value,
-            error=None,
-            attempts=0,
-            worker=None,
-            outputs=None,
-            provenance=None,
-            enqueued_at=None,
-            started_at=None,
-            finished_at=None,
-            lease_expires_at=None,
-            not_before=None,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    retried: int = result.rowcount  # type: ignore[attr-defined]
+    retried = retry_failed_of_batch(session, batch.id)
     if retried:
         nudge(session)
-        # webhooks: a new round, whose end sends batch.completed again.
-        session.execute(
-            update(Batch)
-            .where(Batch.id == batch.id)
-            .values(completed_at=None)
-            .execution_options(synchronize_session=False)
-        )
     return retried

@@ -1,9 +1,10 @@
 """Webhook events, written as outbox rows in the transaction that changed the job.
 
-Call ``emit_job_event`` (or ``emit_job_events`` for many jobs) in the same session, right
-after a conditional transition into a final state returned True. The rows commit or roll back
-with the state change: no event is lost, none is sent for a change that did not happen. The
-webhook worker (worker/webhooks.py) delivers them later.
+shared/jobs.py, the only writer of ``jobs.status``, calls ``emit_job_events`` in the same
+session as each move into a final state (bulk moves included), so the rows commit or roll
+back with the state change: no event is lost, none is sent for a change that did not
+happen. Nothing else emits job events. The webhook worker (worker/webhooks.py) delivers
+them later.
 
 One event has one id (``evt_…``) and one body; it gets one delivery row per receiver: the
 job's own ``webhook_url``, its batch's ``webhook_url`` and each enabled team endpoint
@@ -12,7 +13,8 @@ subscribed to the event type.
 ``batch.completed`` is sent exactly once per round of a batch: the batch row is locked
 (``SELECT … FOR UPDATE``), so of two transactions finishing a batch's last two jobs the
 second checks only after the first committed and sees no job left; then a conditional
-UPDATE (``completed_at IS NULL``) picks the one that sends it.
+UPDATE (``completed_at IS NULL``) picks the one that sends it. A retry opens a new round
+(``reopen_batch``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
-from shared.jobs import JobStatus
+from shared.job_status import JobStatus
 from shared.models import Batch, Job, WebhookDelivery, WebhookEndpoint, utcnow
 
 JOB_SUCCEEDED = "job.succeeded"
@@ -190,12 +192,6 @@ def job_data(row: Any) -> dict[str, Any]:
     }
 
 
-def emit_job_event(session: Session, job_id: uuid.UUID, event_type: str) -> int:
-    """Outbox rows for one job's final-state event (and its batch's completion); returns
-    the number of delivery rows written. Call in the transaction that changed the job."""
-    return emit_job_events(session, [job_id], event_type)
-
-
 def emit_job_events(
     session: Session,
     job_ids: Sequence[uuid.UUID],
@@ -203,7 +199,10 @@ def emit_job_events(
     *,
     progress_seconds: float = BATCH_PROGRESS_SECONDS,
 ) -> int:
-    """``emit_job_event`` for many jobs with a few queries (a batch cancel, the sweeper)."""
+    """Outbox rows for the final-state event of each of ``job_ids`` (and their batches'
+    progress or completion), with a few queries however many jobs: a batch cancel, the
+    lease sweep. Returns the number of delivery rows written. Call only in the transaction
+    that moved the jobs (shared/jobs.py does)."""
     now = utcnow()
     written = 0
     batch_ids: set[uuid.UUID] = set()
@@ -290,6 +289,17 @@ def settle_batch(
     ):
         return _progress(session, batch, now)
     return 0
+
+
+def reopen_batch(session: Session, batch_id: uuid.UUID) -> None:
+    """A new round of the batch began (its failed jobs were retried): its end sends
+    batch.completed again."""
+    session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id)
+        .values(completed_at=None)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _complete_batch(session: Session, batch: Any, now: datetime) -> int:

@@ -1,10 +1,18 @@
-"""The job state machine. Every transition is one conditional UPDATE, so races resolve in SQL.
+"""The job state machine, and the only code that changes ``jobs.status``.
 
  queued ──▶ running ──▶ succeeded
    │  ▲        │
    │  └────────┤ (lease expired / transient error: handed back for another attempt)
    ▼           ▼
 canceled    failed | canceled
+               │
+               └──▶ queued (a client's batch retry: a new round)
+
+Every transition is one conditional UPDATE (``WHERE status = <source>``) through ``_move``,
+so races resolve in SQL and a bulk transition costs one statement however many jobs it
+moves. A move into a final state writes its webhook event (shared/events.py) in the same
+session, so the outbox row commits or rolls back with the change. No other module updates
+``jobs.status``: tests/shared/test_one_writer.py reads the tree to keep it that way.
 """
 
 from __future__ import annotations
@@ -12,24 +20,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import case, literal, select, update
+from sqlalchemy import ColumnElement, case, literal, select, update
 from sqlalchemy.orm import Session
 
+from shared.events import JOB_EVENTS, emit_job_events, reopen_batch
+from shared.job_status import FINAL_STATES, JobStatus
 from shared.models import Job, Worker, utcnow
 
-
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELED = "canceled"
-
-
-FINAL_STATES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
+__all__ = ["FINAL_STATES", "JobStatus"]  # re-exported: callers import them from here
 
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELED, JobStatus.FAILED}),
@@ -41,6 +41,8 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.FAILED: frozenset({JobStatus.QUEUED}),
     JobStatus.CANCELED: frozenset(),
 }
+# Error texts are for people; a stack of them must not grow the row without bound.
+MAX_ERROR_CHARS = 4000
 
 
 class IllegalTransition(ValueError):
@@ -52,35 +54,54 @@ def check_transition(source: JobStatus, target: JobStatus) -> None:
         raise IllegalTransition(f"job cannot go from {source} to {target}")
 
 
-def transition(
+def _move(
     session: Session,
-    job_id: uuid.UUID,
-    source: JobStatus,
+    where: ColumnElement[bool],
+    sources: tuple[JobStatus, ...],
     target: JobStatus,
     **values: Any,
-) -> bool:
-    """Move a job from ``source`` to ``target`` if it is still in ``source``.
-
-    Returns False when another process moved it first: the caller lost the race and must
-    not act as if it owned the job.
-    """
-    check_transition(source, target)
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == source.value)
-        .values(status=target.value, **values)
-        .execution_options(synchronize_session=False)
+) -> list[uuid.UUID]:
+    """Move the jobs matching ``where`` that are still in one of ``sources`` to ``target``,
+    in one UPDATE ... RETURNING; a final ``target`` writes its event for each of them in
+    the same session. Returns the ids moved (in no particular order): the others were moved
+    first by someone else, and their caller lost the race."""
+    for source in sources:
+        check_transition(source, target)
+    moved = list(
+        session.scalars(
+            update(Job)
+            .where(where, Job.status.in_([s.value for s in sources]))
+            .values(status=target.value, **values)
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        )
     )
-    return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
+    if moved and target in FINAL_STATES:
+        # webhooks: the event rows commit with the change (transactional outbox).
+        emit_job_events(session, moved, JOB_EVENTS[target])
+    return moved
 
 
-def claim_job(session: Session, job_id: uuid.UUID, worker: str, lease_seconds: int) -> bool:
-    """queued → running for ``worker``, counting the attempt and taking a lease."""
+def _in_order(given: Sequence[uuid.UUID], moved: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    done = set(moved)
+    return [j for j in given if j in done]
+
+
+def claim_jobs_bulk(
+    session: Session, job_ids: Sequence[uuid.UUID], worker: str, lease_seconds: int
+) -> list[uuid.UUID]:
+    """queued → running for ``worker``: a whole task's jobs in one conditional UPDATE.
+
+    Each claimed job counts the attempt and takes a lease; the others (claimed by someone
+    else, canceled, finished) are left alone. Returns the ids claimed, in the order given.
+    """
+    if not job_ids:
+        return []
     now = utcnow()
-    return transition(
+    claimed = _move(
         session,
-        job_id,
-        JobStatus.QUEUED,
+        Job.id.in_(list(job_ids)),
+        (JobStatus.QUEUED,),
         JobStatus.RUNNING,
         worker=worker,
         started_at=now,
@@ -88,56 +109,7 @@ def claim_job(session: Session, job_id: uuid.UUID, worker: str, lease_seconds: i
         error=None,
         lease_expires_at=now + timedelta(seconds=lease_seconds),
     )
-
-
-def claim_jobs_bulk(
-    session: Session, job_ids: Sequence[uuid.UUID], worker: str, lease_seconds: int
-) -> list[uuid.UUID]:
-    """``claim_job`` for a whole task's jobs in one conditional UPDATE (not one per job).
-
-    Those still ``queued`` go ``running`` for ``worker``, counting the attempt and taking a
-    lease; the others (claimed by someone else, canceled, finished) are left alone. Returns
-    the ids claimed, in the order given.
-    """
-    if not job_ids:
-        return []
-    check_transition(JobStatus.QUEUED, JobStatus.RUNNING)
-    now = utcnow()
-    claimed = set(
-        session.scalars(
-            update(Job)
-            .where(Job.id.in_(list(job_ids)), Job.status == JobStatus.QUEUED.value)
-            .values(
-                status=JobStatus.RUNNING.value,
-                worker=worker,
-                started_at=now,
-                attempts=Job.attempts + 1,
-                error=None,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-            )
-            .returning(Job.id)
-            .execution_options(synchronize_session=False)
-        )
-    )
-    return [j for j in job_ids if j in claimed]
-
-
-def mark_succeeded(
-    session: Session,
-    job_id: uuid.UUID,
-    outputs: list[dict[str, Any]],
-    provenance: dict[str, Any],
-) -> bool:
-    return transition(
-        session,
-        job_id,
-        JobStatus.RUNNING,
-        JobStatus.SUCCEEDED,
-        outputs=outputs,
-        provenance=provenance,
-        finished_at=utcnow(),
-        lease_expires_at=None,
-    )
+    return _in_order(job_ids, claimed)
 
 
 # What a render produced for one job: (job id, outputs, provenance).
@@ -145,46 +117,66 @@ Success = tuple[uuid.UUID, list[dict[str, Any]], dict[str, Any]]
 
 
 def mark_succeeded_bulk(session: Session, successes: Sequence[Success]) -> list[uuid.UUID]:
-    """``mark_succeeded`` for a rendered group in one conditional UPDATE ... RETURNING, each
-    job getting its own outputs and provenance. Returns the ids that were still ``running``
-    (the others were finished or taken back by someone else), in the order given."""
+    """running → succeeded for a rendered group in one conditional UPDATE, each job getting
+    its own outputs and provenance, and its ``job.succeeded`` event. Returns the ids that
+    were still ``running`` (the others were finished or taken back), in the order given."""
     if not successes:
         return []
-    check_transition(JobStatus.RUNNING, JobStatus.SUCCEEDED)
 
     def per_job(column: Any, index: int) -> Any:
         branches = {s[0]: literal(s[index], column.type) for s in successes}
         return case(branches, value=Job.id, else_=column)
 
-    done = set(
-        session.scalars(
-            update(Job)
-            .where(Job.id.in_([s[0] for s in successes]), Job.status == JobStatus.RUNNING.value)
-            .values(
-                status=JobStatus.SUCCEEDED.value,
-                outputs=per_job(Job.outputs, 1),
-                provenance=per_job(Job.provenance, 2),
-                finished_at=utcnow(),
-                lease_expires_at=None,
-            )
-            .returning(Job.id)
-            .execution_options(synchronize_session=False)
-        )
-    )
-    return [s[0] for s in successes if s[0] in done]
-
-
-def mark_failed(
-    session: Session, job_id: uuid.UUID, error: str, source: JobStatus = JobStatus.RUNNING
-) -> bool:
-    return transition(
+    ids = [s[0] for s in successes]
+    done = _move(
         session,
-        job_id,
-        source,
-        JobStatus.FAILED,
-        error=error[:4000],
+        Job.id.in_(ids),
+        (JobStatus.RUNNING,),
+        JobStatus.SUCCEEDED,
+        outputs=per_job(Job.outputs, 1),
+        provenance=per_job(Job.provenance, 2),
         finished_at=utcnow(),
         lease_expires_at=None,
+    )
+    return _in_order(ids, done)
+
+
+def _failed_values(error: str, now: datetime) -> dict[str, Any]:
+    return {"error": error[:MAX_ERROR_CHARS], "finished_at": now, "lease_expires_at": None}
+
+
+def mark_failed_bulk(
+    session: Session,
+    job_ids: Sequence[uuid.UUID],
+    error: str,
+    source: JobStatus = JobStatus.RUNNING,
+) -> list[uuid.UUID]:
+    """``source`` → failed with ``error`` (and ``job.failed``) for the jobs still in
+    ``source``; returns those, in the order given. A worker fails one job at a time (each
+    has its own error), the dispatcher a tick's unrenderable ones (``source`` queued)."""
+    if not job_ids:
+        return []
+    failed = _move(
+        session,
+        Job.id.in_(list(job_ids)),
+        (source,),
+        JobStatus.FAILED,
+        **_failed_values(error, utcnow()),
+    )
+    return _in_order(job_ids, failed)
+
+
+def fail_queued_of_model(session: Session, model: str, error: str) -> int:
+    """queued → failed (and ``job.failed``) for every waiting job of ``model``: the model
+    left the registry, nothing will render them. Returns how many failed."""
+    return len(
+        _move(
+            session,
+            Job.model == model,
+            (JobStatus.QUEUED,),
+            JobStatus.FAILED,
+            **_failed_values(error, utcnow()),
+        )
     )
 
 
@@ -193,34 +185,81 @@ def requeue(session: Session, job_id: uuid.UUID, error: str, delay_seconds: floa
 
     The error is kept so ops can see why the job is on its second attempt.
     """
-    return transition(
-        session,
-        job_id,
-        JobStatus.RUNNING,
-        JobStatus.QUEUED,
-        error=error[:4000],
-        worker=None,
-        enqueued_at=None,
-        lease_expires_at=None,
-        not_before=utcnow() + timedelta(seconds=delay_seconds),
+    return bool(
+        _move(
+            session,
+            Job.id == job_id,
+            (JobStatus.RUNNING,),
+            JobStatus.QUEUED,
+            error=error[:MAX_ERROR_CHARS],
+            worker=None,
+            enqueued_at=None,
+            lease_expires_at=None,
+            not_before=utcnow() + timedelta(seconds=delay_seconds),
+        )
     )
 
 
 def cancel(session: Session, job_id: uuid.UUID) -> bool:
-    """Cancel a queued job so it never renders, or ask a running one to stop.
+    """Cancel a queued job so it never renders, or ask a running one to stop (and send
+    ``job.canceled``). False if the job had already finished.
 
     A running job keeps its ``lease_expires_at``: it marks that an output may have been
     stored and must be removed (``canceled_with_outputs``)."""
-    now: datetime = utcnow()
-    canceled = transition(
-        session, job_id, JobStatus.QUEUED, JobStatus.CANCELED, finished_at=now
-    ) or transition(session, job_id, JobStatus.RUNNING, JobStatus.CANCELED, finished_at=now)
-    if canceled:
-        # webhooks: the job.canceled event commits with the cancel (transactional outbox).
-        from shared.events import JOB_CANCELED, emit_job_event  # events imports this module
+    return bool(
+        _move(
+            session,
+            Job.id == job_id,
+            (JobStatus.QUEUED, JobStatus.RUNNING),
+            JobStatus.CANCELED,
+            finished_at=utcnow(),
+        )
+    )
 
-        emit_job_event(session, job_id, JOB_CANCELED)
-    return canceled
+
+def cancel_queued_of_batch(session: Session, batch_id: uuid.UUID) -> int:
+    """queued → canceled (and ``job.canceled``, then the batch's completion if nothing is
+    left running) for a batch's waiting jobs in one UPDATE; running ones may finish.
+    Returns how many were canceled."""
+    return len(
+        _move(
+            session,
+            Job.batch_id == batch_id,
+            (JobStatus.QUEUED,),
+            JobStatus.CANCELED,
+            finished_at=utcnow(),
+            lease_expires_at=None,
+        )
+    )
+
+
+def retry_failed_of_batch(session: Session, batch_id: uuid.UUID) -> int:
+    """failed → queued for a batch's failed jobs: a client's deliberate new round, in one
+    UPDATE (a job cannot be retried twice by racing requests). The round starts clean:
+    error, timings and attempts are reset, so the retry policy (IMGFARM_MAX_ATTEMPTS for
+    transient errors) applies to it in full, and the batch is reopened, so the round's end
+    sends ``batch.completed`` again. Returns how many were requeued."""
+    retried = len(
+        _move(
+            session,
+            Job.batch_id == batch_id,
+            (JobStatus.FAILED,),
+            JobStatus.QUEUED,
+            error=None,
+            attempts=0,
+            worker=None,
+            outputs=None,
+            provenance=None,
+            enqueued_at=None,
+            started_at=None,
+            finished_at=None,
+            lease_expires_at=None,
+            not_before=None,
+        )
+    )
+    if retried:
+        reopen_batch(session, batch_id)
+    return retried
 
 
 def renew_leases(session: Session, worker: str, lease_seconds: int) -> int:
@@ -238,44 +277,32 @@ def expire_leases(session: Session, max_attempts: int) -> tuple[int, int]:
     """Take back running jobs whose worker stopped renewing its lease (killed, OOM, gone).
 
     Jobs with attempts left go back to ``queued`` for another worker; the others fail with a
-    reason a person can read. Returns (requeued, failed).
+    reason a person can read (and ``job.failed``). Returns (requeued, failed).
     """
     now = utcnow()
-    expired = (Job.status == JobStatus.RUNNING.value) & (Job.lease_expires_at < now)
-    failed_ids = list(
-        session.scalars(
-            update(Job)
-            .where(expired, Job.attempts >= max_attempts)
-            .values(
-                status=JobStatus.FAILED.value,
-                error="worker lost: lease expired without heartbeat (killed, out of memory or "
-                f"machine gone) on each of {max_attempts} attempts",
-                finished_at=now,
-                lease_expires_at=None,
-            )
-            .returning(Job.id)
-            .execution_options(synchronize_session=False)
-        )
+    expired = Job.lease_expires_at < now
+    failed = _move(
+        session,
+        expired & (Job.attempts >= max_attempts),
+        (JobStatus.RUNNING,),
+        JobStatus.FAILED,
+        **_failed_values(
+            "worker lost: lease expired without heartbeat (killed, out of memory or "
+            f"machine gone) on each of {max_attempts} attempts",
+            now,
+        ),
     )
-    failed = len(failed_ids)
-    if failed_ids:
-        # webhooks: job.failed events commit with the sweep (transactional outbox).
-        from shared.events import JOB_FAILED, emit_job_events  # events imports this module
-
-        emit_job_events(session, failed_ids, JOB_FAILED)
-    requeued = session.execute(
-        update(Job)
-        .where(expired, Job.attempts < max_attempts)
-        .values(
-            status=JobStatus.QUEUED.value,
-            error="worker lost: lease expired; retrying",
-            worker=None,
-            enqueued_at=None,
-            lease_expires_at=None,
-        )
-        .execution_options(synchronize_session=False)
-    ).rowcount  # type: ignore[attr-defined]
-    return requeued, failed
+    requeued = _move(
+        session,
+        expired & (Job.attempts < max_attempts),
+        (JobStatus.RUNNING,),
+        JobStatus.QUEUED,
+        error="worker lost: lease expired; retrying",
+        worker=None,
+        enqueued_at=None,
+        lease_expires_at=None,
+    )
+    return len(requeued), len(failed)
 
 
 # --- reservations: handed over, held by a worker, not yet claimed ---------------------------
@@ -332,6 +359,19 @@ def rearm_reserved_by_lost_workers(session: Session, lease_seconds: int) -> int:
     return result.rowcount  # type: ignore[attr-defined, no-any-return]
 
 
+def rearm_unclaimed(session: Session, handed_over_before: datetime) -> int:
+    """Hand back to the dispatcher the jobs handed over before ``handed_over_before`` and
+    never claimed: their message was lost (a Redis restart). As above, a late copy of it
+    is skipped by the claim."""
+    result = session.execute(
+        update(Job)
+        .where(Job.status == JobStatus.QUEUED.value, Job.enqueued_at < handed_over_before)
+        .values(enqueued_at=None, worker=None)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount  # type: ignore[attr-defined, no-any-return]
+
+
 def release_previous_life(session: Session, worker: str) -> tuple[int, int]:
     """At a worker's start: give back what an earlier process of the same name (a container
     restarted in place keeps its host name and pid) still holds. Its reservations go back
@@ -355,7 +395,7 @@ def release_previous_life(session: Session, worker: str) -> tuple[int, int]:
 
 # --- outputs of canceled jobs ---------------------------------------------------------------
 # A running job canceled keeps its lease_expires_at (``cancel``): the mark that a worker may
-# have stored an output for it. The worker removes what it stored when mark_succeeded
+# have stored an output for it. The worker removes what it stored when mark_succeeded_bulk
 # refuses the job; if it dies between the upload and the delete, the dispatcher does,
 # once the lease has run out (by then no live worker still holds the job).
 

@@ -78,13 +78,13 @@ def finish_jobs(
     API-level tests use this to have outcomes without rendering; the integration tests
     render for real with the dispatcher and a worker.
     """
-    from shared.jobs import JobStatus, claim_job, mark_failed, mark_succeeded
+    from shared.jobs import JobStatus, claim_jobs_bulk, mark_failed_bulk, mark_succeeded_bulk
     from shared.models import Job
     from shared.storage import output_key
 
     with session_factory() as session:
         for job_id in job_ids:
-            assert claim_job(session, job_id, "fake-worker", 300)
+            assert claim_jobs_bulk(session, [job_id], "fake-worker", 300) == [job_id]
             job = session.get(Job, job_id)
             # Back-date the start so throughput and ETA have a measurable window.
             job.started_at = job.started_at - timedelta(seconds=seconds)
@@ -93,9 +93,11 @@ def finish_jobs(
                 data = png_bytes(64, 64, color=(job.variant or 0, 100, 100))
                 storage.put(key, data, "image/png")
                 output = {"key": key, "width": 64, "height": 64, "content_type": "image/png"}
-                assert mark_succeeded(session, job_id, [output], {"fake": True})
+                done = mark_succeeded_bulk(session, [(job_id, [output], {"fake": True})])
+                assert done == [job_id]
             elif status == JobStatus.FAILED:
-                assert mark_failed(session, job_id, "PermanentRenderError: simulated")
+                failed = mark_failed_bulk(session, [job_id], "PermanentRenderError: simulated")
+                assert failed == [job_id]
             elif status != JobStatus.RUNNING:
                 raise ValueError(f"cannot fake status {status!r}")
         session.commit()

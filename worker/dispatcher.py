@@ -56,15 +56,17 @@ from shared.broker import BROKER_UNAVAILABLE, send_render
 from shared.db import session_scope
 from shared.dispatch import CHANNEL
 from shared.errors import StorageError, TransientError
-from shared.events import JOB_FAILED, emit_job_events
 from shared.idempotency import expiry_cutoff, prune_idempotency_keys
 from shared.images import EXTENSIONS
 from shared.jobs import (
     JobStatus,
     canceled_with_outputs,
     expire_leases,
+    fail_queued_of_model,
+    mark_failed_bulk,
     outputs_removed,
     rearm_reserved_by_lost_workers,
+    rearm_unclaimed,
 )
 from shared.models import Job, Worker, utcnow
 from shared.registry import ModelSpec
@@ -307,13 +309,7 @@ class Dispatcher:
         # after its last heartbeat is when its running jobs come back too.
         held = rearm_reserved_by_lost_workers(session, self.settings.lease_seconds)
         cutoff = utcnow() - timedelta(seconds=self.settings.redispatch_seconds)
-        result = session.execute(
-            update(Job)
-            .where(Job.status == JobStatus.QUEUED.value, Job.enqueued_at < cutoff)
-            .values(enqueued_at=None, worker=None)
-            .execution_options(synchronize_session=False)
-        )
-        return held + result.rowcount  # type: ignore[attr-defined, no-any-return]
+        return held + rearm_unclaimed(session, cutoff)
 
     @property
     def storage(self) -> Storage:
@@ -448,38 +444,16 @@ class Dispatcher:
                 valid.append((row.id, row.params))
         if bad:
             log.error("failing %d job(s) with malformed params: %s", len(bad), bad)
-            failed_ids = list(
-                session.scalars(
-                    update(Job)
-                    .where(Job.id.in_(bad), Job.status == JobStatus.QUEUED.value)
-                    .values(
-                        status=JobStatus.FAILED.value,
-                        error="invalid render parameters (missing steps/strength/size)",
-                        finished_at=utcnow(),
-                    )
-                    .returning(Job.id)
-                    .execution_options(synchronize_session=False)
-                )
+            mark_failed_bulk(
+                session,
+                bad,
+                "invalid render parameters (missing steps/strength/size)",
+                source=JobStatus.QUEUED,
             )
-            emit_job_events(session, failed_ids, JOB_FAILED)
         return valid
 
     def _fail_unknown_model(self, session: Session, model: str) -> None:
-        failed_ids = list(
-            session.scalars(
-                update(Job)
-                .where(Job.model == model, Job.status == JobStatus.QUEUED.value)
-                .values(
-                    status=JobStatus.FAILED.value,
-                    error=UNKNOWN_MODEL_ERROR.format(model=model),
-                    finished_at=utcnow(),
-                )
-                .returning(Job.id)
-                .execution_options(synchronize_session=False)
-            )
-        )
-        # webhooks: job.failed events commit with the failure (transactional outbox).
-        emit_job_events(session, failed_ids, JOB_FAILED)
+        fail_queued_of_model(session, model, UNKNOWN_MODEL_ERROR.format(model=model))
 
     def run(self, stop: threading.Event) -> None:
         """Tick until ``stop`` is set, woken early by NOTIFY where the database has it."""

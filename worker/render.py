@@ -78,7 +78,7 @@ class RenderItem:
 
 @dataclass(frozen=True)
 class RenderResult:
-    """What a render produced and how, ready for ``mark_succeeded``."""
+    """What a render produced and how, ready for ``mark_succeeded_bulk``."""
 
     job_id: uuid.UUID
     outputs: list[dict[str, Any]]
@@ -320,7 +320,7 @@ def store_output(
 
 def discard_outputs(storage: Storage, results: list[RenderResult]) -> None:
     """Step 5 undone: remove what was stored for jobs canceled during their upload (the
-    conditional ``mark_succeeded`` refused them). A delete that fails is left to the
+    conditional ``mark_succeeded_bulk`` refused them). A delete that fails is left to the
     dispatcher's sweep of canceled jobs' outputs (worker/dispatcher.py)."""
     for result in results:
         for output in result.outputs:

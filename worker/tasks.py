@@ -30,8 +30,13 @@ from shared.broker import RENDER_TASK
 from shared.db import session_scope
 from shared.dispatch import nudge
 from shared.errors import ImgfarmError
-from shared.events import JOB_FAILED, JOB_SUCCEEDED, emit_job_event, emit_job_events
-from shared.jobs import JobStatus, claim_jobs_bulk, mark_failed, mark_succeeded_bulk, requeue
+from shared.jobs import (
+    JobStatus,
+    claim_jobs_bulk,
+    mark_failed_bulk,
+    mark_succeeded_bulk,
+    requeue,
+)
 from shared.models import Job, utcnow
 from worker.context import WorkerContext
 from worker.dispatcher import compatibility_key
@@ -120,14 +125,12 @@ def job_states(ctx: WorkerContext, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, 
 @db_retry
 def record_successes(ctx: WorkerContext, results: list[RenderResult]) -> set[uuid.UUID]:
     """Record a rendered group's outcomes in one transaction: one UPDATE, one pass of event
-    rows for all of them, one commit. Returns the jobs that were still ours to finish."""
+    rows for all of them (shared/jobs.py writes both), one commit. Returns the jobs that
+    were still ours to finish."""
     with session_scope(ctx.session_factory) as session:
         succeeded = mark_succeeded_bulk(
             session, [(r.job_id, r.outputs, r.provenance) for r in results]
         )
-        # webhooks: the event rows commit with the state changes (transactional outbox).
-        if succeeded:
-            emit_job_events(session, succeeded, JOB_SUCCEEDED)
         return set(succeeded)
 
 
@@ -157,11 +160,8 @@ def write_failure(ctx: WorkerContext, job_id: uuid.UUID, failure: Failure) -> bo
     with session_scope(ctx.session_factory) as session:
         if failure.retry_in is not None:
             return requeue(session, job_id, failure.error, failure.retry_in)
-        if not mark_failed(session, job_id, failure.error):
-            return False
-        # webhooks: the event row commits with the state change (transactional outbox).
-        emit_job_event(session, job_id, JOB_FAILED)
-        return True
+        # The job.failed event row commits with the change (shared/jobs.py writes both).
+        return bool(mark_failed_bulk(session, [job_id], failure.error))
 
 
 def render_group(ctx: WorkerContext, items: list[RenderItem], summary: BatchSummary) -> None:

@@ -18,8 +18,7 @@ from sqlalchemy import func, select, update
 from standardwebhooks import Webhook
 
 from api.app import create_app
-from shared.events import JOB_SUCCEEDED, emit_job_event
-from shared.jobs import claim_job, expire_leases, mark_failed, mark_succeeded
+from shared.jobs import claim_jobs_bulk, expire_leases, mark_failed_bulk, mark_succeeded_bulk
 from shared.models import Batch, Job, WebhookDelivery, utcnow
 from shared.webhooks import active_secrets, sign
 from tests.factories import batch_body, job_body
@@ -53,16 +52,24 @@ def deliveries(session_factory, **where) -> list[WebhookDelivery]:
         return list(s.scalars(query))
 
 
+def claim(s, job_id: uuid.UUID, worker: str = "fake-worker") -> None:
+    assert claim_jobs_bulk(s, [job_id], worker, 300) == [job_id]
+
+
+def succeed(s, job_id: uuid.UUID) -> bool:
+    """running -> succeeded, which writes its job.succeeded rows in the same session."""
+    return mark_succeeded_bulk(s, [(job_id, [], {"fake": True})]) == [job_id]
+
+
 def finish(session_factory, job_id: uuid.UUID, status: str = "succeeded") -> None:
-    """Play the worker: claim, then succeed or fail with the event, in one transaction."""
+    """Play the worker: claim, then succeed or fail (with its event) in one transaction."""
     with session_factory() as s:
-        assert claim_job(s, job_id, "fake-worker", 300)
+        claim(s, job_id)
         s.commit()
         if status == "succeeded":
-            assert mark_succeeded(s, job_id, [], {"fake": True})
+            assert succeed(s, job_id)
         else:
-            assert mark_failed(s, job_id, "PermanentRenderError: simulated")
-        emit_job_event(s, job_id, f"job.{status}")
+            assert mark_failed_bulk(s, [job_id], "PermanentRenderError: simulated") == [job_id]
         s.commit()
 
 
@@ -160,15 +167,15 @@ def test_event_rows_commit_with_the_state_change_and_never_without(api, new_key,
     )
     # A transition that rolls back leaves no event behind.
     with session_factory() as s:
-        assert claim_job(s, job_id, "w", 300)
+        claim(s, job_id, "w")
         s.commit()
-        assert mark_succeeded(s, job_id, [], {})
-        assert emit_job_event(s, job_id, JOB_SUCCEEDED) == 2
+        assert succeed(s, job_id)
+        in_transaction = select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)
+        assert len(s.scalars(in_transaction).all()) == 2, "written by the transition itself"
         s.rollback()
     assert deliveries(session_factory, job_id=job_id) == []
     with session_factory() as s:
-        assert mark_succeeded(s, job_id, [], {})
-        emit_job_event(s, job_id, JOB_SUCCEEDED)
+        assert succeed(s, job_id)
         s.commit()
     rows = deliveries(session_factory, job_id=job_id)
     # One event, one id, one body, two receivers: the job's URL and the team endpoint.
@@ -206,7 +213,7 @@ def test_cancel_and_lease_sweep_emit_their_events(api, new_key, session_factory)
     )
     assert api.post(f"/v1/jobs/{canceled}/cancel", headers=auth(key)).json()["status"] == "canceled"
     with session_factory() as s:
-        assert claim_job(s, lost, "gone-worker", 300)
+        claim(s, lost, "gone-worker")
         s.execute(
             update(Job)
             .where(Job.id == lost)
@@ -265,8 +272,7 @@ def test_batch_completed_is_emitted_once_when_the_last_jobs_finish_concurrently(
     )
     with session_factory() as s:
         job_ids = list(s.scalars(select(Job.id).where(Job.batch_id == batch_id)))
-        for job_id in job_ids:
-            assert claim_job(s, job_id, "w", 300)
+        assert claim_jobs_bulk(s, job_ids, "w", 300) == job_ids
         s.commit()
     barrier = threading.Barrier(len(job_ids))
     errors: list[BaseException] = []
@@ -274,9 +280,8 @@ def test_batch_completed_is_emitted_once_when_the_last_jobs_finish_concurrently(
     def finish_one(job_id: uuid.UUID) -> None:
         try:
             with session_factory() as s:
-                assert mark_succeeded(s, job_id, [], {})
                 barrier.wait(timeout=30)
-                emit_job_event(s, job_id, JOB_SUCCEEDED)
+                assert succeed(s, job_id)
                 s.commit()
         except BaseException as e:  # surfaced below
             errors.append(e)

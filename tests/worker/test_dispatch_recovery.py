@@ -131,7 +131,7 @@ def test_jobs_reserved_by_a_dead_or_stopped_worker_are_rearmed_at_once(settings,
 def test_a_restarted_worker_of_the_same_name_gives_back_what_its_predecessor_held(
     settings, session_factory
 ):
-    from shared.jobs import claim_job, release_previous_life, reserve_jobs
+    from shared.jobs import claim_jobs_bulk, release_previous_life, reserve_jobs
     from shared.models import utcnow
 
     model = f"again-{uuid.uuid4().hex[:6]}"
@@ -140,7 +140,7 @@ def test_a_restarted_worker_of_the_same_name_gives_back_what_its_predecessor_hel
     (running,) = add_jobs(session_factory, model, 1, enqueued_at=utcnow())
     with session_scope(session_factory) as s:
         reserve_jobs(s, reserved, name)
-        assert claim_job(s, running, name, 300)
+        assert claim_jobs_bulk(s, [running], name, 300) == [running]
     with session_scope(session_factory) as s:
         assert release_previous_life(s, name) == (2, 1)
     with session_factory() as s:

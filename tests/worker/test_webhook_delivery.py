@@ -14,8 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from api.app import create_app
-from shared.events import emit_job_event
-from shared.jobs import claim_job, mark_failed, mark_succeeded
+from shared.jobs import claim_jobs_bulk, mark_failed_bulk, mark_succeeded_bulk
 from shared.models import Job, WebhookAttempt, WebhookDelivery, utcnow
 from tests.factories import batch_body, job_body
 from tests.receiver import Receiver
@@ -69,15 +68,15 @@ def receiver() -> Iterator[Receiver]:
 
 
 def finish(session_factory, job_id: uuid.UUID, status: str = "succeeded") -> None:
-    """Play the render worker: claim, then the final state and its event in one commit."""
+    """Play the render worker: claim, then the final state (which writes its event) in one
+    commit."""
     with session_factory() as s:
-        assert claim_job(s, job_id, "fake-worker", 300)
+        assert claim_jobs_bulk(s, [job_id], "fake-worker", 300) == [job_id]
         s.commit()
         if status == "succeeded":
-            assert mark_succeeded(s, job_id, [], {"fake": True})
+            assert mark_succeeded_bulk(s, [(job_id, [], {"fake": True})]) == [job_id]
         else:
-            assert mark_failed(s, job_id, "PermanentRenderError: simulated")
-        emit_job_event(s, job_id, f"job.{status}")
+            assert mark_failed_bulk(s, [job_id], "PermanentRenderError: simulated") == [job_id]
         s.commit()
 
 
@@ -318,10 +317,10 @@ def test_in_flight_delivery_to_an_endpoint_disabled_by_410_is_dropped_unsent(
     endpoint(api, key, receiver.url("/gone"), ["job.failed"])
     jobs = [new_job(api, key), new_job(api, key)]
     with session_factory() as s:
+        assert claim_jobs_bulk(s, jobs, "fake-worker", 300) == jobs
         for job_id in jobs:
-            assert claim_job(s, job_id, "fake-worker", 300)
-            assert mark_failed(s, job_id, "PermanentRenderError: simulated")
-            emit_job_event(s, job_id, "job.failed")
+            failed = mark_failed_bulk(s, [job_id], "PermanentRenderError: simulated")
+            assert failed == [job_id]
         # Handed over in the same commit, as the scheduler would: the module's webhook
         # worker (if running) skips rows already handed over.
         tokens = {}

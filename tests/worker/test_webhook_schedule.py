@@ -10,8 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from shared.db import make_engine, make_session_factory, session_scope
-from shared.events import JOB_SUCCEEDED, emit_job_event
-from shared.jobs import claim_job, mark_succeeded
+from shared.jobs import claim_jobs_bulk, mark_succeeded_bulk
 from shared.migrate import upgrade
 from shared.models import Job, WebhookDelivery
 from shared.netguard import parse_networks
@@ -56,9 +55,11 @@ def succeeded_job(ctx: WebhookContext, webhook_url: str) -> uuid.UUID:
         )
         s.add(job)
         s.flush()
-        assert claim_job(s, job.id, "w", 300)
-        assert mark_succeeded(s, job.id, [], {})
-        assert emit_job_event(s, job.id, JOB_SUCCEEDED) == 1
+        assert claim_jobs_bulk(s, [job.id], "w", 300) == [job.id]
+        assert mark_succeeded_bulk(s, [(job.id, [], {})]) == [job.id]
+        # The transition wrote its one delivery row (the job's own URL).
+        delivered_to = select(WebhookDelivery.url).where(WebhookDelivery.job_id == job.id)
+        assert s.scalars(delivered_to).all() == [webhook_url]
         return job.id
 
 
