@@ -64,9 +64,17 @@ def _body(detail: str, errors: list[dict[str, str]] | None = None) -> dict[str, 
 
 
 def _field_name(loc: tuple[object, ...]) -> str:
-    # ("body", "strength") -> "strength"; keep nested paths readable: "metadata.sku".
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or "body"
+    """Pydantic's location as the api spells fields everywhere: ``images[1].sku``,
+    ``metadata.tags[0]`` (the same as the checks that raise InvalidRequest)."""
+    if loc and loc[0] in ("body", "query", "path", "header"):
+        loc = loc[1:]  # where it came from, not which field
+    name = ""
+    for part in loc:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        else:
+            name += f".{part}" if name else str(part)
+    return name or "body"
 
 
 async def _invalid(_: Request, exc: Exception) -> JSONResponse:

@@ -197,9 +197,9 @@ def test_more_than_10000_jobs_is_413_naming_limit_and_fields(client, key, sessio
         ({"width": 60}, 422, "width"),
         ({"variants": 0}, 422, "variants"),
         ({"images": []}, 422, "images"),
-        ({"prompts": [""]}, 422, "prompts.0.prompt"),
-        ({"images": [{"image": data_url(png_bytes()), "sku": "a/b"}]}, 422, "images.0.sku"),
-        ({"images": [{"image": data_url(png_bytes()), "sku": ".."}]}, 422, "images.0.sku"),
+        ({"prompts": [""]}, 422, "prompts[0].prompt"),
+        ({"images": [{"image": data_url(png_bytes()), "sku": "a/b"}]}, 422, "images[0].sku"),
+        ({"images": [{"image": data_url(png_bytes()), "sku": ".."}]}, 422, "images[0].sku"),
         (
             {"images": [{"image": data_url(png_bytes()), "sku": "A"}] * 2},
             422,
@@ -276,7 +276,7 @@ def test_non_portable_skus_are_refused(client, key, session_factory, sku):
     images = [{"image": data_url(png_bytes()), "sku": sku}]
     response = client.post("/v1/batches", json=batch_body(images=images), headers=auth(key))
     assert response.status_code == 422, response.text
-    assert [e["field"] for e in response.json()["errors"]] == ["images.0.sku"]
+    assert [e["field"] for e in response.json()["errors"]] == ["images[0].sku"]
     assert counts(session_factory) == before
 
 

@@ -197,7 +197,7 @@ HOSTILE = [
         "/v1/batches",
         {"model": "echo", "images": [IMAGE], "prompts": ["x\x00"]},
         {},
-        "prompts.0.prompt",
+        "prompts[0].prompt",
     ),
     (
         "/v1/webhooks",

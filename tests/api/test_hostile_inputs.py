@@ -94,7 +94,7 @@ CASES = [
     Hostile(
         "lone-surrogate-metadata-key",
         metadata={"tags": [{"ok": 1, "\udc00x": 2}]},
-        subfield="tags.0.\\udc00x",
+        subfield="tags[0].\\udc00x",
         not_for={"uploads": NO_METADATA},
     ),
     Hostile(
@@ -217,10 +217,10 @@ def batch_request(case: Hostile) -> tuple[Request, str]:
     skus = case.skus or (None,)
     images = [{"image": _image_ref(case), **({"sku": s} if s else {})} for s in skus]
     body = _batch_body(case, images)
-    # Names are checked two ways: each one alone by the schema (pydantic spells the path
-    # images.0.sku), their collisions by the api (images[1].sku).
-    sku_field = f"images[{case.bad_sku}].sku" if len(skus) > 1 else f"images.{case.bad_sku}.sku"
-    field = _json_field(case, image="images[0].image", prompt="prompts.0.prompt", sku=sku_field)
+    # Names are checked two ways, each one alone by the schema and their collisions by
+    # the api: both spell the path images[1].sku.
+    sku_field = f"images[{case.bad_sku}].sku"
+    field = _json_field(case, image="images[0].image", prompt="prompts[0].prompt", sku=sku_field)
     return Request("/v1/batches", json=body), field
 
 
