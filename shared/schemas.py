@@ -181,9 +181,38 @@ class RenderParams(BaseModel):
     resize_mode: ResizeMode = "crop"
 
 
+WARNINGS_DESCRIPTION = (
+    "Why the job may not move, for people (e.g. no worker online for its model since a "
+    "time); empty when nothing is wrong. Only queued jobs get one."
+)
+
+
 class JobAccepted(BaseModel):
     id: uuid.UUID
     status: str
+    warnings: list[str] = Field(default_factory=list, description=WARNINGS_DESCRIPTION)
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    return None if start is None or end is None else round((end - start).total_seconds(), 3)
+
+
+class JobDurations(BaseModel):
+    """How long the job took, from its timestamps; null until both ends are known."""
+
+    queue_wait_seconds: float | None
+    render_seconds: float | None
+    total_seconds: float | None
+
+    @classmethod
+    def between(
+        cls, created: datetime, started: datetime | None, finished: datetime | None
+    ) -> JobDurations:
+        return cls(
+            queue_wait_seconds=_seconds(created, started),
+            render_seconds=_seconds(started, finished),
+            total_seconds=_seconds(created, finished),
+        )
 
 
 class OutputPublic(BaseModel):
@@ -207,7 +236,14 @@ class JobPublic(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    durations: JobDurations
     outputs: list[OutputPublic]
+    warnings: list[str] = Field(default_factory=list, description=WARNINGS_DESCRIPTION)
+
+
+class JobsPublic(BaseModel):
+    jobs: list[JobPublic]
+    next_cursor: str | None
 
 
 class UploadPublic(BaseModel):
@@ -232,6 +268,8 @@ class ModelPublic(BaseModel):
     workers: list[str] = Field(
         default_factory=list, description="Names of the workers online now that pin this model."
     )
+    last_seen_at: datetime | None = None
+    warning: str | None = None
 
 
 class ModelsPublic(BaseModel):

@@ -3,24 +3,42 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from typing import Annotated
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Query, Response, status
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api import idempotency
 from api.deps import FetchSlotsDep, RegistryDep, SessionDep, SettingsDep, StorageDep, TeamDep
 from api.idempotency import IdempotencyKeyHeader
 from api.owned import owned_row
+from api.pagination import newest_first_page
 from api.sources import SourceSpool
 from api.submit import add_job, check_job
+from shared.job_status import JobStatus
 from shared.jobs import cancel
-from shared.models import Job
-from shared.schemas import JobAccepted, JobCreate, JobPublic, OutputPublic, RenderParams
+from shared.models import Job, Team
+from shared.schemas import (
+    JobAccepted,
+    JobCreate,
+    JobDurations,
+    JobPublic,
+    JobsPublic,
+    OutputPublic,
+    RenderParams,
+)
+from shared.settings import Settings
 from shared.storage import Storage
+from shared.workers import model_workers
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-def job_public(job: Job, storage: Storage, expires_in: int) -> JobPublic:
+def job_public(
+    job: Job, storage: Storage, expires_in: int, warnings: Sequence[str] = ()
+) -> JobPublic:
     outputs = [
         OutputPublic(
             url=storage.url(o["key"], expires_in),
@@ -44,8 +62,22 @@ def job_public(job: Job, storage: Storage, expires_in: int) -> JobPublic:
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
+        durations=JobDurations.between(job.created_at, job.started_at, job.finished_at),
         outputs=outputs,
+        warnings=list(warnings),
     )
+
+
+def queued_warnings(
+    session: Session, settings: Settings, jobs: Sequence[Job]
+) -> dict[uuid.UUID, list[str]]:
+    """Job id -> why it may not move, for the queued ones among ``jobs`` (one lookup of the
+    workers of their models): a queued job's only clue that nothing will render it."""
+    queued = [j for j in jobs if j.status == JobStatus.QUEUED.value]
+    if not queued:
+        return {}
+    workers = model_workers(session, settings.lease_seconds, {j.model for j in queued})
+    return {j.id: [w] for j in queued if (w := workers[j.model].warning) is not None}
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted)
@@ -79,11 +111,13 @@ def submit_job(
         # 3. store the sources (content-addressed: a racing replay below wrote the same),
         # then a short transaction: claim the key, add the row
         spool.store(storage)
+        workers = model_workers(session, settings.lease_seconds, [body.model])[body.model]
         claim = idempotency.begin(session, team.id, idempotency_key, scope, body, ttl)
         if isinstance(claim, idempotency.Replay):
             return claim.response()
         job = add_job(session, team, body, checked)
-        accepted = JobAccepted(id=job.id, status=job.status)
+        warnings = [] if workers.warning is None else [workers.warning]
+        accepted = JobAccepted(id=job.id, status=job.status, warnings=warnings)
         idempotency.remember(claim, status.HTTP_202_ACCEPTED, accepted)
         session.commit()
     return accepted
@@ -98,7 +132,57 @@ def get_job(
     storage: StorageDep,
 ) -> JobPublic:
     job = owned_row(session, Job, job_id, team, "job")
-    return job_public(job, storage, settings.url_expiry_seconds)
+    warnings = queued_warnings(session, settings, [job]).get(job.id, [])
+    return job_public(job, storage, settings.url_expiry_seconds, warnings)
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(
+    team: TeamDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+    status: JobStatus | None = None,
+    model: Annotated[str | None, Query(max_length=100)] = None,
+    batch_id: uuid.UUID | None = None,
+    cursor: Annotated[str | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> JobsPublic:
+    jobs, next_cursor = team_jobs(session, team, status, model, batch_id, cursor, limit)
+    warnings = queued_warnings(session, settings, jobs)
+    return JobsPublic(
+        jobs=[
+            job_public(j, storage, settings.url_expiry_seconds, warnings.get(j.id, ()))
+            for j in jobs
+        ],
+        next_cursor=next_cursor,
+    )
+
+
+def team_jobs(
+    session: Session,
+    team: Team,
+    status: JobStatus | None,
+    model: str | None,
+    batch_id: uuid.UUID | None,
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[Job], str | None]:
+    """One page of the team's jobs, newest first, on ix_jobs_team_created (team_id,
+    created_at): the filters narrow the rows read from it, the team always bounds them."""
+    query = (
+        select(Job)
+        .where(Job.team_id == team.id)
+        .order_by(Job.created_at.desc(), Job.id.desc())
+        .limit(limit + 1)
+    )
+    if status is not None:
+        query = query.where(Job.status == status.value)
+    if model is not None:
+        query = query.where(Job.model == model)
+    if batch_id is not None:
+        query = query.where(Job.batch_id == batch_id)
+    return newest_first_page(session, query, Job, cursor, limit)
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)

@@ -9,12 +9,12 @@ from api.params import SIZE_MULTIPLE
 from shared.images import RESIZE_MODES
 from shared.registry import ModelSpec
 from shared.schemas import ModelPublic, ModelsPublic
-from shared.workers import online_workers_by_model
+from shared.workers import ModelWorkers, model_workers
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-def model_public(spec: ModelSpec, workers: list[str]) -> ModelPublic:
+def model_public(spec: ModelSpec, workers: ModelWorkers) -> ModelPublic:
     """One alias as clients see it: no weights locations, which may be private."""
     return ModelPublic(
         alias=spec.alias,
@@ -37,7 +37,9 @@ def model_public(spec: ModelSpec, workers: list[str]) -> ModelPublic:
             "resize_modes": list(RESIZE_MODES),
             "takes_mask": spec.takes_mask,
         },
-        workers=workers,
+        workers=workers.online,
+        last_seen_at=workers.last_seen_at,
+        warning=workers.warning,
     )
 
 
@@ -45,10 +47,7 @@ def model_public(spec: ModelSpec, workers: list[str]) -> ModelPublic:
 def list_models(
     _: TeamDep, registry: RegistryDep, session: SessionDep, settings: SettingsDep
 ) -> ModelsPublic:
-    online = online_workers_by_model(session, settings.lease_seconds)
+    workers = model_workers(session, settings.lease_seconds, list(registry))
     return ModelsPublic(
-        models=[
-            model_public(spec, online.get(spec.alias, []))
-            for spec in sorted(registry.values(), key=lambda s: s.alias)
-        ]
+        models=[model_public(spec, workers[alias]) for alias, spec in sorted(registry.items())]
     )

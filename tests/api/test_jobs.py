@@ -4,11 +4,13 @@ and a 4xx naming the field for every bad input (with nothing written)."""
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
-from shared.models import Job
+from shared.models import Job, Worker, utcnow
+from shared.workers import ModelWorkers
 from tests.factories import bomb_png, data_url, job_body, png_bytes
 
 
@@ -164,3 +166,66 @@ def test_models_lists_tiny_with_defaults(client, new_key):
 def test_openapi_is_served(client):
     spec = client.get("/openapi.json").json()
     assert "/v1/jobs" in spec["paths"] and "/v1/jobs/{job_id}" in spec["paths"]
+
+
+def test_a_job_no_worker_can_take_says_so_until_one_is_online(client, new_key, session_factory):
+    """202, GET /v1/jobs/{id}, the job list and GET /v1/models all name the missing worker
+    (and when one was last seen); a fresh heartbeat clears it."""
+    key = new_key()
+    model, stale = "tiny-controlnet", utcnow() - timedelta(hours=1)
+    workers = {"h11-gone@test": stale, "h11-fresh@test": None}
+    with session_factory() as s:
+        s.execute(delete(Worker).where(Worker.model == model))  # what other tests left
+        s.add(Worker(name="h11-gone@test", model=model, device="cpu", last_seen_at=stale))
+        s.commit()
+    try:
+        accepted = client.post("/v1/jobs", json=job_body(model=model), headers=auth(key))
+        assert accepted.status_code == 202, accepted.text
+        since = stale.strftime("%Y-%m-%dT%H:%M:%SZ")
+        (warning,) = accepted.json()["warnings"]
+        assert f"no worker online for model '{model}' since {since}" in warning
+        job_id = accepted.json()["id"]
+        assert client.get(f"/v1/jobs/{job_id}", headers=auth(key)).json()["warnings"] == [warning]
+        listed = client.get("/v1/jobs", params={"model": model}, headers=auth(key)).json()
+        assert listed["jobs"][0]["warnings"] == [warning]
+        models = client.get("/v1/models", headers=auth(key)).json()["models"]
+        (public,) = [m for m in models if m["alias"] == model]
+        assert public["warning"] == warning and public["workers"] == []
+        assert public["last_seen_at"].startswith(since[:-1])
+        with session_factory() as s:
+            s.add(Worker(name="h11-fresh@test", model=model, device="cpu", last_seen_at=utcnow()))
+            s.commit()
+        assert client.get(f"/v1/jobs/{job_id}", headers=auth(key)).json()["warnings"] == []
+        models = client.get("/v1/models", headers=auth(key)).json()["models"]
+        (public,) = [m for m in models if m["alias"] == model]
+        assert public["warning"] is None and public["workers"] == ["h11-fresh@test"]
+    finally:
+        with session_factory() as s:
+            s.execute(delete(Worker).where(Worker.name.in_(list(workers))))
+            s.commit()
+
+
+def test_a_model_never_served_says_none_ever_started():
+    assert "none has ever started" in (ModelWorkers("tiny").warning or "")
+    assert ModelWorkers("tiny", ["w@h"], utcnow()).warning is None
+
+
+def test_durations_come_from_the_timestamps(client, new_key, session_factory):
+    key = new_key()
+    job_id = client.post("/v1/jobs", json=job_body(), headers=auth(key)).json()["id"]
+    assert client.get(f"/v1/jobs/{job_id}", headers=auth(key)).json()["durations"] == {
+        "queue_wait_seconds": None,
+        "render_seconds": None,
+        "total_seconds": None,
+    }
+    with session_factory() as s:
+        job = s.get(Job, uuid.UUID(job_id))
+        created = job.created_at
+        job.started_at = created + timedelta(seconds=2.5)
+        job.finished_at = created + timedelta(seconds=4)
+        s.commit()
+    assert client.get(f"/v1/jobs/{job_id}", headers=auth(key)).json()["durations"] == {
+        "queue_wait_seconds": 2.5,
+        "render_seconds": 1.5,
+        "total_seconds": 4.0,
+    }
