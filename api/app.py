@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from api.body_limit import BodyLimitMiddleware
-from api.errors import ERROR_RESPONSES, register_error_handlers
+from api.errors import register_error_handlers
 from api.fetch_slots import FetchSlots
 from api.metrics import install_api_metrics
 from api.routes import batches, files, health, jobs, models, uploads, webhooks
@@ -67,7 +67,7 @@ def create_app(
     install_api_metrics(app, settings, listen_host)
     app.include_router(health.router)
     for module in (jobs, batches, uploads, models, files, webhooks):
-        app.include_router(module.router, responses=ERROR_RESPONSES)
+        app.include_router(module.router)  # each router lists its own error answers
     return app
 
 

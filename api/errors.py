@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from shared.errors import (
@@ -36,23 +36,47 @@ class TooBusy(ImgfarmError):
 
 
 class FieldError(BaseModel):
-    field: str
-    message: str
+    field: str = Field(
+        description="The field at fault as the api spells it: `strength`, `images[1].sku`, "
+        "`metadata.tags[0]`, a header (`Idempotency-Key`) or `body`."
+    )
+    message: str = Field(description="What is wrong with it, for people.")
 
 
 class ErrorBody(BaseModel):
     """Every error answer: ``detail`` for people, ``errors`` naming each field at fault."""
 
-    detail: str
-    errors: list[FieldError]
+    detail: str = Field(description="The whole refusal in one line, for people.")
+    errors: list[FieldError] = Field(
+        description="Each field at fault (empty when no one field is: auth, not found, outages)."
+    )
 
 
-# The OpenAPI description of the answers below, for every keyed route. Declaring "4XX" also
-# keeps FastAPI from documenting its own 422 body, which these handlers replace.
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    "4XX": {"model": ErrorBody, "description": "Refused: `errors` names each field at fault."},
-    503: {"model": ErrorBody, "description": "A backing service is unavailable; retry."},
+# What each error status means, once: routes declare which they answer with errors_for().
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "The request cannot be taken as sent (a multipart body that does not parse, a "
+    "presigned upload on a farm without S3).",
+    401: "No API key, or one that is unknown or revoked (`Authorization: Bearer <key>`).",
+    404: "No such resource for this team (another team's id reads the same), or an upload "
+    "id in the body that is not the team's.",
+    409: "Conflicts with what exists: an Idempotency-Key reused with another body or still "
+    "in progress, or a delivery whose endpoint is disabled.",
+    413: "Too large: the request body, an image's bytes, or its pixel count.",
+    422: "A field is invalid: `errors` names each one; nothing was written.",
+    429: "The api is fetching as many image URLs as it may (per team or in all): retry after "
+    "`Retry-After` seconds.",
+    503: "A backing service (database, storage) is unavailable: retry after `Retry-After` seconds.",
 }
+
+
+def errors_for(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, each with the error body. Listing a
+    422 also keeps FastAPI from documenting its own validation body, which ours replaces."""
+    return {s: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[s]} for s in statuses}
+
+
+# What every keyed route may answer, whatever it does.
+KEYED_ERRORS = errors_for(401, 503)
 
 
 # What a 503 asks clients to wait: storage and database blips last seconds, not minutes.

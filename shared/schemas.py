@@ -106,38 +106,82 @@ class RenderKnobs(RequestBody):
     model and its optional render knobs (left out, the model decides), a negative prompt,
     metadata and a webhook URL. Both are checked by one function (api/submit.py)."""
 
-    model: str = Field(min_length=1, max_length=100)
+    model: str = Field(
+        min_length=1, max_length=100, description="A model alias (`GET /v1/models`)."
+    )
     negative_prompt: str | None = Field(
+        description=(
+            "What to keep out of the render, up to 2,000 characters; in a batch, for the prompts "
+            "that do not give their own."
+        ),
         default=None,
         max_length=2000,
-        description="What to keep out of the render; in a batch, for prompts that do not "
-        "give their own.",
     )
-    strength: float | None = Field(default=None, gt=0, le=1)
-    steps: int | None = Field(default=None, ge=1)
-    guidance_scale: float | None = Field(default=None, ge=0, le=50)
+    strength: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="0 < s ≤ 1: how far from the source the render may go; omitted → the model's.",
+    )
+    steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="Denoising steps, at most the model's `max_steps`; omitted → the model's.",
+    )
+    guidance_scale: float | None = Field(
+        default=None,
+        ge=0,
+        le=50,
+        description="Classifier-free guidance, 0 to 50; omitted → the model's.",
+    )
     seed: int | None = Field(
+        description=(
+            "Same params + seed → identical pixels; omitted → drawn and recorded in the job. A "
+            "batch derives each job's seed from it."
+        ),
         default=None,
         ge=0,
         le=MAX_SEED,
-        description="A job's seed; a batch derives each job's seed from it. Drawn if omitted.",
     )
-    width: int | None = Field(default=None, gt=0)
-    height: int | None = Field(default=None, gt=0)
-    output_format: OutputFormat = "png"
+    width: int | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Output width in pixels: a multiple of 8 within the model's bounds (`GET /v1/models` →"
+            " `limits`); omitted → the model's."
+        ),
+    )
+    height: int | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Output height in pixels: a multiple of 8 within the model's bounds (`GET /v1/models` "
+            "→ `limits`); omitted → the model's."
+        ),
+    )
+    output_format: OutputFormat = Field(
+        default="png", description="`png` (default), `jpeg` or `webp`."
+    )
     resize_mode: ResizeMode = Field(
+        description=(
+            "How the source is brought to `width`×`height`: `crop` (default: scale to cover, "
+            "center-crop), `fit` (stretch, aspect ratio not kept) or `pad` (scale to fit inside, "
+            "pad with white; inpaint repaints the pad)."
+        ),
         default="crop",
-        description="How the source is brought to width x height: fit (stretch), crop "
-        "(cover, center-crop) or pad (fit inside, pad with white; inpaint repaints the pad).",
     )
-    metadata: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="Your JSON object (at most 8 KiB), returned with the job."
+    )
     webhook_url: str | None = Field(
+        description=(
+            "Public http(s) URL that receives this job's events (for a batch: every job's, and "
+            "batch.progress and batch.completed), signed with the team's webhook secret (`GET "
+            "/v1/webhooks/secret`)."
+        ),
         default=None,
         min_length=1,
         max_length=2048,
-        description="Public http(s) URL that receives the job.* events of this job (of every "
-        "job of a batch, and batch.progress and batch.completed), signed with the team's "
-        "webhook secret (GET /v1/webhooks/secret).",
     )
 
     @field_validator("metadata")
@@ -148,6 +192,12 @@ class RenderKnobs(RequestBody):
         return value
 
 
+IMAGE_DESCRIPTION = (
+    "Data URL, public http(s) URL (private addresses refused), or upload id. PNG, JPEG (MPO "
+    "too), WebP, AVIF, TIFF, GIF or BMP; read as it is seen: EXIF orientation applied, 16-bit "
+    "scaled to 8, an embedded ICC profile (Adobe RGB, Display P3, CMYK) converted to sRGB. "
+    "Outputs are sRGB and say so (PNG `sRGB` chunk, ICC profile in JPEG/WebP)."
+)
 MASK_DESCRIPTION = (
     "Inpaint models only: white repaints, black keeps (bit-identical). Same forms as image "
     "and the source's size. Omitted: a source PNG's transparent pixels are repainted and its "
@@ -158,11 +208,29 @@ MASK_DESCRIPTION = (
 class JobCreate(RenderKnobs):
     """``POST /v1/jobs``. Optional knobs left out take the model's defaults."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "tiny",
+                    "prompt": "a red sneaker on a snowy porch",
+                    "image": "https://example.com/shoe.png",
+                    "strength": 0.6,
+                    "seed": 42,
+                    "output_format": "webp",
+                    "metadata": {"sku": "SHOE-1"},
+                }
+            ]
+        },
+    )
 
-    prompt: str = Field(min_length=1, max_length=2000)
+    prompt: str = Field(
+        min_length=1, max_length=2000, description="What to render, up to 2,000 characters."
+    )
     image: str = Field(
-        min_length=1, description="A data URL, an http(s) URL, or an id from POST /v1/uploads."
+        description=IMAGE_DESCRIPTION,
+        min_length=1,
     )
     mask: str | None = Field(default=None, min_length=1, description=MASK_DESCRIPTION)
 
@@ -170,15 +238,18 @@ class JobCreate(RenderKnobs):
 class RenderParams(BaseModel):
     """Parameters after defaults are filled in: exactly what the worker renders."""
 
-    strength: float
-    steps: int
-    guidance_scale: float
-    seed: int
-    width: int
-    height: int
-    output_format: OutputFormat
+    strength: float = Field(description="How far from the source the render went (0 < s ≤ 1).")
+    steps: int = Field(description="Denoising steps.")
+    guidance_scale: float = Field(description="Classifier-free guidance.")
+    seed: int = Field(description="The seed used: the same params and seed give identical pixels.")
+    width: int = Field(description="Output width in pixels.")
+    height: int = Field(description="Output height in pixels.")
+    output_format: OutputFormat = Field(description="png, jpeg or webp.")
     # Default for jobs stored before resize modes existed (they were center-cropped).
-    resize_mode: ResizeMode = "crop"
+    resize_mode: ResizeMode = Field(
+        default="crop",
+        description="How the source was brought to width x height: fit, crop or pad.",
+    )
 
 
 WARNINGS_DESCRIPTION = (
@@ -188,8 +259,8 @@ WARNINGS_DESCRIPTION = (
 
 
 class JobAccepted(BaseModel):
-    id: uuid.UUID
-    status: str
+    id: uuid.UUID = Field(description="The job's id: follow it with GET /v1/jobs/{id}.")
+    status: str = Field(description="queued: waiting for a worker of its model.")
     warnings: list[str] = Field(default_factory=list, description=WARNINGS_DESCRIPTION)
 
 
@@ -200,9 +271,15 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
 class JobDurations(BaseModel):
     """How long the job took, from its timestamps; null until both ends are known."""
 
-    queue_wait_seconds: float | None
-    render_seconds: float | None
-    total_seconds: float | None
+    queue_wait_seconds: float | None = Field(
+        description="From creation to the start of its last attempt (retries included)."
+    )
+    render_seconds: float | None = Field(
+        description="From the start of its last attempt to its end."
+    )
+    total_seconds: float | None = Field(
+        description="From creation to its end (succeeded, failed or canceled)."
+    )
 
     @classmethod
     def between(
@@ -216,64 +293,98 @@ class JobDurations(BaseModel):
 
 
 class OutputPublic(BaseModel):
-    url: str
-    width: int
-    height: int
-    content_type: str
+    url: str = Field(
+        description=(
+            "Where to download it: a presigned S3 URL or a signed /v1/files URL; both expire."
+        )
+    )
+    width: int = Field(description="Width in pixels.")
+    height: int = Field(description="Height in pixels.")
+    content_type: str = Field(description="image/png, image/jpeg or image/webp.")
 
 
 class JobPublic(BaseModel):
-    id: uuid.UUID
-    status: str
-    model: str
-    prompt: str
-    negative_prompt: str | None
-    params: RenderParams
-    metadata: dict[str, Any] | None
-    attempts: int
-    error: str | None
-    worker: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    durations: JobDurations
-    outputs: list[OutputPublic]
+    id: uuid.UUID = Field(description="The job's id.")
+    status: str = Field(description="queued, running, then succeeded, failed or canceled.")
+    model: str = Field(description="The model alias it renders with.")
+    prompt: str = Field(description="What it renders.")
+    negative_prompt: str | None = Field(description="What it keeps out of the render.")
+    params: RenderParams = Field(
+        description="The parameters after the model's defaults: exactly what is rendered."
+    )
+    metadata: dict[str, Any] | None = Field(description="Your JSON, as sent.")
+    attempts: int = Field(
+        description="Render attempts so far (a lost worker or transient error retries)."
+    )
+    error: str | None = Field(
+        description="Why it failed (or why its last attempt did), for people."
+    )
+    worker: str | None = Field(description="The worker that ran its last attempt.")
+    created_at: datetime = Field(description="When it was accepted.")
+    started_at: datetime | None = Field(description="When its last attempt started.")
+    finished_at: datetime | None = Field(description="When it succeeded, failed or was canceled.")
+    durations: JobDurations = Field(
+        description="Queue wait, render and total seconds, from the timestamps."
+    )
+    outputs: list[OutputPublic] = Field(
+        description="The rendered images (empty until it succeeds)."
+    )
     warnings: list[str] = Field(default_factory=list, description=WARNINGS_DESCRIPTION)
 
 
 class JobsPublic(BaseModel):
-    jobs: list[JobPublic]
-    next_cursor: str | None
+    jobs: list[JobPublic] = Field(description="One page, newest first.")
+    next_cursor: str | None = Field(
+        description="Pass as cursor for the next page; null on the last."
+    )
 
 
 class UploadPublic(BaseModel):
-    id: uuid.UUID
-    filename: str | None
-    content_type: str
-    width: int
-    height: int
-    size_bytes: int
+    id: uuid.UUID = Field(description="Name it as a job's or batch's image (or mask).")
+    filename: str | None = Field(description="The name it was sent with.")
+    content_type: str = Field(description="The image format found (not the one claimed).")
+    width: int = Field(description="Width in pixels, upright (EXIF orientation applied).")
+    height: int = Field(description="Height in pixels, upright (EXIF orientation applied).")
+    size_bytes: int = Field(description="Stored size in bytes.")
 
 
 class UploadsPublic(BaseModel):
-    uploads: list[UploadPublic]
+    uploads: list[UploadPublic] = Field(description="One per file, in the order sent.")
 
 
 class ModelPublic(BaseModel):
-    alias: str
-    kind: str
-    description: str
-    defaults: dict[str, Any]
-    limits: dict[str, Any]
+    alias: str = Field(description="The name jobs give as model.")
+    kind: str = Field(
+        description="img2img, inpaint, controlnet-canny or echo (no weights; returns the source)."
+    )
+    description: str = Field(description="What the model is for.")
+    defaults: dict[str, Any] = Field(
+        description=(
+            "What knobs left out of a job take: steps, strength, guidance_scale, width, height, "
+            "scheduler."
+        )
+    )
+    limits: dict[str, Any] = Field(
+        description=(
+            "What a job may ask: min_size, max_size, size_multiple, max_steps, max_batch, "
+            "resize_modes, takes_mask."
+        )
+    )
     workers: list[str] = Field(
         default_factory=list, description="Names of the workers online now that pin this model."
     )
-    last_seen_at: datetime | None = None
-    warning: str | None = None
+    last_seen_at: datetime | None = Field(
+        default=None,
+        description="The latest heartbeat of any worker of this model (null: none ever started).",
+    )
+    warning: str | None = Field(
+        default=None,
+        description="Set while no worker is online for it: its jobs stay queued, and since when.",
+    )
 
 
 class ModelsPublic(BaseModel):
-    models: list[ModelPublic]
+    models: list[ModelPublic] = Field(description="Every model, by alias.")
 
 
 # --- Batches -------------------------------------------------------------------------------
@@ -306,9 +417,12 @@ class BatchImage(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     image: str = Field(
-        min_length=1, description="A data URL, an http(s) URL, or an id from POST /v1/uploads."
+        description=IMAGE_DESCRIPTION,
+        min_length=1,
     )
-    sku: Name | None = None
+    sku: Name | None = Field(
+        default=None, description="Names the image's folder in the archive (default image-N)."
+    )
     mask: str | None = Field(default=None, min_length=1, description=MASK_DESCRIPTION)
 
 
@@ -317,9 +431,18 @@ class BatchPrompt(RequestBody):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1, max_length=2000)
-    name: Name | None = None
-    negative_prompt: str | None = Field(default=None, max_length=2000)
+    prompt: str = Field(
+        min_length=1, max_length=2000, description="What to render, up to 2,000 characters."
+    )
+    name: Name | None = Field(
+        default=None,
+        description="Names the prompt's folder in the archive (default: a slug of the prompt).",
+    )
+    negative_prompt: str | None = Field(
+        default=None,
+        max_length=2000,
+        description="This prompt's own negative prompt (default: the batch's).",
+    )
 
 
 class BatchCreate(RenderKnobs):
@@ -331,11 +454,37 @@ class BatchCreate(RenderKnobs):
     seed is derived from ``seed`` (drawn if omitted).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "tiny",
+                    "images": [{"image": "https://example.com/shoe.png", "sku": "SHOE-1"}],
+                    "prompts": [{"prompt": "on a snowy porch", "name": "snow"}, "on a beach"],
+                    "variants": 4,
+                    "seed": 7,
+                }
+            ]
+        },
+    )
 
-    images: list[BatchImage] = Field(min_length=1, max_length=MAX_BATCH_JOBS)
-    prompts: list[BatchPrompt] = Field(min_length=1, max_length=MAX_BATCH_JOBS)
-    variants: int = Field(default=1, ge=1, le=MAX_BATCH_JOBS)
+    images: list[BatchImage] = Field(
+        min_length=1,
+        max_length=MAX_BATCH_JOBS,
+        description="Source images: strings (as a job's image) or objects with sku and mask.",
+    )
+    prompts: list[BatchPrompt] = Field(
+        min_length=1,
+        max_length=MAX_BATCH_JOBS,
+        description="Prompts: strings or objects with name and negative_prompt.",
+    )
+    variants: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_BATCH_JOBS,
+        description="Seeds per image x prompt (each job's seed is derived from seed).",
+    )
 
     @field_validator("images", mode="before")
     @classmethod
@@ -357,41 +506,43 @@ class BatchCreate(RenderKnobs):
 
 
 class BatchAccepted(BaseModel):
-    id: uuid.UUID
-    job_count: int
-    seed: int
+    id: uuid.UUID = Field(description="The batch's id: follow it with GET /v1/batches/{id}.")
+    job_count: int = Field(description="Jobs created: images x prompts x variants.")
+    seed: int = Field(
+        description="The batch seed every job's seed derives from (drawn if omitted)."
+    )
 
 
 class BatchCounts(BaseModel):
     """Jobs of a batch by status; they add up to ``job_count``."""
 
-    queued: int = 0
-    running: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    canceled: int = 0
+    queued: int = Field(default=0, description="Jobs queued.")
+    running: int = Field(default=0, description="Jobs running.")
+    succeeded: int = Field(default=0, description="Jobs succeeded.")
+    failed: int = Field(default=0, description="Jobs failed.")
+    canceled: int = Field(default=0, description="Jobs canceled.")
 
 
 class BatchPublic(BaseModel):
-    id: uuid.UUID
+    id: uuid.UUID = Field(description="The batch's id.")
     status: str = Field(
         description="queued (nothing started), running, then succeeded (all jobs did), "
         "failed (some failed) or canceled (some canceled, none failed)."
     )
-    model: str
-    job_count: int
-    counts: BatchCounts
+    model: str = Field(description="The model alias of every job.")
+    job_count: int = Field(description="Jobs in the batch.")
+    counts: BatchCounts = Field(description="Jobs by status.")
     progress: float = Field(description="Finished jobs (any final state) / job_count.")
-    seed: int
-    params: dict[str, Any]
-    image_count: int
-    prompt_count: int
-    variants: int
-    metadata: dict[str, Any] | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    canceled_at: datetime | None
+    seed: int = Field(description="The batch seed.")
+    params: dict[str, Any] = Field(description="The knobs every job shares, as sent.")
+    image_count: int = Field(description="Source images.")
+    prompt_count: int = Field(description="Prompts.")
+    variants: int = Field(description="Seeds per image x prompt.")
+    metadata: dict[str, Any] | None = Field(description="Your JSON, as sent.")
+    created_at: datetime = Field(description="When it was accepted.")
+    started_at: datetime | None = Field(description="When its first job started.")
+    finished_at: datetime | None = Field(description="When its last job finished.")
+    canceled_at: datetime | None = Field(description="When it was canceled.")
     jobs_per_second: float | None = Field(
         description="Observed throughput: finished renders per second since the first started."
     )
@@ -399,43 +550,47 @@ class BatchPublic(BaseModel):
 
 
 class BatchesPublic(BaseModel):
-    batches: list[BatchPublic]
-    next_cursor: str | None
+    batches: list[BatchPublic] = Field(description="One page, newest first.")
+    next_cursor: str | None = Field(
+        description="Pass as cursor for the next page; null on the last."
+    )
 
 
 class BatchJobPublic(JobPublic):
-    batch_id: uuid.UUID
-    sku: str
-    prompt_name: str
-    variant: int
+    batch_id: uuid.UUID = Field(description="The batch it belongs to.")
+    sku: str = Field(description="Its image's name.")
+    prompt_name: str = Field(description="Its prompt's name.")
+    variant: int = Field(description="Its variant number (1-based).")
 
 
 class BatchJobsPublic(BaseModel):
-    jobs: list[BatchJobPublic]
-    next_cursor: str | None
+    jobs: list[BatchJobPublic] = Field(description="One page, in id order.")
+    next_cursor: str | None = Field(
+        description="Pass as cursor for the next page; null on the last."
+    )
 
 
 class ManifestItem(BaseModel):
     """One row of ``GET /v1/batches/{id}/manifest`` (JSON items or CSV rows)."""
 
-    job_id: uuid.UUID
-    sku: str
-    prompt_name: str
-    variant: int
-    seed: int
-    status: str
-    error: str | None
+    job_id: uuid.UUID = Field(description="The job's id.")
+    sku: str = Field(description="Its image's name.")
+    prompt_name: str = Field(description="Its prompt's name.")
+    variant: int = Field(description="Its variant number.")
+    seed: int = Field(description="The seed it rendered with.")
+    status: str = Field(description="The job's status.")
+    error: str | None = Field(description="Why it failed.")
     path: str | None = Field(description="Where the output sits in the archive (if succeeded).")
-    output_url: str | None
+    output_url: str | None = Field(description="Its output's URL (expires).")
 
 
 class BatchCanceled(BaseModel):
-    id: uuid.UUID
+    id: uuid.UUID = Field(description="The batch's id.")
     canceled: int = Field(description="Queued jobs canceled now; running ones may finish.")
 
 
 class BatchRetried(BaseModel):
-    id: uuid.UUID
+    id: uuid.UUID = Field(description="The batch's id.")
     retried: int = Field(description="Failed jobs queued again.")
 
 
@@ -445,18 +600,22 @@ class BatchRetried(BaseModel):
 class UploadPresignCreate(RequestBody):
     """``POST /v1/uploads/presign``: ask for a URL to PUT one image straight to storage."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"filename": "shoe.png"}]}
+    )
 
-    filename: str | None = Field(default=None, max_length=255)
+    filename: str | None = Field(
+        default=None, max_length=255, description="The file's name, kept with the upload."
+    )
 
 
 class UploadPresigned(BaseModel):
     """PUT the file's bytes to ``url`` (no API key, no extra headers), then complete it."""
 
-    id: uuid.UUID
-    url: str
-    method: str = "PUT"
-    expires_at: datetime
+    id: uuid.UUID = Field(description="Complete it with POST /v1/uploads/{id}/complete.")
+    url: str = Field(description="PUT the bytes here (no API key, no extra headers).")
+    method: str = Field(default="PUT", description="Always PUT.")
+    expires_at: datetime = Field(description="When the URL stops working.")
 
 
 # --- Webhooks ------------------------------------------------------------------------------
@@ -467,11 +626,22 @@ MAX_ROTATION_OVERLAP_SECONDS = 7 * 24 * 3600
 class WebhookEndpointCreate(RequestBody):
     """``POST /v1/webhooks``: a receiver for the team's events of the listed types."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "url": "https://example.com/hooks/imgfarm",
+                    "events": ["job.succeeded", "job.failed", "batch.completed"],
+                    "description": "render notifications",
+                }
+            ]
+        },
+    )
 
     url: str = Field(min_length=1, max_length=2048, description="A public http(s) URL.")
     events: list[str] = Field(min_length=1, description="Event types: " + ", ".join(EVENT_TYPES))
-    description: str | None = Field(default=None, max_length=255)
+    description: str | None = Field(default=None, max_length=255, description="Your note about it.")
 
     @field_validator("events")
     @classmethod
@@ -483,13 +653,13 @@ class WebhookEndpointCreate(RequestBody):
 
 
 class WebhookEndpointPublic(BaseModel):
-    id: uuid.UUID
-    url: str
-    events: list[str]
-    description: str | None
-    created_at: datetime
+    id: uuid.UUID = Field(description="The endpoint's id.")
+    url: str = Field(description="Where events are sent.")
+    events: list[str] = Field(description="The event types it receives.")
+    description: str | None = Field(description="Your note about it.")
+    created_at: datetime = Field(description="When it was registered.")
     disabled_at: datetime | None = Field(description="Set when the URL answered 410 Gone.")
-    disabled_reason: str | None
+    disabled_reason: str | None = Field(description="Why it was disabled.")
     previous_secret_expires_at: datetime | None = Field(
         description="Until then the rotated-out secret signs too (a second signature)."
     )
@@ -500,13 +670,15 @@ class WebhookEndpointCreated(WebhookEndpointPublic):
 
 
 class WebhookEndpointsPublic(BaseModel):
-    endpoints: list[WebhookEndpointPublic]
+    endpoints: list[WebhookEndpointPublic] = Field(description="The team's endpoints.")
 
 
 class WebhookRotate(RequestBody):
     """``POST /v1/webhooks/{id}/rotate`` (or ``/v1/webhooks/secret/rotate``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"overlap_seconds": 3600}]}
+    )
 
     overlap_seconds: int | None = Field(
         default=None,
@@ -519,42 +691,48 @@ class WebhookRotate(RequestBody):
 
 class WebhookSecretPublic(BaseModel):
     secret: str = Field(description="The current whsec_ signing secret.")
-    previous_secret_expires_at: datetime | None
+    previous_secret_expires_at: datetime | None = Field(
+        description="Until then the rotated-out secret signs too."
+    )
 
 
 class WebhookAttemptPublic(BaseModel):
-    attempt: int
-    started_at: datetime
-    status_code: int | None
-    latency_ms: int
-    error: str | None
+    attempt: int = Field(description="Its number, from 1.")
+    started_at: datetime = Field(description="When it was sent.")
+    status_code: int | None = Field(description="The receiver's answer (null: no answer).")
+    latency_ms: int = Field(description="How long the receiver took.")
+    error: str | None = Field(description="What went wrong, if anything.")
     outcome: str = Field(description="delivered, retry, failed, dead or disable.")
 
 
 class WebhookDeliveryPublic(BaseModel):
-    id: uuid.UUID
+    id: uuid.UUID = Field(description="The delivery's id.")
     event_id: str = Field(description="The webhook-id header: the same on every attempt.")
-    event_type: str
+    event_type: str = Field(
+        description="job.succeeded, job.failed, job.canceled, batch.progress or batch.completed."
+    )
     endpoint_id: uuid.UUID | None = Field(description="None: a job's or batch's webhook_url.")
-    job_id: uuid.UUID | None
-    batch_id: uuid.UUID | None
-    url: str
+    job_id: uuid.UUID | None = Field(description="The job the event is about.")
+    batch_id: uuid.UUID | None = Field(description="The batch the event is about.")
+    url: str = Field(description="Where it is sent.")
     status: str = Field(description="pending, delivered, failed (not retried) or dead.")
-    attempts: int
-    next_attempt_at: datetime | None
-    last_attempt_at: datetime | None
-    last_status_code: int | None
-    last_latency_ms: int | None
-    last_error: str | None
-    created_at: datetime
-    delivered_at: datetime | None
+    attempts: int = Field(description="Attempts so far.")
+    next_attempt_at: datetime | None = Field(description="When it is tried next (null: not again).")
+    last_attempt_at: datetime | None = Field(description="When it was last tried.")
+    last_status_code: int | None = Field(description="The receiver's last answer.")
+    last_latency_ms: int | None = Field(description="How long the last attempt took.")
+    last_error: str | None = Field(description="What went wrong last.")
+    created_at: datetime = Field(description="When the event happened.")
+    delivered_at: datetime | None = Field(description="When a receiver took it (2xx).")
 
 
 class WebhookDeliveryDetail(WebhookDeliveryPublic):
-    payload: dict[str, Any]
-    attempt_log: list[WebhookAttemptPublic]
+    payload: dict[str, Any] = Field(description="The event body sent.")
+    attempt_log: list[WebhookAttemptPublic] = Field(description="Every attempt, oldest first.")
 
 
 class WebhookDeliveriesPublic(BaseModel):
-    deliveries: list[WebhookDeliveryPublic]
-    next_cursor: str | None
+    deliveries: list[WebhookDeliveryPublic] = Field(description="One page, newest first.")
+    next_cursor: str | None = Field(
+        description="Pass as cursor for the next page; null on the last."
+    )

@@ -5,13 +5,14 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import archive, idempotency
 from api import batches as service
 from api.deps import FetchSlotsDep, RegistryDep, SessionDep, SettingsDep, StorageDep, TeamDep
+from api.errors import KEYED_ERRORS, errors_for
 from api.idempotency import IdempotencyKeyHeader
 from api.routes.jobs import job_public
 from api.sources import SourceSpool
@@ -29,14 +30,16 @@ from shared.schemas import (
 )
 from shared.storage import Storage
 
-router = APIRouter(prefix="/v1/batches", tags=["batches"])
+router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=KEYED_ERRORS)
+BatchId = Annotated[uuid.UUID, Path(description="A batch id from POST /v1/batches.")]
+NOT_FOUND = errors_for(404, 422)
 
 CursorQuery = Annotated[
     str | None, Query(description="next_cursor of the previous page; omit for the first.")
 ]
-LimitQuery = Annotated[int, Query(ge=1, le=500)]
+LimitQuery = Annotated[int, Query(ge=1, le=500, description="Jobs per page.")]
 # Each listed batch's counts come from its jobs (one GROUP BY for the page): keep pages small.
-BatchLimitQuery = Annotated[int, Query(ge=1, le=100)]
+BatchLimitQuery = Annotated[int, Query(ge=1, le=100, description="Batches per page.")]
 
 
 def _session_factory(request: Request) -> sessionmaker[Session]:
@@ -45,7 +48,12 @@ def _session_factory(request: Request) -> sessionmaker[Session]:
     return request.app.state.session_factory  # type: ignore[no-any-return]
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=BatchAccepted)
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=BatchAccepted,
+    responses=errors_for(404, 409, 413, 422, 429),
+)
 def create_batch(
     body: BatchCreate,
     team: TeamDep,
@@ -87,7 +95,7 @@ def create_batch(
     return accepted
 
 
-@router.get("", response_model=BatchesPublic)
+@router.get("", response_model=BatchesPublic, responses=errors_for(422))
 def list_batches(
     team: TeamDep, session: SessionDep, cursor: CursorQuery = None, limit: BatchLimitQuery = 20
 ) -> BatchesPublic:
@@ -99,21 +107,21 @@ def list_batches(
     )
 
 
-@router.get("/{batch_id}", response_model=BatchPublic)
-def get_batch(batch_id: uuid.UUID, team: TeamDep, session: SessionDep) -> BatchPublic:
+@router.get("/{batch_id}", response_model=BatchPublic, responses=NOT_FOUND)
+def get_batch(batch_id: BatchId, team: TeamDep, session: SessionDep) -> BatchPublic:
     """Counts by status, progress, timings and an ETA from the observed throughput."""
     batch = service.get_batch(session, team, batch_id)
     return service.batch_public(batch, service.batch_stats(session, [batch.id])[batch.id])
 
 
-@router.get("/{batch_id}/jobs", response_model=BatchJobsPublic)
+@router.get("/{batch_id}/jobs", response_model=BatchJobsPublic, responses=NOT_FOUND)
 def list_batch_jobs(
-    batch_id: uuid.UUID,
+    batch_id: BatchId,
     team: TeamDep,
     session: SessionDep,
     settings: SettingsDep,
     storage: StorageDep,
-    status: JobStatus | None = None,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
     cursor: CursorQuery = None,
     limit: LimitQuery = 100,
 ) -> BatchJobsPublic:
@@ -140,16 +148,18 @@ def _batch_job_public(job: Job, storage: Storage, expires_in: int) -> BatchJobPu
 @router.get(
     "/{batch_id}/manifest",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/json": {}, "text/csv": {}}}},
+    responses={200: {"content": {"application/json": {}, "text/csv": {}}}, **NOT_FOUND},
 )
 def get_manifest(
-    batch_id: uuid.UUID,
+    batch_id: BatchId,
     request: Request,
     team: TeamDep,
     session: SessionDep,
     settings: SettingsDep,
     storage: StorageDep,
-    format: Literal["json", "csv"] = "json",
+    format: Annotated[
+        Literal["json", "csv"], Query(description="JSON items or CSV rows (the same columns).")
+    ] = "json",
 ) -> StreamingResponse:
     """Every job: sku, prompt name, variant, seed, status, error, archive path, output URL."""
     batch = service.get_batch(session, team, batch_id)
@@ -170,10 +180,10 @@ def get_manifest(
 @router.get(
     "/{batch_id}/archive",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/zip": {}}}},
+    responses={200: {"content": {"application/zip": {}}}, **NOT_FOUND},
 )
 def get_archive(
-    batch_id: uuid.UUID,
+    batch_id: BatchId,
     request: Request,
     team: TeamDep,
     session: SessionDep,
@@ -195,8 +205,8 @@ def _attachment(filename: str) -> dict[str, str]:
     return {"Content-Disposition": f'attachment; filename="{filename}"'}
 
 
-@router.post("/{batch_id}/cancel", response_model=BatchCanceled)
-def cancel_batch(batch_id: uuid.UUID, team: TeamDep, session: SessionDep) -> BatchCanceled:
+@router.post("/{batch_id}/cancel", response_model=BatchCanceled, responses=NOT_FOUND)
+def cancel_batch(batch_id: BatchId, team: TeamDep, session: SessionDep) -> BatchCanceled:
     """Queued jobs never render; running ones may finish."""
     batch = service.get_batch(session, team, batch_id)
     canceled = service.cancel_batch(session, batch)
@@ -204,8 +214,8 @@ def cancel_batch(batch_id: uuid.UUID, team: TeamDep, session: SessionDep) -> Bat
     return BatchCanceled(id=batch.id, canceled=canceled)
 
 
-@router.post("/{batch_id}/retry", response_model=BatchRetried)
-def retry_batch(batch_id: uuid.UUID, team: TeamDep, session: SessionDep) -> BatchRetried:
+@router.post("/{batch_id}/retry", response_model=BatchRetried, responses=NOT_FOUND)
+def retry_batch(batch_id: BatchId, team: TeamDep, session: SessionDep) -> BatchRetried:
     """Queue the batch's failed jobs again (and only those)."""
     batch = service.get_batch(session, team, batch_id)
     retried = service.retry_batch(session, batch)

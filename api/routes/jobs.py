@@ -6,12 +6,13 @@ import uuid
 from collections.abc import Sequence
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Path, Query, Response, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api import idempotency
 from api.deps import FetchSlotsDep, RegistryDep, SessionDep, SettingsDep, StorageDep, TeamDep
+from api.errors import KEYED_ERRORS, errors_for
 from api.idempotency import IdempotencyKeyHeader
 from api.owned import owned_row
 from api.pagination import newest_first_page
@@ -33,7 +34,9 @@ from shared.settings import Settings
 from shared.storage import Storage
 from shared.workers import model_workers
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=KEYED_ERRORS)
+
+JobId = Annotated[uuid.UUID, Path(description="A job id from POST /v1/jobs or a listing.")]
 
 
 def job_public(
@@ -80,7 +83,12 @@ def queued_warnings(
     return {j.id: [w] for j in queued if (w := workers[j.model].warning) is not None}
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted)
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobAccepted,
+    responses=errors_for(404, 409, 413, 422, 429),
+)
 def submit_job(
     body: JobCreate,
     team: TeamDep,
@@ -91,6 +99,13 @@ def submit_job(
     slots: FetchSlotsDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JobAccepted | Response:
+    """Queue one render of ``image`` with ``prompt``; knobs left out take the model's
+    defaults (``GET /v1/models``).
+
+    Everything is checked (and URLs fetched) before anything is written: a refusal names
+    the field. Follow the job with ``GET /v1/jobs/{id}`` or a ``webhook_url``; ``warnings``
+    says when no worker is online for the model.
+    """
     scope, ttl = "POST /v1/jobs", settings.idempotency_ttl_seconds
     # 1. a retry of an answered request replays before fetching anything again
     replay = idempotency.replay_of(session, team.id, idempotency_key, scope, body, ttl)
@@ -123,31 +138,39 @@ def submit_job(
     return accepted
 
 
-@router.get("/{job_id}", response_model=JobPublic)
+@router.get("/{job_id}", response_model=JobPublic, responses=errors_for(404, 422))
 def get_job(
-    job_id: uuid.UUID,
+    job_id: JobId,
     team: TeamDep,
     session: SessionDep,
     settings: SettingsDep,
     storage: StorageDep,
 ) -> JobPublic:
+    """The job's status, params (with the seed used), timestamps and durations, outputs
+    (URLs that expire) and, while it is queued, warnings."""
     job = owned_row(session, Job, job_id, team, "job")
     warnings = queued_warnings(session, settings, [job]).get(job.id, [])
     return job_public(job, storage, settings.url_expiry_seconds, warnings)
 
 
-@router.get("", response_model=JobsPublic)
+@router.get("", response_model=JobsPublic, responses=errors_for(422))
 def list_jobs(
     team: TeamDep,
     session: SessionDep,
     settings: SettingsDep,
     storage: StorageDep,
-    status: JobStatus | None = None,
-    model: Annotated[str | None, Query(max_length=100)] = None,
-    batch_id: uuid.UUID | None = None,
-    cursor: Annotated[str | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
+    model: Annotated[
+        str | None, Query(max_length=100, description="Only jobs of this model alias.")
+    ] = None,
+    batch_id: Annotated[uuid.UUID | None, Query(description="Only the jobs of this batch.")] = None,
+    cursor: Annotated[
+        str | None, Query(description="next_cursor of the previous page; omit for the first.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500, description="Jobs per page.")] = 100,
 ) -> JobsPublic:
+    """The team's jobs (single and batch ones), newest first, a page at a time; filters
+    combine. Pages stay stable while jobs are added."""
     jobs, next_cursor = team_jobs(session, team, status, model, batch_id, cursor, limit)
     warnings = queued_warnings(session, settings, jobs)
     return JobsPublic(
@@ -185,9 +208,9 @@ def team_jobs(
     return newest_first_page(session, query, Job, cursor, limit)
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic)
+@router.post("/{job_id}/cancel", response_model=JobPublic, responses=errors_for(404, 422))
 def cancel_job(
-    job_id: uuid.UUID,
+    job_id: JobId,
     team: TeamDep,
     session: SessionDep,
     settings: SettingsDep,

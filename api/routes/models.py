@@ -5,13 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.deps import RegistryDep, SessionDep, SettingsDep, TeamDep
+from api.errors import KEYED_ERRORS
 from api.params import SIZE_MULTIPLE
 from shared.images import RESIZE_MODES
 from shared.registry import ModelSpec
 from shared.schemas import ModelPublic, ModelsPublic
 from shared.workers import ModelWorkers, model_workers
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=KEYED_ERRORS)
 
 
 def model_public(spec: ModelSpec, workers: ModelWorkers) -> ModelPublic:
@@ -47,6 +48,8 @@ def model_public(spec: ModelSpec, workers: ModelWorkers) -> ModelPublic:
 def list_models(
     _: TeamDep, registry: RegistryDep, session: SessionDep, settings: SettingsDep
 ) -> ModelsPublic:
+    """Every model alias: kind, defaults, limits, the workers online for it now and, when
+    there are none, a warning saying since when (its jobs wait queued until one starts)."""
     workers = model_workers(session, settings.lease_seconds, list(registry))
     return ModelsPublic(
         models=[model_public(spec, workers[alias]) for alias, spec in sorted(registry.items())]

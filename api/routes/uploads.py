@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from typing import Annotated
 
-from fastapi import APIRouter, UploadFile, status
+from fastapi import APIRouter, File, Path, UploadFile, status
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import SessionDep, SettingsDep, StorageDep, TeamDep, release_connection
+from api.errors import KEYED_ERRORS, errors_for
 from api.sources import check_source, store_source
 from shared.errors import InvalidRequest, NotFound
 from shared.models import Upload, utcnow
@@ -22,7 +24,7 @@ from shared.schemas import UploadPresignCreate, UploadPresigned, UploadPublic, U
 from shared.staging import discard_staged, find_staged, presign_staged_put
 from shared.storage import LocalStorage, S3Storage
 
-router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
+router = APIRouter(prefix="/v1/uploads", tags=["uploads"], responses=KEYED_ERRORS)
 MULTIPART_PATH = "/v1/uploads"  # its bodies get the larger multipart limit (api/body_limit.py)
 MAX_FILES = 100
 
@@ -43,14 +45,24 @@ def check_filename(name: str | None, field: str) -> str | None:
 
 # Sync, not async: the checks decode images and the writes wait on storage and the
 # database; in the event loop they would stall every other request.
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=UploadsPublic)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UploadsPublic,
+    responses=errors_for(400, 413, 422),
+)
 def create_uploads(
-    files: list[UploadFile],
+    files: Annotated[
+        list[UploadFile],
+        File(description=f"Source images (at most {MAX_FILES}), each a form part named files."),
+    ],
     team: TeamDep,
     session: SessionDep,
     settings: SettingsDep,
     storage: StorageDep,
 ) -> UploadsPublic:
+    """Store source images once (multipart, any storage); jobs and batches then name them
+    by id. All are checked (size, format, pixel limit) before any is stored."""
     if len(files) > MAX_FILES:
         raise InvalidRequest("files", f"at most {MAX_FILES} files per request")
     uploads: list[Upload] = []
@@ -107,7 +119,12 @@ def _s3_only(storage: LocalStorage | S3Storage) -> S3Storage:
     return storage
 
 
-@router.post("/presign", status_code=status.HTTP_201_CREATED, response_model=UploadPresigned)
+@router.post(
+    "/presign",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UploadPresigned,
+    responses=errors_for(400, 413, 422),
+)
 def presign_upload(
     body: UploadPresignCreate, team: TeamDep, settings: SettingsDep, storage: StorageDep
 ) -> UploadPresigned:
@@ -121,10 +138,13 @@ def presign_upload(
 
 
 @router.post(
-    "/{upload_id}/complete", status_code=status.HTTP_201_CREATED, response_model=UploadPublic
+    "/{upload_id}/complete",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UploadPublic,
+    responses=errors_for(400, 404, 413, 422),
 )
 def complete_upload(
-    upload_id: uuid.UUID,
+    upload_id: Annotated[uuid.UUID, Path(description="The id from POST /v1/uploads/presign.")],
     team: TeamDep,
     session: SessionDep,
     settings: SettingsDep,

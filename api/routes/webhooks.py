@@ -8,10 +8,11 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Path, Query, Response, status
 
 from api import webhooks as service
 from api.deps import SessionDep, SettingsDep, TeamDep
+from api.errors import KEYED_ERRORS, errors_for
 from shared.schemas import (
     WebhookDeliveriesPublic,
     WebhookDeliveryDetail,
@@ -23,10 +24,19 @@ from shared.schemas import (
     WebhookSecretPublic,
 )
 
-router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=KEYED_ERRORS)
+EndpointId = Annotated[uuid.UUID, Path(description="An endpoint id from POST /v1/webhooks.")]
+DeliveryId = Annotated[uuid.UUID, Path(description="A delivery id from the delivery log.")]
+NOT_FOUND = errors_for(404, 422)
+WITH_BODY = errors_for(413, 422)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=WebhookEndpointCreated)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=WebhookEndpointCreated,
+    responses=WITH_BODY,
+)
 def create_endpoint(
     body: WebhookEndpointCreate, team: TeamDep, session: SessionDep, settings: SettingsDep
 ) -> WebhookEndpointCreated:
@@ -40,6 +50,7 @@ def create_endpoint(
 
 @router.get("", response_model=WebhookEndpointsPublic)
 def list_endpoints(team: TeamDep, session: SessionDep) -> WebhookEndpointsPublic:
+    """The team's endpoints (secrets are never shown again)."""
     return WebhookEndpointsPublic(
         endpoints=[service.endpoint_public(e) for e in service.list_endpoints(session, team)]
     )
@@ -56,7 +67,7 @@ def get_team_secret(team: TeamDep, session: SessionDep) -> WebhookSecretPublic:
     )
 
 
-@router.post("/secret/rotate", response_model=WebhookSecretPublic)
+@router.post("/secret/rotate", response_model=WebhookSecretPublic, responses=WITH_BODY)
 def rotate_team_secret(
     team: TeamDep, session: SessionDep, settings: SettingsDep, body: WebhookRotate | None = None
 ) -> WebhookSecretPublic:
@@ -69,17 +80,17 @@ def rotate_team_secret(
     )
 
 
-@router.get("/deliveries", response_model=WebhookDeliveriesPublic)
+@router.get("/deliveries", response_model=WebhookDeliveriesPublic, responses=errors_for(422))
 def list_deliveries(
     team: TeamDep,
     session: SessionDep,
     status: Annotated[str | None, Query(description="pending, delivered, failed or dead")] = None,
-    event_id: str | None = None,
-    job_id: uuid.UUID | None = None,
-    batch_id: uuid.UUID | None = None,
-    endpoint_id: uuid.UUID | None = None,
+    event_id: Annotated[str | None, Query(description="Only this event (webhook-id).")] = None,
+    job_id: Annotated[uuid.UUID | None, Query(description="Only this job's events.")] = None,
+    batch_id: Annotated[uuid.UUID | None, Query(description="Only this batch's events.")] = None,
+    endpoint_id: Annotated[uuid.UUID | None, Query(description="Only to this endpoint.")] = None,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    limit: Annotated[int, Query(ge=1, le=500, description="Deliveries per page.")] = 100,
 ) -> WebhookDeliveriesPublic:
     """The team's deliveries, newest first: status code, latency, attempts, next attempt."""
     rows, next_cursor = service.list_deliveries(
@@ -98,9 +109,9 @@ def list_deliveries(
     )
 
 
-@router.get("/deliveries/{delivery_id}", response_model=WebhookDeliveryDetail)
+@router.get("/deliveries/{delivery_id}", response_model=WebhookDeliveryDetail, responses=NOT_FOUND)
 def get_delivery(
-    delivery_id: uuid.UUID, team: TeamDep, session: SessionDep
+    delivery_id: DeliveryId, team: TeamDep, session: SessionDep
 ) -> WebhookDeliveryDetail:
     """One delivery with its payload and every attempt (status code, latency, error)."""
     return service.delivery_detail(session, service.get_delivery(session, team, delivery_id))
@@ -110,25 +121,30 @@ def get_delivery(
     "/deliveries/{delivery_id}/redeliver",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=WebhookDeliveryDetail,
+    responses=errors_for(404, 409, 422),
 )
-def redeliver(delivery_id: uuid.UUID, team: TeamDep, session: SessionDep) -> WebhookDeliveryDetail:
+def redeliver(delivery_id: DeliveryId, team: TeamDep, session: SessionDep) -> WebhookDeliveryDetail:
     """Send it again now with the same ``webhook-id`` (dead-lettered, failed or delivered)."""
     delivery = service.redeliver_delivery(session, team, delivery_id)
     session.commit()
     return service.delivery_detail(session, delivery)
 
 
-@router.delete("/{endpoint_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_endpoint(endpoint_id: uuid.UUID, team: TeamDep, session: SessionDep) -> Response:
+@router.delete("/{endpoint_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
+def delete_endpoint(endpoint_id: EndpointId, team: TeamDep, session: SessionDep) -> Response:
     """Remove the endpoint; its pending deliveries and delivery log go with it."""
     session.delete(service.get_endpoint(session, team, endpoint_id))
     session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{endpoint_id}/rotate", response_model=WebhookEndpointCreated)
+@router.post(
+    "/{endpoint_id}/rotate",
+    response_model=WebhookEndpointCreated,
+    responses=errors_for(404, 413, 422),
+)
 def rotate_endpoint_secret(
-    endpoint_id: uuid.UUID,
+    endpoint_id: EndpointId,
     team: TeamDep,
     session: SessionDep,
     settings: SettingsDep,
@@ -143,9 +159,9 @@ def rotate_endpoint_secret(
     )
 
 
-@router.post("/{endpoint_id}/enable", response_model=WebhookEndpointPublic)
+@router.post("/{endpoint_id}/enable", response_model=WebhookEndpointPublic, responses=NOT_FOUND)
 def enable_endpoint(
-    endpoint_id: uuid.UUID, team: TeamDep, session: SessionDep
+    endpoint_id: EndpointId, team: TeamDep, session: SessionDep
 ) -> WebhookEndpointPublic:
     """Send to an endpoint disabled by a 410 Gone again (new events; replay old ones with
     redeliver)."""
