@@ -3,9 +3,10 @@ fails on time.
 
     python bench/dispatch_pick.py                          # 100 vs 20,000 teams
     python bench/dispatch_pick.py --teams 10,1000,100000 --jobs-per-team 50000
+    python bench/dispatch_pick.py --teams 10,100 --jobs-per-team 50 --repeat 1   # seconds
 
 Each tick, for each model with work, the dispatcher picks up to ``room`` waiting jobs
-round-robin across the teams that have some (worker/dispatcher.py, ``select_to_dispatch``).
+round-robin across the teams that have some (dispatch/dispatcher.py, ``select_to_dispatch``).
 Most teams of a large farm have nothing waiting for a given model at a given moment, so the
 pick must cost what the *waiting* teams cost, not what the ``teams`` table holds. This
 builds, in a database of its own on the local PostgreSQL server, a farm with each number of
@@ -28,10 +29,11 @@ from sqlalchemy import create_engine, text
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import log, write_json  # noqa: E402
+from dispatch.dispatcher import select_to_dispatch  # noqa: E402
 from shared.migrate import upgrade  # noqa: E402
-from worker.dispatcher import select_to_dispatch  # noqa: E402
+from tests.services import PostgresDatabase  # noqa: E402
 
-SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 MODEL = "tiny"
 
 
@@ -79,41 +81,42 @@ def time_pick(url: str, room: int, repeat: int) -> tuple[float, int]:
     return statistics.median(seconds[1:]), picked
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--teams", default="100,20000", help="farm sizes, ascending, comma-separated")
     p.add_argument("--active-teams", type=int, default=3, help="teams with jobs waiting")
     p.add_argument("--jobs-per-team", type=int, default=20_000)
     p.add_argument("--room", type=int, default=64, help="jobs one tick may hand over")
     p.add_argument("--repeat", type=int, default=5)
-    args = p.parse_args()
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    args = p.parse_args(argv)
     sizes = sorted(int(n) for n in args.teams.split(","))
 
-    name = f"imgfarm_bench_pick_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(f"{SERVER}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    db = PostgresDatabase(name=f"imgfarm_bench_pick_{uuid.uuid4().hex[:8]}")
+    db.create()
+    figures: dict[str, dict[str, float]] = {}
+    first = 0.0
     try:
-        url = f"{SERVER}/{name}"
-        upgrade(url)
-        print(
+        upgrade(db.url)
+        log(
             f"fair pick of {args.room} jobs, {args.active_teams} teams x "
             f"{args.jobs_per_team:,} jobs waiting, median of {args.repeat}"
         )
-        first = None
         for teams in sizes:
-            fill(url, teams, args.active_teams, args.jobs_per_team)
-            seconds, picked = time_pick(url, args.room, args.repeat)
+            fill(db.url, teams, args.active_teams, args.jobs_per_team)
+            seconds, picked = time_pick(db.url, args.room, args.repeat)
+            figures[str(teams)] = {"ms": round(seconds * 1000, 3), "picked": picked}
             first = first or seconds
-            print(
+            log(
                 f"  {teams:>9,} teams: {seconds * 1000:8.2f} ms, {picked} picked"
                 f"   ({seconds / first:.2f}x the smallest farm)"
             )
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        db.drop()
+    if args.json:
+        write_json(args.json, figures)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

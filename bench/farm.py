@@ -6,8 +6,8 @@ schema migrated, a team with an API key, and real ``imgfarm api`` and ``imgfarm 
 processes. Workers are started by each benchmark, as it needs them; everything is stopped
 (and the database dropped) when the benchmark leaves ``running_services``.
 
-Also here: what the benchmarks measure the farm with (batch submission, job counts in
-Postgres, the output objects in storage, CPU seconds per process from /proc).
+Also here: what the benchmarks drive and read the farm with (uploads, batch submission, job
+counts in Postgres, CPU seconds per process from /proc, the line saying what a run stood on).
 """
 
 from __future__ import annotations
@@ -23,17 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.harness import cpu_seconds  # noqa: E402
+from bench.harness import TERMINAL, cpu_seconds, log, status_counts  # noqa: E402
 from shared.db import make_engine, make_session_factory, session_scope  # noqa: E402
 from shared.migrate import upgrade  # noqa: E402
-from shared.models import Job  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.storage import S3Storage, storage_from_settings  # noqa: E402
 from shared.teams import create_api_key, ensure_team  # noqa: E402
@@ -226,6 +225,18 @@ def running_services(
         yield farm
 
 
+def describe(farm: Farm, bench: str, details: str) -> None:
+    """One line on what the run stood on: the figures mean little without it."""
+    with farm.session_factory() as session:
+        version = session.get_bind().dialect.server_version_info  # type: ignore[union-attr]
+    local = farm.env["IMGFARM_STORAGE_URL"].startswith("file:")
+    storage = "local folder (file://)" if local else "S3 (moto_server over HTTP)"
+    log(
+        f"imgfarm {bench}: PostgreSQL {version}, redis-server, storage {storage}; {details}; "
+        f"{os.cpu_count()} CPUs"
+    )
+
+
 # --- submitting work and watching it in Postgres ---------------------------------------------
 
 
@@ -254,10 +265,26 @@ def submit_batch(
     return uuid.UUID(response.json()["id"])
 
 
-def count_jobs(factory: sessionmaker[Session], batch_id: uuid.UUID, status: str) -> int:
-    with factory() as session:
-        query = select(func.count()).where(Job.batch_id == batch_id, Job.status == status)
-        return int(session.scalar(query) or 0)
+def run_batch(
+    farm: Farm,
+    client: httpx.Client,
+    model: str,
+    upload_id: str,
+    jobs: int,
+    size: int,
+    timeout: float,
+) -> tuple[uuid.UUID, float]:
+    """``submit_batch``, then wait until every job is finished (or ``timeout``): (batch id,
+    wall seconds from submit to the last job finished)."""
+
+    def finished() -> int:
+        counts = status_counts(farm.session_factory, batch_id)
+        return sum(counts[s] for s in TERMINAL)
+
+    started = time.perf_counter()
+    batch_id = submit_batch(client, model, upload_id, jobs, size, "bench")
+    wait_count(finished, jobs, timeout, 0.02)
+    return batch_id, time.perf_counter() - started
 
 
 def wait_count(

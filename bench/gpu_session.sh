@@ -1,29 +1,25 @@
 #!/usr/bin/env bash
 # The one prepared run for a session that is lent an H200 (device tool, kind nvidia-h200).
 #
-# In ~9 minutes of wall time, each step under its own `timeout` so that a slow one still
+# Within SESSION_S (540) seconds, each step under its own `timeout` so that a slow one still
 # leaves the others' results, everything written under $OUT as it goes:
 #   0. preflight: nvidia-smi, the carried wheels installed offline, imports and CUDA checked
-#   1. bench/pipeline_overlap.py --in-process --model sd15: the worker's own render task
-#      (worker/tasks.py) at pipeline depths 1 and 3 (alternating, 2 rounds of 6 batches of
-#      16), SQLite and a local folder for the services the device lacks: images/s and the
-#      device lane's duty cycle per depth; `nvidia-smi dmon` samples the GPU meanwhile
+#   1. bench/pipeline_overlap.py --in-process --model sd15: the worker's own render task at
+#      pipeline depths 1 and 3 (2 rounds of 6 batches of 16): images/s and the device lane's
+#      duty cycle per depth; `nvidia-smi dmon` samples the GPU meanwhile (dmon.log)
 #   2. bench/worker_path.py: run_pipeline and render_batch at batch 16 after that bucket's
-#      warm-up (its seconds), then the other buckets' warm-ups while the time lasts
-#   3. bench/gpu_throughput.py --only-variants --variants cudnn_attention,inductor, with the
-#      time left: SD1.5 bs=16 compiled with AccelOptions.attention "cudnn", then without
-#      any variant, then with AccelOptions.inductor_tuning (same process)
+#      warm-up, then the other buckets' warm-ups while the time lasts
+#   3. bench/gpu_throughput.py --only-variants --variants cudnn_attention,inductor: SD1.5
+#      bs=16 compiled with cuDNN attention, without any variant, with inductor tuning
 # Steps 1 and 2 share the random SD1.5 checkpoint under $WORK (built once); each step has
-# its own inductor cache, so every warm-up is a cold compile, as on a fresh worker.
-# A summary of the JSON files is printed last (the tool returns the output's tail).
-#
-# Files under $OUT (8 at most come back): session.log (nvidia-smi's line in it), dmon.log,
-# pipeline_overlap.json/.log, worker_path.json/.log, gpu_throughput.json/.log.
+# its own inductor cache, so every warm-up is a cold compile, as on a fresh worker. Files
+# under $OUT (8 at most come back): session.log, dmon.log, {pipeline_overlap,worker_path,
+# gpu_throughput}.{json,log}; the summary of the JSON files is printed last (the tool
+# returns the output's tail).
 #
 # --- before the call, here, in the repo root (/.whl/ is already in .gitignore) -------------
 # The device has torch 2.11, transformers, accelerate, huggingface_hub, numpy, pillow, but
-# not diffusers nor what shared/ and worker/tasks.py import (pydantic, pydantic-settings,
-# sqlalchemy, celery and its own dependencies, tenacity, cachetools); pydantic 2.14 needs
+# not diffusers nor what shared/ and worker/tasks.py import; pydantic 2.14 needs
 # typing-extensions >= 4.16. Versions are this venv's (`pip list`); one of each:
 #
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
@@ -39,26 +35,18 @@
 #   bash bench/gpu_session.sh --cpu-smoke        # the same steps on the CPU, tiny model
 #
 # --- the call (device tool `run`) -----------------------------------------------------------
-#   command:   bash bench/gpu_session.sh
-#   carry:     [".whl"]
-#   timeout_s: 600
-# The script ends by itself within SESSION_S seconds (540 by default), inside timeout_s.
-# $OUT's files come back with the reply (files / files_at; run files_fetch where the reply
-# gives one). Then give_back, unless rerunning at once.
+#   command: bash bench/gpu_session.sh    carry: [".whl"]    timeout_s: 600
+# Then give_back, unless rerunning at once.
 #
 # --- modes ---------------------------------------------------------------------------------
-#   bash bench/gpu_session.sh                  the device run (needs CUDA, .whl carried)
-#   bash bench/gpu_session.sh --cpu-smoke      same steps with --device cpu --smoke; wheels
-#                                              only checked and dry-installed for Python 3.12;
-#                                              OUT defaults to /tmp/imgfarm-gpu-session-smoke
-#   bash bench/gpu_session.sh --check-wheels   the .whl folder holds exactly what is needed
+#   (none)          the device run (needs CUDA, .whl carried)
+#   --cpu-smoke     same steps with --device cpu --smoke; the wheels only checked and
+#                   dry-installed for Python 3.12; OUT defaults to /tmp/imgfarm-gpu-session-smoke
+#   --check-wheels  the .whl folder holds exactly what is needed
 # Environment: OUT (required on the device), SESSION_S (wall seconds for the whole script),
 # PYTHON (default python3: on the device the one with torch; here the activated venv's),
 # WORK (weights and objects; /tmp by default). tests/test_bench_worker_path_smoke.py runs
 # --cpu-smoke, so a renamed flag breaks a test here rather than the device run.
-# worker/canny.py imports OpenCV at import time, which the device lacks (its wheel alone is
-# near the carry limit): the device run puts a stand-in cv2 on the path that fails if
-# called; nothing here renders controlnet-canny.
 
 set -uo pipefail
 
@@ -148,11 +136,6 @@ if [ "$MODE" = device ]; then
     --target /tmp/site .whl/*.whl >>"$LOG" 2>&1 || { say "wheel install failed"; exit 3; }
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   say "wheels installed in /tmp/site"
-  if ! "$PY" -c "import cv2" 2>/dev/null; then
-    echo 'def Canny(*args, **kwargs): raise RuntimeError("OpenCV is not on this device")' \
-      >/tmp/site/cv2.py
-    say "no OpenCV here: a stand-in cv2 in /tmp/site (controlnet-canny cannot render)"
-  fi
 else
   # Not installed here (the venv has the stack; cp312 wheels do not fit this Python): the
   # set is checked, and pip resolves the same install for Python 3.12 into a scratch dir.
@@ -243,50 +226,14 @@ fi
 import json, sys
 from pathlib import Path
 
-out = Path(sys.argv[1])
+from bench.harness import print_summary  # the format each bench prints its own in
+
 print("== session summary ==")
-po = out / "pipeline_overlap.json"
-if po.exists():
-    d = json.loads(po.read_text())
-    for depth, r in d["best"].items():
-        print(
-            f"pipeline_overlap [{d['model']}, {r['jobs']} jobs in batches of {d['max_batch']}] "
-            f"depth {depth}: {r['images_per_second']} img/s, duty cycle {r['duty_cycle']}, "
-            f"of ideal {r['of_ideal']}"
-        )
-    print(f"  ratios vs depth {d['ratio_vs_depth']}: {d['ratios']}, {len(d['runs'])} runs")
-else:
-    print("pipeline_overlap: no JSON")
-wp = out / "worker_path.json"
-if wp.exists():
-    d = json.loads(wp.read_text())
-    s = d.get("summary", {})
-    print(f"worker_path: load {s.get('load_model_s')} s, warm-up {s.get('warmup_s_by_bucket')}")
-    for k, v in s.get("by_batch", {}).items():
-        print(
-            f"  [{k}] run_pipeline {v['run_pipeline_img_s']} img/s, render_batch "
-            f"{v['render_batch_img_s']} img/s, CPU share {v['cpu_fraction']}, first call "
-            f"{v['first_call_s']} s ({v['first_call_graphs_added']} graphs)"
-        )
-    for e in d.get("errors", []):
-        print(f"  ERROR {e['step']}: {e['error']}")
-    for f in d.get("findings", []):
-        print(f"  FINDING {f}")
-    print(f"  skipped: {d.get('skipped')}, elapsed {d.get('elapsed_s')} s")
-else:
-    print("worker_path: no JSON")
-gt = out / "gpu_throughput.json"
-if gt.exists():
-    d = json.loads(gt.read_text())
-    for m in d.get("results", []):
-        print(
-            f"gpu_throughput: {m['label']} bs={m['batch_size']}: {m['images_per_s']} img/s, "
-            f"warm-up {m['first_call_s']} s, compiled {m['compiled']}, error {m['error']}"
-        )
-    for name, c in d.get("variants", {}).items():
-        print(f"  {name} on/off: {c}")
-    print(f"  skipped: {d.get('skipped')}, elapsed {d.get('elapsed_s')} s")
-else:
-    print("gpu_throughput: no JSON")
+for name in ("pipeline_overlap", "worker_path", "gpu_throughput"):
+    path = Path(sys.argv[1]) / f"{name}.json"
+    if path.exists():
+        print_summary(name, json.loads(path.read_text()))
+    else:
+        print(f"{name}: no JSON")
 EOF
 say "done; files: $(cd "$OUT" && ls | tr '\n' ' ')"

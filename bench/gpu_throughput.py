@@ -1,20 +1,22 @@
 """GPU throughput of img2img: plain diffusers against the farm's render path (worker/accel.py).
 
-Full-size SD1.5 with random weights (bench/sd15_config.py), 512x512 img2img:
-  sd15   20 steps, strength 0.75, guidance 7.5 -> 15 steps x 2 (CFG) = 30 UNet passes
-  turbo   4 steps, strength 0.5,  guidance 0   ->  2 steps, no CFG   =  2 UNet passes
-(a) plain StableDiffusionImg2ImgPipeline, fp32, batch 1; (b) the same components through
-``optimize_pipeline`` step by step, over several batch sizes, eager then compiled.
-Prints images/s, the speedup (b)/(a), achieved TFLOP/s and the fraction of the bf16 peak.
-Never passes or fails on time; exits non-zero only when a workload got no figure at all.
+Full-size SD1.5 with random weights (bench/sd15_config.py), 512² img2img, 20 steps, strength
+0.75, guidance 7.5 (15 denoising steps, with CFG): the README's figure. In order:
 
-``--variants inductor,cudnn_attention`` then compiles the farm path at one batch size with
-each variant's one change to ``AccelOptions`` (VARIANTS), and once without any of them
-("off", after the first variant), in the same process; each variant is compared with "off"
-(CUDA only: on the CPU nothing compiles). ``--only-variants`` measures them alone, for a
-short device lease.
+  plain   StableDiffusionImg2ImgPipeline as diffusers ships it: fp32, batch 1, PIL in and out
+  eager   the same components through ``optimize_pipeline`` with the worker's options
+          (``AccelOptions.best_for``) minus compile, at ``--batch-size``, called as the
+          worker calls them (uint8 tensors in, 8-bit images out; worker/pixels.py)
+  off     the same, UNet and VAE compiled: what a CUDA worker serves
 
-    python bench/gpu_throughput.py --device cuda --json out.json --budget-s 390
+Prints images/s and the speedup of the best farm figure over plain. ``--variants`` then
+compiles the farm path again with each variant's one change to ``AccelOptions``
+(VARIANTS), in the same process, each compared with "off"; ``--only-variants`` measures the
+first variant, then "off", then the others, so a short lease that ends early still has one
+pair. Nothing compiles on the CPU: there "off" and the variants are skipped, and say so.
+Never passes or fails on time; exits non-zero only when a step got no figure at all.
+
+    python bench/gpu_throughput.py --device cuda --json out.json
     python bench/gpu_throughput.py --device cuda --only-variants --variants cudnn_attention
     python bench/gpu_throughput.py --device cpu --smoke     # same code, tiny model, seconds
 """
@@ -25,11 +27,8 @@ import argparse
 import dataclasses
 import statistics
 import sys
-import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +38,16 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from bench.harness import (  # noqa: E402
     Report,
     environment,
     img2img_pipeline,
     log,
+    print_summary,
     timed_calls,
-)
+)  # noqa: E402
 from worker.accel import (  # noqa: E402
     AccelOptions,
     optimize_pipeline,
@@ -56,352 +57,189 @@ from worker.accel import (  # noqa: E402
 )
 from worker.pixels import batch_in, images_out, to_pixels  # noqa: E402
 
-# FLOPs at 512² (torch FlopCounter on the public SD1.5 configs, 2 FLOPs per MAC; NOTES.md).
-UNET_TFLOP_PER_PASS = 0.803
-VAE_ENCODE_TFLOP = 1.117
-VAE_DECODE_TFLOP = 2.515
-TEXT_TFLOP_PER_PROMPT = 0.013
 PROMPT = "a product photo of a red sneaker on a white table, soft studio light"
-# Opt-in comparisons (--variants): name -> its change to the compiled farm path. "Off" is
-# measured once, after the first of them.
+STRENGTH, GUIDANCE = 0.75, 7.5
+PLAIN, EAGER, OFF = "plain", "eager", "off"
+# Opt-in comparisons (--variants): name -> its one change to the compiled farm path ("off").
 VARIANTS: dict[str, dict[str, Any]] = {
     # Coordinate descent benchmarks each generated kernel's block sizes while compiling.
     "inductor": {"inductor_tuning": True},
     "cudnn_attention": {"attention": "cudnn"},
 }
-OFF = "off"
-
-
-@dataclass(frozen=True)
-class Workload:
-    """One img2img configuration served by the farm."""
-
-    name: str
-    steps: int
-    strength: float
-    guidance_scale: float
-
-    @property
-    def cfg(self) -> bool:
-        return self.guidance_scale > 1.0
-
-    @property
-    def denoising_steps(self) -> int:
-        # The pipeline's get_timesteps: int(steps * strength) steps actually run.
-        return min(int(self.steps * self.strength), self.steps)
-
-    @property
-    def unet_passes(self) -> int:
-        return self.denoising_steps * (2 if self.cfg else 1)
-
-    @property
-    def tflop_per_image(self) -> float:
-        """FLOPs of one 512² image: UNet passes, VAE encode and decode, text encoder."""
-        prompts = 2 if self.cfg else 1
-        return (
-            self.unet_passes * UNET_TFLOP_PER_PASS
-            + VAE_ENCODE_TFLOP
-            + VAE_DECODE_TFLOP
-            + prompts * TEXT_TFLOP_PER_PROMPT
-        )
-
-
-SD15 = Workload("sd15", steps=20, strength=0.75, guidance_scale=7.5)
-TURBO = Workload("turbo", steps=4, strength=0.5, guidance_scale=0.0)
-# Smoke: the same code with fewer steps (3 and 2 denoising steps).
-SD15_SMOKE = Workload("sd15", steps=4, strength=0.75, guidance_scale=7.5)
 
 
 @dataclass
 class Measurement:
-    """One timed configuration; ``error`` is set when it could not be measured."""
+    """One timed step: ``step`` is plain, eager, off or a variant's name."""
 
-    workload: str
-    variant: str  # "a" (plain diffusers) or "b" (farm path)
-    label: str
+    step: str
     batch_size: int
-    options: dict[str, Any] = field(default_factory=dict)
-    first_call_s: float | None = None
+    options: dict[str, Any]
+    first_call_s: float  # warm-up (compile included) + first call
     times_s: list[float] = field(default_factory=list)
-    median_s: float | None = None
-    images_per_s: float | None = None
-    denoising_steps_seen: int | None = None
-    tflops: float | None = None
-    fraction_of_peak: float | None = None
+    images_per_s: float = 0.0
+    denoising_steps_seen: int = 0
     peak_mem_gb: float | None = None
     compiled: bool = False
-    error: str | None = None
+    compile_error: str | None = None
 
 
-class Bench(Report):
-    """The harness's report (bench/harness.py), holding this bench's measurements."""
-
-    def __init__(self, args: argparse.Namespace, env: dict[str, Any]) -> None:
-        self.args = args
-        self.results: list[Measurement] = []
-        super().__init__(
-            args.json, budget_s=args.budget_s, summarize=self.figures, env=env, args=vars(args)
-        )
-
-    def figures(self, _data: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "results": [dataclasses.asdict(m) for m in self.results],
-            "summary": summarize(self.results, self.args.smoke),
-            "variants": {n: variant_comparison(self.results, n) for n in self.args.variants},
-        }
-
-    def measure(self, name: str, fn: Callable[[], Measurement], kind: str) -> None:
-        """A step whose figure joins the results; ``kind`` sizes the budget check."""
-        m = self.step(name, fn, kind)
-        if m is not None:
-            self.results.append(m)
-            log(describe(m))
-            self.dump()
-
-
-def bf16_peak_tflops(device: str) -> float | None:
-    """This GPU's practical bf16 ceiling, measured here: the best of ten 8192³ matmuls."""
-    if not device.startswith("cuda"):
-        return None
-    a, b = (torch.randn(8192, 8192, device=device, dtype=torch.bfloat16) for _ in range(2))
-    times = timed_calls(lambda: a @ b, iters=13, min_iters=13, max_seconds=0,
-                        sync=lambda: synchronize(device))  # fmt: skip
-    return round(2 * 8192**3 / min(times[3:]) / 1e12, 1)
-
-
-def source_image(size: int) -> Any:
-    """A noise image: pixels do not change the arithmetic, and noise hides nothing."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+def plan(args: argparse.Namespace, served: AccelOptions) -> list[tuple[str, AccelOptions | None]]:
+    """The steps, in order, with the options each renders with (None: plain diffusers);
+    ``served`` is what a worker on this device uses (``AccelOptions.best_for``)."""
+    eager = dataclasses.replace(served, compile=False, compile_vae=False)
+    off = dataclasses.replace(eager, compile=True, compile_vae=True)
+    variants = [(name, dataclasses.replace(off, **VARIANTS[name])) for name in args.variants]
+    if not args.device.startswith("cuda"):
+        return [] if args.only_variants else [(PLAIN, None), (EAGER, eager)]
+    if args.only_variants:
+        return [*variants[:1], (OFF, off), *variants[1:]]
+    # Plain first, before optimize_pipeline touches any process-wide flag (TF32, cudnn).
+    return [(PLAIN, None), (EAGER, eager), (OFF, off), *variants]
 
 
 def measure(
-    pipe: Any,
-    wl: Workload,
-    *,
-    variant: str,
-    label: str,
-    batch_size: int,
-    args: argparse.Namespace,
-    opts: AccelOptions | None = None,
-    compiled: bool = False,
-    first_call_s: float | None = None,
+    pipe: Any, step: str, opts: AccelOptions | None, args: argparse.Namespace
 ) -> Measurement:
-    """Time full pipeline calls, warm-up excluded, median of several: (a) PIL in and out, as
-    plain diffusers is called; (b) as the worker calls it, uint8 tensors in (made on its io
-    pool, untimed) and 8-bit images out, converted on the device (worker/pixels.py)."""
-    device = pipe.device
-    image = source_image(args.size)
+    """Warm up (compiling if ``opts`` asks), then time full pipeline calls: the median of
+    several, warm-up excluded."""
+    bs = 1 if opts is None else args.batch_size
     kwargs: dict[str, Any] = {
-        "prompt": [PROMPT] * batch_size,
-        "num_inference_steps": wl.steps,
-        "strength": wl.strength,
-        "guidance_scale": wl.guidance_scale,
+        "prompt": [PROMPT] * bs,
+        "num_inference_steps": args.steps,
+        "strength": STRENGTH,
+        "guidance_scale": GUIDANCE,
     }
-    if variant == "a":
-        call = partial(pipe, image=[image] * batch_size, output_type="pil")
-    else:
-        pixels = [to_pixels(image)] * batch_size
+    # A noise image: pixels do not change the arithmetic, and noise hides nothing.
+    noise = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)
+    image = Image.fromarray(noise)
+    if opts is None:
 
         def call(**kw: Any) -> Any:
-            out = pipe(image=batch_in(pixels, device), output_type="pt", **kw)
+            return pipe(image=[image] * bs, output_type="pil", **kw)
+    else:
+        optimize_pipeline(pipe, opts)
+        pixels = [to_pixels(image)] * bs
+
+        def call(**kw: Any) -> Any:
+            out = pipe(image=batch_in(pixels, pipe.device), output_type="pt", **kw)
             return images_out(out.images)
 
+    device = pipe.device
+    # Warm-up: compile (when asked), cuDNN's search, the allocator's growth; not timed.
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    warm = warm_up(
+        pipe,
+        width=args.size,
+        height=args.size,
+        steps=args.steps,
+        batch_size=bs,
+        strength=STRENGTH,
+        guidance_scale=GUIDANCE,
+        runs=1,
+    )
     seen = [0]
 
-    def count_step(_pipe: Any, _i: int, _t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+    def count_step(_pipe: Any, _i: int, _t: Any, callback_kwargs: dict[str, Any]) -> Any:
         seen[0] += 1
         return callback_kwargs
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    # Warm-up: the first call pays cuDNN search, allocator growth (and compile if not yet done).
-    synchronize(device)
-    t = time.perf_counter()
-    call(**kwargs, callback_on_step_end=count_step, generator=_generator(device))
-    synchronize(device)
-    first = time.perf_counter() - t
-    for _ in range(args.warmup - 1):
-        call(**kwargs, generator=_generator(device))
-    synchronize(device)
-
     times = timed_calls(
-        lambda: call(**kwargs, generator=_generator(device)),
+        lambda: call(**kwargs, callback_on_step_end=count_step, generator=generator(device)),
         iters=args.iters,
         min_iters=args.min_iters,
         max_seconds=args.max_seconds,
         sync=lambda: synchronize(device),
     )
-
-    median = statistics.median(times)
-    ips = batch_size / median
     m = Measurement(
-        workload=wl.name,
-        variant=variant,
-        label=label,
-        batch_size=batch_size,
+        step=step,
+        batch_size=bs,
         options=dataclasses.asdict(opts) if opts else {"plain": True},
-        first_call_s=round(first_call_s if first_call_s is not None else first, 3),
-        times_s=[round(x, 4) for x in times],
-        median_s=round(median, 4),
-        images_per_s=round(ips, 3),
-        denoising_steps_seen=seen[0],
-        compiled=compiled,
+        first_call_s=round(warm.seconds, 3),
+        times_s=[round(t, 4) for t in times],
+        images_per_s=round(bs / statistics.median(times), 3),
+        denoising_steps_seen=seen[0] // len(times),
+        peak_mem_gb=round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        if device.type == "cuda"
+        else None,
+        compiled=warm.compiled,
+        compile_error=warm.compile_error,
     )
-    if not args.smoke:
-        m.tflops = round(ips * wl.tflop_per_image, 1)
-        if args.peak_tflops:
-            m.fraction_of_peak = round(m.tflops / args.peak_tflops, 4)
-    if device.type == "cuda":
-        m.peak_mem_gb = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-    if seen[0] != wl.denoising_steps:
-        log(f"WARNING {wl.name}: {seen[0]} denoising steps ran, {wl.denoising_steps} expected")
+    log(
+        f"  [{step}] bs={bs}: {m.images_per_s} images/s (median of {len(times)}, warm-up "
+        f"{m.first_call_s} s, compiled {m.compiled}, peak {m.peak_mem_gb} GB)"
+    )
+    expected = min(int(args.steps * STRENGTH), args.steps)  # the pipeline's get_timesteps
+    if m.denoising_steps_seen != expected:
+        log(f"WARNING: {m.denoising_steps_seen} denoising steps ran, {expected} expected")
     return m
 
 
-def _generator(device: torch.device) -> torch.Generator:
+def generator(device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(0)
 
 
-def describe(m: Measurement) -> str:
-    if m.error:
-        return f"  [{m.workload}] ({m.variant}) {m.label} bs={m.batch_size}: ERROR {m.error}"
-    extra = f", {m.tflops} TFLOP/s" if m.tflops is not None else ""
-    mem = f", peak {m.peak_mem_gb} GB" if m.peak_mem_gb is not None else ""
-    return (
-        f"  [{m.workload}] ({m.variant}) {m.label} bs={m.batch_size}: "
-        f"{m.images_per_s} images/s (median {1000 * (m.median_s or 0.0):.1f} ms/call over "
-        f"{len(m.times_s)}, first call {m.first_call_s} s{extra}{mem})"
-    )
+def summarize(results: list[Measurement]) -> dict[str, Any]:
+    """Plain against the best farm step (the keys bench/results/ and pipeline_overlap.py
+    read), and each variant against off."""
+    by_step = {m.step: m for m in results}
+    farm = [m for m in results if m.step != PLAIN]
+    a, b = by_step.get(PLAIN), max(farm, key=lambda m: m.images_per_s, default=None)
+    sd15: dict[str, Any] = {
+        "a_images_per_s": a.images_per_s if a else None,
+        "b_images_per_s": b.images_per_s if b else None,
+        "b_step": b.step if b else None,
+        "b_batch_size": b.batch_size if b else None,
+    }
+    if a and b:
+        sd15["speedup"] = round(b.images_per_s / a.images_per_s, 2)
+    return {"summary": {"sd15": sd15}, "variants": variant_pairs(by_step)}
 
 
-def summarize(results: list[Measurement], smoke: bool) -> dict[str, Any]:
-    """Per workload: (a), the best (b), the ratio, TFLOP/s and fraction of peak."""
-    out: dict[str, Any] = {}
-    for name in dict.fromkeys(m.workload for m in results if m.workload != "?"):
-        ok = [m for m in results if m.workload == name and m.error is None]
-        a = next((m for m in ok if m.variant == "a"), None)
-        bs = [m for m in ok if m.variant == "b"]
-        b = max(bs, key=lambda m: m.images_per_s or 0.0) if bs else None
-        entry: dict[str, Any] = {
-            "a_images_per_s": a.images_per_s if a else None,
-            "b_images_per_s": b.images_per_s if b else None,
-            "b_label": b.label if b else None,
-            "b_batch_size": b.batch_size if b else None,
-        }
-        if a and b and a.images_per_s and b.images_per_s:
-            entry["speedup"] = round(b.images_per_s / a.images_per_s, 2)
-        if b and not smoke:
-            entry["b_tflops"] = b.tflops
-            entry["b_fraction_of_peak"] = b.fraction_of_peak
-        out[name] = entry
-    return out
-
-
-def print_summary(
-    results: list[Measurement], workloads: list[Workload], smoke: bool, peak: float | None
-) -> None:
-    summary = summarize(results, smoke)
-    log("\n== all measurements ==")
-    for m in results:
-        log(describe(m))
-    log("\n== summary ==")
-    for wl in workloads:
-        s = summary.get(wl.name, {})
-        flops = "" if smoke else f", {wl.tflop_per_image:.2f} TFLOP/image at 512²"
-        log(
-            f"[{wl.name}] {wl.steps} steps, strength {wl.strength}, guidance {wl.guidance_scale}: "
-            f"{wl.unet_passes} UNet passes{flops}"
-        )
-        if s.get("a_images_per_s"):
-            log(f"[{wl.name}] (a) plain diffusers fp32 bs=1: {s['a_images_per_s']} images/s")
-        if s.get("b_images_per_s"):
-            log(
-                f"[{wl.name}] (b) farm path {s['b_label']} bs={s['b_batch_size']}: "
-                f"{s['b_images_per_s']} images/s"
-            )
-        if s.get("speedup"):
-            log(f"[{wl.name}] speedup (b)/(a): {s['speedup']}x")
-        if smoke:
-            log(f"[{wl.name}] TFLOP/s: n/a (tiny smoke model)")
-        elif s.get("b_fraction_of_peak") is not None:
-            log(
-                f"[{wl.name}] (b) achieved {s['b_tflops']} TFLOP/s = "
-                f"{100 * s['b_fraction_of_peak']:.1f}% of {peak} TFLOP/s (bf16 matmul, this GPU)"
-            )
+def variant_pairs(by_step: dict[str, Measurement]) -> dict[str, Any]:
+    """Each measured variant against off, once both have a figure."""
+    off = by_step.get(OFF)
+    pairs: dict[str, Any] = {}
     for name in VARIANTS:
-        c = variant_comparison(results, name)
-        if c:
-            log(
-                f"[sd15] variant {name} bs={c['batch_size']}: on {c['on_images_per_s']} images/s"
-                f" (warm-up {c['on_warmup_s']} s), off {c['off_images_per_s']} images/s"
-                f" (warm-up {c['off_warmup_s']} s): on/off {c['on_over_off']}x"
-            )
-
-
-def parse_batch_sizes(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
+        on = by_step.get(name)
+        pairs[name] = (
+            None
+            if on is None or off is None
+            else {
+                "batch_size": on.batch_size,
+                "on_images_per_s": on.images_per_s,
+                "off_images_per_s": off.images_per_s,
+                "on_over_off": round(on.images_per_s / off.images_per_s, 3),
+                # Warm-up = compile + first call; a later compile may reuse earlier kernels.
+                "on_warmup_s": on.first_call_s,
+                "off_warmup_s": off.first_call_s,
+                "on_compiled": on.compiled,
+                "off_compiled": off.compiled,
+            }
+        )
+    return pairs
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    p.add_argument("--smoke", action="store_true", help="tiny model, 64x64, a few steps")
-    p.add_argument("--dtype", default=None, help="farm path dtype (default bfloat16 on CUDA)")
-    p.add_argument("--size", type=int, default=None, help="image side (512; smoke 64)")
-    p.add_argument("--batch-sizes", default=None, help="sd15 batch sizes (1,4,8,16)")
-    p.add_argument("--turbo-batch-sizes", default=None, help="turbo batch sizes (4,8,16,32)")
-    p.add_argument("--ladder-batch", type=int, default=None, help="batch for the ablation (8)")
-    p.add_argument(
-        "--compile-batch-sizes",
-        default=None,
-        help="sd15 batch sizes to compile for (8,16); turbo uses twice these, so its UNet\n"
-        "batch matches sd15's CFG batch and reuses the compiled graph",
-    )
-    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile steps")
-    p.add_argument("--autotune", action="store_true", help="also try max-autotune-no-cudagraphs")
-    p.add_argument(
-        "--variants",
-        default="",
-        help="same-run comparisons after the plan, comma-separated (none by default): the\n"
-        "farm path compiled with one change each, then without: inductor = AccelOptions.\n"
-        "inductor_tuning, cudnn_attention = AccelOptions.attention 'cudnn'",
-    )
-    p.add_argument("--variant-batch", type=int, default=None, help="sd15 batch for them (16)")
-    p.add_argument(
-        "--only-variants",
-        action="store_true",
-        help="skip (a), the eager steps and the compile plan: measure the variants alone",
-    )
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
-    p.add_argument("--iters", type=int, default=5, help="most timed calls per configuration")
-    p.add_argument("--min-iters", type=int, default=3, help="fewest timed calls")
-    p.add_argument("--max-seconds", type=float, default=6.0, help="stop timing after this")
+    p.add_argument("--smoke", action="store_true", help="tiny model, 64 px, 4 steps, batch 2")
+    p.add_argument("--batch-size", type=int, help="the farm steps' batch (16; smoke 2)")
+    p.add_argument("--variants", default="", help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    p.add_argument("--only-variants", action="store_true", help="skip plain and eager")
+    p.add_argument("--iters", type=int, default=5, help="most timed calls per step")
+    p.add_argument("--min-iters", type=int, default=3, help="fewest timed calls per step")
+    p.add_argument("--max-seconds", type=float, default=6.0, help="stop timing a step after")
     p.add_argument("--budget-s", type=float, default=0.0, help="skip steps past this (0: none)")
     p.add_argument("--json", default=None, help="write all figures to this path")
     args = p.parse_args(argv)
     args.device = resolve_device(args.device)
-    cuda = args.device.startswith("cuda")
-    if args.dtype is None:
-        args.dtype = "bfloat16" if cuda else "float32"
-    if args.size is None:
-        args.size = 64 if args.smoke else 512
-    if args.batch_sizes is None:
-        args.batch_sizes = "1,2,4" if args.smoke else "1,4,8,16"
-    if args.turbo_batch_sizes is None:
-        args.turbo_batch_sizes = "2,4" if args.smoke else "4,8,16,32"
-    if args.ladder_batch is None:
-        args.ladder_batch = 2 if args.smoke else 8
-    if args.compile_batch_sizes is None:
-        args.compile_batch_sizes = "2" if args.smoke else "8,16"
+    args.size, args.steps = (64, 4) if args.smoke else (512, 20)
+    args.batch_size = args.batch_size or (2 if args.smoke else 16)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = sorted(set(args.variants) - set(VARIANTS))
-    if unknown:
+    if unknown := sorted(set(args.variants) - set(VARIANTS)):
         p.error(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}")
-    if args.variant_batch is None:
-        args.variant_batch = max(parse_batch_sizes(args.compile_batch_sizes))
     if args.smoke:
         args.iters, args.min_iters, args.max_seconds = 2, 2, 2.0
     return args
@@ -411,244 +249,31 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Random weights in low precision can yield NaN pixels; PIL conversion warns, harmlessly.
     warnings.filterwarnings("ignore", message="invalid value encountered in cast")
-    device = args.device
     log("== environment ==")
-    env = environment(device)
-    args.peak_tflops = None if args.smoke else bf16_peak_tflops(device)
-    log(f"  bf16 matmul peak: {args.peak_tflops} TFLOP/s")
-    sd15 = SD15_SMOKE if args.smoke else SD15
-    workloads = [sd15, TURBO]
-    bench = Bench(args, env)
-
-    t = time.perf_counter()
-    pipe = img2img_pipeline(device, args.smoke)
-    synchronize(device)
-    what = "tiny" if args.smoke else "full-size SD1.5"
-    log(f"built {what} pipeline in {time.perf_counter() - t:.1f} s")
-
-    dt = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[args.dtype]
-    base = AccelOptions(
-        device=device,
-        dtype=args.dtype,
-        channels_last=False,
-        fuse_qkv=False,
-        cudnn_benchmark=False,
-        compile=False,
+    results: list[Measurement] = []
+    report = Report(
+        args.json,
+        budget_s=args.budget_s,
+        summarize=lambda _: {
+            "results": [dataclasses.asdict(m) for m in results],
+            **summarize(results),
+        },
+        env=environment(args.device),
+        args=vars(args),
     )
-    ladder = [
-        (f"{dt}+sdpa", base),
-        (f"{dt}+sdpa+cudnn.benchmark", dataclasses.replace(base, cudnn_benchmark=True)),
-        (
-            f"{dt}+sdpa+cudnn.benchmark+channels_last",
-            dataclasses.replace(base, cudnn_benchmark=True, channels_last=True),
-        ),
-        (
-            f"{dt}+sdpa+cudnn.benchmark+channels_last+fused_qkv",
-            dataclasses.replace(base, cudnn_benchmark=True, channels_last=True, fuse_qkv=True),
-        ),
-    ]
-    eager_label, eager = ladder[-1]
-    compiles = not args.no_compile and device.startswith("cuda")
-
-    if args.only_variants:
-        log("\n== (a), the eager steps and the compile plan skipped (--only-variants) ==")
-    else:
-        _default_steps(bench, pipe, workloads, sd15, ladder, compiles, args)
-
-    if args.variants:
-        log(f"\n== variants: {', '.join(args.variants)} (sd15 bs={args.variant_batch}) ==")
-    if args.variants:
-        if compiles:
-            _variants(bench, pipe, sd15, eager, eager_label, args)
-        else:
-            # Nothing compiles on the CPU (or with --no-compile); the attention order is a
-            # CUDA flag: the variants have no effect there.
-            log("  variants skipped: they need torch.compile on CUDA")
-            bench.data["skipped"].append(
-                f"variants {', '.join(args.variants)} (need torch.compile on CUDA)"
-            )
-
-    print_summary(bench.results, workloads, args.smoke, args.peak_tflops)
-    bench.dump()
-    if args.only_variants:
-        return 0 if bench.results or not compiles else 1
-    summary = summarize(bench.results, args.smoke)
-    missing = [
-        w.name
-        for w in workloads
-        if not all(summary.get(w.name, {}).get(k) for k in ("a_images_per_s", "b_images_per_s"))
-    ]
-    if missing:
-        log(f"no (a)/(b) figure for: {', '.join(missing)}")
-        return 1
-    return 0
-
-
-def _default_steps(
-    bench: Bench,
-    pipe: Any,
-    workloads: list[Workload],
-    sd15: Workload,
-    ladder: list[tuple[str, AccelOptions]],
-    compiles: bool,
-    args: argparse.Namespace,
-) -> None:
-    """(a) plain diffusers, then (b) the farm path: eager ladder, batch sweep, compile plan."""
-    # (a) plain diffusers, fp32, batch 1, default everything: measured first, before any
-    # process-wide flag (TF32, cudnn.benchmark) is touched.
-    log("\n== (a) plain diffusers fp32 bs=1 ==")
-    for wl in workloads:
-        plain = partial(measure, pipe, wl, variant="a", label="plain fp32", batch_size=1, args=args)
-        bench.measure(f"{wl.name} (a)", plain, "plain")
-
-    # (b) the farm's render path, one step at a time at the ladder batch size.
-    log(f"\n== (b) farm path, eager, one optimization at a time (bs={args.ladder_batch}) ==")
-    for label, opts in ladder:
-        bench.measure(
-            label, partial(_eager, pipe, sd15, label, opts, args.ladder_batch, args), "eager"
-        )
-    eager_label, eager = ladder[-1]
-
-    log("\n== (b) farm path, eager, batch sweep ==")
-    for bs in parse_batch_sizes(args.batch_sizes):
-        if bs != args.ladder_batch:
-            eager_bs = partial(_eager, pipe, sd15, eager_label, eager, bs, args)
-            bench.measure(f"sd15 eager bs={bs}", eager_bs, "eager")
-    for bs in parse_batch_sizes(args.turbo_batch_sizes):
-        turbo = partial(_eager, pipe, TURBO, eager_label, eager, bs, args)
-        bench.measure(f"turbo eager bs={bs}", turbo, "eager")
-
-    if not compiles:
-        log("\n== compile steps skipped (CPU or --no-compile) ==")
-    else:
-        _compiled_steps(bench, pipe, sd15, eager, eager_label, args)
-
-
-def _eager(
-    pipe: Any, wl: Workload, label: str, opts: AccelOptions, bs: int, args: argparse.Namespace
-) -> Measurement:
-    optimize_pipeline(pipe, opts)
-    return measure(pipe, wl, variant="b", label=label, batch_size=bs, args=args, opts=opts)
-
-
-def _compiled(
-    pipe: Any, wl: Workload, label: str, opts: AccelOptions, bs: int, args: argparse.Namespace
-) -> Measurement:
-    """Compile (lazily), warm up at this shape with eager fallback, then time."""
-    optimize_pipeline(pipe, opts)
-    res = warm_up(
-        pipe,
-        width=args.size,
-        height=args.size,
-        steps=wl.steps,
-        batch_size=bs,
-        strength=wl.strength,
-        guidance_scale=wl.guidance_scale,
-        runs=1,
-    )
-    log(f"  warm-up {label} bs={bs}: {res.seconds:.1f} s, compiled={res.compiled}")
-    m = measure(
-        pipe,
-        wl,
-        variant="b",
-        label=label,
-        batch_size=bs,
-        args=args,
-        opts=opts,
-        compiled=res.compiled,
-        first_call_s=res.seconds,
-    )
-    if res.compile_error:
-        m.label += " (compile FAILED, eager fallback)"
-        m.error = None
-        m.options["compile_error"] = res.compile_error
-    return m
-
-
-def _compiled_steps(
-    bench: Bench,
-    pipe: Any,
-    sd15: Workload,
-    eager: AccelOptions,
-    eager_label: str,
-    args: argparse.Namespace,
-) -> None:
-    # Order: what answers most first, each guarded by the time it is likely to take
-    # (first UNet compile ~1-2 min; a new batch size recompiles; a shape seen before is cached).
-    c_unet = dataclasses.replace(eager, compile=True)
-    c_all = dataclasses.replace(eager, compile=True, compile_vae=True)
-    l_unet = f"{eager_label}+compile(unet)"
-    l_all = f"{eager_label}+compile(unet,vae)"
-    sizes = parse_batch_sizes(args.compile_batch_sizes)
-    log(f"\n== (b) farm path, torch.compile (sd15 bs {sizes}, turbo at twice that) ==")
-    first = sizes[0]
-    plan: list[tuple[Workload, str, AccelOptions, int]] = [
-        (sd15, l_unet, c_unet, first),
-        (TURBO, l_unet, c_unet, 2 * first),
-        (sd15, l_all, c_all, first),
-        (TURBO, l_all, c_all, 2 * first),
-    ]
-    for bs in sizes[1:]:
-        plan += [(sd15, l_all, c_all, bs), (TURBO, l_all, c_all, 2 * bs)]
-    if args.autotune:
-        c_tune = dataclasses.replace(c_all, compile_mode="max-autotune-no-cudagraphs")
-        l_tune = f"{eager_label}+compile(unet,vae,max-autotune-no-cudagraphs)"
-        plan.append((sd15, l_tune, c_tune, first))
-    for wl, label, opts, bs in plan:
-        compiled = partial(_compiled, pipe, wl, label, opts, bs, args)
-        bench.measure(f"{wl.name} {label} bs={bs}", compiled, "compile")
-
-
-def _variants(
-    bench: Bench,
-    pipe: Any,
-    sd15: Workload,
-    eager: AccelOptions,
-    eager_label: str,
-    args: argparse.Namespace,
-) -> None:
-    """The farm path (UNet and VAE compiled) with each of ``args.variants``' changes, and
-    without any ("off"), at one batch size in this process. Order: the first variant (the
-    unknown), then off, then the others, so a lease that ends early still has one pair."""
-    off = dataclasses.replace(eager, compile=True, compile_vae=True)
-    label = f"{eager_label}+compile(unet,vae)"
-    bs = args.variant_batch
-    runs = [(name, VARIANTS[name]) for name in args.variants]
-    runs.insert(1, (OFF, {}))
-    for name, change in runs:
-        opts = dataclasses.replace(off, **change)
-        tag = "".join(f"+{k}={v}" for k, v in change.items())
-        run = partial(_as_variant, name, _compiled, pipe, sd15, label + tag, opts, bs, args)
-        bench.measure(f"sd15 {label}{tag} bs={bs} (variant {name})", run, "compile")
-
-
-def _as_variant(name: str, fn: Callable[..., Measurement], *args: Any) -> Measurement:
-    m = fn(*args)
-    m.options["variant"] = name
-    return m
-
-
-def variant_comparison(results: list[Measurement], name: str) -> dict[str, Any] | None:
-    """A variant's last figure against the last "off" one, once both were measured."""
-
-    def last(variant: str) -> Measurement | None:
-        ok = [m for m in results if m.options.get("variant") == variant and m.error is None]
-        return ok[-1] if ok and ok[-1].images_per_s else None
-
-    on, off = last(name), last(OFF)
-    if on is None or off is None or not (on.images_per_s and off.images_per_s):
-        return None
-    return {
-        "batch_size": on.batch_size,
-        "on_images_per_s": on.images_per_s,
-        "off_images_per_s": off.images_per_s,
-        "on_over_off": round(on.images_per_s / off.images_per_s, 3),
-        # Warm-up = compile + first call; a later compile may reuse an earlier one's kernels.
-        "on_warmup_s": on.first_call_s,
-        "off_warmup_s": off.first_call_s,
-        "on_compiled": on.compiled,
-        "off_compiled": off.compiled,
-    }
+    steps = plan(args, AccelOptions.best_for(args.device))
+    if not args.device.startswith("cuda"):
+        report.data["skipped"].append("off and the variants: torch.compile needs CUDA")
+    pipe = report.step("build the pipeline", lambda: img2img_pipeline(args.device, args.smoke))
+    for name, opts in steps if pipe is not None else []:
+        # The budget check sizes a step by the longest earlier one of its kind.
+        kind = "compile" if opts is not None and opts.compile else "eager"
+        m = report.step(name, lambda name=name, opts=opts: measure(pipe, name, opts, args), kind)
+        if m is not None:
+            results.append(m)
+    report.dump()
+    print_summary("gpu_throughput", report.data)
+    return 0 if len(results) == len(steps) else 1
 
 
 if __name__ == "__main__":

@@ -181,6 +181,27 @@ def saved_img2img(folder: Path, device: str, smoke: bool) -> dict[str, Any]:
     return {"build_s": round(built, 2), "save_s": round(saved, 2), "bytes": size}
 
 
+def sd15_spec(workdir: Path, smoke: bool, device: str, max_batch: int) -> Any:
+    """The registry entry a worker would get for the random checkpoint ``saved_img2img``
+    writes under ``workdir`` (bench/worker_path.py and pipeline_overlap.py share it)."""
+    from shared.registry import ModelSpec
+
+    size = 64 if smoke else 512
+    return ModelSpec(
+        alias="sd15-random",
+        source=str(workdir / ("tiny-random" if smoke else "sd15-random")),
+        dtype="bfloat16",
+        device=device,
+        max_batch=max_batch,
+        steps=4 if smoke else 20,
+        strength=0.75,
+        guidance_scale=7.5,
+        width=size,
+        height=size,
+        options={"compile": True},
+    )
+
+
 def warm_bucket(model: Any, batch: int, guidance_scale: float | None = None) -> Any:
     """One entry of ``worker.pipelines.warm_model``'s plan, alone: a short lease warms the
     buckets its measurements need first. The result says how long it took."""
@@ -206,8 +227,8 @@ def warm_bucket(model: Any, batch: int, guidance_scale: float | None = None) -> 
 class Report:
     """Steps under a wall-clock budget; figures in ``data``, rewritten to ``path`` after each.
 
-    A step is skipped when the budget has less left than the reserve or than the longest
-    earlier step of the same ``kind`` took: estimates come from this run, not from figures
+    A step is skipped when the budget has less left than the longest earlier step of the
+    same ``kind`` took: estimates come from this run, not from figures
     of another machine. A failed step is recorded and the run goes on.
     """
 
@@ -216,12 +237,11 @@ class Report:
         path: str | Path | None,
         *,
         budget_s: float = 0.0,
-        reserve_s: float = 0.0,
         summarize: Callable[[dict[str, Any]], dict[str, Any]] = lambda _: {},
         **data: Any,
     ) -> None:
         self.path = Path(path) if path else None
-        self.budget_s, self.reserve_s = budget_s, reserve_s
+        self.budget_s = budget_s
         self.summarize = summarize
         self.start = time.monotonic()
         self.took: dict[str, float] = {}
@@ -234,7 +254,7 @@ class Report:
 
     def step(self, name: str, fn: Callable[[], Any], kind: str = "") -> Any:
         """``fn()``, or None if skipped or failed."""
-        left, need = self.remaining_s(), max(self.took.get(kind, 0.0), self.reserve_s)
+        left, need = self.remaining_s(), self.took.get(kind, 0.0)
         if left < need:
             log(f"SKIP {name}: {left:.0f} s left, needs ~{need:.0f} s")
             self.data["skipped"].append(name)
@@ -266,6 +286,18 @@ class Report:
         self.data.update(self.summarize(self.data))
         if self.path is not None:
             write_json(self.path, self.data)
+
+
+def print_summary(name: str, data: dict[str, Any]) -> None:
+    """What a bench prints last, and bench/gpu_session.sh for each bench's JSON: the figures
+    under ``summary`` (and ``variants``), then errors, findings and skipped steps."""
+    elapsed = f" after {data['elapsed_s']} s" if "elapsed_s" in data else ""
+    log(f"\n== {name} summary{elapsed} ==")
+    for key, value in {**data.get("summary", {}), **data.get("variants", {})}.items():
+        log(f"  {key}: {json.dumps(value)}")
+    for key in ("errors", "findings", "skipped"):
+        if data.get(key):
+            log(f"  {key.upper()}: {json.dumps(data[key])}")
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -313,6 +345,9 @@ def render_job(spec: Any, team_id: Any, source_key: str, seed: int) -> Any:
 # --- what the farm did: jobs by status, outputs in storage, CPU seconds ------------------------
 
 
+TERMINAL = ("succeeded", "failed", "canceled")
+
+
 def status_counts(factory: sessionmaker[Session], batch_id: uuid.UUID) -> Counter[str]:
     """Jobs of the batch by status, in one query."""
     with factory() as session:
@@ -356,22 +391,6 @@ def cpu_seconds(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_cpu_seconds() -> tuple[float, float] | None:
-    """(busy, total) CPU seconds of the whole machine so far, all cores; None off Linux.
-
-    Busy over total between two readings is how loaded the machine was: near 1, the CPU
-    stages (and the services) had no core to spare.
-    """
-    try:
-        first = Path("/proc/stat").read_text().splitlines()[0].split()
-    except OSError:
-        return None
-    ticks = [int(v) for v in first[1:]]
-    idle = ticks[3] + ticks[4]  # idle + iowait
-    hz = os.sysconf("SC_CLK_TCK")
-    return (sum(ticks) - idle) / hz, sum(ticks) / hz
 
 
 def cpu_used(before: dict[str, float], after: dict[str, float]) -> Counter[str]:

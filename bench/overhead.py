@@ -8,16 +8,12 @@ on time.
     python bench/overhead.py --source-size 1024 --rounds 2 \
         --compare-env IMGFARM_WORKER_PREPARED_CACHE_BYTES=0     # a worker setting's effect
 
-Storage is part of every job (one GET of the source, one PUT of the output), so its cost is
-in the farm's figure: moto_server is a Python server sharing the machine's CPUs, and a local
-folder costs what the disk's metadata operations cost; a folder on tmpfs shows the farm's
-own overhead. The CPU time each process spent per job is printed too: unlike jobs/s, it
-hardly moves when other work shares the machine.
-
-Everything runs on this machine, started (and stopped) by the benchmark (bench/farm.py): a
-database of its own on the local PostgreSQL server (like the tests), a ``redis-server`` on a
-free port, an S3 endpoint (``moto_server``; ``--storage file`` uses a local folder instead),
-and real ``imgfarm api``, ``imgfarm dispatcher`` and ``imgfarm worker --model echo`` processes.
+Everything runs on this machine (bench/farm.py starts and stops it), with a real
+``imgfarm worker --model echo``. Storage is part of every job (one GET of the source, one PUT
+of the output), so its cost is in the farm's figure: moto_server is a Python server sharing
+the machine's CPUs; a local folder on tmpfs shows the farm's own overhead. The CPU time each
+process spent per job is printed too: unlike jobs/s, it hardly moves when other work shares
+the machine.
 
 * farm: one ``POST /v1/batches`` of N jobs (1 image x 1 prompt x N variants, referenced by
   upload id) → every job ``succeeded`` in Postgres; then each job's output is checked in
@@ -38,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import os
 import subprocess
 import sys
@@ -57,14 +52,20 @@ sys.path.insert(0, str(ROOT))
 
 from bench.farm import (  # noqa: E402
     Farm,
-    count_jobs,
     cpu_snapshot,
+    describe,
+    run_batch,
     running_services,
-    submit_batch,
     upload_image,
     wait_count,
 )
-from bench.harness import cpu_used, missing_outputs, percentile  # noqa: E402
+from bench.harness import (  # noqa: E402
+    cpu_used,
+    missing_outputs,
+    percentile,
+    png_bytes,
+    status_counts,
+)
 from shared.broker import make_celery  # noqa: E402
 from shared.models import Job  # noqa: E402
 from shared.settings import Settings  # noqa: E402
@@ -169,28 +170,6 @@ def raw_celery_latency(farm: Farm, probes: int, gap: float) -> list[float]:
 # --- the farm -------------------------------------------------------------------------------
 
 
-def png(size: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (size, size), (200, 40, 40)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def upload_source(client: httpx.Client, size: int) -> str:
-    return upload_image(client, png(size))
-
-
-def farm_round_trip(
-    farm: Farm, client: httpx.Client, upload_id: str, jobs: int, size: int, timeout: float
-) -> tuple[int, float, uuid.UUID]:
-    """Submit a batch of ``jobs``; (jobs succeeded, seconds until the last did, batch id)."""
-    started = time.perf_counter()
-    batch_id = submit_batch(client, MODEL, upload_id, jobs, size, "overhead")
-    done = wait_count(
-        lambda: count_jobs(farm.session_factory, batch_id, "succeeded"), jobs, timeout, 0.02
-    )
-    return done, time.perf_counter() - started, batch_id
-
-
 def farm_latency(
     farm: Farm, client: httpx.Client, upload_id: str, probes: int, size: int, gap: float
 ) -> list[float]:
@@ -211,9 +190,6 @@ def finished_job(farm: Farm, job_id: uuid.UUID) -> Job | None:
     with farm.session_factory() as session:
         job = session.get(Job, job_id)
         return job if job is not None and job.finished_at is not None else None
-
-
-# --- CPU time per process (Linux /proc), to see where a job's cost goes --------------------
 
 
 def cpu_line(name: str, used: Counter[str], jobs: int, names: tuple[str, ...]) -> str:
@@ -282,10 +258,12 @@ def measure(farm: Farm, args: argparse.Namespace) -> int:
     raw = Variant("raw Celery", {})
     missing = 0
     with httpx.Client(base_url=farm.api_url, headers=headers, timeout=30) as client:
-        upload_id = upload_source(client, args.source_size)
+        # A flat source: echo only resizes and encodes it, the farm's own cost is the figure.
+        source = Image.new("RGB", (args.source_size, args.source_size), (200, 40, 40))
+        upload_id = upload_image(client, png_bytes(source))
 
         def warm_up() -> None:  # connections, imports and the first batch's plans
-            farm_round_trip(farm, client, upload_id, min(64, args.jobs), args.size, args.timeout)
+            run_batch(farm, client, MODEL, upload_id, min(64, args.jobs), args.size, args.timeout)
 
         warm_up()
         raw_celery_round_trips(farm, min(64, args.jobs), args.timeout)
@@ -299,10 +277,11 @@ def measure(farm: Farm, args: argparse.Namespace) -> int:
                     restart_worker(farm, config, warm_up)
                     running = config
                 before = cpu_snapshot(farm)
-                done, seconds, batch_id = farm_round_trip(
-                    farm, client, upload_id, args.jobs, args.size, args.timeout
+                batch_id, seconds = run_batch(
+                    farm, client, MODEL, upload_id, args.jobs, args.size, args.timeout
                 )
                 config.cpu += cpu_used(before, cpu_snapshot(farm))
+                done = status_counts(farm.session_factory, batch_id)["succeeded"]
                 config.runs.append((done, seconds))
                 missing += missing_outputs(farm.session_factory, farm.settings, batch_id)
         if running is not configs[0]:
@@ -348,18 +327,6 @@ def report(
         print(cpu_line(config.name, config.cpu, total, names))
 
 
-def describe(farm: Farm, args: argparse.Namespace) -> None:
-    with farm.session_factory() as session:
-        version = session.get_bind().dialect.server_version_info  # type: ignore[union-attr]
-    depth = farm.env.get("IMGFARM_DISPATCH_DEPTH_PER_WORKER", "default")
-    storage = "S3 (moto_server over HTTP)" if args.storage == "s3" else "local folder (file://)"
-    print(
-        f"imgfarm overhead: PostgreSQL {version}, redis-server, storage {storage}; "
-        f"model {MODEL}, {args.size}x{args.size} png outputs; dispatch depth/worker {depth}; "
-        f"{os.cpu_count()} CPUs"
-    )
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--jobs", type=int, default=2000, help="jobs per throughput run (<= 10,000)")
@@ -391,7 +358,10 @@ def main(argv: list[str] | None = None) -> int:
         run_noop_worker()
         return 0
     with running_farm(args) as farm:
-        describe(farm, args)
+        depth = farm.env.get("IMGFARM_DISPATCH_DEPTH_PER_WORKER", "default")
+        describe(
+            farm, "overhead", f"model {MODEL}, {args.size}² png outputs, dispatch depth {depth}"
+        )
         return measure(farm, args)
 
 

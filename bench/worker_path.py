@@ -3,9 +3,8 @@
 A random-weight img2img checkpoint (full-size SD1.5, bench/sd15_config.py; the tiny model with
 ``--smoke``) is saved with ``save_pretrained`` and loaded through ``worker.pipelines.load_model``
 with the spec a worker gets from the registry (bfloat16, max_batch 16, 20 steps, strength
-0.75, guidance 7.5, 512², ``options = {compile = true}``); ``--model`` takes a built-in alias
-(tiny-inpaint, tiny-controlnet) instead. Every step runs on one ``DeviceLane`` thread, where
-a worker loads, warms and calls its model (worker/boot.py). Per batch size:
+0.75, guidance 7.5, 512², ``options = {compile = true}``). Every step runs on one
+``DeviceLane`` thread, where a worker loads, warms and calls its model. Per batch size:
 
   (a) ``worker.render.run_pipeline``   the pipeline call, padded to its warm bucket
   (b) ``worker.render.render_batch``   (a) + PNG encode + store of each output, one thread
@@ -21,8 +20,6 @@ How busy the pipelined worker keeps the device (depth 1 against 3) is measured b
 bench/pipeline_overlap.py (``--in-process`` runs the worker's render task on this model).
 
     python bench/worker_path.py --device cuda --budget-s 300 --json out.json
-    python bench/worker_path.py --device cuda --steps 4 --strength 0.5 --guidance-scale 0 \
-        --max-batch 32 --batch-sizes 32          # a turbo alias on the same weights
     python bench/worker_path.py --device cpu --smoke     # tiny model, 64 px, seconds
 
 On the CPU the farm never compiles (worker/pipelines.py); ``--smoke`` still exercises the
@@ -47,7 +44,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from bench.harness import (  # noqa: E402
     Report,
@@ -57,12 +53,13 @@ from bench.harness import (  # noqa: E402
     median_rate,
     photo_like,
     png_bytes,
+    print_summary,
     render_job,
     saved_img2img,
+    sd15_spec,
     timed_calls,
     warm_bucket,
 )
-from shared.registry import BUILTINS, ModelSpec  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.storage import LocalStorage, source_key  # noqa: E402
 from worker.accel import resolve_device, synchronize  # noqa: E402
@@ -73,48 +70,15 @@ from worker.render import RenderItem, prepare, render_batch, run_pipeline  # noq
 WORKER = "bench-worker-path"
 
 
-def model_spec(args: argparse.Namespace) -> ModelSpec:
-    """The registry entry a worker would get: the random checkpoint, or a built-in alias."""
-    if args.model != "sd15":
-        spec = BUILTINS[args.model]
-        return replace(spec, device=args.device, dtype="bfloat16", options={"compile": True})
-    size = 64 if args.smoke else 512
-    return ModelSpec(
-        alias="sd15-random",
-        source=str(checkpoint_folder(Path(args.workdir), args.smoke)),
-        dtype="bfloat16",
-        device=args.device,
-        max_batch=args.max_batch,
-        steps=args.steps,
-        strength=args.strength,
-        guidance_scale=args.guidance_scale,
-        width=size,
-        height=size,
-        options={"compile": True},
-    )
-
-
-def checkpoint_folder(workdir: Path, smoke: bool) -> Path:
-    """Where the random checkpoint is saved (bench/pipeline_overlap.py uses the same)."""
-    return workdir / ("tiny-random" if smoke else "sd15-random")
-
-
 def make_items(
     model: LoadedModel, storage: LocalStorage, n: int, source_size: int
 ) -> list[RenderItem]:
-    """``n`` jobs as the api stores them, each through ``worker.render.prepare``; an inpaint
-    model gets cut-outs (transparent border: the kept pixels)."""
+    """``n`` jobs as the api stores them, each through ``worker.render.prepare``."""
     team = uuid.uuid4()
     items = []
     for i in range(n):
-        img: Image.Image = photo_like(source_size, source_size, seed=i)
-        if model.spec.kind == "inpaint":
-            alpha = Image.new("L", img.size, 0)
-            lo, hi = source_size // 4, 3 * source_size // 4
-            alpha.paste(255, (lo, lo, hi, hi))
-            img.putalpha(alpha)
         key = source_key(team, f"bench{i:04d}")
-        storage.put(key, png_bytes(img), "image/png")
+        storage.put(key, png_bytes(photo_like(source_size, source_size, seed=i)), "image/png")
         items.append(prepare(model, storage, render_job(model.spec, team, key, 1000 + i)))
     return items
 
@@ -187,17 +151,15 @@ def run(args: argparse.Namespace, report: Report, lane: DeviceLane) -> None:
     work = Path(args.workdir)
     settings = Settings(data_dir=work / "data")
     storage = LocalStorage(work / "objects", settings.public_url, settings.secret_key)
-    spec = model_spec(args)
+    spec = sd15_spec(work, args.smoke, args.device, args.max_batch)
     cuda = args.device.startswith("cuda")
-    if args.model == "sd15":
-        folder = Path(spec.source)
-        save = lambda: saved_img2img(folder, args.device, args.smoke)  # noqa: E731
-        report.data["load"]["checkpoint"] = report.step("build + save_pretrained", save)
+    save = lambda: saved_img2img(Path(spec.source), args.device, args.smoke)  # noqa: E731
+    report.data["load"]["checkpoint"] = report.step("build + save_pretrained", save)
 
     def load() -> LoadedModel:
         t = time.perf_counter()
         model = load_model(spec, settings, warm=False)
-        if args.smoke and not cuda and args.cpu_compile_probe:
+        if args.smoke and not cuda:
             model = compile_eager_backend(model)
         synchronize(args.device)
         plan = warm_plan(model.buckets, spec.guidance_scale) if model.compiled else []
@@ -265,7 +227,6 @@ def run(args: argparse.Namespace, report: Report, lane: DeviceLane) -> None:
 
 def summarize(data: dict[str, Any]) -> dict[str, Any]:
     load, warm = data["load"], data["warmup"]
-    default_g = data["args"]["guidance_scale"]
     plan = {tuple(e) for e in load.get("warm_plan", [])}
     missing = plan - {(w["bucket"], w["guidance"]) for w in warm}
     start = None
@@ -284,8 +245,9 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
         "summary": {
             "load_model_s": load.get("load_model_s"),
             "warmup_s_by_bucket": {
-                str(w["bucket"])
-                + ("" if w["guidance"] == default_g else f" (g {w['guidance']})"): w["seconds"]
+                str(w["bucket"]) + ("" if w["guidance"] == 7.5 else f" (g {w['guidance']})"): w[
+                    "seconds"
+                ]
                 for w in warm
             },
             "worker_start_s": start,
@@ -295,47 +257,13 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def print_report(data: dict[str, Any]) -> None:
-    s = data["summary"]
-    log(f"\n== summary ==\nload_model (from_pretrained + fast path): {s['load_model_s']} s")
-    for k, v in s["warmup_s_by_bucket"].items():
-        log(f"  warm-up batch {k}: {v} s")
-    if s["worker_start_s"] is not None:
-        log(f"worker start (load + every warm-up): {s['worker_start_s']} s")
-    elif s["buckets_not_warmed"]:
-        log(f"worker start: incomplete, not warmed {s['buckets_not_warmed']}")
-    for k, v in s["by_batch"].items():
-        log(
-            f"[{k} items -> batch {v['pipeline_batch']}] run_pipeline {v['run_pipeline_img_s']} "
-            f"img/s, render_batch {v['render_batch_img_s']} img/s, CPU after pipeline "
-            f"{100 * v['cpu_fraction']:.1f}%, first call {v['first_call_s']} s vs median "
-            f"{v['median_call_s']} s ({v['first_call_graphs_added']} graphs compiled in it)"
-        )
-    for f in data["findings"]:
-        log(f"FINDING: {f}")
-    for e in data["errors"]:
-        log(f"ERROR in {e['step']}: {e['error']}")
-    if data["skipped"]:
-        log(f"skipped (budget): {data['skipped']}")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--smoke", action="store_true", help="tiny model, 64 px, 4 steps")
-    p.add_argument("--model", default="sd15", help="sd15 (random weights) or a built-in alias")
     p.add_argument("--max-batch", type=int, help="spec max_batch (16; smoke 4)")
     p.add_argument("--batch-sizes", help="items per call, in order (16,8,5; smoke 4,2,3)")
-    p.add_argument("--steps", type=int, help="spec steps (20; smoke 4)")
-    p.add_argument("--strength", type=float, default=0.75)
-    p.add_argument("--guidance-scale", type=float, default=7.5)
     p.add_argument("--source-size", type=int, help="source photo side (768; smoke 96)")
-    p.add_argument(
-        "--no-cpu-compile-probe",
-        dest="cpu_compile_probe",
-        action="store_false",
-        help="smoke on CPU: do not compile with dynamo's eager backend",
-    )
     p.add_argument(
         "--no-start-figure",
         dest="start_figure",
@@ -346,7 +274,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--min-iters", type=int, default=3, help="fewest timed calls per path")
     p.add_argument("--max-seconds", type=float, default=6.0, help="stop timing a path after")
     p.add_argument("--budget-s", type=float, default=0.0, help="skip steps past this (0: none)")
-    p.add_argument("--reserve-s", type=float, default=0.0, help="start no step under this left")
     p.add_argument("--workdir", default="/tmp/imgfarm-worker-path", help="weights, storage")
     p.add_argument("--json", default=None, help="write all figures to this path")
     args = p.parse_args(argv)
@@ -358,7 +285,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         for x in (args.batch_sizes or ("4,2,3" if smoke else "16,8,5")).split(",")
         if x.strip()
     ]
-    args.steps = args.steps or (4 if smoke else 20)
     args.source_size = args.source_size or (96 if smoke else 768)
     if smoke:
         args.iters, args.min_iters, args.max_seconds = 2, 2, 1.0
@@ -375,7 +301,6 @@ def main(argv: list[str] | None = None) -> int:
     report = Report(
         args.json,
         budget_s=args.budget_s,
-        reserve_s=args.reserve_s,
         summarize=summarize,
         env=environment(args.device),
         args=vars(args),
@@ -389,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         lane.shutdown()
         report.dump()
-    print_report(report.data)
+    print_summary("worker_path", report.data)
     return 0 if report.data["measurements"] else 1
 
 

@@ -53,7 +53,7 @@ def test_worker_path_smoke_reports_every_path(tmp_path: Path) -> None:
     assert warmed == {(1, 7.5), (2, 7.5), (4, 7.5), (1, 1.0)}
     assert data["summary"]["buckets_not_warmed"] == []
     assert data["summary"]["worker_start_s"] > 0
-    assert "== summary ==" in proc.stdout
+    assert "== worker_path summary" in proc.stdout
 
 
 @pytest.mark.timeout(660)
