@@ -314,7 +314,7 @@ def worker(alias: str | None, webhooks: bool) -> None:
 @main.command()
 def dispatcher() -> None:
     """Hand queued jobs from the database to their model queues; take back lost ones."""
-    from worker.boot import run_dispatcher
+    from dispatch.boot import run_dispatcher
 
     settings = _settings()
     _logging(settings)

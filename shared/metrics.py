@@ -3,7 +3,7 @@
 Each process (api, render worker, dispatcher, webhook worker) serves ``/metrics`` on
 ``IMGFARM_METRICS_PORT``, an internal port that is never published: metrics name teams,
 models and hosts. The metrics themselves live beside the code that updates them
-(``api/metrics.py``, ``worker/metrics.py``, ``worker/farm_metrics.py``), all named ``imgfarm_*``.
+(``api/metrics.py``, ``worker/metrics.py``, ``dispatch/farm_metrics.py``), all named ``imgfarm_*``.
 
 Several processes behind one port (a prefork Celery pool, several web workers) use
 prometheus-client's multiprocess mode: set ``PROMETHEUS_MULTIPROC_DIR`` to an empty folder

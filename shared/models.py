@@ -94,7 +94,7 @@ class Job(Base):
         Index("ix_jobs_dispatch", "model", "status", "enqueued_at", "created_at"),
         Index("ix_jobs_lease", "status", "lease_expires_at"),
         # The dispatcher's working set, kept small by being partial: jobs waiting to be handed
-        # over, read per model and team oldest first (fair share, worker/dispatcher.py), and
+        # over, read per model and team oldest first (fair share, dispatch/dispatcher.py), and
         # jobs handed over but not yet claimed (the room left in Redis, lost-message re-arm).
         # Without them every tick reads the whole backlog.
         Index(

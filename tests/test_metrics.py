@@ -19,11 +19,11 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
+from dispatch.farm_metrics import FarmMetrics
 from shared.db import session_scope
 from shared.models import Job, Team, Worker, utcnow
 from tests.factories import job_body
 from tests.services import free_port, port_open, wait_for
-from worker.farm_metrics import FarmMetrics
 from worker.metrics import WorkerMetrics
 from worker.tasks import RenderFailed
 

@@ -1,12 +1,10 @@
-"""Start processes of the worker side: a render worker pinned to one model, the dispatcher."""
+"""Start a render worker: one process pinned to one model (the dispatcher starts from dispatch/)."""
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from celery import Celery
@@ -19,7 +17,6 @@ from shared.settings import Settings
 from shared.storage import storage_from_settings
 from worker.context import WorkerContext
 from worker.device import DeviceLane
-from worker.dispatcher import Dispatcher
 from worker.heartbeat import Heartbeat
 from worker.metrics import (
     device_busy_recorder,
@@ -98,29 +95,3 @@ def run_worker(settings: Settings, alias: str, loglevel: str = "INFO") -> None:
     finally:
         heartbeat.stop()
         ctx.close()
-
-
-def run_dispatcher(settings: Settings) -> None:
-    """Block handing queued jobs to Redis until SIGTERM or SIGINT."""
-    from shared.metrics import start_metrics_server
-    from worker.farm_metrics import FarmMetrics
-
-    engine = make_engine(settings.database_url)
-    # Farm gauges (backlog per model, oldest queued, expired leases) come from Postgres:
-    # Flower has no queue depth, and Redis is kept shallow on purpose.
-    start_metrics_server(settings)
-    farm = FarmMetrics(worker_fresh_seconds=max(10, settings.lease_seconds))
-    dispatcher = Dispatcher(
-        settings,
-        make_session_factory(engine),
-        make_celery(settings, "imgfarm-dispatcher"),
-        load_registry(settings.models),
-        on_tick=farm.update,
-    )
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    log.info("dispatcher started (poll every %.2fs)", settings.dispatch_poll_seconds)
-    dispatcher.run(stop)
-    engine.dispose()
-    log.info("dispatcher stopped")

@@ -321,7 +321,7 @@ def store_output(
 def discard_outputs(storage: Storage, results: list[RenderResult]) -> None:
     """Step 5 undone: remove what was stored for jobs canceled during their upload (the
     conditional ``mark_succeeded_bulk`` refused them). A delete that fails is left to the
-    dispatcher's sweep of canceled jobs' outputs (worker/dispatcher.py)."""
+    dispatcher's sweep of canceled jobs' outputs (dispatch/dispatcher.py)."""
     for result in results:
         for output in result.outputs:
             try:

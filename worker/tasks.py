@@ -26,6 +26,7 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
+from shared.batching import compatibility_key
 from shared.broker import RENDER_TASK
 from shared.db import session_scope
 from shared.dispatch import nudge
@@ -39,7 +40,6 @@ from shared.jobs import (
 )
 from shared.models import Job, utcnow
 from worker.context import WorkerContext
-from worker.dispatcher import compatibility_key
 from worker.failures import Failure, decide_failure
 from worker.render import (
     Rendered,

@@ -28,7 +28,7 @@ from shared.models import Job
 from shared.teams import ensure_team
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("shared", "worker", "api", "imgfarm", "bench")
+PACKAGES = ("shared", "dispatch", "worker", "api", "imgfarm", "bench")
 WRITER = "shared/jobs.py"
 OUTBOX = "shared/events.py"  # defines the emitters
 EMITTERS = {"emit_job_event", "emit_job_events"}
@@ -170,7 +170,7 @@ def test_the_source_rule_sees_each_way_of_writing_status(snippet):
 
 @pytest.mark.parametrize("snippet", LEFT_ALONE.values(), ids=list(LEFT_ALONE))
 def test_the_source_rule_leaves_other_writes_alone(snippet):
-    assert offenders_in("worker/dispatcher.py", snippet) == []
+    assert offenders_in("dispatch/dispatcher.py", snippet) == []
 
 
 # --- the runtime rule -------------------------------------------------------------------------
@@ -241,11 +241,11 @@ def test_every_status_write_of_a_short_run_goes_through_shared_jobs(
     """The api (submit, cancel, batch cancel and retry), the fake worker (claim, succeed,
     fail) and the dispatcher (unknown model, malformed params, lease sweep) move jobs; no
     status UPDATE reaches the database from anywhere else."""
+    from dispatch.dispatcher import Dispatcher
     from shared.broker import make_celery
     from shared.jobs import expire_leases
     from shared.storage import storage_from_settings
     from tests.factories import batch_body, finish_jobs, job_body
-    from worker.dispatcher import Dispatcher
 
     headers = {"Authorization": f"Bearer {new_key()}"}
     job = client.post("/v1/jobs", json=job_body(), headers=headers).json()["id"]

@@ -50,15 +50,15 @@ def add_jobs(session_factory, model: str, n: int, **values) -> list[uuid.UUID]:
 
 
 def dispatcher_for(settings: Settings, session_factory, model: str, storage=None):
+    from dispatch.dispatcher import Dispatcher
     from shared.broker import make_celery
-    from worker.dispatcher import Dispatcher
 
     registry = {model: ModelSpec(alias=model, source="builtin:tiny", max_batch=8)}
     return Dispatcher(settings, session_factory, make_celery(settings), registry, storage=storage)
 
 
 def test_broker_outage_waits_but_a_bug_in_sending_surfaces(settings, session_factory, monkeypatch):
-    import worker.dispatcher
+    import dispatch.dispatcher
 
     model = f"errs-{uuid.uuid4().hex[:6]}"
     ids = add_jobs(session_factory, model, 3)
@@ -67,14 +67,14 @@ def test_broker_outage_waits_but_a_bug_in_sending_surfaces(settings, session_fac
     def broker_down(*_args: object) -> None:
         raise OperationalError("Error 111 connecting to redis: Connection refused")
 
-    monkeypatch.setattr(worker.dispatcher, "send_render", broker_down)
+    monkeypatch.setattr(dispatch.dispatcher, "send_render", broker_down)
     stats = dispatcher.tick()
     assert stats.sent_jobs == 0 and stats.errors and "Connection refused" in stats.errors[0]
 
     def bug(*_args: object) -> None:
         raise TypeError("send_render() got an unexpected keyword argument")
 
-    monkeypatch.setattr(worker.dispatcher, "send_render", bug)
+    monkeypatch.setattr(dispatch.dispatcher, "send_render", bug)
     with pytest.raises(TypeError):
         dispatcher.tick()
     with session_factory() as s:

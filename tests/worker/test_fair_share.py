@@ -21,6 +21,7 @@ import redis as redis_lib
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from dispatch.dispatcher import Dispatcher, fair_pick
 from shared.broker import make_celery, render_queue
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.migrate import upgrade
@@ -28,7 +29,6 @@ from shared.models import Job, utcnow
 from shared.registry import ModelSpec
 from shared.settings import Settings
 from shared.teams import ensure_team
-from worker.dispatcher import Dispatcher, fair_pick
 
 pytestmark = pytest.mark.integration
 

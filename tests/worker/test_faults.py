@@ -236,8 +236,8 @@ def test_killed_worker_prefetched_jobs_render_elsewhere_within_a_lease(
 def test_two_dispatchers_racing_hand_over_each_job_once(
     settings, session_factory, redis_url, fault_report
 ):
+    from dispatch.dispatcher import Dispatcher
     from shared.broker import make_celery
-    from worker.dispatcher import Dispatcher
 
     model = f"race-{uuid.uuid4().hex[:6]}"
     params = {

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from shared.batching import group_compatible
 from shared.models import Job
 from shared.registry import BUILTINS
 from shared.settings import Settings
 from shared.storage import LocalStorage
 from tests.factories import png_bytes
-from worker.dispatcher import group_compatible
 from worker.pipelines import load_model
 from worker.render import RenderItem, prepare, render_batch, run_pipeline
 
@@ -112,10 +112,10 @@ def test_dispatcher_fails_malformed_rows_and_dispatches_the_rest(settings, sessi
     """One bad row (say, written by hand) must not block its model's queue."""
     from sqlalchemy import insert, select
 
+    from dispatch.dispatcher import Dispatcher
     from shared.broker import make_celery
     from shared.db import session_scope
     from shared.teams import ensure_team
-    from worker.dispatcher import Dispatcher
 
     model = f"mixed-{uuid.uuid4().hex[:6]}"
     good, bad = uuid.uuid4(), uuid.uuid4()

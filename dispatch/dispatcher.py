@@ -30,7 +30,6 @@ import logging
 import threading
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -52,6 +51,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
+from shared.batching import compatibility_key, group_compatible
 from shared.broker import BROKER_UNAVAILABLE, send_render
 from shared.db import session_scope
 from shared.dispatch import CHANNEL
@@ -78,33 +78,6 @@ log = logging.getLogger(__name__)
 UNKNOWN_MODEL_ERROR = "model {model!r} is no longer in the registry"
 # Canceled jobs whose outputs one tick removes at most (one delete each).
 SWEEP_OUTPUTS_PER_TICK = 100
-
-
-def compatibility_key(params: dict[str, Any]) -> tuple[Any, ...]:
-    """Jobs render in one pipeline call only if these match (prompts and seeds may differ)."""
-    return (
-        params["steps"],
-        params["strength"],
-        params["guidance_scale"],
-        params["width"],
-        params["height"],
-    )
-
-
-def group_compatible(
-    jobs: Iterable[tuple[uuid.UUID, dict[str, Any]]], max_batch: int
-) -> list[list[uuid.UUID]]:
-    """Batches of at most ``max_batch`` compatible jobs, in the order the jobs come (fair order)."""
-    groups: dict[tuple[Any, ...], list[uuid.UUID]] = defaultdict(list)
-    batches: list[list[uuid.UUID]] = []
-    for job_id, params in jobs:
-        group = groups[compatibility_key(params)]
-        group.append(job_id)
-        if len(group) == max_batch:
-            batches.append(list(group))
-            group.clear()
-    batches.extend(g for g in groups.values() if g)
-    return batches
 
 
 PRUNE_EVERY_SECONDS = 60.0
