@@ -68,11 +68,12 @@ from shared.jobs import (
     rearm_reserved_by_lost_workers,
     rearm_unclaimed,
 )
-from shared.models import Job, Worker, utcnow
+from shared.models import Job, utcnow
 from shared.registry import ModelSpec
 from shared.settings import Settings
 from shared.staging import sweep_staging
 from shared.storage import S3Storage, Storage, output_key, storage_from_settings
+from shared.workers import online_workers_by_model
 
 log = logging.getLogger(__name__)
 UNKNOWN_MODEL_ERROR = "model {model!r} is no longer in the registry"
@@ -336,17 +337,9 @@ class Dispatcher:
         return [m for m in session.scalars(MODELS_WAITING) if m is not None]
 
     def _online_workers(self, session: Session, model: str) -> int:
-        fresh = utcnow() - timedelta(seconds=max(10, self.settings.lease_seconds))
-        return (
-            session.scalar(
-                select(func.count())
-                .select_from(Worker)
-                .where(
-                    Worker.model == model, Worker.last_seen_at > fresh, Worker.stopped_at.is_(None)
-                )
-            )
-            or 0
-        )
+        # The same "online" the api tells clients about (shared/workers.py).
+        online = online_workers_by_model(session, self.settings.lease_seconds, [model])
+        return len(online.get(model, []))
 
     def _dispatch_model(self, model: str, stats: TickStats) -> None:
         spec = self.registry.get(model)
