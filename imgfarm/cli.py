@@ -508,7 +508,17 @@ def submit(
     import httpx
 
     from imgfarm.client import ApiError, Client
-    from imgfarm.submit import SubmitError, SubmitRequest, read_images, read_prompts, run_submit
+    from imgfarm.submit import (
+        SubmitError,
+        SubmitRequest,
+        read_images,
+        read_prompts,
+        run_submit,
+        skipped_files,
+    )
+
+    for skipped in skipped_files(source):
+        console.print(f"[yellow]skipped {skipped}: not an image file[/] (by its extension)")
 
     knobs = {
         "strength": strength,

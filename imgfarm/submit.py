@@ -35,7 +35,9 @@ from rich.progress import (
 from imgfarm.client import ApiError, Client
 from shared.names import first_collision, name_problem
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".mpo", ".webp", ".avif", ".gif", ".bmp", ".tif", ".tiff"}
+)
 STATE_FILE = ".imgfarm-submit.json"
 # Multipart uploads: the api takes at most 100 files per request; keep requests modest.
 UPLOAD_BATCH_FILES = 50
@@ -122,6 +124,18 @@ def read_images(source: Path) -> list[SourceImage]:
         pairs = _read_csv(source)
     _check_names([sku for sku, _ in pairs], "sku", [str(path) for _, path in pairs])
     return [SourceImage(sku, path, _digest(path)) for sku, path in pairs]
+
+
+def skipped_files(source: Path) -> list[Path]:
+    """Files of a SOURCE folder that ``read_images`` leaves out (not an image suffix), so the
+    user hears of them; hidden files (.DS_Store) are nobody's product photo."""
+    if not source.is_dir():
+        return []
+    return [
+        p
+        for p in sorted(source.iterdir())
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in IMAGE_SUFFIXES
+    ]
 
 
 def _check_names(names: list[str], what: str, where: list[str]) -> None:
@@ -310,6 +324,8 @@ def submit_batch(client: Client, request: SubmitRequest, out: Path, console: Con
                 "folder of that run to resume it"
             ) from e
         raise
+    if state.batches.get(key) == accepted["id"]:
+        console.print(f"already submitted: resuming batch {accepted['id']} (nothing new sent)")
     state.batches[key] = accepted["id"]
     state.save()
     return accepted  # type: ignore[no-any-return]
@@ -409,6 +425,10 @@ def run_submit(
     batch_id = accepted["id"]
     console.print(f"batch {batch_id}: {accepted['job_count']} jobs (seed {accepted['seed']})")
     if not wait:
+        console.print(
+            "to follow it and download the outputs, run the same command again with --wait "
+            f"(it submits nothing new), or GET /v1/batches/{batch_id}"
+        )
         return batch_id, None
     batch = follow_batch(client, batch_id, console, timeout)
     result = download_outputs(client, batch_id, out, console)

@@ -171,9 +171,13 @@ def test_rerun_submits_once_then_wait_downloads_the_tree_and_resumes(
     first = imgfarm_submit(*args, url=api_server, key=key, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     batch_id = first.stdout.strip()
+    said = " ".join(first.stderr.split())
+    assert f"skipped {folder / 'notes.txt'}: not an image file" in said
+    assert "again with --wait" in said and "already submitted" not in said
     again = imgfarm_submit(*args, url=api_server, key=key, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == batch_id
+    assert f"already submitted: resuming batch {batch_id}" in " ".join(again.stderr.split())
     with session_factory() as s:
         team_id = s.get(Batch, uuid.UUID(batch_id)).team_id
         assert s.scalar(select(func.count()).where(Batch.team_id == team_id)) == 1
