@@ -43,7 +43,7 @@ from tests.services import (  # noqa: E402
     free_port,
     moto_server,
     redis_server,
-    wait_for,
+    wait_answers,
 )
 
 AWS_ENV = {
@@ -112,7 +112,7 @@ class Farm:
 
     def wait_ready(self) -> None:
         """The api answers and every started process has logged its ready line."""
-        wait_for(lambda: api_healthy(self.api_url), 60, "imgfarm api")
+        wait_answers(f"{self.api_url}/healthz", 60, "imgfarm api")
         for proc, ready, timeout in self.processes.values():
             proc.wait_log(ready, timeout=timeout)
 
@@ -161,13 +161,6 @@ def start_server(stack: contextlib.ExitStack, server: ServerProcess) -> ServerPr
     server.start()
     stack.callback(server.stop)
     return server
-
-
-def api_healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @contextlib.contextmanager

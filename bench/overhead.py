@@ -8,26 +8,21 @@ on time.
     python bench/overhead.py --source-size 1024 --rounds 2 \
         --compare-env IMGFARM_WORKER_PREPARED_CACHE_BYTES=0     # a worker setting's effect
 
-Everything runs on this machine (bench/farm.py starts and stops it), with a real
-``imgfarm worker --model echo``. Storage is part of every job (one GET of the source, one PUT
-of the output), so its cost is in the farm's figure: moto_server is a Python server sharing
-the machine's CPUs; a local folder on tmpfs shows the farm's own overhead. The CPU time each
-process spent per job is printed too: unlike jobs/s, it hardly moves when other work shares
-the machine.
+The farm runs on this machine (bench/farm.py) with ``imgfarm worker --model echo``, which
+renders nothing: a job costs only the farm's own work (api, dispatcher, Redis hand-over,
+claim, source fetch, resize, encode, store, record) and storage's (moto_server shares the
+CPUs; a local folder on tmpfs shows the farm alone). CPU ms per job per process are printed
+too: unlike jobs/s, they hardly move when other work shares the machine.
 
-* farm: one ``POST /v1/batches`` of N jobs (1 image x 1 prompt x N variants, referenced by
-  upload id) → every job ``succeeded`` in Postgres; then each job's output is checked in
-  storage (not timed). ``echo`` renders nothing, so this is the farm's own cost per job:
-  api, dispatcher, Redis hand-over, claim, source fetch, resize, encode, store, record.
-* raw Celery: N no-op tasks (one job id each, the farm's Celery settings: late ack, prefetch
-  1, JSON) sent to a ``-P solo`` worker process on the same Redis; the task only counts
-  itself in Redis, which is how the benchmark sees it done.
-* latency: single jobs through ``POST /v1/jobs``, one at a time with the worker idle;
-  ``started_at - created_at`` of each job row (api commit → NOTIFY → dispatcher → Redis →
-  worker claim), and the same for a raw Celery task (send → task running).
-* ``--compare-env NAME=VALUE``: every round also runs the farm with the worker restarted
-  with that variable ("farm B"), in alternating order (A B, B A, ...) so that neither
-  always runs first; both rows come from the same services in the same run.
+* farm: one ``POST /v1/batches`` of N jobs → every job finished in Postgres; each output is
+  then checked in storage (not timed).
+* raw Celery: N no-op tasks (the farm's Celery settings: late ack, prefetch 1, JSON) sent to
+  a ``-P solo`` worker on the same Redis; each task counts itself in Redis.
+* latency: single jobs through ``POST /v1/jobs``, one at a time with the worker idle,
+  ``started_at - created_at`` (api commit → NOTIFY → dispatcher → Redis → claim); and for a
+  raw Celery task, send → running.
+* ``--compare-env NAME=VALUE``: each round also runs the farm with the worker restarted with
+  that variable ("farm B"), in alternating order (A B, B A, ...), on the same services.
 """
 
 from __future__ import annotations
