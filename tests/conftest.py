@@ -6,12 +6,14 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import boto3
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
 from shared.db import make_engine, make_session_factory, session_scope
@@ -144,6 +146,40 @@ def session_factory(settings: Settings):
 @pytest.fixture(scope="session")
 def s3_client(settings: Settings):
     return boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name="us-east-1")
+
+
+@dataclass
+class PrivateDatabase:
+    """A migrated database of one test module's own, on the session's Postgres server.
+
+    For tests that read or write farm-wide rows (every queued job, every worker): processes
+    of the session share its database, so those tests would otherwise see each other's rows
+    and need cleanup to stay isolated. Dropped with the module."""
+
+    settings: Settings
+    session_factory: sessionmaker[Session]
+
+    def new_key(self, team: str | None = None) -> str:
+        with session_scope(self.session_factory) as session:
+            return create_api_key(
+                session, ensure_team(session, team or f"team-{uuid.uuid4().hex[:8]}")
+            )
+
+
+@pytest.fixture(scope="module")
+def private_db(settings: Settings) -> Iterator[PrivateDatabase]:
+    db = PostgresDatabase()
+    db.create()
+    try:
+        upgrade(db.url)
+        engine = make_engine(db.url)
+        try:
+            own = settings.model_copy(update={"database_url": db.url})
+            yield PrivateDatabase(own, make_session_factory(engine))
+        finally:
+            engine.dispose()
+    finally:
+        db.drop()
 
 
 @pytest.fixture

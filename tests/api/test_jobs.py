@@ -7,8 +7,10 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import delete, func, select
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 
+from api.app import create_app
 from shared.models import Job, Worker, utcnow
 from shared.workers import ModelWorkers
 from tests.factories import bomb_png, data_url, job_body, png_bytes
@@ -168,17 +170,16 @@ def test_openapi_is_served(client):
     assert "/v1/jobs" in spec["paths"] and "/v1/jobs/{job_id}" in spec["paths"]
 
 
-def test_a_job_no_worker_can_take_says_so_until_one_is_online(client, new_key, session_factory):
+def test_a_job_no_worker_can_take_says_so_until_one_is_online(private_db):
     """202, GET /v1/jobs/{id}, the job list and GET /v1/models all name the missing worker
     (and when one was last seen); a fresh heartbeat clears it."""
-    key = new_key()
+    # A database of its own: the workers table is farm-wide, other tests' workers beat in it.
+    session_factory, key = private_db.session_factory, private_db.new_key()
     model, stale = "tiny-controlnet", utcnow() - timedelta(hours=1)
-    workers = {"h11-gone@test": stale, "h11-fresh@test": None}
     with session_factory() as s:
-        s.execute(delete(Worker).where(Worker.model == model))  # what other tests left
         s.add(Worker(name="h11-gone@test", model=model, device="cpu", last_seen_at=stale))
         s.commit()
-    try:
+    with TestClient(create_app(private_db.settings)) as client:
         accepted = client.post("/v1/jobs", json=job_body(model=model), headers=auth(key))
         assert accepted.status_code == 202, accepted.text
         since = stale.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -199,10 +200,6 @@ def test_a_job_no_worker_can_take_says_so_until_one_is_online(client, new_key, s
         models = client.get("/v1/models", headers=auth(key)).json()["models"]
         (public,) = [m for m in models if m["alias"] == model]
         assert public["warning"] is None and public["workers"] == ["h11-fresh@test"]
-    finally:
-        with session_factory() as s:
-            s.execute(delete(Worker).where(Worker.name.in_(list(workers))))
-            s.commit()
 
 
 def test_a_model_never_served_says_none_ever_started():

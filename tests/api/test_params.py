@@ -8,9 +8,11 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select, update
 
+from api.app import create_app
 from shared.models import Job, Worker, utcnow
 from shared.storage import storage_from_settings
 from tests.factories import data_url, job_body, png_bytes
@@ -135,23 +137,20 @@ def test_bad_kind_fields_are_4xx_naming_the_field(
         assert s.scalar(select(func.count()).select_from(Job)) == before
 
 
-def test_models_show_kinds_limits_and_online_workers(client, new_key, session_factory):
+def test_models_show_kinds_limits_and_online_workers(private_db):
+    # A database of its own: real workers of other tests beat in the session's one.
     now = utcnow()
     fake = {
         "echo-fresh@test": dict(last_seen_at=now, stopped_at=None),
         "echo-silent@test": dict(last_seen_at=now - timedelta(hours=1), stopped_at=None),
         "echo-stopped@test": dict(last_seen_at=now, stopped_at=now),
     }
-    with session_factory() as s:
+    with private_db.session_factory() as s:
         for name, times in fake.items():
             s.add(Worker(name=name, model="echo", device="cpu", started_at=now, **times))
         s.commit()
-    try:
-        models = client.get("/v1/models", headers=auth(new_key())).json()["models"]
-    finally:
-        with session_factory() as s:
-            s.execute(delete(Worker).where(Worker.name.in_(list(fake))))
-            s.commit()
+    with TestClient(create_app(private_db.settings)) as client:
+        models = client.get("/v1/models", headers=auth(private_db.new_key())).json()["models"]
     by_alias = {m["alias"]: m for m in models}
     assert {
         a: by_alias[a]["kind"] for a in ("tiny", "tiny-inpaint", "tiny-controlnet", "echo")
