@@ -29,6 +29,7 @@ import statistics
 import sys
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bench.harness import (  # noqa: E402
+    SD15_GUIDANCE,
+    SD15_STRENGTH,
     Report,
     environment,
     img2img_pipeline,
@@ -58,7 +61,6 @@ from worker.accel import (  # noqa: E402
 from worker.pixels import batch_in, images_out, to_pixels  # noqa: E402
 
 PROMPT = "a product photo of a red sneaker on a white table, soft studio light"
-STRENGTH, GUIDANCE = 0.75, 7.5
 PLAIN, EAGER, OFF = "plain", "eager", "off"
 # Opt-in comparisons (--variants): name -> its one change to the compiled farm path ("off").
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -107,8 +109,8 @@ def measure(
     kwargs: dict[str, Any] = {
         "prompt": [PROMPT] * bs,
         "num_inference_steps": args.steps,
-        "strength": STRENGTH,
-        "guidance_scale": GUIDANCE,
+        "strength": SD15_STRENGTH,
+        "guidance_scale": SD15_GUIDANCE,
     }
     # A noise image: pixels do not change the arithmetic, and noise hides nothing.
     noise = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)
@@ -135,8 +137,8 @@ def measure(
         height=args.size,
         steps=args.steps,
         batch_size=bs,
-        strength=STRENGTH,
-        guidance_scale=GUIDANCE,
+        strength=SD15_STRENGTH,
+        guidance_scale=SD15_GUIDANCE,
         runs=1,
     )
     seen = [0]
@@ -170,7 +172,7 @@ def measure(
         f"  [{step}] bs={bs}: {m.images_per_s} images/s (median of {len(times)}, warm-up "
         f"{m.first_call_s} s, compiled {m.compiled}, peak {m.peak_mem_gb} GB)"
     )
-    expected = min(int(args.steps * STRENGTH), args.steps)  # the pipeline's get_timesteps
+    expected = min(int(args.steps * SD15_STRENGTH), args.steps)  # the pipeline's get_timesteps
     if m.denoising_steps_seen != expected:
         log(f"WARNING: {m.denoising_steps_seen} denoising steps ran, {expected} expected")
     return m
@@ -269,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, opts in steps if pipe is not None else []:
         # The budget check sizes a step by the longest earlier one of its kind.
         kind = "compile" if opts is not None and opts.compile else "eager"
-        m = report.step(name, lambda name=name, opts=opts: measure(pipe, name, opts, args), kind)
+        m = report.step(name, partial(measure, pipe, name, opts, args), kind)
         if m is not None:
             results.append(m)
     report.dump()

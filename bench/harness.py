@@ -31,6 +31,8 @@ from shared.settings import Settings
 from shared.storage import LocalStorage, storage_from_settings
 
 ROOT = Path(__file__).resolve().parents[1]
+# The SD1.5 img2img job every model bench renders (512², 20 steps): 15 denoising steps, CFG.
+SD15_STRENGTH, SD15_GUIDANCE = 0.75, 7.5
 
 
 def log(msg: str) -> None:
@@ -194,8 +196,8 @@ def sd15_spec(workdir: Path, smoke: bool, device: str, max_batch: int) -> Any:
         device=device,
         max_batch=max_batch,
         steps=4 if smoke else 20,
-        strength=0.75,
-        guidance_scale=7.5,
+        strength=SD15_STRENGTH,
+        guidance_scale=SD15_GUIDANCE,
         width=size,
         height=size,
         options={"compile": True},
@@ -228,8 +230,8 @@ class Report:
     """Steps under a wall-clock budget; figures in ``data``, rewritten to ``path`` after each.
 
     A step is skipped when the budget has less left than the longest earlier step of the
-    same ``kind`` took: estimates come from this run, not from figures
-    of another machine. A failed step is recorded and the run goes on.
+    same ``kind`` took: estimates come from this run, not from figures of another machine.
+    A failed step is recorded and the run goes on.
     """
 
     def __init__(

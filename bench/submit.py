@@ -69,17 +69,10 @@ def upload_images(client: TestClient, headers: dict[str, str], count: int) -> li
     """``count`` distinct images, 50 per ``POST /v1/uploads``; their upload ids."""
     ids: list[str] = []
     for start in range(0, count, 50):
-        files = [
-            (
-                "files",
-                (
-                    f"p{i}.png",
-                    png_bytes(Image.new("RGB", (64, 64), (i % 256, i // 256, 99))),
-                    "image/png",
-                ),
-            )
-            for i in range(start, min(count, start + 50))
-        ]
+        files = []
+        for i in range(start, min(count, start + 50)):
+            png = png_bytes(Image.new("RGB", (64, 64), (i % 256, i // 256, 99)))
+            files.append(("files", (f"p{i}.png", png, "image/png")))
         response = client.post("/v1/uploads", files=files, headers=headers)
         response.raise_for_status()
         ids += [u["id"] for u in response.json()["uploads"]]

@@ -46,6 +46,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from bench.harness import (  # noqa: E402
+    SD15_GUIDANCE,
     Report,
     environment,
     graph_count,
@@ -245,9 +246,8 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
         "summary": {
             "load_model_s": load.get("load_model_s"),
             "warmup_s_by_bucket": {
-                str(w["bucket"]) + ("" if w["guidance"] == 7.5 else f" (g {w['guidance']})"): w[
-                    "seconds"
-                ]
+                str(w["bucket"])
+                + ("" if w["guidance"] == SD15_GUIDANCE else f" (g {w['guidance']})"): w["seconds"]
                 for w in warm
             },
             "worker_start_s": start,
