@@ -175,17 +175,6 @@ def measure(args: argparse.Namespace, database_url: str, tmp: Path) -> dict[str,
         )
         out["status"] = time_gets(client, headers, f"/v1/batches/{batch_id}", args.gets)
         log(f"  {out['status']} over {args.gets} calls")
-        out["list"] = time_gets(client, headers, "/v1/batches", max(1, args.gets // 10))
-        log(f"  GET /v1/batches (first page, batches holding up to {have:,} jobs): {out['list']}")
-        with engine.connect() as conn:
-            plan = conn.execute(
-                text(
-                    "EXPLAIN SELECT status, count(*), min(started_at), max(finished_at) "
-                    "FROM jobs WHERE batch_id = :b GROUP BY status"
-                ),
-                {"b": uuid.UUID(batch_id)},
-            ).scalars()
-            log("  counts query plan: " + " / ".join(line.strip() for line in plan))
     engine.dispose()
     return out
 

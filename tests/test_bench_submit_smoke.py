@@ -28,6 +28,6 @@ def test_submit_bench_times_batches_and_status_reads(postgres_url: str, tmp_path
         assert 0 < size["best_s"] <= size["median_s"] and size["jobs_per_s"] > 0, size
     # 3 submissions of each size (one untimed) = 900 jobs; the filler tops them up to 1000.
     assert figures["jobs_in_table"] == 1000
-    for read in (figures["status"], figures["list"]):
-        assert 0 < read["p50_ms"] <= read["p95_ms"] <= read["max_ms"], read
-    assert "counts query plan" in proc.stdout
+    status = figures["status"]
+    assert 0 < status["p50_ms"] <= status["p95_ms"] <= status["max_ms"], status
+    assert "jobs in table" in proc.stdout
