@@ -1,13 +1,10 @@
 """The whole farm on this machine, as the end-to-end benchmarks run it.
 
-A database of its own on the local PostgreSQL server (like the tests), a ``redis-server`` on
-a free port, an S3 endpoint (``moto_server``; ``storage="file"`` uses a local folder), the
-schema migrated, a team with an API key, and real ``imgfarm api`` and ``imgfarm dispatcher``
-processes. Workers are started by each benchmark, as it needs them; everything is stopped
-(and the database dropped) when the benchmark leaves ``running_services``.
-
-Also here: what the benchmarks drive and read the farm with (uploads, batch submission, job
-counts in Postgres, CPU seconds per process from /proc, the line saying what a run stood on).
+A database of its own on the local PostgreSQL server, a ``redis-server``, an S3 endpoint
+(``moto_server``; ``storage="file"``: a local folder), a team with an API key, and real
+``imgfarm api`` and ``imgfarm dispatcher`` processes; each bench starts its workers. All is
+stopped (the database dropped) when the bench leaves ``running_services``. Also here: how
+the benches drive and read the farm (uploads, batches, CPU seconds per process).
 """
 
 from __future__ import annotations

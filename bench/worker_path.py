@@ -10,14 +10,10 @@ with the spec a worker gets from the registry (bfloat16, max_batch 16, 20 steps,
   (b) ``worker.render.render_batch``   (a) + PNG encode + store of each output, one thread
 
 images/s (median of several calls), the share of (b) spent on the CPU after the pipeline
-returned, and the first call after the bucket's warm-up (it must not compile: the warm-up
-exists for that) with the graphs torch.compile added during it.
-
-Warm-up: ``load_model(warm=False)``, then each entry of the worker's own warm plan
-(``worker.pipelines.warm_plan``) alone, those the measurements need first, so a short lease
+returned, and the first call after the bucket's warm-up with the graphs torch.compile added
+in it (none: the warm-up exists for that). Warm-up: ``load_model(warm=False)``, then each
+entry of the worker's warm plan alone, those the measurements need first, so a short lease
 still yields per-bucket warm-up seconds; load + every entry is the worker's start time.
-How busy the pipelined worker keeps the device (depth 1 against 3) is measured by
-bench/pipeline_overlap.py (``--in-process`` runs the worker's render task on this model).
 
     python bench/worker_path.py --device cuda --budget-s 300 --json out.json
     python bench/worker_path.py --device cpu --smoke     # tiny model, 64 px, seconds
