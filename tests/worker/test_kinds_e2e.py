@@ -59,3 +59,33 @@ def test_inpaint_worker_keeps_masked_pixels_bit_identical(
         assert np.array_equal(out[:, 32:], np.asarray(source)[:, 32:]), "kept pixels exact"
         assert not np.array_equal(out[:, :32], np.asarray(source)[:, :32]), "left repainted"
         assert response.headers["x-amz-meta-model"] == "tiny-inpaint"
+
+    # The same through a batch: a mask per image, a resize_mode, each kept region exact.
+    flipped = mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT)  # repaint the right half
+    batch = {
+        "model": "tiny-inpaint",
+        "images": [
+            {"image": data_url(png(source)), "mask": data_url(png(mask)), "sku": "left"},
+            {"image": data_url(png(source)), "mask": data_url(png(flipped)), "sku": "right"},
+        ],
+        "prompts": [{"prompt": "a red sneaker on a snowy porch", "name": "snow"}],
+        "steps": 2,
+        "strength": 1.0,
+        "resize_mode": "fit",
+    }
+    accepted = client.post("/v1/batches", json=batch, headers=headers)
+    assert accepted.status_code == 202, accepted.text
+    batch_id = accepted.json()["id"]
+
+    def batch_done() -> list[dict] | None:
+        page = client.get(f"/v1/batches/{batch_id}/jobs", headers=headers).json()["jobs"]
+        return page if page and all(j["status"] in FINAL for j in page) else None
+
+    kept = {"left": np.s_[:, 32:], "right": np.s_[:, :32]}
+    for job in wait_for(batch_done, 180, "the inpaint batch to finish", interval=0.2):
+        assert job["status"] == "succeeded", job
+        assert job["params"]["resize_mode"] == "fit"
+        response = httpx.get(job["outputs"][0]["url"], timeout=30)
+        out = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"))
+        region = kept[job["sku"]]
+        assert np.array_equal(out[region], np.asarray(source)[region]), job["sku"]
