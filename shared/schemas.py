@@ -511,6 +511,11 @@ class BatchAccepted(BaseModel):
     seed: int = Field(
         description="The batch seed every job's seed derives from (drawn if omitted)."
     )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Why its jobs may not move, for people (e.g. no worker online for the "
+        "model since a time); empty when nothing is wrong.",
+    )
 
 
 class BatchCounts(BaseModel):

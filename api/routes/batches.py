@@ -29,6 +29,7 @@ from shared.schemas import (
     BatchRetried,
 )
 from shared.storage import Storage
+from shared.workers import model_workers
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=KEYED_ERRORS)
 BatchId = Annotated[uuid.UUID, Path(description="A batch id from POST /v1/batches.")]
@@ -85,11 +86,17 @@ def create_batch(
         # 3. store the sources (content-addressed: a racing replay below wrote the same),
         # then a short transaction: claim the key, insert the batch and its jobs
         spool.store(storage)
+        workers = model_workers(session, settings.lease_seconds, [body.model])[body.model]
         claim = idempotency.begin(session, team.id, idempotency_key, scope, body, ttl)
         if isinstance(claim, idempotency.Replay):
             return claim.response()
         batch = service.create_batch(session, team, body, checked)
-        accepted = BatchAccepted(id=batch.id, job_count=batch.job_count, seed=batch.seed)
+        accepted = BatchAccepted(
+            id=batch.id,
+            job_count=batch.job_count,
+            seed=batch.seed,
+            warnings=[] if workers.warning is None else [workers.warning],
+        )
         idempotency.remember(claim, status.HTTP_202_ACCEPTED, accepted)
         session.commit()
     return accepted

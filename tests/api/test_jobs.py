@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from api.app import create_app
 from shared.models import Job, Worker, utcnow
 from shared.workers import ModelWorkers
-from tests.factories import bomb_png, data_url, job_body, png_bytes
+from tests.factories import batch_body, bomb_png, data_url, job_body, png_bytes
 
 
 def auth(key: str) -> dict[str, str]:
@@ -187,6 +187,9 @@ def test_a_job_no_worker_can_take_says_so_until_one_is_online(private_db):
         assert f"no worker online for model '{model}' since {since}" in warning
         job_id = accepted.json()["id"]
         assert client.get(f"/v1/jobs/{job_id}", headers=auth(key)).json()["warnings"] == [warning]
+        batch = client.post("/v1/batches", json=batch_body(model=model), headers=auth(key))
+        assert batch.status_code == 202, batch.text
+        assert batch.json()["warnings"] == [warning], "a batch's 202 says so too"
         listed = client.get("/v1/jobs", params={"model": model}, headers=auth(key)).json()
         assert listed["jobs"][0]["warnings"] == [warning]
         models = client.get("/v1/models", headers=auth(key)).json()["models"]
