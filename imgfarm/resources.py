@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import mimetypes
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +25,7 @@ from shared.schemas import (
     JobAccepted,
     JobCreate,
     JobPublic,
+    JobsPublic,
     ManifestItem,
     UploadPublic,
     UploadsPublic,
@@ -86,6 +87,29 @@ class Jobs:
             for n, output in enumerate(job.outputs)
         ]
         return [self._t.fetch_to(o.url, p) for o, p in zip(job.outputs, paths, strict=True)]
+
+    # Last in the class: defined earlier, a method named list would shadow the builtin in
+    # the other methods' annotations.
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        model: str | None = None,
+        batch_id: Id | None = None,
+        limit: int = 100,
+    ) -> Iterator[JobPublic]:
+        """``GET /v1/jobs``: the team's jobs, newest first, following the cursor from page
+        to page (``limit`` per request); filters as the api takes them."""
+        params: dict[str, Any] = {"status": status, "model": model, "batch_id": batch_id}
+        params = {k: str(v) for k, v in params.items() if v is not None}
+        cursor: str | None = None
+        while True:
+            query = {**params, "limit": limit, **({"cursor": cursor} if cursor else {})}
+            page = JobsPublic.model_validate(self._t.json("GET", "/v1/jobs", params=query))
+            yield from page.jobs
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
 
 
 class Batches:

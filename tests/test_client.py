@@ -184,6 +184,9 @@ def test_upload_then_job_submit_wait_download_are_typed(farm, new_key, tmp_path)
         # A JobCreate does as well as its fields; both are checked before anything is sent.
         again = client.jobs.submit(JobCreate(model="echo", prompt="a shoe", image=str(photo.id)))
         assert client.jobs.wait(again.id, timeout=120).status == "succeeded"
+        # Listing follows the cursor across pages (one job per page here), newest first.
+        listed = list(client.jobs.list(model="echo", status="succeeded", limit=1))
+        assert [j.id for j in listed] == [again.id, job.id]
         with pytest.raises(ValueError, match="strength"):
             client.jobs.submit(model="echo", prompt="a shoe", image=photo, strength=2)
 
