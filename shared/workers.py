@@ -66,6 +66,11 @@ class ModelWorkers:
             "its jobs stay queued until one starts"
         )
 
+    @property
+    def warnings(self) -> list[str]:
+        """``warning`` as the answers' ``warnings`` list: empty while a worker is online."""
+        return [] if (warning := self.warning) is None else [warning]
+
 
 def model_workers(
     session: Session, lease_seconds: int, models: Collection[str]

@@ -95,7 +95,7 @@ def create_batch(
             id=batch.id,
             job_count=batch.job_count,
             seed=batch.seed,
-            warnings=[] if workers.warning is None else [workers.warning],
+            warnings=workers.warnings,
         )
         idempotency.remember(claim, status.HTTP_202_ACCEPTED, accepted)
         session.commit()

@@ -131,8 +131,7 @@ def submit_job(
         if isinstance(claim, idempotency.Replay):
             return claim.response()
         job = add_job(session, team, body, checked)
-        warnings = [] if workers.warning is None else [workers.warning]
-        accepted = JobAccepted(id=job.id, status=job.status, warnings=warnings)
+        accepted = JobAccepted(id=job.id, status=job.status, warnings=workers.warnings)
         idempotency.remember(claim, status.HTTP_202_ACCEPTED, accepted)
         session.commit()
     return accepted
