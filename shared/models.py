@@ -10,6 +10,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -50,6 +51,18 @@ class Team(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Operator-set share and limits (issue 17): a team's share of each model's queue is
+    # proportional to its weight while it has work; NULL limits mean unlimited.
+    weight: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")
+    max_queued: Mapped[int | None] = mapped_column(Integer, default=None)
+    max_batch: Mapped[int | None] = mapped_column(Integer, default=None)
+    rate_per_second: Mapped[float | None] = mapped_column(Float, default=None)
+    # The submission-rate token bucket: tokens left when last checked.
+    rate_tokens: Mapped[float | None] = mapped_column(Float, default=None)
+    rate_checked_at: Mapped[datetime | None] = mapped_column(default=None)
+    monthly_images: Mapped[int | None] = mapped_column(Integer, default=None)
+    # Finished jobs' outputs, sources and rows are pruned this many days after they finished.
+    retention_days: Mapped[int] = mapped_column(Integer, default=30, server_default="30")
 
 
 class ApiKey(Base):
@@ -66,6 +79,9 @@ class ApiKey(Base):
     # When a request last authenticated with it, to the minute (shared/teams.py): during a
     # rotation, ops see whether the old key is still in use before revoking it.
     last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+    # admin: manage keys, webhooks and team settings; member: submit, read, review. Keys
+    # made before scopes existed are admin (the migration's server default).
+    scope: Mapped[str] = mapped_column(String(16), default="admin", server_default="admin")
 
 
 class Upload(Base):
@@ -128,6 +144,14 @@ class Job(Base):
             postgresql_where=text("batch_id IS NOT NULL"),
             sqlite_where=text("batch_id IS NOT NULL"),
         ),
+        # A batch's review counts and its listing filtered by review state.
+        Index(
+            "ix_jobs_batch_review",
+            "batch_id",
+            "review",
+            postgresql_where=text("batch_id IS NOT NULL"),
+            sqlite_where=text("batch_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -164,6 +188,17 @@ class Job(Base):
     webhook_url: Mapped[str | None] = mapped_column(String(2048), default=None)
     # Inpaint jobs given a mask: its content-addressed key, stored like the source.
     mask_key: Mapped[str | None] = mapped_column(String(512), default=None)
+    # Trust (issue 15): the output's scores against its source; its review state (NULL until
+    # it rendered; passed | needs_review, then approved | rejected by a person), who decided
+    # (an api key id), when and why; earlier attempts' outputs kept by a rerender.
+    fidelity: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    review: Mapped[str | None] = mapped_column(String(16), default=None)
+    review_note: Mapped[str | None] = mapped_column(Text, default=None)
+    reviewed_by: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None)
+    reviewed_at: Mapped[datetime | None] = mapped_column(default=None)
+    history: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
+    # interactive | standard | bulk (issue 17).
+    priority: Mapped[str] = mapped_column(String(16), default="standard", server_default="standard")
 
 
 class Worker(Base):
@@ -205,6 +240,12 @@ class Batch(Base):
     webhook_url: Mapped[str | None] = mapped_column(String(2048), default=None)
     completed_at: Mapped[datetime | None] = mapped_column(default=None)
     progress_sent_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Review thresholds overriding the model's ({min_structure, max_colour_drift}); when every
+    # output was last seen passed, approved or rejected (batch.reviewed, once per round).
+    review: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    reviewed_at: Mapped[datetime | None] = mapped_column(default=None)
+    priority: Mapped[str] = mapped_column(String(16), default="standard", server_default="standard")
+    deadline: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class IdempotencyKey(Base):
@@ -338,3 +379,20 @@ class WebhookAttempt(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     # What the attempt led to: delivered, retry, failed, dead or disabled.
     outcome: Mapped[str] = mapped_column(String(16))
+
+
+class UsageMonthly(Base):
+    """Images rendered and GPU-seconds spent per team, month (``YYYY-MM``) and model.
+
+    Kept apart from the jobs so the month's usage survives pruning of old rows.
+    """
+
+    __tablename__ = "usage_monthly"
+
+    team_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True
+    )
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    model: Mapped[str] = mapped_column(String(100), primary_key=True)
+    images: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
