@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -18,6 +19,17 @@ from shared.models import ApiKey, Team, utcnow
 MIN_SELECTOR_CHARS = 4
 # How precisely ``last_used_at`` follows a key's use (see team_for_key).
 USE_RESOLUTION = timedelta(minutes=1)
+# The operator-set columns of ``teams`` (issue 17); None clears a limit (unlimited).
+TEAM_LIMITS = (
+    "weight",
+    "max_queued",
+    "max_batch",
+    "rate_per_second",
+    "monthly_images",
+    "retention_days",
+)
+# Limits every team has (NOT NULL): a share of the queue, and how long results are kept.
+REQUIRED_LIMITS = ("weight", "retention_days")
 
 
 class UnknownTeam(NotFound):
@@ -73,6 +85,31 @@ def ensure_team(session: Session, name: str) -> Team:
         team = Team(name=name)
         session.add(team)
         session.flush()
+    return team
+
+
+def set_team_limits(session: Session, team_id: uuid.UUID, **fields: Any) -> Team:
+    """Set some of a team's ``TEAM_LIMITS`` (None: unlimited); raises ``UnknownTeam``.
+
+    Validation of the values belongs to the caller's interface (CLI options); this only
+    refuses names that are not limits. Takes effect when the session commits.
+    """
+    unknown = sorted(set(fields) - set(TEAM_LIMITS))
+    if unknown:
+        raise TypeError(f"not team limits: {', '.join(unknown)}")
+    required = sorted(name for name in REQUIRED_LIMITS if name in fields and fields[name] is None)
+    if required:
+        raise ValueError(f"{', '.join(required)} cannot be cleared, only changed")
+    team = session.get(Team, team_id)
+    if team is None:
+        raise UnknownTeam(f"no team with id {team_id}")
+    for name, value in fields.items():
+        setattr(team, name, value)
+    if "rate_per_second" in fields:
+        # A new rate starts with a full bucket, not with tokens counted at the old rate.
+        team.rate_tokens = None
+        team.rate_checked_at = None
+    session.flush()
     return team
 
 
