@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     String,
@@ -396,3 +397,37 @@ class UsageMonthly(Base):
     model: Mapped[str] = mapped_column(String(100), primary_key=True)
     images: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+
+
+class JobEvent(Base):
+    """One change of a job or batch as live streams tell it: the append-only event log.
+
+    Written by shared/job_events.py in the transaction of the change; the id orders the log
+    and is the stream's event id (``Last-Event-ID`` resumes after it).
+    """
+
+    __tablename__ = "job_events"
+    __table_args__ = (
+        Index(
+            "ix_job_events_batch",
+            "batch_id",
+            "id",
+            postgresql_where=text("batch_id IS NOT NULL"),
+            sqlite_where=text("batch_id IS NOT NULL"),
+        ),
+        Index("ix_job_events_job", "job_id", "id"),
+        Index("ix_job_events_team", "team_id", "id"),
+        # Retention deletes by age (dispatch/housekeeping).
+        Index("ix_job_events_created", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), Identity(always=False), primary_key=True
+    )
+    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None)
+    # job.queued | job.running | job.succeeded | job.failed | job.canceled | job.reviewed ...
+    type: Mapped[str] = mapped_column(String(32))
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
