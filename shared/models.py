@@ -411,11 +411,12 @@ class JobEvent(Base):
         Index(
             "ix_job_events_batch",
             "batch_id",
+            "txid",
             "id",
             postgresql_where=text("batch_id IS NOT NULL"),
             sqlite_where=text("batch_id IS NOT NULL"),
         ),
-        Index("ix_job_events_job", "job_id", "id"),
+        Index("ix_job_events_job", "job_id", "txid", "id"),
         Index("ix_job_events_team", "team_id", "id"),
         # Retention deletes by age (dispatch/housekeeping).
         Index("ix_job_events_created", "created_at"),
@@ -431,3 +432,7 @@ class JobEvent(Base):
     type: Mapped[str] = mapped_column(String(32))
     data: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The writing transaction's id (Postgres ``pg_current_xact_id``; NULL on SQLite, whose
+    # writers take turns). Ids are handed out before commit, so a later id can commit first:
+    # streams read in (txid, id) order up to the oldest running transaction instead.
+    txid: Mapped[int | None] = mapped_column(BigInteger, default=None)

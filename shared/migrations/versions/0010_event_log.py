@@ -32,15 +32,18 @@ def upgrade() -> None:
         sa.Column("type", sa.String(32), nullable=False),
         sa.Column("data", sa.JSON(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        # The writing transaction's id on Postgres (NULL on SQLite, whose writers take turns):
+        # streams read in (txid, id) order, which never gains a row behind one already read.
+        sa.Column("txid", sa.BigInteger(), nullable=True),
     )
     op.create_index(
         "ix_job_events_batch",
         "job_events",
-        ["batch_id", "id"],
+        ["batch_id", "txid", "id"],
         postgresql_where=sa.text("batch_id IS NOT NULL"),
         sqlite_where=sa.text("batch_id IS NOT NULL"),
     )
-    op.create_index("ix_job_events_job", "job_events", ["job_id", "id"])
+    op.create_index("ix_job_events_job", "job_events", ["job_id", "txid", "id"])
     op.create_index("ix_job_events_team", "job_events", ["team_id", "id"])
     op.create_index("ix_job_events_created", "job_events", ["created_at"])
 
