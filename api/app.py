@@ -13,6 +13,8 @@ from api.errors import register_error_handlers
 from api.fetch_slots import FetchSlots
 from api.metrics import install_api_metrics
 from api.routes import batches, files, health, jobs, models, uploads, webhooks
+from api.routes import thumbnails as thumbnail_routes
+from api.routes.console import install_console
 from shared.db import make_engine, make_session_factory
 from shared.logs import LogContextMiddleware
 from shared.registry import load_registry
@@ -68,6 +70,8 @@ def create_app(
     app.include_router(health.router)
     for module in (jobs, batches, uploads, models, files, webhooks):
         app.include_router(module.router)  # each router lists its own error answers
+    app.include_router(thumbnail_routes.router)
+    install_console(app, app.state.storage)  # last: its routes are the catch-all views
     return app
 
 

@@ -1,0 +1,127 @@
+// One job: its output beside its source (side by side, swipe, overlay, mask), then what
+// made it (params, provenance), how faithful it is (scores) and who decided what (review).
+
+import { ApiError, api, blob } from "./api.js";
+import { ago, h, notice, replace } from "./dom.js";
+import { jobLabel, scoresLine } from "./batch.js";
+import { notFound } from "./nav.js";
+import { thumbPath } from "./thumbs.js";
+
+const COMPARE_PX = 1024;
+
+async function objectUrl(path) {
+  try {
+    return URL.createObjectURL(await blob(path));
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 404) return null;
+    throw error;
+  }
+}
+
+function table(caption, rows) {
+  const shown = rows.filter(([, v]) => v != null && v !== "");
+  if (!shown.length) return null;
+  return h("table", { class: "facts" }, h("caption", {}, caption),
+    h("tbody", {}, shown.map(([k, v]) => h("tr", {}, h("th", { scope: "row" }, k), h("td", {}, v)))));
+}
+
+const flat = (value) =>
+  typeof value === "object" && value !== null ? JSON.stringify(value) : String(value);
+
+export async function jobPage(main, { id, signal }) {
+  let job;
+  try {
+    job = await api(`/v1/jobs/${id}`, { signal });
+  } catch (error) {
+    if (error instanceof ApiError && (error.status === 404 || error.status === 422)) {
+      replace(main, ...notFound("job"));
+      return;
+    }
+    throw error;
+  }
+  const label = job.sku ? jobLabel(job) : `Job ${job.id.slice(0, 8)}`;
+  const output = job.outputs?.[0];
+  const [sourceUrl, outputUrl, maskUrl] = await Promise.all([
+    objectUrl(thumbPath(job, "source", COMPARE_PX)),
+    output ? objectUrl(thumbPath(job, "output", COMPARE_PX)) : null,
+    objectUrl(thumbPath(job, "mask", COMPARE_PX)),
+  ]);
+  const status = h("div", { id: "status", "aria-live": "polite" });
+  replace(main,
+    h("p", { class: "crumbs" }, job.batch_id ? h("a", { href: `/batches/${job.batch_id}` }, "← batch") : h("a", { href: "/" }, "← batches")),
+    h("h1", {}, label),
+    h("p", { class: "prompt" }, "“", job.prompt, "”", job.params?.seed != null ? ` · seed ${job.params.seed}` : ""),
+    compare(job, sourceUrl, outputUrl, maskUrl),
+    output ? h("p", {}, h("a", { href: output.url, target: "_blank", rel: "noopener noreferrer" }, `Full size (${output.width}×${output.height}, ${output.content_type})`)) : null,
+    review(job, status),
+    status,
+    h("div", { class: "fact-grid" },
+      table("Fidelity", [["scores", scoresLine(job.fidelity)], ["review", job.review?.replace("_", " ")]]),
+      table("Params", [["model", job.model], ["negative prompt", job.negative_prompt],
+        ...Object.entries(job.params ?? {}).map(([k, v]) => [k.replaceAll("_", " "), flat(v)])]),
+      table("Provenance", Object.entries(job.provenance ?? job.labels ?? {}).map(([k, v]) => [k, flat(v)])),
+      table("Run", [["status", job.status], ["attempts", job.attempts], ["worker", job.worker],
+        ["error", job.error], ["queue wait", job.durations?.queue_wait_seconds?.toFixed?.(2)],
+        ["render", job.durations?.render_seconds?.toFixed?.(2)], ["finished", ago(job.finished_at)]]),
+      table("Metadata", Object.entries(job.metadata ?? {}).map(([k, v]) => [k, flat(v)])),
+    ),
+    history(job),
+  );
+}
+
+/** Source and output in one frame: side by side, swipe (a slider), overlay (opacity), mask. */
+function compare(job, sourceUrl, outputUrl, maskUrl) {
+  const alt = job.sku ? `${jobLabel(job)}: ${job.prompt}` : job.prompt;
+  const source = h("img", { src: sourceUrl, alt: `${job.sku ?? "job"}: source`, class: "source" });
+  const output = outputUrl ? h("img", { src: outputUrl, alt, class: "output" }) : h("p", { class: "muted" }, `no output (${job.status})`);
+  const stage = h("div", { class: "stage side" }, h("figure", {}, source, h("figcaption", {}, "source")),
+    h("figure", {}, output, h("figcaption", {}, "output")));
+  const slider = h("input", { type: "range", min: 0, max: 100, value: 50, "aria-label": "Swipe position", hidden: true });
+  const modes = ["side by side", "swipe", "overlay", ...(maskUrl ? ["mask"] : [])];
+  let mode = "side by side";
+  const apply = () => {
+    stage.className = `stage ${mode.split(" ")[0]}`;
+    slider.hidden = !(mode === "swipe" || mode === "overlay");
+    const at = Number(slider.value);
+    // CSSOM, not style attributes: the CSP allows no inline style.
+    output.style.clipPath = mode === "swipe" ? `inset(0 0 0 ${at}%)` : "";
+    output.style.opacity = mode === "overlay" ? String(at / 100) : "";
+    if (mode === "mask" && maskUrl) source.src = maskUrl;
+    else source.src = sourceUrl;
+  };
+  slider.addEventListener("input", apply);
+  const buttons = modes.map((m) =>
+    h("button", { type: "button", "aria-pressed": String(m === mode), onclick: (e) => {
+      mode = m;
+      for (const b of buttons) b.setAttribute("aria-pressed", String(b === e.currentTarget));
+      apply();
+    } }, m));
+  return h("section", { class: "compare", "aria-label": "Comparison" }, h("div", { class: "modes", role: "group" }, buttons), slider, stage);
+}
+
+function review(job, status) {
+  if (job.status !== "succeeded") return null;
+  const decide = async (decision) => {
+    try {
+      const answer = await api(`/v1/jobs/${job.id}/review`, { method: "POST", body: { decision } });
+      Object.assign(job, answer);
+      replace(status, h("p", { role: "status" }, `Review: ${answer.review ?? decision}`));
+    } catch (error) {
+      replace(status, notice(error.message));
+    }
+  };
+  return h("div", { class: "actions" },
+    h("button", { type: "button", id: "approve", onclick: () => decide("approve") }, "Approve"),
+    h("button", { type: "button", id: "reject", onclick: () => decide("reject") }, "Reject"));
+}
+
+function history(job) {
+  const rounds = job.history ?? [];
+  const current = job.reviewed_at ? [`${job.review} by key ${job.reviewed_by ?? "?"} ${ago(job.reviewed_at)}${job.review_note ? `: ${job.review_note}` : ""}`] : [];
+  if (!rounds.length && !current.length) return null;
+  return h("section", { class: "history" }, h("h2", {}, "Review history"),
+    h("ol", {},
+      rounds.map((r, i) => h("li", {}, `attempt ${i + 1}: ${r.review ?? r.status ?? ""}`,
+        r.review_note ? ` — ${r.review_note}` : "", r.seed != null ? ` (seed ${r.seed})` : "")),
+      current.map((line) => h("li", {}, line))));
+}

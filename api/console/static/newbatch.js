@@ -1,0 +1,163 @@
+// A new batch: drop photos (each uploaded as it lands, with its own progress bar), write
+// prompts one per line as name=prompt, pick a model and variants, see the job count, submit.
+
+import { ApiError, api, getKey } from "./api.js";
+import { h, notice, num, replace } from "./dom.js";
+import { go } from "./nav.js";
+
+/** "beach=on a beach" lines -> [{name, prompt}]; a line without "=" is a bare prompt. */
+export function parsePrompts(text) {
+  return text.split("\n").map((l) => l.trim()).filter(Boolean).map((line) => {
+    const at = line.indexOf("=");
+    if (at <= 0) return { prompt: line };
+    return { name: line.slice(0, at).trim(), prompt: line.slice(at + 1).trim() };
+  });
+}
+
+/** A SKU from a file name: its stem, with characters no file system keeps replaced. */
+export function skuOf(filename) {
+  const stem = filename.replace(/\.[^.]+$/, "") || "image";
+  return stem.replace(/[<>:"/\\|?*\u0000-\u001f]/g, "-").replace(/[. ]+$/, "").slice(0, 100) || "image";
+}
+
+/** POST one file to /v1/uploads (multipart) with upload progress: XHR has upload events,
+ * fetch does not. */
+function uploadMultipart(file, onProgress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", "/v1/uploads");
+    xhr.setRequestHeader("Authorization", `Bearer ${getKey()}`);
+    xhr.responseType = "json";
+    xhr.upload.addEventListener("progress", (e) => e.lengthComputable && onProgress(e.loaded / e.total));
+    xhr.addEventListener("load", () => {
+      if (xhr.status === 201) resolve(xhr.response.uploads[0]);
+      else reject(new ApiError(xhr.status, xhr.response));
+    });
+    xhr.addEventListener("error", () => reject(new Error("the upload was cut off")));
+    const form = new FormData();
+    form.append("files", file, file.name);
+    xhr.send(form);
+  });
+}
+
+/** On S3: presign, PUT straight to the bucket (progress from XHR), then /complete. */
+async function uploadPresigned(file, onProgress) {
+  const signed = await api("/v1/uploads/presign", { method: "POST", body: { filename: file.name } });
+  await new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("PUT", signed.url);
+    xhr.upload.addEventListener("progress", (e) => e.lengthComputable && onProgress(e.loaded / e.total));
+    xhr.addEventListener("load", () => (xhr.status < 300 ? resolve() : reject(new Error(`storage answered ${xhr.status}`))));
+    xhr.addEventListener("error", () => reject(new Error("the upload to storage was cut off")));
+    xhr.send(file);
+  });
+  return api(`/v1/uploads/${signed.id}/complete`, { method: "POST" });
+}
+
+let presign = null; // learnt from the farm's first answer: true on S3, false on a local folder
+
+async function upload(file, onProgress) {
+  if (presign !== false) {
+    try {
+      const done = await uploadPresigned(file, onProgress);
+      presign = true;
+      return done;
+    } catch (error) {
+      if (!(error instanceof ApiError && error.status === 400 && presign !== true)) throw error;
+      presign = false; // this farm stores objects in a folder: multipart through the api
+    }
+  }
+  return uploadMultipart(file, onProgress);
+}
+
+export async function newBatchPage(main, { signal }) {
+  const { models } = await api("/v1/models", { signal });
+  const files = []; // {file, sku, upload, error, bar}
+  const list = h("ul", { class: "files", "aria-label": "Images" });
+  const picker = h("input", { type: "file", id: "files", multiple: true, accept: "image/*", class: "sr" });
+  const drop = h("div", { class: "drop", id: "drop", tabindex: 0, role: "button", "aria-label": "Add images: drop them here or press enter to browse" },
+    "Drop product photos here, or ", h("label", { for: "files", class: "link" }, "browse"), picker);
+  const summary = h("p", { id: "upload-summary", class: "muted", "aria-live": "polite" });
+  const prompts = h("textarea", { id: "prompts", rows: 5, required: true, spellcheck: "false",
+    placeholder: "beach=the product on a sunny beach, soft morning light\nsnow=the product on a snowy porch" });
+  const variants = h("input", { id: "variants", type: "number", min: 1, max: 100, value: 1, required: true });
+  const model = h("select", { id: "model" }, models.map((m) =>
+    h("option", { value: m.alias }, `${m.alias} (${m.kind})${m.warning ? " — no worker online" : ""}`)));
+  const strength = h("input", { id: "strength", type: "number", min: 0.01, max: 1, step: 0.01, placeholder: "model default" });
+  const name = h("input", { id: "name", type: "text", maxlength: 200, placeholder: "Summer 2027 catalogue" });
+  const preview = h("p", { id: "preview", class: "preview", "aria-live": "polite" });
+  const status = h("div", { id: "status", "aria-live": "polite" });
+  const submit = h("button", { type: "submit", class: "primary", id: "submit" }, "Submit");
+
+  const refresh = () => {
+    const done = files.filter((f) => f.upload).length;
+    const bytes = files.reduce((n, f) => n + f.file.size, 0);
+    summary.textContent = files.length
+      ? `${files.length} files · ${(bytes / 1e6).toFixed(1)} MB · uploaded ${done}/${files.length}` : "";
+    const p = parsePrompts(prompts.value).length;
+    const v = Number(variants.value) || 0;
+    const n = files.length * p * v;
+    preview.textContent = `→ ${files.length} images × ${p} prompts × ${v} variants = ${num(n)} jobs`;
+    submit.disabled = !n || done < files.length || files.some((f) => f.error);
+  };
+
+  const add = (chosen) => {
+    for (const file of chosen) {
+      const bar = h("progress", { max: 100, value: 0, "aria-label": `${file.name} upload` });
+      const state = h("span", { class: "muted" }, "uploading");
+      const entry = { file, sku: skuOf(file.name), upload: null, error: null };
+      files.push(entry);
+      list.append(h("li", { "data-name": file.name }, h("span", { class: "fname" }, file.name), bar, state));
+      upload(file, (share) => { bar.value = Math.round(share * 100); })
+        .then((u) => { entry.upload = u; bar.value = 100; state.textContent = `${u.width}×${u.height}`; })
+        .catch((e) => { entry.error = e; replace(state, notice(`${file.name}: ${e.message}`)); })
+        .finally(refresh);
+    }
+    refresh();
+  };
+  picker.addEventListener("change", () => add([...picker.files]));
+  drop.addEventListener("keydown", (e) => (e.key === "Enter" || e.key === " ") && (e.preventDefault(), picker.click()));
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    add([...e.dataTransfer.files].filter((f) => f.type.startsWith("image/") || !f.type));
+  });
+  for (const input of [prompts, variants]) input.addEventListener("input", refresh);
+
+  const send = async (event) => {
+    event.preventDefault();
+    const body = {
+      model: model.value,
+      images: files.map((f) => ({ image: f.upload.id, sku: f.sku })),
+      prompts: parsePrompts(prompts.value),
+      variants: Number(variants.value),
+    };
+    if (strength.value) body.strength = Number(strength.value);
+    if (name.value.trim()) body.metadata = { name: name.value.trim() };
+    submit.disabled = true;
+    try {
+      const accepted = await api("/v1/batches", { method: "POST", body });
+      go(`/batches/${accepted.id}`);
+    } catch (error) {
+      const fields = (error.body?.errors ?? []).map((e) => `${e.field}: ${e.message}`);
+      replace(status, notice([error.message, ...fields].join("\n")));
+      submit.disabled = false;
+    }
+  };
+
+  replace(main,
+    h("h1", {}, "New batch"),
+    h("form", { class: "new-batch", onsubmit: send },
+      h("fieldset", {}, h("legend", {}, "Images"), drop, summary, list),
+      h("label", { for: "prompts" }, "Prompts ", h("span", { class: "muted" }, "one per line, name=prompt")),
+      prompts,
+      h("div", { class: "row" },
+        h("label", {}, "Variants ", variants),
+        h("label", {}, "Model ", model),
+        h("label", {}, "Strength ", strength),
+        h("label", {}, "Name ", name)),
+      preview, status, submit));
+  refresh();
+}
