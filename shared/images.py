@@ -323,20 +323,29 @@ def fit_crop(img: Image.Image, width: int, height: int) -> Image.Image:
 
 
 def encode_image(
-    img: Image.Image, fmt: OutputFormat, png_compress_level: int = PNG_COMPRESS_LEVEL
+    img: Image.Image,
+    fmt: OutputFormat,
+    png_compress_level: int = PNG_COMPRESS_LEVEL,
+    xmp: bytes | None = None,
 ) -> bytes:
     """``img`` (sRGB pixels) in ``fmt``, saying it is sRGB: PNG's sRGB chunk, an embedded
-    sRGB ICC profile in JPEG and WebP. Nothing else of any input's metadata is written."""
+    sRGB ICC profile in JPEG and WebP. Nothing else of any input's metadata is written, but
+    ``xmp`` (a packet, worker/labels.py): PNG's iTXt ``XML:com.adobe.xmp``, JPEG's APP1,
+    WebP's XMP chunk."""
     buf = io.BytesIO()
     if fmt == "png":
         chunks = PngImagePlugin.PngInfo()
         chunks.add(b"sRGB", b"\x00")  # rendering intent: perceptual
+        if xmp is not None:  # Pillow's xmp= does not reach PNG files: the chunk, by hand
+            chunks.add_itxt("XML:com.adobe.xmp", xmp.decode(), zip=False)
         # icc_profile=None: PNG would fall back to img.info's; sRGB and iCCP exclude each other.
         img.save(
             buf, format="PNG", compress_level=png_compress_level, pnginfo=chunks, icc_profile=None
         )
     elif fmt == "jpeg":
-        img.convert("RGB").save(buf, format="JPEG", quality=92, icc_profile=SRGB_ICC)
+        img.convert("RGB").save(
+            buf, format="JPEG", quality=92, icc_profile=SRGB_ICC, xmp=xmp or b""
+        )
     else:
-        img.save(buf, format="WEBP", quality=92, icc_profile=SRGB_ICC)
+        img.save(buf, format="WEBP", quality=92, icc_profile=SRGB_ICC, xmp=xmp or b"")
     return buf.getvalue()

@@ -17,6 +17,8 @@ from shared.errors import ConfigError
 ModelKind = Literal["img2img", "inpaint", "controlnet-canny", "echo"]
 KINDS: tuple[str, ...] = ("img2img", "inpaint", "controlnet-canny", "echo")
 BUILTIN_PREFIX = "builtin:"
+# The licence of the built-in aliases: no weights of anyone else's, the farm's own code.
+BUILTIN_LICENSE = "imgfarm-builtin"
 # A diffusers scheduler class name; the worker resolves it (shared/ does not import diffusers).
 _SCHEDULER_NAME = re.compile(r"^[A-Z][A-Za-z0-9]*Scheduler$")
 
@@ -52,6 +54,11 @@ class ModelSpec:
     # the GPU serves no one). Each costs one compile per batch bucket at boot.
     warm_sizes: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
+    # The weights' licence (an SPDX-style id as the model card names it, e.g.
+    # "creativeml-openrail-m") and whether the operator may sell what it renders. An entry
+    # that says neither is "unknown" and not for commercial use: nobody promised it is.
+    license: str = "unknown"
+    commercial_use: bool = False
 
     @property
     def is_builtin(self) -> bool:
@@ -92,6 +99,9 @@ def _tiny(alias: str, kind: ModelKind, description: str) -> ModelSpec:
         max_size=256,
         max_steps=50,
         description=description,
+        # Random weights made by the farm's own code at boot: no third party's terms.
+        license=BUILTIN_LICENSE,
+        commercial_use=True,
     )
 
 
@@ -126,6 +136,8 @@ BUILTINS: dict[str, ModelSpec] = {
         max_size=2048,
         max_steps=1,
         description="No model: returns the source resized to the requested size (load tests).",
+        license=BUILTIN_LICENSE,
+        commercial_use=True,
     ),
 }
 
@@ -158,6 +170,13 @@ def _check_warm_sizes(spec: ModelSpec) -> None:
             )
 
 
+def _check_license(spec: ModelSpec) -> None:
+    if not isinstance(spec.license, str) or not spec.license.strip():
+        raise ConfigError(f"model {spec.alias!r}: license must be a non-empty string")
+    if not isinstance(spec.commercial_use, bool):
+        raise ConfigError(f"model {spec.alias!r}: commercial_use must be true or false")
+
+
 def _spec_from_table(alias: str, table: dict[str, Any]) -> ModelSpec:
     unknown = set(table) - _FIELDS
     if unknown:
@@ -171,6 +190,7 @@ def _spec_from_table(alias: str, table: dict[str, Any]) -> ModelSpec:
     spec = replace(BUILTINS.get(alias, ModelSpec(alias=alias, source="")), **table)
     if spec.kind not in KINDS:
         raise ConfigError(f"model {alias!r}: kind {spec.kind!r} is not one of {KINDS}")
+    _check_license(spec)
     if spec.max_batch < 1:
         raise ConfigError(f"model {alias!r}: max_batch must be at least 1")
     if spec.scheduler is not None and not _SCHEDULER_NAME.match(spec.scheduler):

@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     s3_addressing_style: Literal["path", "virtual", "auto"] = "path"
     models: Path | None = Field(default=None, description="Model registry TOML file.")
+    # The operator's C2PA signers: team name -> certificate chain and key (worker/
+    # content_credentials.py). Read by the worker at boot only; never by the api.
+    c2pa_signers: Path | None = Field(
+        default=None, description="C2PA signers TOML file (workers only)."
+    )
     public_url: str = "http://127.0.0.1:8000"
     secret_key: str = DEV_SECRET
     max_image_pixels: int = 4096 * 4096

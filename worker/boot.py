@@ -8,6 +8,7 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 
 from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
 
 from shared.broker import make_celery, render_queue
 from shared.db import make_engine, make_session_factory
@@ -15,6 +16,11 @@ from shared.errors import ConfigError
 from shared.registry import load_registry
 from shared.settings import Settings
 from shared.storage import storage_from_settings
+from worker.content_credentials import (
+    ContentCredentials,
+    load_signing_credentials,
+    resolve_teams,
+)
 from worker.context import WorkerContext
 from worker.device import DeviceLane
 from worker.heartbeat import Heartbeat
@@ -46,6 +52,7 @@ def build_worker(settings: Settings, alias: str) -> tuple[Celery, WorkerContext]
     device = DeviceLane(on_busy=device_busy_recorder(alias), on_wait=device_wait_recorder(alias))
     # Loaded and warmed on the lane's thread: the thread every render will run on.
     model = device.run(load_model, registry[alias], settings)
+    session_factory = make_session_factory(make_engine(settings.database_url))
     ctx = WorkerContext(
         settings=settings,
         model=model,
@@ -54,18 +61,32 @@ def build_worker(settings: Settings, alias: str) -> tuple[Celery, WorkerContext]
             settings.worker_source_cache_bytes,
             on_lookup=source_cache_recorder(alias),
         ),
-        session_factory=make_session_factory(make_engine(settings.database_url)),
+        session_factory=session_factory,
         name=worker_name(alias),
         device=device,
         io=ThreadPoolExecutor(settings.worker_io_threads, thread_name_prefix="imgfarm-io"),
         prepared=PreparedCache(
             settings.worker_prepared_cache_bytes, on_lookup=prepared_cache_recorder(alias)
         ),
+        credentials=content_credentials(settings, session_factory),
     )
     app = make_celery(settings, "imgfarm-worker")
     register_tasks(app, ctx)
     install_worker_metrics(app, settings, alias, load_seconds=model.load_seconds)
     return app, ctx
+
+
+def content_credentials(
+    settings: Settings, session_factory: sessionmaker[Session]
+) -> ContentCredentials:
+    """The operator's C2PA signers (``IMGFARM_C2PA_SIGNERS``), read once at boot, by team."""
+    if settings.c2pa_signers is None:
+        return ContentCredentials()
+    by_name = load_signing_credentials(settings.c2pa_signers)
+    with session_factory() as session:
+        credentials = resolve_teams(session, by_name)
+    log.info("C2PA signing for %d team(s)", len(credentials.by_team))
+    return credentials
 
 
 def run_worker(settings: Settings, alias: str, loglevel: str = "INFO") -> None:

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.settings import Settings
 from shared.storage import Storage
+from worker.content_credentials import ContentCredentials
 from worker.device import DeviceLane
 from worker.pipelines import LoadedModel
 from worker.prepared_cache import PreparedCache
@@ -73,6 +74,8 @@ class WorkerContext:
     # Decoded, resized sources by source and size (worker/prepared_cache.py); boot sizes it,
     # the default keeps nothing.
     prepared: PreparedCache = field(default_factory=lambda: PreparedCache(0))
+    # Teams whose outputs get a signed C2PA manifest (IMGFARM_C2PA_SIGNERS); empty: none.
+    credentials: ContentCredentials = field(default_factory=ContentCredentials)
 
     def close(self) -> None:
         self.device.shutdown()

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+import c2pa
 import torch
 from PIL import Image
 
@@ -40,6 +41,8 @@ from shared.registry import ModelSpec
 from shared.schemas import RenderParams
 from shared.storage import Storage, content_addressed, output_key
 from worker.canny import DEFAULT_HIGH, DEFAULT_LOW, canny_edges
+from worker.content_credentials import ContentCredentials, sign_output, source_ingredient
+from worker.labels import output_label, xmp_packet
 from worker.masks import keep_mask, paste_kept, repaint_mask
 from worker.pipelines import LoadedModel, kind_inputs
 from worker.pixels import batch_in, images_out, masks_in, to_pixels
@@ -291,10 +294,11 @@ def store_output(
     batch_size: int,
     render_seconds: float,
     png_compress_level: int = PNG_COMPRESS_LEVEL,
+    credentials: ContentCredentials | None = None,
 ) -> RenderResult:
     """Steps 4 and 5 for one item."""
     job, params = item.job, item.params
-    data = encode_image(image, params.output_format, png_compress_level)
+    data = encode_output(model, storage, item, image, png_compress_level, credentials)
     provenance = {
         "model": model.spec.alias,
         "source": model.spec.source,
@@ -305,6 +309,8 @@ def store_output(
         "worker": worker,
         "device": model.device,
         "render_seconds": round(render_seconds, 4),
+        "license": model.spec.license,
+        "commercial_use": model.spec.commercial_use,
     }
     key = output_key(job.team_id, job.id, 0, EXTENSIONS[params.output_format])
     content_type = CONTENT_TYPES[params.output_format]
@@ -316,6 +322,31 @@ def store_output(
         "content_type": content_type,
     }
     return RenderResult(job_id=job.id, outputs=[output], provenance=provenance)
+
+
+def encode_output(
+    model: LoadedModel,
+    storage: Storage,
+    item: RenderItem,
+    image: Image.Image,
+    png_compress_level: int = PNG_COMPRESS_LEVEL,
+    credentials: ContentCredentials | None = None,
+) -> bytes:
+    """Step 4: ``image`` in the job's format, labelled inside the file (XMP: what it is and
+    how it was made, worker/labels.py) and, for a team with a certificate, signed last
+    (C2PA, worker/content_credentials.py)."""
+    job, params = item.job, item.params
+    label = output_label(model.spec, model.revision, job, params)
+    data = encode_image(image, params.output_format, png_compress_level, xmp=xmp_packet(label))
+    credential = None if credentials is None else credentials.for_team(job.team_id)
+    if credential is None:
+        return data
+    # The source as the team gave it (a cache hit: prepare fetched it) is the ingredient.
+    source = source_ingredient(job.source_key, storage.get(job.source_key), item.source)
+    try:
+        return sign_output(data, params.output_format, label, source, credential)
+    except c2pa.C2paError as e:  # e.g. an expired certificate: say so, never ship unsigned
+        raise PermanentRenderError(f"C2PA signing for team {credential.team!r} failed: {e}") from e
 
 
 def discard_outputs(storage: Storage, results: list[RenderResult]) -> None:

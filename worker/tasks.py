@@ -295,6 +295,7 @@ def _store_later(
         batch_size=rendered.batch_size,
         render_seconds=rendered.seconds,
         png_compress_level=ctx.settings.worker_png_compress_level,
+        credentials=ctx.credentials,
     )
 
 

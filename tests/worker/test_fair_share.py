@@ -1,4 +1,5 @@
-"""Fair share in the dispatcher: each model's room is filled round-robin across teams.
+"""Fair share in the dispatcher: each model's room is shared across teams by weight (equal
+weights: round-robin), each team's jobs by priority then age.
 
 Real Postgres and Redis (the session's), plus one embedded SQLite run. Every test uses a
 model alias of its own, so the rest of the session's jobs never enter its ticks, and with no
@@ -21,14 +22,16 @@ import redis as redis_lib
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatch.dispatcher import Dispatcher, fair_pick
+from dispatch.dispatcher import Dispatcher
+from dispatch.fair_share import FairShare
+from dispatch.pick import pick
 from shared.broker import make_celery, render_queue
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.migrate import upgrade
 from shared.models import Job, utcnow
 from shared.registry import ModelSpec
 from shared.settings import Settings
-from shared.teams import ensure_team
+from shared.teams import ensure_team, set_team_limits
 
 pytestmark = pytest.mark.integration
 
@@ -204,25 +207,30 @@ def test_jobs_not_yet_due_or_already_handed_over_are_skipped(farm):
 
 
 def test_lateral_and_plain_rankings_pick_the_same_jobs(farm):
-    """Postgres ranks each team's oldest jobs (LATERAL), SQLite the whole backlog: same picks."""
+    """Postgres reads each planned team's line by LATERAL probes, SQLite by a query per
+    team: the same picks, in the same order."""
     base = utcnow() - timedelta(hours=1)
     teams = [farm.team() for _ in range(4)]
     for i, team in enumerate(teams):
         add_jobs(farm.session_factory, farm.model, team, 20 + 7 * i, base + timedelta(seconds=i))
         add_jobs(farm.session_factory, farm.model, team, 5, base, status="succeeded")
         add_jobs(farm.session_factory, other_model(farm.model), team, 5, base)
+        add_jobs(farm.session_factory, farm.model, team, 3, base, priority="bulk")
+    add_jobs(farm.session_factory, farm.model, teams[1], 4, base, priority="interactive")
     add_jobs(
         farm.session_factory, farm.model, teams[0], 5, base, not_before=utcnow() + timedelta(1)
     )
+    with session_scope(farm.session_factory) as s:
+        set_team_limits(s, teams[2], weight=3.0)
     now = utcnow()
-    with farm.session_factory() as s:
-        for room in (1, 3, 10, 40, 200):
-            picks = {
-                lateral: s.execute(select(fair_pick(farm.model, room, now, lateral=lateral))).all()
-                for lateral in (True, False)
-            }
-            assert picks[True] == picks[False], room
-            assert len(picks[True]) == min(room, 20 + 27 + 34 + 41)
+    for room in (1, 3, 10, 40, 200):
+        picks = {}
+        for lateral in (True, False):
+            with farm.session_factory() as s:
+                picks[lateral] = pick(s, FairShare(), farm.model, room, now, lateral=lateral)
+                s.rollback()
+        assert picks[True] == picks[False], room
+        assert len(picks[True]) == min(room, 20 + 27 + 34 + 41 + 4 * 3 + 4)
 
 
 def test_two_dispatchers_hand_each_job_over_once_across_teams(farm):
