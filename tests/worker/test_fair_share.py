@@ -298,3 +298,98 @@ def test_embedded_sqlite_shares_fairly_too(tmp_path):
         assert handed_over(session_factory, model) == {lone, *big[: 2 * MAX_BATCH - 1]}
     finally:
         engine.dispose()
+
+
+# --- weights, priorities, the interactive lane and deadlines (issue 17) ---------------------
+
+
+def test_weights_two_to_one_share_the_room_two_to_one(farm):
+    base = utcnow() - timedelta(hours=1)
+    heavy, light = farm.team(), farm.team()
+    with session_scope(farm.session_factory) as s:
+        set_team_limits(s, heavy, weight=2.0)
+    a = add_jobs(farm.session_factory, farm.model, heavy, 60, base)
+    b = add_jobs(farm.session_factory, farm.model, light, 60, base)
+
+    stats = farm.dispatcher(depth=3).tick()
+
+    assert stats.sent_jobs == 12
+    assert handed_over(farm.session_factory, farm.model) == {*a[:8], *b[:4]}
+
+
+def test_a_team_s_own_jobs_go_by_priority_then_age(farm):
+    base = utcnow() - timedelta(hours=1)
+    team = farm.team()
+    bulk = add_jobs(farm.session_factory, farm.model, team, 5, base, priority="bulk")
+    standard = add_jobs(farm.session_factory, farm.model, team, 5, base + timedelta(minutes=1))
+    urgent = add_jobs(
+        farm.session_factory,
+        farm.model,
+        team,
+        3,
+        base + timedelta(minutes=2),
+        priority="interactive",
+    )
+
+    farm.dispatcher(depth=2).tick()
+
+    order = [j for batch in farm.sent_batches() for j in batch]
+    assert order == [*urgent, *standard[:5]]
+    assert not set(order) & set(bulk)
+
+
+def test_interactive_jobs_jump_other_teams_turns_in_at_most_3_of_4_slots(farm):
+    base = utcnow() - timedelta(hours=1)
+    big, quick = farm.team(), farm.team()
+    with session_scope(farm.session_factory) as s:
+        set_team_limits(s, big, weight=100.0)  # by weight alone, quick would wait ~100 slots
+    a = add_jobs(farm.session_factory, farm.model, big, 100, base, priority="bulk")
+    b = add_jobs(
+        farm.session_factory,
+        farm.model,
+        quick,
+        30,
+        base + timedelta(minutes=1),
+        priority="interactive",
+    )
+
+    farm.dispatcher(depth=4).tick()  # room for 16
+
+    order = [j for batch in farm.sent_batches() for j in batch]
+    lane = [j in set(b) for j in order]
+    assert sum(lane) == 12, "3 of every 4 slots, no more"
+    assert all(sum(lane[i : i + 4]) <= 3 for i in range(len(lane) - 3)), lane
+    assert [j for j in order if j in set(b)] == b[:12], "oldest first"
+    assert [j for j in order if j in set(a)] == a[:4]
+
+
+def test_a_batch_near_its_deadline_goes_one_class_up(farm):
+    from dispatch.urgency import urgent_batches
+    from shared.models import Batch
+
+    base = utcnow() - timedelta(hours=1)
+    team = farm.team()
+    batch_id = uuid.uuid4()
+    with session_scope(farm.session_factory) as s:
+        for bid, deadline in ((batch_id, utcnow() + timedelta(minutes=2)), (uuid.uuid4(), None)):
+            s.add(
+                Batch(
+                    id=bid, team_id=team, model=farm.model, seed=1, params=PARAMS,
+                    image_count=1, prompt_count=1, variants=1, job_count=4, deadline=deadline,
+                )
+            )  # fmt: skip
+    # Without the deadline the standard jobs go first (bulk is the lowest class).
+    standard = add_jobs(farm.session_factory, farm.model, team, 6, base + timedelta(minutes=1))
+    late = add_jobs(
+        farm.session_factory, farm.model, team, 4, base, priority="bulk", batch_id=batch_id
+    )
+
+    with farm.session_factory() as s:
+        # Nothing of this model rendered lately: a deadline closer than the window is urgent.
+        assert urgent_batches(s, farm.model, utcnow()) == [batch_id]
+    farm.dispatcher(depth=1).tick()  # room for 4
+
+    assert handed_over(farm.session_factory, farm.model) == set(late), (
+        "bulk raised to standard, older"
+    )
+    assert not handed_over(farm.session_factory, farm.model) & set(standard)
