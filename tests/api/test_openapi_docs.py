@@ -167,7 +167,6 @@ TABLE_FIELDS = [
     "output_format",
     "metadata",
     "webhook_url",
-    "priority",
 ]
 
 

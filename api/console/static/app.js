@@ -74,7 +74,7 @@ async function signIn(event, input, status) {
   setKey(key);
   replace(status, h("p", { class: "muted" }, "Checking the key…"));
   try {
-    await api("/v1/batches", { query: { limit: 1 }, probe: true });
+    await api("/v1/batches", { query: { limit: 1 } });
   } catch (error) {
     clearKey();
     const text =
