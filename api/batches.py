@@ -35,12 +35,14 @@ from shared.schemas import (
     MAX_BATCH_JOBS,
     BatchCounts,
     BatchCreate,
+    BatchEstimate,
     BatchImage,
     BatchPrompt,
     BatchPublic,
 )
 from shared.settings import Settings
 from shared.storage import Storage
+from shared.throughput import batch_eta, observed, queued_ahead
 
 # Derived seeds keep to 53 bits so JavaScript clients read them exactly (Number is a double).
 SEED_BITS = 53
@@ -177,6 +179,8 @@ def create_batch(session: Session, team: Team, body: BatchCreate, checked: Check
         meta=body.metadata,
         created_at=now,
         webhook_url=checked.jobs.webhook_url,
+        priority=body.priority,
+        deadline=body.deadline,
     )
     session.add(batch)
     session.flush()
@@ -199,6 +203,7 @@ def create_batch(session: Session, team: Team, body: BatchCreate, checked: Check
             "variant": variant,
             "attempts": 0,
             "created_at": now,
+            "priority": body.priority,
         }
         for sku, sources in zip(checked.skus, checked.jobs.sources, strict=True)
         for prompt, name in zip(body.prompts, checked.names, strict=True)
@@ -312,6 +317,33 @@ def batch_public(
         canceled_at=_aware(batch.canceled_at),
         jobs_per_second=None if jobs_per_second is None else round(jobs_per_second, 4),
         eta_seconds=None if eta is None else round(eta, 1),
+        priority=batch.priority,
+        deadline=_aware(batch.deadline),
+    )
+
+
+def with_schedule(
+    session: Session, batch: Batch, stats: dict[str, StatusStats], public: BatchPublic
+) -> BatchPublic:
+    """``public`` with ``eta`` and ``on_track``: the batch's jobs left behind its model's
+    queue at the model's observed pace, against its deadline (shared/throughput.py)."""
+    remaining = sum(stats[s].count for s in ("queued", "running") if s in stats)
+    schedule = batch_eta(
+        session, batch.model, batch.id, batch.created_at, remaining, batch.deadline
+    )
+    return public.model_copy(update={"eta": schedule.eta, "on_track": schedule.on_track})
+
+
+def estimate_batch(session: Session, model: str, job_count: int) -> BatchEstimate:
+    """What ``job_count`` more jobs of ``model`` would cost and when the last would finish,
+    behind its whole queue, at its observed pace (shared/throughput.py)."""
+    pace = observed(session, model)
+    if pace is None:
+        return BatchEstimate(job_count=job_count, estimated_gpu_seconds=None, eta_seconds=None)
+    return BatchEstimate(
+        job_count=job_count,
+        estimated_gpu_seconds=round(job_count * pace.gpu_seconds_per_job, 1),
+        eta_seconds=round(pace.seconds_for(queued_ahead(session, model) + job_count), 1),
     )
 
 

@@ -27,8 +27,14 @@ class Unauthorized(ImgfarmError):
     """No API key, or one we do not know."""
 
 
+class Forbidden(ImgfarmError):
+    """The key is valid but may not do this: a member key on an admin route, or a team's
+    quota reached (api/quotas.py). 403; the message names what is needed or the limit."""
+
+
 class TooBusy(ImgfarmError):
-    """Over a concurrency bound (api/fetch_slots.py): 429 with Retry-After, never queued."""
+    """Over a concurrency bound (api/fetch_slots.py) or the team's submission rate
+    (api/quotas.py): 429 with Retry-After, never queued."""
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
@@ -57,14 +63,17 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "The request cannot be taken as sent (a multipart body that does not parse, a "
     "presigned upload on a farm without S3).",
     401: "No API key, or one that is unknown or revoked (`Authorization: Bearer <key>`).",
+    403: "The key may not do this: a `member` key on a route that needs an `admin` one, or "
+    "the team's queued-jobs or monthly-images quota reached (the message names the limit "
+    "and the current use); nothing was written.",
     404: "No such resource for this team (another team's id reads the same), or an upload "
     "id in the body that is not the team's.",
     409: "Conflicts with what exists: an Idempotency-Key reused with another body or still "
     "in progress, or a delivery whose endpoint is disabled.",
     413: "Too large: the request body, an image's bytes, or its pixel count.",
     422: "A field is invalid: `errors` names each one; nothing was written.",
-    429: "The api is fetching as many image URLs as it may (per team or in all): retry after "
-    "`Retry-After` seconds.",
+    429: "The api is fetching as many image URLs as it may (per team or in all), or the team "
+    "is over its submission rate: retry after `Retry-After` seconds.",
     503: "A backing service (database, storage) is unavailable: retry after `Retry-After` seconds.",
 }
 
@@ -153,6 +162,10 @@ async def _misconfigured(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _forbidden(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(_body(str(exc)), status_code=403)
+
+
 async def _too_busy(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TooBusy)
     return JSONResponse(
@@ -166,6 +179,7 @@ def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(Unauthorized, _unauthorized)
+    app.add_exception_handler(Forbidden, _forbidden)
     app.add_exception_handler(TooBusy, _too_busy)
     app.add_exception_handler(TransientError, _unavailable)
     app.add_exception_handler(StorageError, _unavailable)

@@ -154,6 +154,7 @@ def add_job(
         mask_key=sources.mask_key,
         meta=body.metadata,
         webhook_url=checked.webhook_url,
+        priority=body.priority,
     )
     session.add(job)
     session.flush()

@@ -5,13 +5,15 @@ fails on time.
     python bench/dispatch_pick.py --teams 10,1000,100000 --jobs-per-team 50000
     python bench/dispatch_pick.py --teams 10,100 --jobs-per-team 50 --repeat 1   # seconds
 
-Each tick, for each model with work, the dispatcher picks up to ``room`` waiting jobs
-round-robin across the teams that have some (dispatch/dispatcher.py, ``select_to_dispatch``).
+Each tick, for each model with work, the dispatcher picks up to ``room`` waiting jobs by
+weighted fair share across the teams that have some (dispatch/pick.py, ``pick``).
 Most teams of a large farm have nothing waiting for a given model at a given moment, so the
 pick must cost what the *waiting* teams cost, not what the ``teams`` table holds. This
 builds, in a database of its own on the local PostgreSQL server, a farm with each number of
-teams of which ``--active-teams`` have ``--jobs-per-team`` jobs waiting, and times the
-locking pick (median of ``--repeat``, rolled back each time) side by side.
+teams (weights 1, 2, 3 in turn) of which ``--active-teams`` have ``--jobs-per-team`` jobs
+waiting (1% interactive, the rest half standard, half bulk: every team uses the fast
+lane), and times the locking pick (median of ``--repeat``, rolled back each time) side by
+side. The issue's size: ``--teams 1000 --active-teams 1000 --jobs-per-team 1000``.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import log, write_json  # noqa: E402
-from dispatch.dispatcher import select_to_dispatch  # noqa: E402
+from dispatch.fair_share import FairShare  # noqa: E402
+from dispatch.pick import pick  # noqa: E402
 from shared.migrate import upgrade  # noqa: E402
 from tests.services import PostgresDatabase  # noqa: E402
 
@@ -44,8 +48,9 @@ def fill(url: str, teams: int, active: int, jobs_per_team: int) -> None:
         have = conn.execute(text("SELECT count(*) FROM teams")).scalar_one()
         conn.execute(
             text(
-                "INSERT INTO teams (id, name, created_at) SELECT gen_random_uuid(), 'bench-' || g,"
-                " now() FROM generate_series(CAST(:first AS int), CAST(:last AS int)) g"
+                "INSERT INTO teams (id, name, created_at, weight) SELECT gen_random_uuid(),"
+                " 'bench-' || g, now(), 1 + g % 3"
+                " FROM generate_series(CAST(:first AS int), CAST(:last AS int)) g"
             ),
             {"first": have + 1, "last": teams},
         )
@@ -53,8 +58,10 @@ def fill(url: str, teams: int, active: int, jobs_per_team: int) -> None:
             conn.execute(
                 text(
                     "INSERT INTO jobs (id, team_id, model, status, prompt, params, source_key,"
-                    " created_at, attempts) SELECT gen_random_uuid(), t.id, :model, 'queued',"
-                    " 'p', '{}'::json, 'k', now() - make_interval(secs => g), 0"
+                    " created_at, attempts, priority) SELECT gen_random_uuid(), t.id, :model,"
+                    " 'queued', 'p', '{}'::json, 'k', now() - make_interval(secs => g), 0,"
+                    " CASE WHEN g % 100 = 0 THEN 'interactive' WHEN g % 2 = 0 THEN 'bulk'"
+                    " ELSE 'standard' END"
                     " FROM (SELECT id FROM teams ORDER BY name LIMIT :active) t,"
                     " generate_series(1, CAST(:jobs AS int)) g"
                 ),
@@ -65,17 +72,18 @@ def fill(url: str, teams: int, active: int, jobs_per_team: int) -> None:
 
 
 def time_pick(url: str, room: int, repeat: int) -> tuple[float, int]:
-    """Median seconds of the locking pick, and how many jobs it picked."""
+    """Median seconds of the locking pick (database reads and the fair order, from a fresh
+    ``FairShare`` each time), and how many jobs it picked."""
     engine = create_engine(url)
     seconds, picked = [], 0
     try:
         for _ in range(repeat + 1):  # the first one warms caches and the plan
-            with engine.connect() as conn, conn.begin() as tx:
-                query = select_to_dispatch(MODEL, room, datetime.now(UTC), lateral=True)
+            with Session(engine) as session, session.begin():
+                session.execute(text("SET LOCAL jit = off"))  # as the dispatcher does
                 started = time.perf_counter()
-                picked = len(conn.execute(query).all())
+                picked = len(pick(session, FairShare(), MODEL, room, datetime.now(UTC)))
                 seconds.append(time.perf_counter() - started)
-                tx.rollback()
+                session.rollback()
     finally:
         engine.dispose()
     return statistics.median(seconds[1:]), picked

@@ -12,13 +12,13 @@ Each tick (on a NOTIFY from the api, or every ``dispatch_poll_seconds``):
    ``FOR UPDATE SKIP LOCKED`` (two dispatchers never pick the same rows), group compatible
    ones into batches, send them.
 
-Fair share: the room left in a model's queue is filled round-robin across the teams that
-have jobs waiting for it. Each team's jobs go oldest first; round one takes every team's
-oldest job, round two every team's second oldest, and so on, and within a round the older
-job goes first. So a team with one job behind another team's 10,000 is handed over in the
-next tick that has room, and a team alone still fills all of it. Rows another dispatcher
-has locked are skipped, not replaced: that tick hands over fewer jobs, the next one catches
-up.
+Fair share (dispatch/fair_share.py, read by dispatch/pick.py): the room left in a model's
+queue goes to the teams with jobs waiting in proportion to their weights (stride
+scheduling: the team least served for its weight goes next), each team's own jobs by
+priority then age; interactive jobs may go ahead of other teams' turns in at most 3 of
+every 4 slots; a batch whose ETA reaches its deadline counts one class up
+(dispatch/urgency.py). Rows another dispatcher has locked are skipped, not replaced: that
+tick hands over fewer jobs, the next one catches up.
 
 A job sent twice (two dispatchers racing, a crash between send and commit) is harmless:
 the render task claims with a conditional UPDATE and skips what it cannot claim.
@@ -30,27 +30,24 @@ import logging
 import threading
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from celery import Celery
 from sqlalchemy import (
-    CTE,
-    ColumnElement,
-    ScalarSelect,
-    Select,
-    Subquery,
     func,
-    or_,
     select,
     text,
-    true,
     update,
 )
-from sqlalchemy.orm import Session, aliased, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
+from dispatch.fair_share import FairShare
+from dispatch.pick import pick
+from dispatch.urgency import DeadlineWatch
 from shared.batching import compatibility_key, group_compatible
 from shared.broker import BROKER_UNAVAILABLE, send_render
 from shared.db import session_scope
@@ -97,130 +94,6 @@ MODELS_WAITING = text(
 )
 
 
-def waiting_clauses(jobs: type[Job], model: str, now: datetime) -> list[ColumnElement[bool]]:
-    """Rows of ``jobs`` (``Job`` or an alias) the dispatcher may hand over at ``now``."""
-    return [
-        jobs.model == model,
-        jobs.status == JobStatus.QUEUED.value,
-        jobs.enqueued_at.is_(None),
-        or_(jobs.not_before.is_(None), jobs.not_before <= now),
-    ]
-
-
-def fair_pick(model: str, room: int, now: datetime, *, lateral: bool) -> Subquery:
-    """Ids of at most ``room`` waiting jobs of ``model``, taken round-robin across teams.
-
-    Columns: ``id``, ``turn`` (1 for each team's oldest job, 2 for its second...) and
-    ``created_at``; order by those three for the fair order. Nothing is locked here.
-    """
-    candidates = (
-        _oldest_per_team(model, room, now) if lateral else _all_waiting(model, now)
-    ).subquery("candidates")
-    ranked = select(
-        candidates.c.id,
-        candidates.c.created_at,
-        func.row_number()
-        .over(
-            partition_by=candidates.c.team_id,
-            order_by=(candidates.c.created_at, candidates.c.id),
-        )
-        .label("turn"),
-    ).subquery("ranked")
-    return (
-        select(ranked.c.id, ranked.c.turn, ranked.c.created_at)
-        .order_by(ranked.c.turn, ranked.c.created_at, ranked.c.id)
-        .limit(room)
-        .subquery("picked")
-    )
-
-
-def select_to_dispatch(
-    model: str, room: int, now: datetime, *, lateral: bool
-) -> Select[uuid.UUID, dict[str, Any]]:
-    """Lock and return (id, params) of the jobs ``fair_pick`` chose, in the fair order.
-
-    Postgres refuses FOR UPDATE next to window functions, so the ranking is a subquery and
-    only the outer rows are locked. Rows another dispatcher holds are skipped (fewer jobs
-    this tick); rows it changed since the ranking read them are re-checked against the
-    outer WHERE, so a job it already handed over is not taken again.
-    """
-    picked = fair_pick(model, room, now, lateral=lateral)
-    return (
-        select(Job.id, Job.params)
-        .join(picked, picked.c.id == Job.id)
-        .where(*waiting_clauses(Job, model, now))
-        .order_by(picked.c.turn, picked.c.created_at, picked.c.id)
-        .with_for_update(skip_locked=True, of=Job)
-    )
-
-
-def _teams_waiting(model: str) -> CTE:
-    """The teams with jobs waiting for ``model`` (column ``team_id``, a trailing NULL ends
-    it): a loose index scan of ix_jobs_waiting, one probe per such team, however many teams
-    exist. Reading the ``teams`` table instead costs a probe per team in the farm: with
-    20,000 teams that tick took ~1 s, most of it Postgres JIT-compiling the big plan."""
-
-    def next_team(after: ColumnElement[Any] | None) -> ScalarSelect[Any]:
-        jobs = aliased(Job)
-        query = select(jobs.team_id).where(
-            jobs.model == model,
-            jobs.status == JobStatus.QUEUED.value,
-            jobs.enqueued_at.is_(None),
-        )
-        if after is not None:
-            query = query.where(jobs.team_id > after)
-        # ORDER BY ... LIMIT 1, not min(): Postgres has no min() over uuid.
-        return query.order_by(jobs.team_id).limit(1).scalar_subquery()
-
-    teams = select(next_team(None).label("team_id")).cte("teams_waiting", recursive=True)
-    return teams.union_all(select(next_team(teams.c.team_id)).where(teams.c.team_id.is_not(None)))
-
-
-def _oldest_per_team(
-    model: str, room: int, now: datetime
-) -> Select[uuid.UUID, uuid.UUID, datetime]:
-    """Each team's ``room`` oldest waiting jobs: one index range scan per team with jobs
-    waiting for ``model`` (``_teams_waiting``).
-
-    A team never gets more than ``room``, so ranking these is the same as ranking the whole
-    backlog, without reading it. Postgres only (LATERAL).
-    """
-    teams = _teams_waiting(model)
-    first, per_team = aliased(Job), aliased(Job)
-    # enqueued_at is NULL in every matched row, so ordering by it changes nothing; but it
-    # lets Postgres walk ix_jobs_dispatch in order instead of sorting the whole backlog.
-    oldest = (
-        select(first.created_at)
-        .where(*waiting_clauses(first, model, now))
-        .order_by(first.enqueued_at, first.created_at)
-        .limit(1)
-        .scalar_subquery()
-    )
-    # Each probe is a range scan of ix_jobs_waiting (model, team_id, created_at over waiting
-    # rows, migration 0007): it reads only what it returns. The lower bound at the model's
-    # oldest waiting job keeps the probe cheap on the older ix_jobs_team_created too.
-    team_jobs = (
-        select(per_team.id, per_team.team_id, per_team.created_at)
-        .where(
-            per_team.team_id == teams.c.team_id,
-            per_team.created_at >= oldest,
-            *waiting_clauses(per_team, model, now),
-        )
-        .order_by(per_team.created_at, per_team.id)
-        .limit(room)
-        .lateral("team_jobs")
-    )
-    return select(team_jobs.c.id, team_jobs.c.team_id, team_jobs.c.created_at).select_from(
-        teams.join(team_jobs, true())
-    )
-
-
-def _all_waiting(model: str, now: datetime) -> Select[uuid.UUID, uuid.UUID, datetime]:
-    """Every waiting job of ``model``: for SQLite (no LATERAL), whose embedded backlog is small."""
-    jobs = aliased(Job)
-    return select(jobs.id, jobs.team_id, jobs.created_at).where(*waiting_clauses(jobs, model, now))
-
-
 @dataclass
 class TickStats:
     sent_jobs: int = 0
@@ -251,6 +124,9 @@ class Dispatcher:
         self.on_tick = on_tick
         self._storage = storage
         self._pruned_at = -PRUNE_EVERY_SECONDS
+        # Per model: the teams' virtual times (in memory: a restart starts them even).
+        self.shares: dict[str, FairShare] = defaultdict(FairShare)
+        self.deadlines = DeadlineWatch()
 
     def tick(self) -> TickStats:
         stats = TickStats()
@@ -366,14 +242,14 @@ class Dispatcher:
             room = depth * spec.max_batch - in_flight
             if room <= 0:
                 return
-            # 2. waiting jobs round-robin across teams, locked so a second dispatcher skips them
+            # 2. waiting jobs by weighted fair share, locked so a second dispatcher skips them
             now = utcnow()
-            lateral = session.get_bind().dialect.name == "postgresql"
-            if lateral:
+            if session.get_bind().dialect.name == "postgresql":
                 # The planner guesses each team's probe far costlier than it is, which can cross
                 # jit_above_cost: compiling then takes ~20 ms for a query that runs in ~1 ms.
                 session.execute(text("SET LOCAL jit = off"))
-            rows = session.execute(select_to_dispatch(model, room, now, lateral=lateral)).all()
+            urgent = self.deadlines.urgent(session, model, now)
+            rows = pick(session, self.shares[model], model, room, now, urgent)
             # 3. send compatible groups; mark exactly what reached the broker
             valid = self._drop_malformed(session, rows)
             sent: list[uuid.UUID] = []
@@ -397,17 +273,17 @@ class Dispatcher:
             stats.sent_jobs += len(sent)
 
     def _drop_malformed(
-        self, session: Session, rows: Iterable[Any]
+        self, session: Session, rows: Iterable[tuple[uuid.UUID, dict[str, Any]]]
     ) -> list[tuple[uuid.UUID, dict[str, Any]]]:
         """Fail rows whose params cannot be rendered, so one bad row never blocks a model."""
         valid, bad = [], []
-        for row in rows:
+        for job_id, params in rows:
             try:
-                compatibility_key(row.params)
+                compatibility_key(params)
             except (KeyError, TypeError):
-                bad.append(row.id)
+                bad.append(job_id)
             else:
-                valid.append((row.id, row.params))
+                valid.append((job_id, params))
         if bad:
             log.error("failing %d job(s) with malformed params: %s", len(bad), bad)
             mark_failed_bulk(

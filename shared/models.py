@@ -114,13 +114,34 @@ class Job(Base):
         # over, read per model and team oldest first (fair share, dispatch/dispatcher.py), and
         # jobs handed over but not yet claimed (the room left in Redis, lost-message re-arm).
         # Without them every tick reads the whole backlog.
+        # Priority before age (migration 0011): a team's jobs are read one class at a time.
         Index(
             "ix_jobs_waiting",
             "model",
             "team_id",
+            "priority",
             "created_at",
             postgresql_where=text("status = 'queued' AND enqueued_at IS NULL"),
             sqlite_where=text("status = 'queued' AND enqueued_at IS NULL"),
+        ),
+        Index(
+            "ix_jobs_waiting_interactive",
+            "model",
+            "team_id",
+            postgresql_where=text(
+                "status = 'queued' AND enqueued_at IS NULL AND priority = 'interactive'"
+            ),
+            sqlite_where=text(
+                "status = 'queued' AND enqueued_at IS NULL AND priority = 'interactive'"
+            ),
+        ),
+        # Observed throughput per model (shared/throughput.py).
+        Index(
+            "ix_jobs_model_finished",
+            "model",
+            "finished_at",
+            postgresql_where=text("finished_at IS NOT NULL"),
+            sqlite_where=text("finished_at IS NOT NULL"),
         ),
         Index(
             "ix_jobs_handed_over",
@@ -219,7 +240,17 @@ class Batch(Base):
     """Images x prompts x variants jobs created by one request, sharing a model and params."""
 
     __tablename__ = "batches"
-    __table_args__ = (Index("ix_batches_team_created", "team_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_batches_team_created", "team_id", "created_at", "id"),
+        # Batches whose deadline may still raise their urgency (dispatch/urgency.py).
+        Index(
+            "ix_batches_open_deadline",
+            "model",
+            "deadline",
+            postgresql_where=text("deadline IS NOT NULL AND completed_at IS NULL"),
+            sqlite_where=text("deadline IS NOT NULL AND completed_at IS NULL"),
+        ),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))

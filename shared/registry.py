@@ -54,6 +54,12 @@ class ModelSpec:
     # the GPU serves no one). Each costs one compile per batch bucket at boot.
     warm_sizes: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
+    # Fidelity thresholds an output must meet to pass without a person (worker/fidelity.py);
+    # a batch's ``review`` overrides them. Chosen from measurement (README "Fidelity and
+    # review"): faithful outputs score structure >= 0.96 and drift <= 1.9 ΔE, broken ones
+    # structure <= 0.26 or drift >= 14.
+    min_structure: float = 0.5
+    max_colour_drift: float = 5.0
     # The weights' licence (an SPDX-style id as the model card names it, e.g.
     # "creativeml-openrail-m") and whether the operator may sell what it renders. An entry
     # that says neither is "unknown" and not for commercial use: nobody promised it is.
@@ -208,7 +214,15 @@ def _spec_from_table(alias: str, table: dict[str, Any]) -> ModelSpec:
     ):
         raise ConfigError(f"model {alias!r}: default size must lie within min_size..max_size")
     _check_warm_sizes(spec)
+    _check_thresholds(spec)
     return spec
+
+
+def _check_thresholds(spec: ModelSpec) -> None:
+    if not 0 <= spec.min_structure <= 1:
+        raise ConfigError(f"model {spec.alias!r}: min_structure must lie within 0..1")
+    if not 0 <= spec.max_colour_drift <= 100:
+        raise ConfigError(f"model {spec.alias!r}: max_colour_drift must lie within 0..100")
 
 
 def load_registry(path: Path | None) -> dict[str, ModelSpec]:

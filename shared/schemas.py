@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable
-from datetime import datetime
-from typing import Annotated, Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -24,6 +25,8 @@ from shared.names import NAME_RULE, name_problem
 
 MAX_METADATA_BYTES = 8 * 1024
 MAX_SEED = 2**63 - 1
+# Scheduling classes, most urgent first (dispatch/fair_share.py).
+Priority = Literal["interactive", "standard", "bulk"]
 
 
 class RequestBody(BaseModel):
@@ -182,6 +185,14 @@ class RenderKnobs(RequestBody):
         default=None,
         min_length=1,
         max_length=2048,
+    )
+    priority: Priority = Field(
+        default="standard",
+        description=(
+            "`interactive`, `standard` (default) or `bulk`: the order of a team's own jobs "
+            "for the GPUs; `interactive` also goes ahead of other teams' jobs, for at most 3 of "
+            "every 4 hand-overs."
+        ),
     )
 
     @field_validator("metadata")
@@ -485,6 +496,21 @@ class BatchCreate(RenderKnobs):
         le=MAX_BATCH_JOBS,
         description="Seeds per image x prompt (each job's seed is derived from seed).",
     )
+    deadline: AwareDatetime | None = Field(
+        default=None,
+        description=(
+            "When you need it done: ISO 8601 with a timezone, in the future. Once its ETA "
+            "reaches the deadline its jobs go one priority class up; `GET /v1/batches/{id}` "
+            "says `on_track`."
+        ),
+    )
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline_ahead(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value <= datetime.now(UTC):
+            raise ValueError("must be in the future")
+        return value
 
     @field_validator("images", mode="before")
     @classmethod
@@ -515,6 +541,20 @@ class BatchAccepted(BaseModel):
         default_factory=list,
         description="Why its jobs may not move, for people (e.g. no worker online for the "
         "model since a time); empty when nothing is wrong.",
+    )
+
+
+class BatchEstimate(BaseModel):
+    """``POST /v1/batches?dry_run=true``: what the batch would cost; nothing was created."""
+
+    job_count: int = Field(description="Jobs it would create: images x prompts x variants.")
+    estimated_gpu_seconds: float | None = Field(
+        description="Its jobs x the model's observed GPU seconds per job (null: none rendered "
+        "in the last 10 minutes)."
+    )
+    eta_seconds: float | None = Field(
+        description="Seconds until its last job would finish: the model's queue and these "
+        "jobs at its observed throughput (null: none rendered in the last 10 minutes)."
     )
 
 
@@ -552,6 +592,18 @@ class BatchPublic(BaseModel):
         description="Observed throughput: finished renders per second since the first started."
     )
     eta_seconds: float | None = Field(description="Queued and running jobs / jobs_per_second.")
+    priority: str = Field(default="standard", description="Its jobs' priority, as sent.")
+    deadline: datetime | None = Field(default=None, description="Its deadline, as sent.")
+    eta: datetime | None = Field(
+        default=None,
+        description="When its last job should finish: the jobs of its model queued ahead of "
+        "it and its own, at the model's throughput over the last 10 minutes.",
+    )
+    on_track: bool | None = Field(
+        default=None,
+        description="eta at or before deadline (null without a deadline, or before the model "
+        "has rendered anything lately).",
+    )
 
 
 class BatchesPublic(BaseModel):

@@ -87,7 +87,7 @@ def queued_warnings(
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobAccepted,
-    responses=errors_for(404, 409, 413, 422, 429),
+    responses=errors_for(403, 404, 409, 413, 422, 429),
 )
 def submit_job(
     body: JobCreate,

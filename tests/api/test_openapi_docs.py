@@ -167,6 +167,7 @@ TABLE_FIELDS = [
     "output_format",
     "metadata",
     "webhook_url",
+    "priority",
 ]
 
 

@@ -1,4 +1,5 @@
-"""Fair share in the dispatcher: each model's room is filled round-robin across teams.
+"""Fair share in the dispatcher: each model's room is shared across teams by weight (equal
+weights: round-robin), each team's jobs by priority then age.
 
 Real Postgres and Redis (the session's), plus one embedded SQLite run. Every test uses a
 model alias of its own, so the rest of the session's jobs never enter its ticks, and with no
@@ -21,14 +22,16 @@ import redis as redis_lib
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatch.dispatcher import Dispatcher, fair_pick
+from dispatch.dispatcher import Dispatcher
+from dispatch.fair_share import FairShare
+from dispatch.pick import pick
 from shared.broker import make_celery, render_queue
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.migrate import upgrade
 from shared.models import Job, utcnow
 from shared.registry import ModelSpec
 from shared.settings import Settings
-from shared.teams import ensure_team
+from shared.teams import ensure_team, set_team_limits
 
 pytestmark = pytest.mark.integration
 
@@ -204,25 +207,30 @@ def test_jobs_not_yet_due_or_already_handed_over_are_skipped(farm):
 
 
 def test_lateral_and_plain_rankings_pick_the_same_jobs(farm):
-    """Postgres ranks each team's oldest jobs (LATERAL), SQLite the whole backlog: same picks."""
+    """Postgres reads each planned team's line by LATERAL probes, SQLite by a query per
+    team: the same picks, in the same order."""
     base = utcnow() - timedelta(hours=1)
     teams = [farm.team() for _ in range(4)]
     for i, team in enumerate(teams):
         add_jobs(farm.session_factory, farm.model, team, 20 + 7 * i, base + timedelta(seconds=i))
         add_jobs(farm.session_factory, farm.model, team, 5, base, status="succeeded")
         add_jobs(farm.session_factory, other_model(farm.model), team, 5, base)
+        add_jobs(farm.session_factory, farm.model, team, 3, base, priority="bulk")
+    add_jobs(farm.session_factory, farm.model, teams[1], 4, base, priority="interactive")
     add_jobs(
         farm.session_factory, farm.model, teams[0], 5, base, not_before=utcnow() + timedelta(1)
     )
+    with session_scope(farm.session_factory) as s:
+        set_team_limits(s, teams[2], weight=3.0)
     now = utcnow()
-    with farm.session_factory() as s:
-        for room in (1, 3, 10, 40, 200):
-            picks = {
-                lateral: s.execute(select(fair_pick(farm.model, room, now, lateral=lateral))).all()
-                for lateral in (True, False)
-            }
-            assert picks[True] == picks[False], room
-            assert len(picks[True]) == min(room, 20 + 27 + 34 + 41)
+    for room in (1, 3, 10, 40, 200):
+        picks = {}
+        for lateral in (True, False):
+            with farm.session_factory() as s:
+                picks[lateral] = pick(s, FairShare(), farm.model, room, now, lateral=lateral)
+                s.rollback()
+        assert picks[True] == picks[False], room
+        assert len(picks[True]) == min(room, 20 + 27 + 34 + 41 + 4 * 3 + 4)
 
 
 def test_two_dispatchers_hand_each_job_over_once_across_teams(farm):
@@ -290,3 +298,98 @@ def test_embedded_sqlite_shares_fairly_too(tmp_path):
         assert handed_over(session_factory, model) == {lone, *big[: 2 * MAX_BATCH - 1]}
     finally:
         engine.dispose()
+
+
+# --- weights, priorities, the interactive lane and deadlines (issue 17) ---------------------
+
+
+def test_weights_two_to_one_share_the_room_two_to_one(farm):
+    base = utcnow() - timedelta(hours=1)
+    heavy, light = farm.team(), farm.team()
+    with session_scope(farm.session_factory) as s:
+        set_team_limits(s, heavy, weight=2.0)
+    a = add_jobs(farm.session_factory, farm.model, heavy, 60, base)
+    b = add_jobs(farm.session_factory, farm.model, light, 60, base)
+
+    stats = farm.dispatcher(depth=3).tick()
+
+    assert stats.sent_jobs == 12
+    assert handed_over(farm.session_factory, farm.model) == {*a[:8], *b[:4]}
+
+
+def test_a_team_s_own_jobs_go_by_priority_then_age(farm):
+    base = utcnow() - timedelta(hours=1)
+    team = farm.team()
+    bulk = add_jobs(farm.session_factory, farm.model, team, 5, base, priority="bulk")
+    standard = add_jobs(farm.session_factory, farm.model, team, 5, base + timedelta(minutes=1))
+    urgent = add_jobs(
+        farm.session_factory,
+        farm.model,
+        team,
+        3,
+        base + timedelta(minutes=2),
+        priority="interactive",
+    )
+
+    farm.dispatcher(depth=2).tick()
+
+    order = [j for batch in farm.sent_batches() for j in batch]
+    assert order == [*urgent, *standard[:5]]
+    assert not set(order) & set(bulk)
+
+
+def test_interactive_jobs_jump_other_teams_turns_in_at_most_3_of_4_slots(farm):
+    base = utcnow() - timedelta(hours=1)
+    big, quick = farm.team(), farm.team()
+    with session_scope(farm.session_factory) as s:
+        set_team_limits(s, big, weight=100.0)  # by weight alone, quick would wait ~100 slots
+    a = add_jobs(farm.session_factory, farm.model, big, 100, base, priority="bulk")
+    b = add_jobs(
+        farm.session_factory,
+        farm.model,
+        quick,
+        30,
+        base + timedelta(minutes=1),
+        priority="interactive",
+    )
+
+    farm.dispatcher(depth=4).tick()  # room for 16
+
+    order = [j for batch in farm.sent_batches() for j in batch]
+    lane = [j in set(b) for j in order]
+    assert sum(lane) == 12, "3 of every 4 slots, no more"
+    assert all(sum(lane[i : i + 4]) <= 3 for i in range(len(lane) - 3)), lane
+    assert [j for j in order if j in set(b)] == b[:12], "oldest first"
+    assert [j for j in order if j in set(a)] == a[:4]
+
+
+def test_a_batch_near_its_deadline_goes_one_class_up(farm):
+    from dispatch.urgency import urgent_batches
+    from shared.models import Batch
+
+    base = utcnow() - timedelta(hours=1)
+    team = farm.team()
+    batch_id = uuid.uuid4()
+    with session_scope(farm.session_factory) as s:
+        for bid, deadline in ((batch_id, utcnow() + timedelta(minutes=2)), (uuid.uuid4(), None)):
+            s.add(
+                Batch(
+                    id=bid, team_id=team, model=farm.model, seed=1, params=PARAMS,
+                    image_count=1, prompt_count=1, variants=1, job_count=4, deadline=deadline,
+                )
+            )  # fmt: skip
+    # Without the deadline the standard jobs go first (bulk is the lowest class).
+    standard = add_jobs(farm.session_factory, farm.model, team, 6, base + timedelta(minutes=1))
+    late = add_jobs(
+        farm.session_factory, farm.model, team, 4, base, priority="bulk", batch_id=batch_id
+    )
+
+    with farm.session_factory() as s:
+        # Nothing of this model rendered lately: a deadline closer than the window is urgent.
+        assert urgent_batches(s, farm.model, utcnow()) == [batch_id]
+    farm.dispatcher(depth=1).tick()  # room for 4
+
+    assert handed_over(farm.session_factory, farm.model) == set(late), (
+        "bulk raised to standard, older"
+    )
+    assert not handed_over(farm.session_factory, farm.model) & set(standard)

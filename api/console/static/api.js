@@ -27,7 +27,7 @@ export function withQuery(path, query) {
   return qs ? `${path}?${qs}` : path;
 }
 
-async function send(path, { method = "GET", body, query, signal, accept } = {}) {
+async function send(path, { method = "GET", body, query, signal, accept, probe } = {}) {
   const headers = authHeaders(accept ? { Accept: accept } : {});
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const response = await fetch(withQuery(path, query), {
@@ -40,7 +40,8 @@ async function send(path, { method = "GET", body, query, signal, accept } = {}) 
   if (!response.ok) {
     const detail = await response.json().catch(() => ({ detail: response.statusText }));
     const error = new ApiError(response.status, detail);
-    if (response.status === 401) window.dispatchEvent(new CustomEvent("imgfarm:unauthorized"));
+    // A refused key mid-session sends the tab back to sign in (not while checking one).
+    if (response.status === 401 && !probe) window.dispatchEvent(new CustomEvent("imgfarm:unauthorized"));
     throw error;
   }
   return response;

@@ -74,7 +74,7 @@ async function signIn(event, input, status) {
   setKey(key);
   replace(status, h("p", { class: "muted" }, "Checking the key…"));
   try {
-    await api("/v1/batches", { query: { limit: 1 } });
+    await api("/v1/batches", { query: { limit: 1 }, probe: true });
   } catch (error) {
     clearKey();
     const text =

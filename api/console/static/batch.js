@@ -17,6 +17,21 @@ const MARKS = {
 };
 const POLL_MS = 1500;
 
+/** Keep a job's place in its batch for its page (this tab only). */
+export function rememberPlace(job) {
+  const { batch_id, sku, prompt_name, variant } = job;
+  sessionStorage.setItem(`imgfarm.place.${job.id}`, JSON.stringify({ batch_id, sku, prompt_name, variant }));
+}
+
+/** The place kept by rememberPlace, or {} (a link opened in a new tab). */
+export function placeOf(jobId) {
+  try {
+    return JSON.parse(sessionStorage.getItem(`imgfarm.place.${jobId}`) ?? "{}");
+  } catch {
+    return {};
+  }
+}
+
 /** The mark of a job: its review state once rendered, else its status. */
 const stateOf = (job) => (job.status === "succeeded" && job.review ? job.review : job.status);
 export const jobLabel = (job) => `${job.sku} · ${job.prompt_name} #${job.variant}`;
@@ -216,6 +231,8 @@ class BatchView {
     const mark = h("span", { class: "mark" });
     const link = h("a", { href: `/jobs/${job.id}`, class: "cell", tabindex: -1, "data-id": job.id, role: "gridcell" }, img, mark);
     link.addEventListener("focus", () => this.focusOn(link));
+    // The job page names the job by its place in the batch, which GET /v1/jobs/{id} lacks.
+    link.addEventListener("click", () => rememberPlace(this.jobs.get(job.id)));
     this.cells.set(job.id, link);
     this.paint(job, link);
     return h("td", { "data-prompt": job.prompt_name }, link);

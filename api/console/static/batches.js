@@ -19,7 +19,9 @@ export function countsLine(batch, reviewCounts) {
   for (const state of REVIEW_STATES) {
     if (review[state]) parts.push(`${state.replace("_", " ")} ${num(review[state])}`);
   }
-  for (const state of ["queued", "running", "failed", "canceled"]) {
+  // Until the farm scores outputs (review counts), say how many rendered.
+  const rendered = parts.length ? [] : ["succeeded"];
+  for (const state of [...rendered, "queued", "running", "failed", "canceled"]) {
     if (batch.counts?.[state]) parts.push(`${state} ${num(batch.counts[state])}`);
   }
   return parts.join(" · ");

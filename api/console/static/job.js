@@ -3,7 +3,7 @@
 
 import { ApiError, api, blob } from "./api.js";
 import { ago, h, notice, replace } from "./dom.js";
-import { jobLabel, scoresLine } from "./batch.js";
+import { jobLabel, placeOf, scoresLine } from "./batch.js";
 import { notFound } from "./nav.js";
 import { thumbPath } from "./thumbs.js";
 
@@ -31,7 +31,7 @@ const flat = (value) =>
 export async function jobPage(main, { id, signal }) {
   let job;
   try {
-    job = await api(`/v1/jobs/${id}`, { signal });
+    job = { ...placeOf(id), ...(await api(`/v1/jobs/${id}`, { signal })) };
   } catch (error) {
     if (error instanceof ApiError && (error.status === 404 || error.status === 422)) {
       replace(main, ...notFound("job"));
@@ -74,6 +74,11 @@ function compare(job, sourceUrl, outputUrl, maskUrl) {
   const alt = job.sku ? `${jobLabel(job)}: ${job.prompt}` : job.prompt;
   const source = h("img", { src: sourceUrl, alt: `${job.sku ?? "job"}: source`, class: "source" });
   const output = outputUrl ? h("img", { src: outputUrl, alt, class: "output" }) : h("p", { class: "muted" }, `no output (${job.status})`);
+  // Both at the output's shape: the worker brought the source to it (crop or pad) too.
+  for (const img of [source, output]) {
+    img.style.aspectRatio = `${job.params.width} / ${job.params.height}`;
+    img.style.objectFit = { crop: "cover", pad: "contain", fit: "fill" }[job.params.resize_mode] ?? "cover";
+  }
   const stage = h("div", { class: "stage side" }, h("figure", {}, source, h("figcaption", {}, "source")),
     h("figure", {}, output, h("figcaption", {}, "output")));
   const slider = h("input", { type: "range", min: 0, max: 100, value: 50, "aria-label": "Swipe position", hidden: true });

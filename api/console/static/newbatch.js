@@ -20,6 +20,8 @@ export function skuOf(filename) {
   return stem.replace(/[<>:"/\\|?*\u0000-\u001f]/g, "-").replace(/[. ]+$/, "").slice(0, 100) || "image";
 }
 
+const size = (bytes) => (bytes < 1e6 ? `${Math.ceil(bytes / 1e3)} KB` : `${(bytes / 1e6).toFixed(1)} MB`);
+
 /** POST one file to /v1/uploads (multipart) with upload progress: XHR has upload events,
  * fetch does not. */
 function uploadMultipart(file, onProgress) {
@@ -82,7 +84,8 @@ export async function newBatchPage(main, { signal }) {
     placeholder: "beach=the product on a sunny beach, soft morning light\nsnow=the product on a snowy porch" });
   const variants = h("input", { id: "variants", type: "number", min: 1, max: 100, value: 1, required: true });
   const model = h("select", { id: "model" }, models.map((m) =>
-    h("option", { value: m.alias }, `${m.alias} (${m.kind})${m.warning ? " — no worker online" : ""}`)));
+    h("option", { value: m.alias },
+      `${m.alias}${m.kind !== m.alias ? ` (${m.kind})` : ""}${m.warning ? " — no worker online" : ""}`)));
   const strength = h("input", { id: "strength", type: "number", min: 0.01, max: 1, step: 0.01, placeholder: "model default" });
   const name = h("input", { id: "name", type: "text", maxlength: 200, placeholder: "Summer 2027 catalogue" });
   const preview = h("p", { id: "preview", class: "preview", "aria-live": "polite" });
@@ -93,7 +96,7 @@ export async function newBatchPage(main, { signal }) {
     const done = files.filter((f) => f.upload).length;
     const bytes = files.reduce((n, f) => n + f.file.size, 0);
     summary.textContent = files.length
-      ? `${files.length} files · ${(bytes / 1e6).toFixed(1)} MB · uploaded ${done}/${files.length}` : "";
+      ? `${files.length} files · ${size(bytes)} · uploaded ${done}/${files.length}` : "";
     const p = parsePrompts(prompts.value).length;
     const v = Number(variants.value) || 0;
     const n = files.length * p * v;

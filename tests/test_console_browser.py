@@ -1,0 +1,204 @@
+"""The console in headless Chromium on the embedded stack (SQLite, local storage, the echo
+model): sign in (a wrong key first), a batch made through the form from two photos (one
+dropped, one picked) and three prompts, thumbnails arriving live, review by keyboard, a
+rerender, a job page, the zip, an XSS prompt shown as text, nothing fetched from outside,
+another team's batch as not-found. Screenshots: test-artifacts/console-*.png.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import shutil
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+import skimage.data
+from PIL import Image
+
+from imgfarm.embedded import EmbeddedStack, issue_key
+from shared.settings import Settings
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+XSS = "<img src=x onerror=alert(1)>"
+PROMPTS = f"beach=the product on a sunny beach\nsnow=the product on a snowy porch\nxss={XSS}"
+
+pytestmark = pytest.mark.integration
+
+
+def photo(path: Path, pixels) -> Path:  # noqa: ANN001 - a numpy array
+    Image.fromarray(pixels).resize((192, 128)).save(path, quality=90)
+    return path
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory: pytest.TempPathFactory):
+    """api, dispatcher and an echo worker as processes, on SQLite and a local folder."""
+    with pytest.MonkeyPatch.context() as env:
+        for name in [k for k in os.environ if k.startswith("IMGFARM_")]:
+            env.delenv(name)
+        stack = EmbeddedStack(tmp_path_factory.mktemp("console") / "farm", models=("echo",))
+        stack.webhooks = False
+        with stack:
+            yield stack
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} missing: run .ci/services (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield browser
+        browser.close()
+
+
+class Visit:
+    """A fresh tab at 1280x800 that records every request and any dialog."""
+
+    def __init__(self, browser, farm: EmbeddedStack) -> None:  # noqa: ANN001
+        self.context = browser.new_context(viewport={"width": 1280, "height": 800})
+        self.page = self.context.new_page()
+        self.requests: list[str] = []
+        self.dialogs: list[str] = []
+        self.page.on("request", lambda r: self.requests.append(r.url))
+        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
+        self.errors: list[str] = []
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.farm = farm
+
+    def shot(self, name: str) -> None:
+        ARTIFACTS.mkdir(exist_ok=True)
+        self.page.screenshot(path=str(ARTIFACTS / f"console-{name}.png"), full_page=True)
+
+    def sign_in(self, key: str) -> None:
+        self.page.fill("#key", key)
+        self.page.click("form.signin button[type=submit]")
+
+    def outside(self) -> list[str]:
+        return [u for u in self.requests if not u.startswith((self.farm.url, "blob:", "data:"))]
+
+
+def drop_file(page, path: Path, target: str) -> None:  # noqa: ANN001
+    """Drag ``path`` from the desktop onto ``target`` (a real DataTransfer with a File)."""
+    data = base64.b64encode(path.read_bytes()).decode()
+    transfer = page.evaluate_handle(
+        """([name, b64]) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], name, { type: "image/jpeg" }));
+            return dt;
+        }""",
+        [path.name, data],
+    )
+    page.dispatch_event(target, "drop", {"dataTransfer": transfer})
+
+
+def test_a_batch_from_the_form_to_the_zip(farm, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    visit = Visit(browser, farm)
+    page = visit.page
+    # 1. sign in: a wrong key is refused in words
+    page.goto(f"{farm.url}/")
+    visit.sign_in("not-a-key")
+    expect(page.get_by_role("alert")).to_contain_text("That key was not accepted")
+    visit.shot("signin")
+    visit.sign_in(farm.api_key)
+    expect(page.locator("h1")).to_have_text("Batches")
+
+    # 2. a new batch: one photo dropped, one picked; three prompts, one of them markup
+    page.click("text=New batch")
+    expect(page).to_have_url(f"{farm.url}/batches/new")
+    drop_file(page, photo(tmp_path / "MUG-7.jpg", skimage.data.coffee()), "#drop")
+    page.set_input_files("#files", str(photo(tmp_path / "CAT-1.jpg", skimage.data.chelsea())))
+    page.fill("#prompts", PROMPTS)
+    page.select_option("#model", "echo")
+    page.fill("#name", "Summer catalogue")
+    expect(page.locator("#preview")).to_have_text("→ 2 images × 3 prompts × 1 variants = 6 jobs")
+    expect(page.locator("#submit")).to_be_enabled(timeout=30_000)  # both uploads done
+    expect(page.locator(".files progress").nth(0)).to_have_attribute("value", "100")
+    visit.shot("new-batch")
+    submitted = time.monotonic()
+    page.click("#submit")
+
+    # 3. the batch page fills in live: a thumbnail for every job, no reload
+    expect(page).to_have_url(re.compile(rf"{farm.url}/batches/[0-9a-f-]{{36}}$"))
+    batch_url = page.url
+    page.wait_for_selector("a.cell img[data-loaded]", timeout=60_000)
+    first_thumbnail = time.monotonic() - submitted
+    expect(page.locator("a.cell img[data-loaded]")).to_have_count(6, timeout=60_000)
+    expect(page.locator("td.source img[data-loaded]")).to_have_count(2)
+    print(f"console: first thumbnail {first_thumbnail:.2f} s after submit")  # noqa: T201
+
+    # 4. the prompt written as markup is text: in the tooltip and alt, never an element
+    xss_cell = page.locator("a.cell", has=page.locator(f'img[alt*="{XSS}"]'))
+    expect(xss_cell).to_have_count(2)
+    assert XSS in (xss_cell.first.get_attribute("title") or "")
+    assert page.locator("img[src='x']").count() == 0
+
+    # 7. the zip of every output, fetched with the key and saved by the browser
+    page.click("details.menu summary")
+    with page.expect_download() as download:
+        page.click("text=Zip: all outputs")
+    saved = tmp_path / "batch.zip"
+    download.value.save_as(saved)
+    names = zipfile.ZipFile(saved).namelist()
+    assert len([n for n in names if n.endswith(".png")]) == 6, names
+
+    # 8. one job, opened with enter: output beside source, the markup prompt as text
+    xss_cell.first.focus()
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(rf"{farm.url}/jobs/[0-9a-f-]{{36}}$"))
+    expect(page.locator(".prompt")).to_contain_text(XSS)
+    page.wait_for_function(
+        "[...document.querySelectorAll('.stage img')].every(i => i.complete && i.naturalWidth)"
+    )
+    page.click("text=swipe")
+    visit.shot("job")
+    page.go_back()
+    expect(page).to_have_url(batch_url)
+    expect(page.locator("a.cell img[data-loaded]")).to_have_count(6)
+    page.goto(f"{farm.url}/")
+    expect(page.locator("li.batch")).to_have_count(1)
+    expect(page.locator("li.batch .name")).to_have_text("Summer catalogue")
+    visit.shot("batches")
+
+    assert visit.dialogs == []  # the markup never ran
+    assert visit.outside() == [], visit.outside()  # nothing from outside the farm
+    visit.context.close()
+
+
+def test_another_teams_batch_reads_not_found(farm, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    other = issue_key(Settings(data_dir=farm.data_dir, public_url=farm.url), "other-team")
+    headers = {"Authorization": f"Bearer {other}"}
+    image = io.BytesIO()
+    Image.fromarray(skimage.data.astronaut()).resize((64, 64)).save(image, "PNG")
+    upload = httpx.post(
+        f"{farm.url}/v1/uploads", headers=headers, files={"files": ("a.png", image.getvalue())}
+    ).json()["uploads"][0]
+    body = {"model": "echo", "images": [upload["id"]], "prompts": ["theirs"]}
+    theirs = httpx.post(f"{farm.url}/v1/batches", headers=headers, json=body).json()["id"]
+
+    visit = Visit(browser, farm)
+    visit.page.goto(f"{farm.url}/batches/{theirs}")
+    visit.sign_in(farm.api_key)
+    expect(visit.page.locator("h1")).to_have_text("Not found")
+    expect(visit.page.get_by_role("alert")).to_contain_text("No batch here for this key's team")
+    visit.shot("not-found")
+    assert visit.outside() == []
+    visit.context.close()
