@@ -40,6 +40,7 @@ class Row:
     error: str | None
     outputs: list[dict[str, Any]] | None
     finished_at: datetime | None
+    provenance: dict[str, Any] | None
 
 
 def output_path(sku: str, prompt_name: str, variant: int, key: str, index: int = 0) -> str:
@@ -71,6 +72,7 @@ def iter_rows(
                 Job.error,
                 Job.outputs,
                 Job.finished_at,
+                Job.provenance,
             )
             .where(Job.batch_id == batch_id, *extra)
             .order_by(*order)
@@ -105,7 +107,18 @@ def manifest_items(
             if first
             else None,
             output_url=storage.url(first["key"], expires_in) if first else None,
+            **licence_of(row.provenance),
         )
+
+
+def licence_of(provenance: dict[str, Any] | None) -> dict[str, Any]:
+    """The licence a job was rendered under, as its provenance recorded it (None before it
+    rendered, and for jobs rendered before licences were recorded)."""
+    provenance = provenance or {}
+    return {
+        "license": provenance.get("license"),
+        "commercial_use": provenance.get("commercial_use"),
+    }
 
 
 def _chunked(pieces: Iterable[str]) -> Iterator[bytes]:

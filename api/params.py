@@ -21,6 +21,16 @@ def model_spec(registry: dict[str, ModelSpec], alias: str) -> ModelSpec:
     return spec
 
 
+def check_commercial_use(spec: ModelSpec, knobs: RenderKnobs) -> None:
+    """A request that needs to sell its outputs names only a model whose licence allows it."""
+    if knobs.require_commercial_use and not spec.commercial_use:
+        raise InvalidRequest(
+            "model",
+            f"model {spec.alias!r} (licence {spec.license}) is not for commercial use, and "
+            "require_commercial_use is true",
+        )
+
+
 def _check_size(field: str, value: int, spec: ModelSpec) -> None:
     if value % SIZE_MULTIPLE:
         raise InvalidRequest(field, f"must be a multiple of {SIZE_MULTIPLE}, got {value}")

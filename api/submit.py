@@ -20,7 +20,13 @@ from sqlalchemy.orm import Session
 
 from api.deps import release_connection
 from api.fetch_slots import FetchSlots
-from api.params import check_inpaint_inputs, check_mask_given, model_spec, resolve_params
+from api.params import (
+    check_commercial_use,
+    check_inpaint_inputs,
+    check_mask_given,
+    model_spec,
+    resolve_params,
+)
 from api.sources import SourceSpool, check_sources, check_webhook_url, upload_keys
 from shared.dispatch import nudge
 from shared.models import Job, Team
@@ -79,6 +85,7 @@ def check_jobs(
     writes nothing (4xx naming the field, prefixed as ``refs`` say)."""
     # 1. cheap checks first, so bad knobs never cost a fetch
     spec = model_spec(registry, knobs.model)
+    check_commercial_use(spec, knobs)
     params = resolve_params(spec, knobs)
     for ref in refs:
         check_mask_given(spec, ref.mask, ref.field("mask"))

@@ -186,6 +186,13 @@ class RenderKnobs(RequestBody):
         min_length=1,
         max_length=2048,
     )
+    require_commercial_use: bool = Field(
+        default=False,
+        description=(
+            "true: refuse (422 naming `model`) unless the model's licence allows commercial "
+            "use (`GET /v1/models` → `commercial_use`)."
+        ),
+    )
     priority: Priority = Field(
         default="standard",
         description=(
@@ -369,6 +376,18 @@ class ModelPublic(BaseModel):
         description="img2img, inpaint, controlnet-canny or echo (no weights; returns the source)."
     )
     description: str = Field(description="What the model is for.")
+    license: str = Field(
+        description=(
+            "The weights' licence as the model card names it (e.g. creativeml-openrail-m); "
+            "unknown when the operator did not say."
+        )
+    )
+    commercial_use: bool = Field(
+        description=(
+            "Whether the operator may sell what it renders under that licence; jobs and "
+            "batches with require_commercial_use are refused otherwise."
+        )
+    )
     defaults: dict[str, Any] = Field(
         description=(
             "What knobs left out of a job take: steps, strength, guidance_scale, width, height, "
@@ -639,6 +658,13 @@ class ManifestItem(BaseModel):
     error: str | None = Field(description="Why it failed.")
     path: str | None = Field(description="Where the output sits in the archive (if succeeded).")
     output_url: str | None = Field(description="Its output's URL (expires).")
+    license: str | None = Field(
+        default=None, description="The model's licence it rendered under (null: not rendered)."
+    )
+    commercial_use: bool | None = Field(
+        default=None,
+        description="Whether that licence allows commercial use (null: not rendered).",
+    )
 
 
 class BatchCanceled(BaseModel):

@@ -21,6 +21,8 @@ def model_public(spec: ModelSpec, workers: ModelWorkers) -> ModelPublic:
         alias=spec.alias,
         kind=spec.kind,
         description=spec.description,
+        license=spec.license,
+        commercial_use=spec.commercial_use,
         defaults={
             "steps": spec.steps,
             "strength": spec.strength,

@@ -168,6 +168,7 @@ TABLE_FIELDS = [
     "metadata",
     "webhook_url",
     "priority",
+    "require_commercial_use",
 ]
 
 
