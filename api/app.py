@@ -11,8 +11,10 @@ from fastapi_offline import FastAPIOffline
 from api.body_limit import BodyLimitMiddleware
 from api.errors import register_error_handlers
 from api.fetch_slots import FetchSlots
+from api.live import EventHub
 from api.metrics import install_api_metrics
 from api.routes import batches, files, health, jobs, models, uploads, webhooks
+from api.routes import events as event_routes
 from api.routes import thumbnails as thumbnail_routes
 from api.routes.console import install_console
 from shared.db import make_engine, make_session_factory
@@ -38,6 +40,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        app.state.event_hub.stop()
         engine.dispose()
 
     # Swagger UI and ReDoc from assets inside the package, not a CDN: /docs works offline
@@ -52,6 +55,10 @@ def create_app(
     app.state.session_factory = make_session_factory(engine)
     app.state.storage = storage or storage_from_settings(settings)
     app.state.registry = load_registry(settings.models)
+    # Live progress: one LISTEN (or, on SQLite, one poller) for all of this process's streams.
+    app.state.event_hub = EventHub(
+        settings.database_url, app.state.session_factory, settings.sse_poll_seconds
+    )
     app.state.fetch_slots = FetchSlots(
         per_team=settings.fetch_concurrency_per_team,
         total=settings.fetch_concurrency,
@@ -70,6 +77,7 @@ def create_app(
     app.include_router(health.router)
     for module in (jobs, batches, uploads, models, files, webhooks):
         app.include_router(module.router)  # each router lists its own error answers
+    app.include_router(event_routes.router)
     app.include_router(thumbnail_routes.router)
     install_console(app, app.state.storage)  # last: its routes are the catch-all views
     return app

@@ -27,6 +27,7 @@ from api.sources import SourceSpool
 from api.submit import CheckedJobs, SourceRefs, check_jobs
 from shared.dispatch import nudge
 from shared.errors import InvalidRequest
+from shared.job_events import log_batch_events
 from shared.jobs import JobStatus, cancel_queued_of_batch, retry_failed_of_batch
 from shared.models import Batch, Job, Team, utcnow
 from shared.names import first_collision, is_portable
@@ -210,6 +211,7 @@ def create_batch(session: Session, team: Team, body: BatchCreate, checked: Check
         for variant in range(1, body.variants + 1)
     ]
     session.execute(insert(Job), rows)
+    log_batch_events(session, batch.id, "job.queued")  # the live streams' log, one statement
     # 4. wake the dispatcher; the NOTIFY is delivered at commit, with the rows visible
     nudge(session)
     return batch

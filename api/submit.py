@@ -29,6 +29,7 @@ from api.params import (
 )
 from api.sources import SourceSpool, check_sources, check_webhook_url, upload_keys
 from shared.dispatch import nudge
+from shared.job_events import log_events
 from shared.models import Job, Team
 from shared.registry import ModelSpec
 from shared.schemas import JobCreate, RenderKnobs, RenderParams
@@ -165,5 +166,6 @@ def add_job(
     )
     session.add(job)
     session.flush()
+    log_events(session, [job.id], "job.queued")
     nudge(session)
     return job

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_delay, wait_exponential
 
-from imgfarm.transport import Transport
+from imgfarm.transport import StreamEvent, Transport
 from shared.images import CONTENT_TYPES, EXTENSIONS
 from shared.schemas import (
     BatchAccepted,
@@ -72,6 +72,11 @@ class Jobs:
         """Poll (backing off up to 5 s) until the job is final (succeeded, failed or
         canceled) and return it; TimeoutError past ``timeout`` seconds."""
         return _poll(lambda: self.get(job_id), timeout, f"job {job_id}")
+
+    def events(self, job_id: Id, *, last_event_id: str | None = None) -> Iterator[StreamEvent]:
+        """``GET /v1/jobs/{id}/events``: a snapshot, then the job's changes as they happen,
+        until ``end``; a dropped stream is resumed after the last event seen."""
+        return self._t.events(f"/v1/jobs/{job_id}/events", last_event_id)
 
     def cancel(self, job_id: Id) -> JobPublic:
         """A queued job never renders; a running one stops at its next step."""
@@ -141,6 +146,12 @@ class Batches:
         """Poll (backing off up to 5 s) until every job of the batch is final and return
         the batch; TimeoutError past ``timeout`` seconds."""
         return _poll(lambda: self.get(batch_id), timeout, f"batch {batch_id}")
+
+    def events(self, batch_id: Id, *, last_event_id: str | None = None) -> Iterator[StreamEvent]:
+        """``GET /v1/batches/{id}/events``: a snapshot, then every job's changes and the
+        batch's counts as they happen, until ``end``; a dropped stream is resumed after the
+        last event seen (``Last-Event-ID``), so each change comes once."""
+        return self._t.events(f"/v1/batches/{batch_id}/events", last_event_id)
 
     def manifest(self, batch_id: Id) -> list[ManifestItem]:
         """Every job of the batch: sku, prompt name, variant, seed, status, output URL."""

@@ -14,13 +14,15 @@ import csv
 import hashlib
 import json
 import mimetypes
+import queue
 import re
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -43,7 +45,7 @@ STATE_FILE = ".imgfarm-submit.json"
 UPLOAD_BATCH_FILES = 50
 UPLOAD_BATCH_BYTES = 64 * 1024 * 1024
 DOWNLOAD_THREADS = 8
-FINAL_BATCH_STATES = frozenset({"succeeded", "failed", "canceled"})
+T = TypeVar("T")
 _PROMPT_NAME = re.compile(r"^([\w.-]{1,100})=(.+)$", re.S)
 
 
@@ -345,10 +347,11 @@ def _progress(console: Console, what: str) -> Progress:
     )
 
 
-def follow_batch(
-    client: Client, batch_id: str, console: Console, timeout: float, interval: float = 1.0
-) -> dict[str, Any]:
-    """Poll the batch with a progress bar until every job is final; returns the batch."""
+def follow_batch(client: Client, batch_id: str, console: Console, timeout: float) -> dict[str, Any]:
+    """Follow the batch's event stream (``GET /v1/batches/{id}/events``) with a progress bar
+    until every job is final; returns the batch. The bar moves on the stream's counts, so
+    the api is asked nothing while nothing changes; a dropped stream is resumed after its
+    last event (imgfarm/transport.py)."""
     deadline = time.monotonic() + timeout
     columns = (
         TextColumn("rendering  "),
@@ -359,23 +362,44 @@ def follow_batch(
     )
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("render", total=None, detail="")
-        while True:
-            batch = client.get_batch(batch_id)
-            counts = batch["counts"]
-            done = counts["succeeded"] + counts["failed"] + counts["canceled"]
-            eta = batch.get("eta_seconds")
-            detail = f"failed {counts['failed']}" if counts["failed"] else ""
-            if eta is not None:
-                detail += f"  eta {eta:.0f}s"
-            progress.update(task, total=batch["job_count"], completed=done, detail=detail)
-            if batch["status"] in FINAL_BATCH_STATES:
-                return batch
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"batch {batch_id}: {batch['job_count'] - done} job(s) not done after "
-                    f"{timeout:.0f}s; run the same command again to keep waiting"
-                )
-            time.sleep(interval)
+        for event in _until(client.batches.events(batch_id), deadline):
+            if event.event in ("snapshot", "batch.progress", "end"):
+                counts = event.data["counts"]
+                detail = f"failed {counts['failed']}" if counts["failed"] else ""
+                total, done = event.data["job_count"], event.data["done"]
+                progress.update(task, total=total, completed=done, detail=detail)
+            if event.event == "end":
+                return client.get_batch(batch_id)
+    raise TimeoutError(
+        f"batch {batch_id}: not done after {timeout:.0f}s; "
+        "run the same command again to keep waiting"
+    )
+
+
+def _until(events: Iterator[T], deadline: float) -> Iterator[T]:
+    """``events`` until they end or ``deadline`` (monotonic) passes. A quiet stream blocks
+    between keep-alives, so it is read on a daemon thread and handed over with a timeout."""
+    handed: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=64)
+
+    def read() -> None:
+        try:
+            for event in events:
+                handed.put((True, event))
+            handed.put((False, None))
+        except BaseException as e:  # raised where the caller reads, not lost in the thread
+            handed.put((False, e))
+
+    threading.Thread(target=read, name="imgfarm-events", daemon=True).start()
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            more, item = handed.get(timeout=left)
+        except queue.Empty:
+            return
+        if not more:
+            if item is not None:
+                raise item
+            return
+        yield item
 
 
 @dataclass

@@ -8,18 +8,27 @@ with that answer, and creates nothing twice.
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+from httpx_sse import EventSource
 
-from imgfarm.retries import RetryPolicy
+from imgfarm.retries import TRANSIENT_ERRORS, RetryPolicy
 from shared.webhooks import parse_retry_after
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+# An event stream sends a keep-alive at least every 15 s: this long without a byte is a
+# dead connection, resumed like a dropped one.
+STREAM_READ_TIMEOUT_SECONDS = 60.0
 
 
 class ApiError(RuntimeError):
@@ -43,6 +52,17 @@ class ApiError(RuntimeError):
 
 def new_idempotency_key() -> str:
     return str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One Server-Sent Event of ``/v1/batches/{id}/events`` or ``/v1/jobs/{id}/events``:
+    ``event`` is its type (``snapshot``, ``job.running``, ..., ``end``), ``id`` its place in
+    the log (None for snapshot-like events that have none)."""
+
+    event: str
+    data: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None
 
 
 class Transport:
@@ -77,6 +97,42 @@ class Transport:
         that every retry of it repeats."""
         headers = {IDEMPOTENCY_HEADER: idempotency_key or new_idempotency_key()}
         return self.json("POST", path, json=body, headers=headers)
+
+    def events(self, path: str, last_event_id: str | None = None) -> Iterator[StreamEvent]:
+        """Follow an event stream until its ``end`` event. A dropped or silent connection
+        is opened again with ``Last-Event-ID`` (each through the retry policy), so every
+        event comes once; the policy's attempts bound the reconnects that bring nothing."""
+        drops = 0
+        while True:
+            headers = {"Last-Event-ID": last_event_id} if last_event_id is not None else {}
+            request = self.http.build_request(
+                "GET",
+                path,
+                headers={**headers, "Accept": "text/event-stream"},
+                timeout=httpx.Timeout(self.http.timeout.connect, read=STREAM_READ_TIMEOUT_SECONDS),
+            )
+            try:
+                response = self.retries.call(partial(self.http.send, request, stream=True))
+                try:
+                    if response.status_code >= 400:
+                        response.read()
+                        raise ApiError(response)
+                    for sse in EventSource(response).iter_sse():
+                        drops = 0
+                        if sse.id:
+                            last_event_id = sse.id
+                        event = StreamEvent(sse.event, json.loads(sse.data or "{}"), sse.id or None)
+                        yield event
+                        if event.event == "end":
+                            return
+                finally:
+                    response.close()
+            except TRANSIENT_ERRORS:
+                pass
+            drops += 1  # cut (or closed without its end): resume after the last event seen
+            if drops >= self.retries.attempts:
+                raise ConnectionError(f"event stream {path} dropped {drops} times in a row")
+            time.sleep(min(self.retries.backoff_seconds * 2 ** (drops - 1), 5.0))
 
     def plain(self) -> httpx.Client:
         """The pool without the API key (presigned and signed URLs authorize themselves)."""

@@ -26,6 +26,7 @@ from sqlalchemy import ColumnElement, case, literal, select, update
 from sqlalchemy.orm import Session
 
 from shared.events import JOB_EVENTS, emit_job_events, reopen_batch
+from shared.job_events import log_events, transition_event
 from shared.job_status import FINAL_STATES, JobStatus
 from shared.models import Job, Worker, utcnow
 
@@ -76,6 +77,8 @@ def _move(
             .execution_options(synchronize_session=False)
         )
     )
+    # The live streams' log: every move, one INSERT ... SELECT for all the jobs it moved.
+    log_events(session, moved, transition_event(target))
     if moved and target in FINAL_STATES:
         # webhooks: the event rows commit with the change (transactional outbox).
         emit_job_events(session, moved, JOB_EVENTS[target])

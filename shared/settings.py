@@ -121,6 +121,13 @@ class Settings(BaseSettings):
     webhook_concurrency: int = Field(default=8, ge=1)
     # Default overlap of a rotated secret: both signatures are sent until it ends.
     webhook_rotation_overlap_seconds: int = Field(default=86400, ge=0)
+    # --- live progress (api/live.py, api/routes/events.py) ---
+    # A comment line every this many seconds on an open event stream, so proxies keep it.
+    sse_ping_seconds: float = Field(default=15.0, gt=0)
+    # SQLite has no LISTEN/NOTIFY: the api's one poller reads the event log this often.
+    sse_poll_seconds: float = Field(default=0.5, gt=0)
+    # The event log keeps this long (Last-Event-ID resumes within it); the dispatcher prunes.
+    event_retention_hours: float = Field(default=72.0, gt=0)
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:

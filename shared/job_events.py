@@ -1,0 +1,152 @@
+"""The event log behind the live progress streams: one ``job_events`` row per change.
+
+Every job transition (shared/jobs.py ``_move``), job creation (api/submit.py, api/batches.py)
+and review decision writes its rows here in the transaction of the change, with one
+``INSERT ... SELECT`` from ``jobs`` however many jobs changed, and a ``NOTIFY imgfarm_events``
+that Postgres delivers at commit. The api's one listener per process (api/live.py) wakes the
+streams that follow the batches named in the payload; each reads its own rows.
+
+Unlike the webhook outbox (shared/events.py: final states only, one row per receiver, none
+without one), the log has one row per change whoever listens, so a stream can replay it
+from any point (``Last-Event-ID``).
+
+Order: ids are taken before commit, so id 8 can commit after id 9. On Postgres each row
+keeps its transaction id and streams read in (txid, id) order, only rows of transactions
+older than every running one (``pg_snapshot_xmin``): a row can then never appear behind one
+already read. SQLite writers take turns, so there the id alone is the order.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Text,
+    bindparam,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    null,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import Session
+from sqlalchemy.types import Uuid
+
+from shared.job_status import JobStatus
+from shared.models import Job, JobEvent, utcnow
+
+CHANNEL = "imgfarm_events"
+JOB_NEEDS_REVIEW = "job.needs_review"
+JOB_REVIEWED = "job.reviewed"
+# Past this many batches in one change, the NOTIFY names teams instead (a lease sweep over
+# many batches); streams listen to their team as well as their batch.
+MAX_NOTIFY_KEYS = 100
+PRUNE_BATCH = 5000
+
+
+def transition_event(status: JobStatus) -> str:
+    """The event type of a move into ``status``: ``job.queued`` ... ``job.canceled``."""
+    return f"job.{status.value}"
+
+
+def _is_postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _job_data(postgres: bool) -> ColumnElement[Any]:
+    """What a job event carries, built in SQL from the row as the change left it."""
+    pairs: list[Any] = []
+    for name, column in (
+        ("status", Job.status),
+        ("attempts", Job.attempts),
+        ("review", Job.review),
+        ("sku", Job.sku),
+        ("prompt_name", Job.prompt_name),
+        ("variant", Job.variant),
+    ):
+        pairs += [literal(name), column]
+    return func.json_build_object(*pairs) if postgres else func.json_object(*pairs)
+
+
+def txid_now() -> ColumnElement[Any]:
+    """This transaction's id as a BIGINT (it takes one if it had none)."""
+    return cast(cast(func.pg_current_xact_id(), Text), BigInteger)
+
+
+def log_events(session: Session, job_ids: Sequence[uuid.UUID], event_type: str) -> int:
+    """One ``event_type`` row per job of ``job_ids`` (as each row is now) and the NOTIFY,
+    in one INSERT ... SELECT; call in the transaction of the change. Returns rows written."""
+    if not job_ids:
+        return 0
+    if _is_postgres(session):
+        # One array parameter, not one per id: a 10,000-job move stays one short statement.
+        where = Job.id == func.any(bindparam("ids", list(job_ids), type_=ARRAY(Uuid())))
+    else:
+        where = Job.id.in_(list(job_ids))
+    return _log_where(session, where, event_type)
+
+
+def log_batch_events(session: Session, batch_id: uuid.UUID, event_type: str) -> int:
+    """``event_type`` for every job of the batch (its creation: ``job.queued``)."""
+    return _log_where(session, Job.batch_id == batch_id, event_type)
+
+
+def _log_where(session: Session, where: ColumnElement[bool], event_type: str) -> int:
+    postgres = _is_postgres(session)
+    rows = select(
+        Job.team_id,
+        Job.batch_id,
+        Job.id,
+        literal(event_type),
+        _job_data(postgres),
+        literal(utcnow(), JobEvent.created_at.type),
+        txid_now() if postgres else null(),
+    ).where(where)
+    columns = ["team_id", "batch_id", "job_id", "type", "data", "created_at", "txid"]
+    logged = session.execute(
+        insert(JobEvent).from_select(columns, rows).returning(JobEvent.team_id, JobEvent.batch_id)
+    ).all()
+    if logged:
+        notify(session, {(team, batch) for team, batch in logged})
+    return len(logged)
+
+
+def notify(session: Session, changed: set[tuple[uuid.UUID, uuid.UUID | None]]) -> None:
+    """Wake the streams of these (team, batch) pairs at commit: the payload is a batch id,
+    or a team id for jobs outside a batch (and for all when a change touched many)."""
+    if not _is_postgres(session) or not changed:
+        return  # SQLite: the api's one poller reads the log's new rows instead
+    keys = {str(batch or team) for team, batch in changed}
+    if len(keys) > MAX_NOTIFY_KEYS:
+        keys = {str(team) for team, _ in changed}
+    # Postgres folds identical notifications of one transaction into one.
+    session.execute(
+        text("SELECT pg_notify(:channel, key) FROM unnest(CAST(:keys AS text[])) AS key"),
+        {"channel": CHANNEL, "keys": sorted(keys)},
+    )
+
+
+def prune_job_events(session: Session, older_than: datetime, limit: int = PRUNE_BATCH) -> int:
+    """Delete up to ``limit`` events logged before ``older_than``, oldest first; returns how
+    many (the dispatcher's housekeeping calls it until a chunk comes back short)."""
+    oldest = (
+        select(JobEvent.id)
+        .where(JobEvent.created_at < older_than)
+        .order_by(JobEvent.created_at)
+        .limit(limit)
+    )
+    result = session.execute(
+        delete(JobEvent)
+        .where(JobEvent.id.in_(oldest.scalar_subquery()))
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount  # type: ignore[attr-defined, no-any-return]

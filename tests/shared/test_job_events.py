@@ -1,0 +1,63 @@
+"""The event log's read order on Postgres: a row whose transaction commits late is not
+skipped by a reader that already saw a later id (api/event_stream.py, shared/job_events.py)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from sqlalchemy import insert
+
+from api.event_stream import Cursor, Follow, read_page
+from shared.db import session_scope
+from shared.job_events import log_events
+from shared.models import Job
+from shared.teams import ensure_team
+
+
+def _job(session_factory) -> tuple[uuid.UUID, uuid.UUID]:
+    with session_scope(session_factory) as session:
+        team = ensure_team(session, f"team-{uuid.uuid4().hex[:8]}")
+        job_id = uuid.uuid4()
+        session.execute(
+            insert(Job).values(
+                id=job_id,
+                team_id=team.id,
+                model="echo",
+                status="queued",
+                prompt="p",
+                params={},
+                source_key="k",
+            )
+        )
+        return team.id, job_id
+
+
+def _read_until_settled(session_factory, follow: Follow, cursor: Cursor) -> list[str]:
+    """Pages until nothing is held back (other tests' open transactions may hold it briefly)."""
+    deadline = time.monotonic() + 10
+    while True:
+        with session_factory() as session:
+            page = read_page(session, follow, cursor)
+        if not page.held_back or time.monotonic() > deadline:
+            return [e.type for e in page.events]
+
+
+def test_an_event_committed_late_is_read_after_a_later_id(session_factory):
+    team_id, job_id = _job(session_factory)
+    follow = Follow(team_id, None, job_id)
+    early, late = session_factory(), session_factory()
+    try:
+        log_events(early, [job_id], "job.running")  # takes the lower id, commits last
+        log_events(late, [job_id], "job.succeeded")
+        late.commit()
+        cursor = Cursor()
+        with session_factory() as session:
+            page = read_page(session, follow, cursor)
+        # The later id is visible, but an older transaction may still add rows before it.
+        assert page.events == [] and page.held_back
+        early.commit()
+    finally:
+        early.close()
+        late.close()
+    assert _read_until_settled(session_factory, follow, cursor) == ["job.running", "job.succeeded"]
