@@ -15,7 +15,9 @@ from api.live import EventHub
 from api.metrics import install_api_metrics
 from api.routes import batches, files, health, jobs, models, uploads, webhooks
 from api.routes import events as event_routes
+from api.routes import keys as key_routes
 from api.routes import thumbnails as thumbnail_routes
+from api.routes import usage as usage_routes
 from api.routes.console import install_console
 from shared.db import make_engine, make_session_factory
 from shared.logs import LogContextMiddleware
@@ -75,6 +77,8 @@ def create_app(
     app.add_middleware(LogContextMiddleware)
     install_api_metrics(app, settings, listen_host)
     app.include_router(health.router)
+    app.include_router(key_routes.router)
+    app.include_router(usage_routes.router)
     for module in (jobs, batches, uploads, models, files, webhooks):
         app.include_router(module.router)  # each router lists its own error answers
     app.include_router(event_routes.router)

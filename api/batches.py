@@ -157,6 +157,7 @@ def check_batch(
         settings=settings,
         slots=slots,
         spool=spool,
+        batch_jobs=body.job_count,
     )
     return CheckedBatch(jobs, skus, names)
 

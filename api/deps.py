@@ -9,14 +9,14 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from api.errors import Unauthorized
+from api.errors import Forbidden, Unauthorized
 from api.fetch_slots import FetchSlots
 from shared.logs import bind_log_context
 from shared.models import Team
 from shared.registry import ModelSpec
 from shared.settings import Settings
 from shared.storage import LocalStorage, S3Storage
-from shared.teams import team_for_key
+from shared.teams import Caller, KeyScope, caller_for_key
 
 
 def get_settings(request: Request) -> Settings:
@@ -60,18 +60,39 @@ FetchSlotsDep = Annotated[FetchSlots, Depends(get_fetch_slots)]
 _bearer = HTTPBearer(auto_error=False, description="A team API key from `imgfarm keys create`.")
 
 
-def get_team(
+def get_caller(
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Team:
+) -> Caller:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    team = team_for_key(session, credentials.credentials)
-    if team is None:
+    # Looked up on every request, never cached: a revoked key is refused from the next one.
+    caller = caller_for_key(session, credentials.credentials)
+    if caller is None:
         raise Unauthorized("invalid or revoked API key")
     # Every later log line of this request names the team (see shared/logs.py).
-    bind_log_context(team=team.name)
-    return team
+    bind_log_context(team=caller.team.name)
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+def get_team(caller: CallerDep) -> Team:
+    """The team of any valid key (member or admin)."""
+    return caller.team
+
+
+def get_admin_team(caller: CallerDep) -> Team:
+    """The team of an admin key; a member key is refused (403 naming the scope needed)."""
+    if caller.scope != KeyScope.ADMIN:
+        raise Forbidden(
+            f"this needs an API key with scope '{KeyScope.ADMIN}'; this key's scope is "
+            f"'{caller.scope}' (an admin of the team can create one: POST /v1/keys)"
+        )
+    return caller.team
 
 
 TeamDep = Annotated[Team, Depends(get_team)]
+# Managing the team's keys, webhooks and settings (a member key submits, reads and reviews).
+AdminTeamDep = Annotated[Team, Depends(get_admin_team)]

@@ -27,6 +27,7 @@ from api.params import (
     model_spec,
     resolve_params,
 )
+from api.quotas import check_quotas
 from api.sources import SourceSpool, check_sources, check_webhook_url, upload_keys
 from shared.dispatch import nudge
 from shared.job_events import log_events
@@ -81,9 +82,11 @@ def check_jobs(
     settings: Settings,
     slots: FetchSlots,
     spool: SourceSpool,
+    batch_jobs: int | None = None,
 ) -> CheckedJobs:
     """Validate jobs sharing ``knobs``, one per entry of ``refs``, their images included;
-    writes nothing (4xx naming the field, prefixed as ``refs`` say)."""
+    writes nothing (4xx naming the field, prefixed as ``refs`` say). ``batch_jobs``: the
+    job count of the batch ``refs`` are the images of (None: one job per ref)."""
     # 1. cheap checks first, so bad knobs never cost a fetch
     spec = model_spec(registry, knobs.model)
     check_commercial_use(spec, knobs)
@@ -93,6 +96,9 @@ def check_jobs(
     webhook_url = None
     if knobs.webhook_url is not None:
         webhook_url = check_webhook_url(knobs.webhook_url, "webhook_url", settings)
+    # the team's limits, before any fetch; passing spends its rate tokens (api/quotas.py)
+    job_count = len(refs) if batch_jobs is None else batch_jobs
+    check_quotas(session, team, job_count, is_batch=batch_jobs is not None)
     # 2. upload ids in one short read; then the connection goes back before any fetch
     fields: dict[str, str] = {}  # each distinct reference, fetched once, named where first seen
     for ref in refs:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import click
 from rich.console import Console
 
+from imgfarm import teams_cli
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -151,12 +152,24 @@ def keys() -> None:
 
 @keys.command("create")
 @click.argument("team")
-def keys_create(team: str) -> None:
-    """Create TEAM if needed and print a new API key (last line of output)."""
-    from imgfarm.embedded import issue_key
+@click.option(
+    "--scope",
+    type=click.Choice(["admin", "member"]),
+    default="admin",
+    show_default=True,
+    help="member: submit, read and review; admin: also manage keys, webhooks and settings.",
+)
+def keys_create(team: str, scope: str) -> None:
+    """Create TEAM if needed and print a new API key (last line of output).
 
-    key = issue_key(_settings(), team)
-    console.print(f"new API key for team {team!r} (shown once, store it now):")
+    Admin by default: the operator's first key of a team sets up its webhooks and hands
+    out member keys (``POST /v1/keys``, member unless asked).
+    """
+    from imgfarm.embedded import issue_key
+    from shared.teams import KeyScope
+
+    key = issue_key(_settings(), team, KeyScope(scope))
+    console.print(f"new {scope} API key for team {team!r} (shown once, store it now):")
     click.echo(key)
 
 
@@ -179,12 +192,13 @@ def _when(moment: datetime | None) -> str:
 
 def _key_rows(keys: list[ApiKeyInfo]) -> list[str]:
     """Aligned plain text (not a rich table): stays greppable and never wraps in a pipe."""
-    rows = [("ID", "TEAM", "PREFIX", "CREATED", "LAST USED", "REVOKED")]
+    rows = [("ID", "TEAM", "PREFIX", "SCOPE", "CREATED", "LAST USED", "REVOKED")]
     rows += [
         (
             str(k.id),
             k.team,
             k.prefix,
+            k.scope.value,
             _when(k.created_at),
             _when(k.last_used_at) or "never",
             _when(k.revoked_at) or "active",
@@ -224,6 +238,7 @@ def _key_json(key: ApiKeyInfo) -> dict[str, str | None]:
         "id": str(key.id),
         "team": key.team,
         "prefix": key.prefix,
+        "scope": key.scope.value,
         "created_at": key.created_at.isoformat(),
         "revoked_at": None if key.revoked_at is None else key.revoked_at.isoformat(),
         "last_used_at": None if key.last_used_at is None else key.last_used_at.isoformat(),
@@ -257,6 +272,10 @@ def keys_revoke(key_id_or_prefix: str) -> None:
         )
     else:
         click.echo(f"revoked key {key.id} ({key.prefix}, team {key.team})")
+
+
+# Registered here, defined in its own module: the operator's team limits (quotas).
+main.add_command(teams_cli.teams)
 
 
 @main.command()

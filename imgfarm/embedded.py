@@ -18,7 +18,7 @@ import httpx
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.migrate import upgrade
 from shared.settings import Settings
-from shared.teams import create_api_key, ensure_team, team_for_key
+from shared.teams import KeyScope, create_api_key, ensure_team, team_for_key
 
 LOCAL_TEAM = "local"
 # Keys are stored hashed: the embedded farm keeps its own key in its data dir to reuse it.
@@ -47,12 +47,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def issue_key(settings: Settings, team: str) -> str:
-    """Create ``team`` if needed and return a fresh API key for it."""
+def issue_key(settings: Settings, team: str, scope: KeyScope = KeyScope.ADMIN) -> str:
+    """Create ``team`` if needed and return a fresh API key for it (admin unless asked)."""
     engine = make_engine(settings.database_url)
     try:
         with session_scope(make_session_factory(engine)) as session:
-            return create_api_key(session, ensure_team(session, team))
+            return create_api_key(session, ensure_team(session, team), scope)
     finally:
         engine.dispose()
 

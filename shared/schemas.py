@@ -819,3 +819,63 @@ class WebhookDeliveriesPublic(BaseModel):
     next_cursor: str | None = Field(
         description="Pass as cursor for the next page; null on the last."
     )
+
+
+class ApiKeyCreate(RequestBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"scope": "member"}]})
+
+    scope: Literal["admin", "member"] = Field(
+        "member",
+        description="member: submit, read and review; admin: also manage keys, webhooks and "
+        "team settings. Default member, the least a new key needs.",
+    )
+
+
+class ApiKeyPublic(BaseModel):
+    """What may be shown about a key: never the key or its hash."""
+
+    id: uuid.UUID = Field(description="The key's id (DELETE /v1/keys/{id} revokes it).")
+    prefix: str = Field(description="The key's first characters (imf_...), to recognise it.")
+    scope: Literal["admin", "member"] = Field(description="What the key may do.")
+    created_at: datetime = Field(description="When it was created.")
+    last_used_at: datetime | None = Field(
+        description="When a request last used it, to the minute (null: never)."
+    )
+    revoked_at: datetime | None = Field(description="When it was revoked (null: active).")
+
+
+class ApiKeyCreated(ApiKeyPublic):
+    key: str = Field(description="The key itself: shown in this answer only, store it now.")
+
+
+class ApiKeysPublic(BaseModel):
+    keys: list[ApiKeyPublic] = Field(description="The team's keys, oldest first.")
+
+
+class UsageCount(BaseModel):
+    used: int = Field(description="How many so far.")
+    limit: int | None = Field(description="The team's quota (null: unlimited).")
+
+
+class ModelUsage(BaseModel):
+    model: str = Field(description="The model alias.")
+    images: int = Field(description="Images rendered with it this month.")
+    gpu_seconds: float = Field(
+        description="GPU time spent on them: each job's share of its pipeline call."
+    )
+
+
+class UsagePublic(BaseModel):
+    """The team's use this month (UTC) and now, each against its quota."""
+
+    month: str = Field(description="The month counted, YYYY-MM (UTC).")
+    images: UsageCount = Field(
+        description="Images rendered this month; the quota also counts queued jobs."
+    )
+    gpu_seconds: float = Field(description="GPU-seconds spent this month, all models.")
+    models: list[ModelUsage] = Field(description="This month's use by model.")
+    queued: UsageCount = Field(description="Jobs queued or running now.")
+    max_batch: int | None = Field(description="Most jobs one batch may hold (null: the farm's).")
+    rate_per_second: float | None = Field(
+        description="Jobs the team may submit per second, sustained (null: unlimited)."
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import select, update
@@ -30,6 +31,14 @@ TEAM_LIMITS = (
 )
 # Limits every team has (NOT NULL): a share of the queue, and how long results are kept.
 REQUIRED_LIMITS = ("weight", "retention_days")
+
+
+class KeyScope(StrEnum):
+    """What a key may do: ``member`` submits, reads and reviews; ``admin`` also manages the
+    team's keys, webhooks and settings."""
+
+    ADMIN = "admin"
+    MEMBER = "member"
 
 
 class UnknownTeam(NotFound):
@@ -64,10 +73,20 @@ class ApiKeyInfo:
     created_at: datetime
     revoked_at: datetime | None
     last_used_at: datetime | None = None
+    scope: KeyScope = KeyScope.ADMIN
 
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request's key says it is: the team, and what that key may do."""
+
+    team: Team
+    key_id: uuid.UUID
+    scope: KeyScope
 
 
 @dataclass(frozen=True)
@@ -113,16 +132,35 @@ def set_team_limits(session: Session, team_id: uuid.UUID, **fields: Any) -> Team
     return team
 
 
-def create_api_key(session: Session, team: Team) -> str:
+def create_api_key(session: Session, team: Team, scope: KeyScope = KeyScope.ADMIN) -> str:
     """A new key for ``team``; the caller must show it now, it is never stored in clear."""
+    return issue_api_key(session, team, scope)[0]
+
+
+def issue_api_key(
+    session: Session, team: Team, scope: KeyScope = KeyScope.MEMBER
+) -> tuple[str, ApiKeyInfo]:
+    """A new key for ``team`` and what may be shown about it; the key is shown once."""
     key = new_api_key()
-    session.add(ApiKey(team_id=team.id, key_hash=hash_api_key(key), prefix=display_prefix(key)))
+    row = ApiKey(
+        team_id=team.id,
+        key_hash=hash_api_key(key),
+        prefix=display_prefix(key),
+        scope=KeyScope(scope).value,
+    )
+    session.add(row)
     session.flush()
-    return key
+    return key, _info(row, team.name)
 
 
 def team_for_key(session: Session, key: str) -> Team | None:
-    """The team owning an unrevoked ``key``, or None; records the key's use (committed).
+    """The team owning an unrevoked ``key``, or None (see ``caller_for_key``)."""
+    caller = caller_for_key(session, key)
+    return None if caller is None else caller.team
+
+
+def caller_for_key(session: Session, key: str) -> Caller | None:
+    """The team and scope of an unrevoked ``key``, or None; records the key's use (committed).
 
     Read on every request, uncached: a revoked key is refused from the next request on.
     ``last_used_at`` is written at most once per ``USE_RESOLUTION`` per key, so a busy key
@@ -130,13 +168,13 @@ def team_for_key(session: Session, key: str) -> Team | None:
     commits the session.
     """
     row = session.execute(
-        select(Team, ApiKey.id, ApiKey.last_used_at)
+        select(Team, ApiKey.id, ApiKey.last_used_at, ApiKey.scope)
         .join(ApiKey, ApiKey.team_id == Team.id)
         .where(ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None))
     ).first()
     if row is None:
         return None
-    team, key_id, last_used = row
+    team, key_id, last_used, scope = row
     now = utcnow()
     if last_used is None or now - last_used >= USE_RESOLUTION:
         session.execute(
@@ -146,7 +184,7 @@ def team_for_key(session: Session, key: str) -> Team | None:
             .execution_options(synchronize_session=False)
         )
         session.commit()
-    return team  # type: ignore[no-any-return]
+    return Caller(team, key_id, KeyScope(scope))
 
 
 def list_api_keys(session: Session, team: str | None = None) -> list[ApiKeyInfo]:
@@ -189,6 +227,15 @@ def find_api_keys(session: Session, selector: str) -> list[ApiKeyInfo]:
     return [k for k in list_api_keys(session) if str(k.id).startswith(wanted)]
 
 
+def revoke_team_key(session: Session, team: Team, key_id: uuid.UUID) -> Revocation:
+    """Revoke ``team``'s key ``key_id`` (another team's reads as ``ApiKeyNotFound``);
+    idempotent. Takes effect when the session commits."""
+    owned = session.scalar(select(ApiKey.id).where(ApiKey.id == key_id, ApiKey.team_id == team.id))
+    if owned is None:
+        raise ApiKeyNotFound(f"no API key {key_id} in this team")
+    return revoke_api_key(session, str(key_id))
+
+
 def revoke_api_key(session: Session, selector: str) -> Revocation:
     """Revoke the one key ``selector`` names (see ``find_api_keys``); idempotent.
 
@@ -216,7 +263,15 @@ def revoke_api_key(session: Session, selector: str) -> Revocation:
 
 
 def _info(key: ApiKey, team: str) -> ApiKeyInfo:
-    return ApiKeyInfo(key.id, team, key.prefix, key.created_at, key.revoked_at, key.last_used_at)
+    return ApiKeyInfo(
+        key.id,
+        team,
+        key.prefix,
+        key.created_at,
+        key.revoked_at,
+        key.last_used_at,
+        KeyScope(key.scope),
+    )
 
 
 def _is_uuid(text: str) -> bool:

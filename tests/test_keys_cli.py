@@ -51,7 +51,16 @@ def test_list_shows_one_line_per_key_with_its_prefix_never_the_key(
     result = cli("keys", "list", "--team", team)
     assert result.exit_code == 0, result.output
     header, *rows = result.stdout.splitlines()
-    assert header.split() == ["ID", "TEAM", "PREFIX", "CREATED", "LAST", "USED", "REVOKED"]
+    assert header.split() == [
+        "ID",
+        "TEAM",
+        "PREFIX",
+        "SCOPE",
+        "CREATED",
+        "LAST",
+        "USED",
+        "REVOKED",
+    ]
     assert len(rows) == 2
     for key, row in zip((first, second), rows, strict=True):  # oldest first
         row_key = stored(session_factory, key)
@@ -59,6 +68,7 @@ def test_list_shows_one_line_per_key_with_its_prefix_never_the_key(
             str(row_key.id),
             team,
             row_key.prefix,
+            "admin",
             row_key.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "never",
             "active",
@@ -85,6 +95,7 @@ def test_list_json_gives_scripts_every_field_and_the_revocation(
         "id",
         "team",
         "prefix",
+        "scope",
         "created_at",
         "revoked_at",
         "last_used_at",
@@ -208,3 +219,27 @@ def test_last_use_is_recorded_to_the_minute_and_listed(cli, client, new_key, tea
     assert last_used() >= first, "a stale record is refreshed"
     (listed,) = json.loads(cli("keys", "list", "--team", team, "--json").stdout)
     assert listed["last_used_at"] == last_used().isoformat()
+
+
+@pytest.mark.parametrize(
+    ("args", "scope", "keys_status"), [((), "admin", 200), (("--scope", "member"), "member", 403)]
+)
+def test_keys_create_scope_decides_whether_the_key_manages_keys(
+    cli, client, team, session_factory, args, scope, keys_status
+):
+    result = cli("keys", "create", team, *args)
+    assert result.exit_code == 0, result.output
+    key = result.stdout.splitlines()[-1]
+    assert stored(session_factory, key).scope == scope
+    assert f"new {scope} API key" in result.stderr
+    headers = {"Authorization": f"Bearer {key}"}
+    assert client.get("/v1/jobs", headers=headers).status_code == 200, "both submit and read"
+    assert client.get("/v1/keys", headers=headers).status_code == keys_status
+    (listed,) = json.loads(cli("keys", "list", "--team", team, "--json").stdout)
+    assert listed["scope"] == scope
+
+
+def test_keys_create_refuses_an_unknown_scope(cli, team):
+    result = cli("keys", "create", team, "--scope", "root")
+    assert result.exit_code == 2
+    assert "--scope" in result.stderr and "'root' is not one of" in result.stderr

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response, status
 
 from api import webhooks as service
-from api.deps import SessionDep, SettingsDep, TeamDep
+from api.deps import AdminTeamDep, SessionDep, SettingsDep, TeamDep
 from api.errors import KEYED_ERRORS, errors_for
 from shared.schemas import (
     WebhookDeliveriesPublic,
@@ -29,16 +29,18 @@ EndpointId = Annotated[uuid.UUID, Path(description="An endpoint id from POST /v1
 DeliveryId = Annotated[uuid.UUID, Path(description="A delivery id from the delivery log.")]
 NOT_FOUND = errors_for(404, 422)
 WITH_BODY = errors_for(413, 422)
+# Endpoints and secrets are managed with an admin key; a member key reads the delivery log.
+ADMIN = errors_for(403)
 
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=WebhookEndpointCreated,
-    responses=WITH_BODY,
+    responses={**WITH_BODY, **ADMIN},
 )
 def create_endpoint(
-    body: WebhookEndpointCreate, team: TeamDep, session: SessionDep, settings: SettingsDep
+    body: WebhookEndpointCreate, team: AdminTeamDep, session: SessionDep, settings: SettingsDep
 ) -> WebhookEndpointCreated:
     """Register a receiver; its ``whsec_`` secret is in this answer and never again."""
     endpoint = service.create_endpoint(session, team, body, settings)
@@ -48,8 +50,8 @@ def create_endpoint(
     )
 
 
-@router.get("", response_model=WebhookEndpointsPublic)
-def list_endpoints(team: TeamDep, session: SessionDep) -> WebhookEndpointsPublic:
+@router.get("", response_model=WebhookEndpointsPublic, responses=ADMIN)
+def list_endpoints(team: AdminTeamDep, session: SessionDep) -> WebhookEndpointsPublic:
     """The team's endpoints (secrets are never shown again)."""
     return WebhookEndpointsPublic(
         endpoints=[service.endpoint_public(e) for e in service.list_endpoints(session, team)]
@@ -57,8 +59,8 @@ def list_endpoints(team: TeamDep, session: SessionDep) -> WebhookEndpointsPublic
 
 
 # Declared before /{endpoint_id}: "secret" and "deliveries" are not endpoint ids.
-@router.get("/secret", response_model=WebhookSecretPublic)
-def get_team_secret(team: TeamDep, session: SessionDep) -> WebhookSecretPublic:
+@router.get("/secret", response_model=WebhookSecretPublic, responses=ADMIN)
+def get_team_secret(team: AdminTeamDep, session: SessionDep) -> WebhookSecretPublic:
     """The secret signing events sent to jobs' and batches' own ``webhook_url``."""
     secret = service.team_webhook_secret(session, team)
     session.commit()
@@ -67,9 +69,12 @@ def get_team_secret(team: TeamDep, session: SessionDep) -> WebhookSecretPublic:
     )
 
 
-@router.post("/secret/rotate", response_model=WebhookSecretPublic, responses=WITH_BODY)
+@router.post("/secret/rotate", response_model=WebhookSecretPublic, responses={**WITH_BODY, **ADMIN})
 def rotate_team_secret(
-    team: TeamDep, session: SessionDep, settings: SettingsDep, body: WebhookRotate | None = None
+    team: AdminTeamDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    body: WebhookRotate | None = None,
 ) -> WebhookSecretPublic:
     """A new team secret; the old one keeps signing (a second signature) for the overlap."""
     secret = service.team_webhook_secret(session, team)
@@ -130,8 +135,10 @@ def redeliver(delivery_id: DeliveryId, team: TeamDep, session: SessionDep) -> We
     return service.delivery_detail(session, delivery)
 
 
-@router.delete("/{endpoint_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
-def delete_endpoint(endpoint_id: EndpointId, team: TeamDep, session: SessionDep) -> Response:
+@router.delete(
+    "/{endpoint_id}", status_code=status.HTTP_204_NO_CONTENT, responses={**NOT_FOUND, **ADMIN}
+)
+def delete_endpoint(endpoint_id: EndpointId, team: AdminTeamDep, session: SessionDep) -> Response:
     """Remove the endpoint; its pending deliveries and delivery log go with it."""
     session.delete(service.get_endpoint(session, team, endpoint_id))
     session.commit()
@@ -141,11 +148,11 @@ def delete_endpoint(endpoint_id: EndpointId, team: TeamDep, session: SessionDep)
 @router.post(
     "/{endpoint_id}/rotate",
     response_model=WebhookEndpointCreated,
-    responses=errors_for(404, 413, 422),
+    responses=errors_for(403, 404, 413, 422),
 )
 def rotate_endpoint_secret(
     endpoint_id: EndpointId,
-    team: TeamDep,
+    team: AdminTeamDep,
     session: SessionDep,
     settings: SettingsDep,
     body: WebhookRotate | None = None,
@@ -159,9 +166,13 @@ def rotate_endpoint_secret(
     )
 
 
-@router.post("/{endpoint_id}/enable", response_model=WebhookEndpointPublic, responses=NOT_FOUND)
+@router.post(
+    "/{endpoint_id}/enable",
+    response_model=WebhookEndpointPublic,
+    responses={**NOT_FOUND, **ADMIN},
+)
 def enable_endpoint(
-    endpoint_id: EndpointId, team: TeamDep, session: SessionDep
+    endpoint_id: EndpointId, team: AdminTeamDep, session: SessionDep
 ) -> WebhookEndpointPublic:
     """Send to an endpoint disabled by a 410 Gone again (new events; replay old ones with
     redeliver)."""

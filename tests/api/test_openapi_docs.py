@@ -31,12 +31,29 @@ METHODS = ("get", "post", "put", "patch", "delete")
 # any body, 409 for an Idempotency-Key): the statuses its code raises (api/sources.py fetch
 # slots -> 429, upload ids -> 404, image bytes and pixels -> 413, state conflicts -> 409).
 EXTRA: dict[str, set[int]] = {
-    "POST /v1/jobs": {404, 429},
+    # 403: the team's queued-jobs or monthly-images quota reached (api/quotas.py).
+    "POST /v1/jobs": {403, 404, 429},
     "POST /v1/batches": {404, 429},
     "POST /v1/uploads": {400},
     "POST /v1/uploads/presign": {400},
     "POST /v1/uploads/{upload_id}/complete": {400, 413},
     "POST /v1/webhooks/deliveries/{delivery_id}/redeliver": {409},
+    # A member key on an admin route (api/deps.py AdminTeamDep) -> 403.
+    **{
+        route: {403}
+        for route in (
+            "GET /v1/keys",
+            "POST /v1/keys",
+            "DELETE /v1/keys/{key_id}",
+            "GET /v1/webhooks",
+            "POST /v1/webhooks",
+            "GET /v1/webhooks/secret",
+            "POST /v1/webhooks/secret/rotate",
+            "DELETE /v1/webhooks/{endpoint_id}",
+            "POST /v1/webhooks/{endpoint_id}/rotate",
+            "POST /v1/webhooks/{endpoint_id}/enable",
+        )
+    },
 }
 UNKEYED_PATHS = {"/healthz", "/readyz", "/v1/files/{key}"}
 
