@@ -32,6 +32,7 @@ from shared.jobs import JobStatus, cancel_queued_of_batch, retry_failed_of_batch
 from shared.models import Batch, Job, Team, utcnow
 from shared.names import first_collision, is_portable
 from shared.registry import ModelSpec
+from shared.review_status import ReviewState
 from shared.schemas import (
     MAX_BATCH_JOBS,
     BatchCounts,
@@ -40,6 +41,7 @@ from shared.schemas import (
     BatchImage,
     BatchPrompt,
     BatchPublic,
+    ReviewCounts,
 )
 from shared.settings import Settings
 from shared.storage import Storage
@@ -275,7 +277,10 @@ def _batch_status(counts: BatchCounts, started: bool) -> str:
 
 
 def batch_public(
-    batch: Batch, stats: dict[str, StatusStats], now: datetime | None = None
+    batch: Batch,
+    stats: dict[str, StatusStats],
+    now: datetime | None = None,
+    reviews: dict[str, int] | None = None,
 ) -> BatchPublic:
     """What ``GET /v1/batches/{id}`` answers: counts, progress, timings and an ETA.
 
@@ -307,6 +312,7 @@ def batch_public(
         model=batch.model,
         job_count=batch.job_count,
         counts=counts,
+        review_counts=ReviewCounts(**(reviews or {})),
         progress=round(final / batch.job_count, 4) if batch.job_count else 1.0,
         seed=batch.seed,
         params=batch.params,
@@ -364,12 +370,20 @@ def list_batches(
 
 
 def list_jobs(
-    session: Session, batch: Batch, status: JobStatus | None, cursor: str | None, limit: int
+    session: Session,
+    batch: Batch,
+    status: JobStatus | None,
+    cursor: str | None,
+    limit: int,
+    review: Sequence[ReviewState] | None = None,
 ) -> tuple[list[Job], str | None]:
-    """One page of the batch's jobs (optionally of one status), in id order."""
+    """One page of the batch's jobs (optionally of one status, of some review states),
+    in id order."""
     query = select(Job).where(Job.batch_id == batch.id).order_by(Job.id).limit(limit + 1)
     if status is not None:
         query = query.where(Job.status == status.value)
+    if review is not None:
+        query = query.where(Job.review.in_([r.value for r in review]))
     if cursor is not None:
         (last_id,) = decode_cursor(cursor, 1)
         try:

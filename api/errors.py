@@ -69,7 +69,8 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     404: "No such resource for this team (another team's id reads the same), or an upload "
     "id in the body that is not the team's.",
     409: "Conflicts with what exists: an Idempotency-Key reused with another body or still "
-    "in progress, or a delivery whose endpoint is disabled.",
+    "in progress, a delivery whose endpoint is disabled, or a review decision on a job that "
+    "has not succeeded (the message names its state).",
     413: "Too large: the request body, an image's bytes, or its pixel count.",
     422: "A field is invalid: `errors` names each one; nothing was written.",
     429: "The api is fetching as many image URLs as it may (per team or in all), or the team "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import mimetypes
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,12 +21,17 @@ from shared.schemas import (
     BatchCanceled,
     BatchCreate,
     BatchPublic,
+    BatchRerendered,
     BatchRetried,
+    BatchReviewCreate,
+    BatchReviewed,
     JobAccepted,
     JobCreate,
     JobPublic,
     JobsPublic,
     ManifestItem,
+    ReviewCreate,
+    ReviewDecision,
     UploadPublic,
     UploadsPublic,
     WebhookSecretPublic,
@@ -81,6 +86,13 @@ class Jobs:
     def cancel(self, job_id: Id) -> JobPublic:
         """A queued job never renders; a running one stops at its next step."""
         return JobPublic.model_validate(self._t.json("POST", f"/v1/jobs/{job_id}/cancel"))
+
+    def review(self, job_id: Id, decision: ReviewDecision, note: str | None = None) -> JobPublic:
+        """``POST /v1/jobs/{id}/review``: approve or reject a succeeded job's output."""
+        body = _body(ReviewCreate, None, {"decision": decision, "note": note})
+        return JobPublic.model_validate(
+            self._t.json("POST", f"/v1/jobs/{job_id}/review", json=body)
+        )
 
     def download(self, job: JobPublic | Id, folder: Path) -> list[Path]:
         """Write the job's outputs to ``folder/{job id}-{n}.{ext}``; returns their paths
@@ -184,6 +196,37 @@ class Batches:
     def retry(self, batch_id: Id) -> BatchRetried:
         """Queue the batch's failed jobs again."""
         return BatchRetried.model_validate(self._t.json("POST", f"/v1/batches/{batch_id}/retry"))
+
+    def review(
+        self,
+        batch_id: Id,
+        decisions: Sequence[tuple[Id, ReviewDecision] | tuple[Id, ReviewDecision, str]] = (),
+        *,
+        approve_where: Sequence[str] = (),
+        reject_where: Sequence[str] = (),
+        note: str | None = None,
+    ) -> BatchReviewed:
+        """``POST /v1/batches/{id}/review``: ``decisions`` as (job id, "approve" | "reject"
+        [, note]) in one transaction, or one decision on every output in some review states
+        (``approve_where=["passed"]``: approve all passed)."""
+        fields: dict[str, Any] = {}
+        if decisions:
+            fields["decisions"] = [
+                {"job_id": d[0], "decision": d[1], "note": d[2] if len(d) > 2 else None}
+                for d in decisions
+            ]
+        for decision, states in (("approve", approve_where), ("reject", reject_where)):
+            if states:
+                fields.update(decision=decision, where={"review": list(states)}, note=note)
+        body = _body(BatchReviewCreate, None, fields)
+        answer = self._t.json("POST", f"/v1/batches/{batch_id}/review", json=body)
+        return BatchReviewed.model_validate(answer)
+
+    def rerender(self, batch_id: Id) -> BatchRerendered:
+        """Render the batch's rejected outputs again with new seeds (same job ids; each
+        earlier attempt is kept in the job's ``history``)."""
+        answer = self._t.json("POST", f"/v1/batches/{batch_id}/rerender")
+        return BatchRerendered.model_validate(answer)
 
 
 class Uploads:

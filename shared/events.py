@@ -31,13 +31,23 @@ from sqlalchemy.orm import Session
 
 from shared.job_status import JobStatus
 from shared.models import Batch, Job, WebhookDelivery, WebhookEndpoint, utcnow
+from shared.review_status import SETTLED_STATES, review_counts
 
 JOB_SUCCEEDED = "job.succeeded"
 JOB_FAILED = "job.failed"
 JOB_CANCELED = "job.canceled"
 BATCH_COMPLETED = "batch.completed"
 BATCH_PROGRESS = "batch.progress"
-EVENT_TYPES = (JOB_SUCCEEDED, JOB_FAILED, JOB_CANCELED, BATCH_COMPLETED, BATCH_PROGRESS)
+# Every output of a batch is passed, approved or rejected: once per round (settle_review).
+BATCH_REVIEWED = "batch.reviewed"
+EVENT_TYPES = (
+    JOB_SUCCEEDED,
+    JOB_FAILED,
+    JOB_CANCELED,
+    BATCH_COMPLETED,
+    BATCH_PROGRESS,
+    BATCH_REVIEWED,
+)
 # The event a job's final state sends.
 JOB_EVENTS = {
     JobStatus.SUCCEEDED: JOB_SUCCEEDED,
@@ -282,7 +292,8 @@ def settle_batch(
         select(Job.id).where(Job.batch_id == batch_id, Job.status.in_(ACTIVE_STATES)).limit(1)
     )
     if left is None:
-        return _complete_batch(session, batch, now)
+        # every output passed: batch.reviewed follows batch.completed at once
+        return _complete_batch(session, batch, now) + settle_review(session, batch_id, now)
     if progress_seconds > 0 and (
         batch.progress_sent_at is None
         or (now - batch.progress_sent_at).total_seconds() >= progress_seconds
@@ -292,12 +303,12 @@ def settle_batch(
 
 
 def reopen_batch(session: Session, batch_id: uuid.UUID) -> None:
-    """A new round of the batch began (its failed jobs were retried): its end sends
-    batch.completed again."""
+    """A new round of the batch began (its failed jobs were retried, its rejected ones
+    rerendered): its end sends batch.completed again, and batch.reviewed once settled."""
     session.execute(
         update(Batch)
         .where(Batch.id == batch_id)
-        .values(completed_at=None)
+        .values(completed_at=None, reviewed_at=None)
         .execution_options(synchronize_session=False)
     )
 
@@ -324,6 +335,7 @@ def _complete_batch(session: Session, batch: Any, now: datetime) -> int:
         **_batch_data(batch, counts),
         "status": batch_status(counts),
         "failed_job_ids": [str(i) for i in failed_ids],
+        "review_counts": review_counts(session, [batch.id])[batch.id],
         "completed_at": _iso(now),
     }
     rows = _delivery_rows(batch.team_id, BATCH_COMPLETED, data, targets, now, batch_id=batch.id)
@@ -347,6 +359,7 @@ def _progress(session: Session, batch: Any, now: datetime) -> int:
         **_batch_data(batch, counts),
         "status": "running",
         "progress": round(finished / batch.job_count, 4) if batch.job_count else 1.0,
+        "review_counts": review_counts(session, [batch.id])[batch.id],
     }
     rows = _delivery_rows(batch.team_id, BATCH_PROGRESS, data, targets, now, batch_id=batch.id)
     session.execute(insert(WebhookDelivery), rows)
@@ -385,3 +398,57 @@ def _batch_data(batch: Any, counts: dict[str, int]) -> dict[str, Any]:
         "metadata": batch.meta,
         "created_at": _iso(batch.created_at),
     }
+
+
+# --- batch review ---------------------------------------------------------------------------
+
+
+def settle_review(session: Session, batch_id: uuid.UUID, now: datetime | None = None) -> int:
+    """After a batch completed or a person decided on one of its outputs: send
+    batch.reviewed if every output is passed, approved or rejected (none needs review, no
+    job left to render), exactly once per round, as batch.completed is (the batch row
+    locked, then a conditional UPDATE on ``reviewed_at``). Returns rows written."""
+    now = now or utcnow()
+    batch = session.execute(
+        select(
+            Batch.id,
+            Batch.team_id,
+            Batch.webhook_url,
+            Batch.job_count,
+            Batch.meta,
+            Batch.created_at,
+            Batch.completed_at,
+            Batch.reviewed_at,
+        )
+        .where(Batch.id == batch_id)
+        .with_for_update()
+    ).one_or_none()
+    if batch is None or batch.completed_at is None or batch.reviewed_at is not None:
+        return 0
+    unsettled = (Job.status == JobStatus.SUCCEEDED.value) & (
+        Job.review.is_(None) | Job.review.not_in([s.value for s in SETTLED_STATES])
+    )
+    left = session.scalar(
+        select(Job.id)
+        .where(Job.batch_id == batch_id, Job.status.in_(ACTIVE_STATES) | unsettled)
+        .limit(1)
+    )
+    if left is not None:
+        return 0
+    won = session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id, Batch.reviewed_at.is_(None))
+        .values(reviewed_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    targets = _batch_targets(session, batch, BATCH_REVIEWED) if won == 1 else []
+    if not targets:
+        return 0
+    data = {
+        **_batch_data(batch, batch_counts(session, batch.id)),
+        "review_counts": review_counts(session, [batch.id])[batch.id],
+        "reviewed_at": _iso(now),
+    }
+    rows = _delivery_rows(batch.team_id, BATCH_REVIEWED, data, targets, now, batch_id=batch.id)
+    session.execute(insert(WebhookDelivery), rows)
+    return len(rows)

@@ -7,6 +7,7 @@
 canceled    failed | canceled
                │
                └──▶ queued (a client's batch retry: a new round)
+succeeded ──▶ queued (a person rejected its output: rerendered, the old attempt kept)
 
 Every transition is one conditional UPDATE (``WHERE status = <source>``) through ``_move``,
 so races resolve in SQL and a bulk transition costs one statement however many jobs it
@@ -29,6 +30,8 @@ from shared.events import JOB_EVENTS, emit_job_events, reopen_batch
 from shared.job_events import log_events, transition_event
 from shared.job_status import FINAL_STATES, JobStatus
 from shared.models import Job, Worker, utcnow
+from shared.review import attempt_record, rerender_seed
+from shared.review_status import ReviewState
 
 __all__ = ["FINAL_STATES", "JobStatus"]  # re-exported: callers import them from here
 
@@ -37,7 +40,8 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.RUNNING: frozenset(
         {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.QUEUED}
     ),
-    JobStatus.SUCCEEDED: frozenset(),
+    # A rejected output may be rendered again (POST /v1/batches/{id}/rerender).
+    JobStatus.SUCCEEDED: frozenset({JobStatus.QUEUED}),
     # A failed job may be retried on request (POST /v1/batches/{id}/retry).
     JobStatus.FAILED: frozenset({JobStatus.QUEUED}),
     JobStatus.CANCELED: frozenset(),
@@ -263,6 +267,87 @@ def retry_failed_of_batch(session: Session, batch_id: uuid.UUID) -> int:
     if retried:
         reopen_batch(session, batch_id)
     return retried
+
+
+# Rows per rerender UPDATE: each carries a CASE branch per job for its seed and history.
+RERENDER_CHUNK = 1000
+
+
+def rerender_rejected_of_batch(session: Session, batch_id: uuid.UUID, batch_seed: int) -> int:
+    """succeeded → queued for a batch's rejected outputs: new attempts of the same jobs
+    (same id, grid place and archive name), each with a new seed derived from the batch
+    seed and the round (shared/review.py ``rerender_seed``: a rerender reproduces). The
+    attempt replaced is appended to ``history`` (outputs, scores, review, seed); its
+    objects stay in storage, as the next round stores under its own key. One conditional
+    UPDATE per 1,000 jobs (``WHERE status = 'succeeded' AND review = 'rejected'``: a job a
+    person approved meanwhile stays); the batch is reopened. Returns how many were queued."""
+    rows = session.execute(
+        select(
+            Job.id,
+            Job.sku,
+            Job.prompt_name,
+            Job.variant,
+            Job.params,
+            Job.outputs,
+            Job.fidelity,
+            Job.review,
+            Job.review_note,
+            Job.reviewed_by,
+            Job.reviewed_at,
+            Job.finished_at,
+            Job.history,
+        )
+        .where(
+            Job.batch_id == batch_id,
+            Job.status == JobStatus.SUCCEEDED.value,
+            Job.review == ReviewState.REJECTED.value,
+        )
+        .order_by(Job.id)
+        .with_for_update()  # the history written is built from these very values
+    ).all()
+    moved = 0
+    for start in range(0, len(rows), RERENDER_CHUNK):
+        chunk = rows[start : start + RERENDER_CHUNK]
+        params, history = {}, {}
+        for r in chunk:
+            round_ = len(r.history or []) + 1
+            seed = rerender_seed(batch_seed, r.sku, r.prompt_name, r.variant, round_)
+            params[r.id] = {**r.params, "seed": seed}
+            history[r.id] = [*(r.history or []), attempt_record(r)]
+        moved += len(
+            _move(
+                session,
+                Job.id.in_(list(params)) & (Job.review == ReviewState.REJECTED.value),
+                (JobStatus.SUCCEEDED,),
+                JobStatus.QUEUED,
+                params=_by_id(Job.params, params),
+                history=_by_id(Job.history, history),
+                outputs=None,
+                provenance=None,
+                fidelity=None,
+                review=None,
+                review_note=None,
+                reviewed_by=None,
+                reviewed_at=None,
+                error=None,
+                attempts=0,
+                worker=None,
+                enqueued_at=None,
+                started_at=None,
+                finished_at=None,
+                lease_expires_at=None,
+                not_before=None,
+            )
+        )
+    if moved:
+        reopen_batch(session, batch_id)
+    return moved
+
+
+def _by_id(column: Any, values: dict[uuid.UUID, Any]) -> Any:
+    """``column`` set to each job's own value in one statement (a CASE on the id)."""
+    branches = {job_id: literal(value, column.type) for job_id, value in values.items()}
+    return case(branches, value=Job.id, else_=column)
 
 
 def renew_leases(session: Session, worker: str, lease_seconds: int) -> int:

@@ -22,6 +22,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from shared.events import EVENT_TYPES
 from shared.images import OutputFormat, ResizeMode
 from shared.names import NAME_RULE, name_problem
+from shared.review import MAX_DECISIONS, MAX_NOTE_CHARS
 
 MAX_METADATA_BYTES = 8 * 1024
 MAX_SEED = 2**63 - 1
@@ -321,6 +322,22 @@ class OutputPublic(BaseModel):
     content_type: str = Field(description="image/png, image/jpeg or image/webp.")
 
 
+class AttemptPublic(BaseModel):
+    """An earlier attempt of a job, replaced by a rerender (``POST /v1/batches/{id}/rerender``)."""
+
+    round: int = Field(description="0 for the first render, then 1, 2, ... for each rerender.")
+    seed: int = Field(description="The seed it rendered with.")
+    outputs: list[OutputPublic] = Field(
+        description="What it rendered: its objects stay in storage (URLs that expire)."
+    )
+    fidelity: dict[str, Any] | None = Field(description="Its scores against the source.")
+    review: str | None = Field(description="Its review state when it was replaced (rejected).")
+    review_note: str | None = Field(description="The reviewer's note on it.")
+    reviewed_by: uuid.UUID | None = Field(description="The id of the API key that decided.")
+    reviewed_at: datetime | None = Field(description="When it was decided.")
+    finished_at: datetime | None = Field(description="When it succeeded.")
+
+
 class JobPublic(BaseModel):
     id: uuid.UUID = Field(description="The job's id.")
     status: str = Field(description="queued, running, then succeeded, failed or canceled.")
@@ -348,6 +365,15 @@ class JobPublic(BaseModel):
         description="The rendered images (empty until it succeeds)."
     )
     warnings: list[str] = Field(default_factory=list, description=WARNINGS_DESCRIPTION)
+    review_note: str | None = Field(default=None, description="The reviewer's note, as sent.")
+    reviewed_by: uuid.UUID | None = Field(
+        default=None, description="The id of the API key that approved or rejected it."
+    )
+    reviewed_at: datetime | None = Field(default=None, description="When it was decided.")
+    history: list[AttemptPublic] = Field(
+        default_factory=list,
+        description="Earlier attempts a rerender replaced, oldest first (empty: none).",
+    )
 
 
 class JobsPublic(BaseModel):
@@ -587,6 +613,15 @@ class BatchCounts(BaseModel):
     canceled: int = Field(default=0, description="Jobs canceled.")
 
 
+class ReviewCounts(BaseModel):
+    """Outputs of a batch by review state (jobs not rendered yet are not counted)."""
+
+    passed: int = Field(default=0, description="Outputs that met every fidelity threshold.")
+    needs_review: int = Field(default=0, description="Outputs a person should look at.")
+    approved: int = Field(default=0, description="Outputs a person approved.")
+    rejected: int = Field(default=0, description="Outputs a person rejected.")
+
+
 class BatchPublic(BaseModel):
     id: uuid.UUID = Field(description="The batch's id.")
     status: str = Field(
@@ -596,6 +631,9 @@ class BatchPublic(BaseModel):
     model: str = Field(description="The model alias of every job.")
     job_count: int = Field(description="Jobs in the batch.")
     counts: BatchCounts = Field(description="Jobs by status.")
+    review_counts: ReviewCounts = Field(
+        default_factory=ReviewCounts, description="Outputs by review state."
+    )
     progress: float = Field(description="Finished jobs (any final state) / job_count.")
     seed: int = Field(description="The batch seed.")
     params: dict[str, Any] = Field(description="The knobs every job shares, as sent.")
@@ -675,6 +713,100 @@ class BatchCanceled(BaseModel):
 class BatchRetried(BaseModel):
     id: uuid.UUID = Field(description="The batch's id.")
     retried: int = Field(description="Failed jobs queued again.")
+
+
+# --- Review (shared/review.py) -------------------------------------------------------------
+
+ReviewDecision = Literal["approve", "reject"]
+ReviewStateName = Literal["passed", "needs_review", "approved", "rejected"]
+ReviewNote = Annotated[
+    str | None,
+    Field(
+        default=None,
+        max_length=MAX_NOTE_CHARS,
+        description=f"Why, for people (at most {MAX_NOTE_CHARS:,} characters).",
+    ),
+]
+
+
+class ReviewCreate(RequestBody):
+    """``POST /v1/jobs/{id}/review``: a person's decision on a succeeded job's output."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"decision": "reject", "note": "logo drifts"}]},
+    )
+
+    decision: ReviewDecision = Field(description="approve or reject the output.")
+    note: ReviewNote
+
+
+class JobReviewDecision(RequestBody):
+    job_id: uuid.UUID = Field(description="A job of the batch that succeeded.")
+    decision: ReviewDecision = Field(description="approve or reject its output.")
+    note: ReviewNote
+
+
+class ReviewWhere(RequestBody):
+    review: list[ReviewStateName] = Field(
+        min_length=1,
+        description="The review states to decide on: one (`passed`) or a list.",
+    )
+
+    @field_validator("review", mode="before")
+    @classmethod
+    def _one_state(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class BatchReviewCreate(RequestBody):
+    """``POST /v1/batches/{id}/review``: either a list of decisions, each on its own job,
+    or one decision on every output in some review states ("approve all passed")."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"decision": "approve", "where": {"review": "passed"}},
+                {
+                    "decisions": [
+                        {
+                            "job_id": "2f1c9a4e-8b7d-4c3a-9e21-5d6f7a8b9c0d",
+                            "decision": "reject",
+                            "note": "the strap is missing",
+                        }
+                    ]
+                },
+            ]
+        },
+    )
+
+    decisions: list[JobReviewDecision] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_DECISIONS,
+        description=f"One decision per job (at most {MAX_DECISIONS:,}); not with `where`.",
+    )
+    decision: ReviewDecision | None = Field(
+        default=None, description="With `where`: the decision on every output it selects."
+    )
+    where: ReviewWhere | None = Field(
+        default=None, description="With `decision`: which outputs, by review state."
+    )
+    note: ReviewNote
+
+
+class BatchReviewed(BaseModel):
+    id: uuid.UUID = Field(description="The batch's id.")
+    decided: int = Field(description="Outputs whose decision was recorded now.")
+    review_counts: ReviewCounts = Field(description="The batch's outputs by review state now.")
+
+
+class BatchRerendered(BaseModel):
+    id: uuid.UUID = Field(description="The batch's id.")
+    rerendered: int = Field(
+        description="Rejected outputs queued to render again with new seeds (same job ids)."
+    )
 
 
 # --- Presigned uploads ---------------------------------------------------------------------

@@ -312,7 +312,8 @@ def store_output(
         "license": model.spec.license,
         "commercial_use": model.spec.commercial_use,
     }
-    key = output_key(job.team_id, job.id, 0, EXTENSIONS[params.output_format])
+    round_ = len(job.history or [])  # a rerender stores anew: earlier rounds' objects stay
+    key = output_key(job.team_id, job.id, round_, EXTENSIONS[params.output_format])
     content_type = CONTENT_TYPES[params.output_format]
     storage.put(key, data, content_type, metadata=object_metadata(job.id, provenance))
     output = {

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
+from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import archive, idempotency
@@ -15,9 +16,11 @@ from api.deps import FetchSlotsDep, RegistryDep, SessionDep, SettingsDep, Storag
 from api.errors import KEYED_ERRORS, errors_for
 from api.idempotency import IdempotencyKeyHeader
 from api.routes.jobs import job_public
+from api.routes.review import ReviewQuery
 from api.sources import SourceSpool
 from shared.jobs import JobStatus
 from shared.models import Job
+from shared.review_status import parse_review_states, review_counts
 from shared.schemas import (
     BatchAccepted,
     BatchCanceled,
@@ -108,17 +111,22 @@ def list_batches(
 ) -> BatchesPublic:
     """The team's batches, newest first."""
     batches, next_cursor = service.list_batches(session, team, cursor, limit)
-    stats = service.batch_stats(session, [b.id for b in batches]) if batches else {}
+    ids = [b.id for b in batches]
+    stats = service.batch_stats(session, ids) if batches else {}
+    reviews = review_counts(session, ids)
     return BatchesPublic(
-        batches=[service.batch_public(b, stats[b.id]) for b in batches], next_cursor=next_cursor
+        batches=[service.batch_public(b, stats[b.id], reviews=reviews[b.id]) for b in batches],
+        next_cursor=next_cursor,
     )
 
 
 @router.get("/{batch_id}", response_model=BatchPublic, responses=NOT_FOUND)
 def get_batch(batch_id: BatchId, team: TeamDep, session: SessionDep) -> BatchPublic:
-    """Counts by status, progress, timings and an ETA from the observed throughput."""
+    """Counts by status and by review state, progress, timings and an ETA from the
+    observed throughput."""
     batch = service.get_batch(session, team, batch_id)
-    return service.batch_public(batch, service.batch_stats(session, [batch.id])[batch.id])
+    stats = service.batch_stats(session, [batch.id])[batch.id]
+    return service.batch_public(batch, stats, reviews=review_counts(session, [batch.id])[batch.id])
 
 
 @router.get("/{batch_id}/jobs", response_model=BatchJobsPublic, responses=NOT_FOUND)
@@ -131,10 +139,13 @@ def list_batch_jobs(
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
     cursor: CursorQuery = None,
     limit: LimitQuery = 100,
+    review: ReviewQuery = None,
 ) -> BatchJobsPublic:
-    """The batch's jobs, optionally of one status, a page at a time."""
+    """The batch's jobs, optionally of one status and of some review states
+    (``?review=needs_review``), a page at a time."""
+    states = parse_review_states(review)
     batch = service.get_batch(session, team, batch_id)
-    jobs, next_cursor = service.list_jobs(session, batch, status, cursor, limit)
+    jobs, next_cursor = service.list_jobs(session, batch, status, cursor, limit, states)
     return BatchJobsPublic(
         jobs=[_batch_job_public(job, storage, settings.url_expiry_seconds) for job in jobs],
         next_cursor=next_cursor,
@@ -167,11 +178,14 @@ def get_manifest(
     format: Annotated[
         Literal["json", "csv"], Query(description="JSON items or CSV rows (the same columns).")
     ] = "json",
+    review: ReviewQuery = None,
 ) -> StreamingResponse:
-    """Every job: sku, prompt name, variant, seed, status, error, archive path, output URL."""
+    """Every job (or those whose output is in the ``review`` states given): sku, prompt
+    name, variant, seed, status, error, archive path, output URL."""
+    only = _review_where(review)
     batch = service.get_batch(session, team, batch_id)
     items = archive.manifest_items(
-        archive.iter_rows(_session_factory(request), batch.id),
+        archive.iter_rows(_session_factory(request), batch.id, *only),
         storage,
         settings.url_expiry_seconds,
     )
@@ -195,17 +209,27 @@ def get_archive(
     team: TeamDep,
     session: SessionDep,
     storage: StorageDep,
+    review: ReviewQuery = None,
 ) -> StreamingResponse:
-    """A zip of every succeeded output as ``{sku}/{prompt}/{variant}.{ext}``, streamed."""
+    """A zip of every succeeded output (or of those in the ``review`` states given:
+    ``passed,approved`` is what may be published) as ``{sku}/{prompt}/{variant}.{ext}``,
+    streamed."""
+    only = _review_where(review)
     batch = service.get_batch(session, team, batch_id)
     rows = archive.iter_rows(
-        _session_factory(request), batch.id, Job.status == JobStatus.SUCCEEDED.value
+        _session_factory(request), batch.id, Job.status == JobStatus.SUCCEEDED.value, *only
     )
     return StreamingResponse(
         archive.iter_archive(archive.archive_entries(rows), storage),
         media_type="application/zip",
         headers=_attachment(f"batch-{batch.id}.zip"),
     )
+
+
+def _review_where(review: str | None) -> tuple[ColumnElement[bool], ...]:
+    """The ``?review=`` filter as a condition on the rows (none when absent)."""
+    states = parse_review_states(review)
+    return () if states is None else (Job.review.in_([s.value for s in states]),)
 
 
 def _attachment(filename: str) -> dict[str, str]:

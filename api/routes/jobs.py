@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response, status
 from sqlalchemy import select
@@ -22,6 +22,7 @@ from shared.job_status import JobStatus
 from shared.jobs import cancel
 from shared.models import Job, Team
 from shared.schemas import (
+    AttemptPublic,
     JobAccepted,
     JobCreate,
     JobDurations,
@@ -42,15 +43,7 @@ JobId = Annotated[uuid.UUID, Path(description="A job id from POST /v1/jobs or a 
 def job_public(
     job: Job, storage: Storage, expires_in: int, warnings: Sequence[str] = ()
 ) -> JobPublic:
-    outputs = [
-        OutputPublic(
-            url=storage.url(o["key"], expires_in),
-            width=o["width"],
-            height=o["height"],
-            content_type=o["content_type"],
-        )
-        for o in job.outputs or []
-    ]
+    outputs = outputs_public(job.outputs or [], storage, expires_in)
     return JobPublic(
         id=job.id,
         status=job.status,
@@ -68,7 +61,33 @@ def job_public(
         durations=JobDurations.between(job.created_at, job.started_at, job.finished_at),
         outputs=outputs,
         warnings=list(warnings),
+        review_note=job.review_note,
+        reviewed_by=job.reviewed_by,
+        reviewed_at=job.reviewed_at,
+        history=[attempt_public(a, storage, expires_in) for a in job.history or []],
     )
+
+
+def attempt_public(attempt: dict[str, Any], storage: Storage, expires_in: int) -> AttemptPublic:
+    """An earlier attempt kept in ``jobs.history`` (shared/review.py attempt_record), its
+    outputs' URLs signed as the job's are."""
+    outputs = outputs_public(attempt["outputs"], storage, expires_in)
+    return AttemptPublic(**{**attempt, "outputs": outputs})
+
+
+def outputs_public(
+    outputs: Sequence[dict[str, Any]], storage: Storage, expires_in: int
+) -> list[OutputPublic]:
+    """Stored outputs as answers describe them, each with a URL that expires."""
+    return [
+        OutputPublic(
+            url=storage.url(o["key"], expires_in),
+            width=o["width"],
+            height=o["height"],
+            content_type=o["content_type"],
+        )
+        for o in outputs
+    ]
 
 
 def queued_warnings(

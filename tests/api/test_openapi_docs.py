@@ -38,6 +38,9 @@ EXTRA: dict[str, set[int]] = {
     "POST /v1/uploads/presign": {400},
     "POST /v1/uploads/{upload_id}/complete": {400, 413},
     "POST /v1/webhooks/deliveries/{delivery_id}/redeliver": {409},
+    # A review decision on a job that has not succeeded (api/routes/review.py) -> 409.
+    "POST /v1/jobs/{job_id}/review": {409},
+    "POST /v1/batches/{batch_id}/review": {409},
     # A member key on an admin route (api/deps.py AdminTeamDep) -> 403.
     **{
         route: {403}

@@ -33,6 +33,9 @@ WRITER = "shared/jobs.py"
 OUTBOX = "shared/events.py"  # defines the emitters
 EMITTERS = {"emit_job_event", "emit_job_events"}
 RAW_UPDATE = re.compile(r"\bUPDATE\s+jobs\b", re.IGNORECASE)
+# jobs.review: a person's decisions (shared/review.py), the worker's verdict at success and a
+# rerender's clearing (both transitions of shared/jobs.py).
+REVIEW_WRITERS = frozenset({"shared/review.py", WRITER})
 
 
 # --- the source rule --------------------------------------------------------------------------
@@ -63,25 +66,43 @@ def _chain(node: ast.AST) -> Iterator[ast.AST]:
         node = node.func if isinstance(node, ast.Call) else node.value
 
 
-def _may_set_status(call: ast.Call) -> bool:
-    """``.values(...)`` / ``.update(...)`` arguments that set, or might set, ``status``."""
+def _may_set_status(call: ast.Call, column: str = "status") -> bool:
+    """``.values(...)`` / ``.update(...)`` arguments that set, or might set, ``column``."""
     for kw in call.keywords:
-        if kw.arg == "status":
+        if kw.arg == column:
             return True
         if kw.arg is None and not (
-            isinstance(kw.value, ast.Dict) and not _dict_has_status(kw.value)
+            isinstance(kw.value, ast.Dict) and not _dict_has_status(kw.value, column)
         ):
             return True  # **something: cannot prove it leaves status alone
-    return any(isinstance(a, ast.Dict) and _dict_has_status(a) for a in call.args) or any(
+    return any(isinstance(a, ast.Dict) and _dict_has_status(a, column) for a in call.args) or any(
         not isinstance(a, ast.Dict) for a in call.args
     )
 
 
-def _dict_has_status(node: ast.Dict) -> bool:
+def _dict_has_status(node: ast.Dict, column: str = "status") -> bool:
     return any(
-        k is None or (isinstance(k, ast.Constant) and k.value == "status") or _name(k) == "status"
+        k is None or (isinstance(k, ast.Constant) and k.value == column) or _name(k) == column
         for k in node.keys
     )
+
+
+def review_offenders_in(path: str, source: str) -> list[str]:
+    """Every ``update(Job).values(...)`` in ``source`` that may set ``jobs.review`` outside
+    its writers (a raw ``UPDATE jobs`` is refused by the status rule already)."""
+    if path in REVIEW_WRITERS:
+        return []
+    found = []
+    for node in ast.walk(ast.parse(source, path)):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "values"
+            and _may_set_status(node, "review")
+            and any(_calls(r, "update", "Job") for r in _chain(node.func.value))
+        ):
+            found.append(f"{path}:{node.lineno}: update(Job).values(...) sets review")
+    return found
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
@@ -142,6 +163,27 @@ def test_only_shared_jobs_changes_job_status_or_emits_job_events():
     assert found == [], "job state has one writer (shared/jobs.py); move these there:\n" + (
         "\n".join(found)
     )
+
+
+def test_only_the_review_writers_change_job_review():
+    found = [o for path, source in tree_sources() for o in review_offenders_in(path, source)]
+    assert found == [], "jobs.review is written by shared/review.py and shared/jobs.py:\n" + (
+        "\n".join(found)
+    )
+
+
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        "update(Job).where(Job.id == i).values(review='approved', reviewed_at=now)",
+        "update(Job).values({'review': 'rejected'})",
+        "update(models.Job).values(**decision)",
+    ],
+)
+def test_the_review_rule_sees_each_way_of_writing_review(snippet):
+    assert review_offenders_in("api/routes/review.py", snippet)
+    assert review_offenders_in("shared/review.py", snippet) == []
+    assert review_offenders_in("api/x.py", "update(Job).values(enqueued_at=now)") == []
 
 
 FLAGGED = {
