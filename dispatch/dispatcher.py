@@ -55,6 +55,8 @@ from shared.dispatch import CHANNEL
 from shared.errors import StorageError, TransientError
 from shared.idempotency import expiry_cutoff, prune_idempotency_keys
 from shared.images import EXTENSIONS
+from shared.job_events import PRUNE_BATCH as EVENT_PRUNE_BATCH
+from shared.job_events import prune_job_events
 from shared.jobs import (
     JobStatus,
     canceled_with_outputs,
@@ -79,6 +81,9 @@ SWEEP_OUTPUTS_PER_TICK = 100
 
 
 PRUNE_EVERY_SECONDS = 60.0
+# At most this many chunks of the event log go per housekeeping round: a backlog (a long
+# outage, a lowered retention) is worked off over a few minutes, each tick staying short.
+EVENT_PRUNE_CHUNKS = 20
 
 MODELS_WAITING = text(
     """
@@ -194,7 +199,17 @@ class Dispatcher:
         with session_scope(self.session_factory) as session:
             prune_idempotency_keys(session, expiry_cutoff(self.settings.idempotency_ttl_seconds))
         self._sweep_staged_uploads()
+        self._prune_event_log()
         self._pruned_at = time.monotonic()
+
+    def _prune_event_log(self) -> None:
+        # The live streams' log (shared/job_events.py) past its retention, in chunks of
+        # their own short transactions: no long lock on a table the api reads and writes.
+        cutoff = utcnow() - timedelta(hours=self.settings.event_retention_hours)
+        for _ in range(EVENT_PRUNE_CHUNKS):
+            with session_scope(self.session_factory) as session:
+                if prune_job_events(session, cutoff) < EVENT_PRUNE_BATCH:
+                    return
 
     def _sweep_staged_uploads(self) -> None:
         if not isinstance(self.storage, S3Storage):

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import timedelta
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from api.event_stream import Cursor, Follow, read_page
 from shared.db import session_scope
-from shared.job_events import log_events
-from shared.models import Job
+from shared.job_events import log_events, prune_job_events
+from shared.models import Job, JobEvent, utcnow
 from shared.teams import ensure_team
 
 
@@ -61,3 +62,27 @@ def test_an_event_committed_late_is_read_after_a_later_id(session_factory):
         early.close()
         late.close()
     assert _read_until_settled(session_factory, follow, cursor) == ["job.running", "job.succeeded"]
+
+
+def test_retention_deletes_the_oldest_events_in_bounded_chunks(session_factory):
+    team_id, job_id = _job(session_factory)
+    now = utcnow()
+    ages = [timedelta(days=3), timedelta(days=2, hours=1), timedelta(days=2), timedelta(0)]
+    with session_scope(session_factory) as session:
+        ids = [
+            session.execute(
+                insert(JobEvent)
+                .values(team_id=team_id, job_id=job_id, type="job.queued", created_at=now - age)
+                .returning(JobEvent.id)
+            ).scalar_one()
+            for age in ages
+        ]
+    cutoff = now - timedelta(days=1)
+    chunks = []
+    for _ in range(3):
+        with session_scope(session_factory) as session:
+            chunks.append(prune_job_events(session, cutoff, limit=2))
+    assert chunks == [2, 1, 0]
+    with session_factory() as session:
+        left = session.scalars(select(JobEvent.id).where(JobEvent.job_id == job_id)).all()
+    assert left == [ids[-1]]
