@@ -27,6 +27,7 @@ from sqlalchemy import ColumnElement, update
 from sqlalchemy.orm import Session
 
 from shared.events import settle_review
+from shared.job_events import JOB_REVIEWED, log_events
 from shared.job_status import JobStatus
 from shared.models import Job, utcnow
 from shared.review_status import ReviewState
@@ -75,6 +76,8 @@ def _record(
 
 
 def _settle(session: Session, decided: Sequence[Decided]) -> None:
+    # The live streams' log (shared/job_events.py): one job.reviewed row per decision.
+    log_events(session, [d.job_id for d in decided], JOB_REVIEWED)
     # Sorted: two transactions settling the same batches lock them in one order.
     for batch_id in sorted({d.batch_id for d in decided if d.batch_id is not None}):
         settle_review(session, batch_id)

@@ -7,20 +7,19 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api import batches as batch_service
-from api.deps import SessionDep, SettingsDep, StorageDep, TeamDep
+from api.deps import CallerDep, SessionDep, SettingsDep, StorageDep, TeamDep
 from api.errors import KEYED_ERRORS, errors_for
 from api.owned import owned_row
 from api.routes.jobs import job_public
 from shared.dispatch import nudge
 from shared.errors import InvalidRequest, NotFound
 from shared.jobs import rerender_rejected_of_batch
-from shared.keys import hash_api_key
-from shared.models import ApiKey, Batch, Job
+from shared.models import Batch, Job
 from shared.review import JobDecision, decide, decide_each, decide_where
 from shared.review_status import ReviewState, review_counts
 from shared.schemas import (
@@ -47,14 +46,9 @@ ReviewQuery = Annotated[
 ]
 
 
-def get_reviewer(request: Request, team: TeamDep, session: SessionDep) -> uuid.UUID:
-    """The id of the API key the request came with (TeamDep checked it): who decided."""
-    key = request.headers["authorization"].split(" ", 1)[1].strip()
-    key_id = session.scalar(
-        select(ApiKey.id).where(ApiKey.key_hash == hash_api_key(key), ApiKey.team_id == team.id)
-    )
-    assert key_id is not None  # the key was found a moment ago, in this session
-    return key_id
+def get_reviewer(caller: CallerDep) -> uuid.UUID:
+    """The id of the API key the request came with: who decided."""
+    return caller.key_id
 
 
 ReviewerDep = Annotated[uuid.UUID, Depends(get_reviewer)]

@@ -20,7 +20,7 @@ from sqlalchemy import func, select, update
 from api.app import create_app
 from shared.db import session_scope
 from shared.keys import hash_api_key
-from shared.models import ApiKey, Batch, Job, WebhookDelivery
+from shared.models import ApiKey, Batch, Job, JobEvent, WebhookDelivery
 from shared.review import rerender_seed
 from shared.storage import storage_from_settings
 from shared.teams import create_api_key, ensure_team
@@ -166,6 +166,9 @@ def test_needs_review_flows_through_counts_listing_and_decisions(
             f"/v1/jobs/{jobs[4]}/review", json={"decision": decision}, headers=auth(key)
         )
         assert again.status_code == 200, again.text
+    with session_factory() as s:  # each decision is on the live streams' log
+        logged = select(func.count()).where(JobEvent.job_id == jobs[4])
+        assert s.scalar(logged.where(JobEvent.type == "job.reviewed")) == 3
 
     # many at once: a list (one transaction), then "approve all passed"
     listed = {
