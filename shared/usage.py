@@ -51,11 +51,8 @@ def add_usage(session: Session, results: Sequence[Rendered]) -> None:
     upsert per (team, model); the caller's transaction commits it with the successes."""
     if not results:
         return
-    teams = dict(
-        session.execute(
-            select(Job.id, Job.team_id).where(Job.id.in_([r.job_id for r in results]))
-        ).tuples()
-    )
+    query = select(Job.id, Job.team_id).where(Job.id.in_([r.job_id for r in results]))
+    teams = {job_id: team_id for job_id, team_id in session.execute(query)}
     images: Counter[tuple[uuid.UUID, str]] = Counter()
     seconds: defaultdict[tuple[uuid.UUID, str], float] = defaultdict(float)
     for result in results:

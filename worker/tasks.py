@@ -39,6 +39,7 @@ from shared.jobs import (
     requeue,
 )
 from shared.models import Job, utcnow
+from shared.usage import add_usage
 from worker.context import WorkerContext
 from worker.failures import Failure, decide_failure
 from worker.render import (
@@ -131,7 +132,10 @@ def record_successes(ctx: WorkerContext, results: list[RenderResult]) -> set[uui
         succeeded = mark_succeeded_bulk(
             session, [(r.job_id, r.outputs, r.provenance) for r in results]
         )
-        return set(succeeded)
+        # Counted with the success, in its transaction: usage is exactly the jobs succeeded.
+        done = set(succeeded)
+        add_usage(session, [r for r in results if r.job_id in done])
+        return done
 
 
 def record_failure(ctx: WorkerContext, job: Job, exc: BaseException, summary: BatchSummary) -> None:
