@@ -397,6 +397,7 @@ def up(port: int) -> None:
         console.print("team 'local' (the same key on every start); paste into your shell:")
         # Plain stdout, no markup or wrapping: meant to be copied or eval'ed.
         click.echo(f"export IMGFARM_API_URL={stack.url} IMGFARM_API_KEY={stack.api_key}")
+        console.print(f"console: open {stack.url}/ in a browser and sign in with that key")
         try:
             while all(p.poll() is None for p in stack.processes.values()):
                 time.sleep(0.5)
