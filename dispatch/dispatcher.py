@@ -177,11 +177,12 @@ class Dispatcher:
         before removing; a delete that fails is tried again next tick."""
         with session_scope(self.session_factory) as session:
             removed = []
-            for job_id, team_id, fmt in canceled_with_outputs(session, SWEEP_OUTPUTS_PER_TICK):
+            canceled = canceled_with_outputs(session, SWEEP_OUTPUTS_PER_TICK)
+            for job_id, team_id, fmt, round_ in canceled:
                 ext = EXTENSIONS.get(fmt)  # none: malformed params, nothing was rendered
                 try:
-                    if ext is not None:
-                        self.storage.delete(output_key(team_id, job_id, 0, ext))
+                    if ext is not None:  # this attempt's only: earlier rounds are history
+                        self.storage.delete(output_key(team_id, job_id, round_, ext))
                 except (StorageError, TransientError) as e:
                     # The store is away: one warning a tick, not one per job.
                     log.warning("could not remove outputs of canceled job %s: %s", job_id, e)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, literal, select, update
+from sqlalchemy import ColumnElement, case, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from shared.events import JOB_EVENTS, emit_job_events, reopen_batch
@@ -488,16 +488,20 @@ def release_previous_life(session: Session, worker: str) -> tuple[int, int]:
 # once the lease has run out (by then no live worker still holds the job).
 
 
-def canceled_with_outputs(session: Session, limit: int) -> list[tuple[uuid.UUID, uuid.UUID, str]]:
+def canceled_with_outputs(
+    session: Session, limit: int
+) -> list[tuple[uuid.UUID, uuid.UUID, str, int]]:
     """Lock up to ``limit`` canceled jobs whose outputs may remain (``SKIP LOCKED``: two
-    dispatchers never sweep one twice); returns (job id, team id, output format)."""
+    dispatchers never sweep one twice); returns (job id, team id, output format, round):
+    the round (earlier attempts a rerender kept) names the attempt's output key."""
+    round_ = func.coalesce(func.json_array_length(Job.history), 0)
     rows = session.execute(
-        select(Job.id, Job.team_id, Job.params)
+        select(Job.id, Job.team_id, Job.params, round_)
         .where(Job.status == JobStatus.CANCELED.value, Job.lease_expires_at < utcnow())
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
-    return [(r.id, r.team_id, (r.params or {}).get("output_format", "png")) for r in rows]
+    return [(r[0], r[1], (r[2] or {}).get("output_format", "png"), r[3]) for r in rows]
 
 
 def outputs_removed(session: Session, job_ids: Sequence[uuid.UUID]) -> None:

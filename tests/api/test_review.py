@@ -19,12 +19,14 @@ from sqlalchemy import func, select, update
 
 from api.app import create_app
 from shared.db import session_scope
+from shared.jobs import cancel, claim_jobs_bulk
 from shared.keys import hash_api_key
 from shared.models import ApiKey, Batch, Job, JobEvent, WebhookDelivery
 from shared.review import rerender_seed
-from shared.storage import storage_from_settings
+from shared.storage import output_key, storage_from_settings
 from shared.teams import create_api_key, ensure_team
 from tests.factories import batch_body, finish_jobs
+from tests.services import wait_for
 
 # Nothing listens on port 9 (discard): the delivery rows are looked at, never sent.
 HOOK = "http://127.0.0.1:9/hook"
@@ -340,3 +342,37 @@ def test_rerender_queues_rejected_jobs_again_keeping_their_history(
     assert api.post(f"/v1/batches/{batch_id}/rerender", headers=auth(key)).json()["rerendered"] == 0
     bad = api.post(f"/v1/batches/{batch_id}/rerender?review=passed", headers=auth(key))
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "review"
+
+
+def test_a_canceled_rerender_loses_only_its_own_output(
+    api, scored_batch, session_factory, storage, settings
+):
+    """The dispatcher's sweep of a canceled job's leftover output removes that attempt's
+    object (its round's key), never the earlier attempt the history keeps."""
+    from dispatch.dispatcher import Dispatcher
+    from shared.broker import make_celery
+
+    key, batch_id, jobs = scored_batch
+    job_id = jobs[4]
+    api.post(f"/v1/jobs/{job_id}/review", json={"decision": "reject"}, headers=auth(key))
+    assert api.post(f"/v1/batches/{batch_id}/rerender", headers=auth(key)).json()["rerendered"]
+    with session_factory() as s:  # play a worker that stored round 1, then was canceled
+        assert claim_jobs_bulk(s, [job_id], "fake-worker", 300) == [job_id]
+        job = s.get(Job, job_id)
+        first, second = (
+            job.history[0]["outputs"][0]["key"],
+            output_key(job.team_id, job_id, 1, "png"),
+        )
+        storage.put(second, b"round 1", "image/png")
+        assert cancel(s, job_id)
+        s.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=func.now()))
+        s.commit()
+    dispatcher = Dispatcher(settings, session_factory, make_celery(settings), {})
+
+    def swept() -> bool:
+        dispatcher._remove_canceled_outputs()
+        with session_factory() as s:
+            return s.scalar(select(Job.lease_expires_at).where(Job.id == job_id)) is None
+
+    wait_for(swept, 10, "the canceled job's outputs swept")
+    assert storage.exists(first) and not storage.exists(second)
