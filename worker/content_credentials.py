@@ -41,6 +41,10 @@ ALGORITHMS = ("es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519")
 SOURCE_INGREDIENT = "source"
 # A custom assertion with the same provenance as the XMP label, under the signature.
 PROVENANCE_ASSERTION = "dev.imgfarm.provenance"
+# No thumbnails in the manifest (c2pa makes one of the output and one of the source by
+# default): at 512² they were bigger than the output itself (a 32 KB webp became 898 KB,
+# ~90 ms more per image); without them a manifest adds ~3.4 KB and ~2 ms.
+BUILDER_SETTINGS = {"builder": {"thumbnail": {"enabled": False}}}
 
 
 @dataclass(frozen=True)
@@ -197,7 +201,8 @@ def sign_output(
     }
     signed = io.BytesIO()
     with (
-        c2pa.Builder(manifest_definition(label, fmt, agent)) as builder,
+        c2pa.Context(settings=c2pa.Settings.from_dict(BUILDER_SETTINGS)) as context,
+        c2pa.Builder(manifest_definition(label, fmt, agent), context=context) as builder,
         credential.signer() as signer,
     ):
         builder.add_ingredient(json.dumps(ingredient), source.content_type, io.BytesIO(source.data))
