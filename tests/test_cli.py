@@ -150,7 +150,7 @@ def test_embedded_farm_reuses_its_local_key(tmp_path):
 
 def test_command_lists_show_whole_sentences(tmp_path):
     env = {"IMGFARM_DATA_DIR": str(tmp_path), "COLUMNS": "80"}
-    for group in ([], ["keys"], ["storage"]):
+    for group in ([], ["keys"], ["storage"], ["teams"]):
         listing = imgfarm(*group, "--help", env=env, timeout=60)
         assert listing.returncode == 0, listing.stderr
         commands = listing.stdout.split("Commands:", 1)[1]
