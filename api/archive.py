@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.errors import StorageError, TransientError
 from shared.models import Job, utcnow
-from shared.schemas import ManifestItem
+from shared.schemas import FIDELITY_SCORES, ManifestItem
 from shared.storage import Storage
 
 PAGE_SIZE = 500  # rows per query when streaming a manifest or an archive
@@ -39,6 +39,8 @@ class Row:
     status: str
     error: str | None
     outputs: list[dict[str, Any]] | None
+    fidelity: dict[str, Any] | None
+    review: str | None
     finished_at: datetime | None
     provenance: dict[str, Any] | None
 
@@ -71,6 +73,8 @@ def iter_rows(
                 Job.status,
                 Job.error,
                 Job.outputs,
+                Job.fidelity,
+                Job.review,
                 Job.finished_at,
                 Job.provenance,
             )
@@ -103,6 +107,8 @@ def manifest_items(
             seed=row.params["seed"],
             status=row.status,
             error=row.error,
+            review=row.review,
+            **fidelity_columns(row.fidelity),
             path=output_path(row.sku, row.prompt_name, row.variant, first["key"])
             if first
             else None,
@@ -119,6 +125,12 @@ def licence_of(provenance: dict[str, Any] | None) -> dict[str, Any]:
         "license": provenance.get("license"),
         "commercial_use": provenance.get("commercial_use"),
     }
+
+
+def fidelity_columns(fidelity: dict[str, Any] | None) -> dict[str, Any]:
+    """The output's scores as flat manifest columns (None until it rendered)."""
+    fidelity = fidelity or {}
+    return {f"fidelity_{name}": fidelity.get(name) for name in FIDELITY_SCORES}
 
 
 def _chunked(pieces: Iterable[str]) -> Iterator[bytes]:

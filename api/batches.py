@@ -35,6 +35,7 @@ from shared.registry import ModelSpec
 from shared.review_status import ReviewState
 from shared.schemas import (
     MAX_BATCH_JOBS,
+    REVIEW_THRESHOLDS,
     BatchCounts,
     BatchCreate,
     BatchEstimate,
@@ -168,6 +169,9 @@ def create_batch(session: Session, team: Team, body: BatchCreate, checked: Check
     """Insert the checked batch and all its jobs, its sources stored (the caller commits)."""
     spec, batch_seed = checked.jobs.spec, checked.jobs.params.seed
     params = checked.jobs.params.model_dump(exclude={"seed"})  # seeds are per job, derived
+    review = None if body.review is None else body.review.model_dump(exclude_none=True)
+    if review:  # each job carries them to the worker, which then needs no batch lookup
+        params[REVIEW_THRESHOLDS] = review
     # 3. the batch, then every job in one bulk INSERT (no per-job round trip)
     now = utcnow()
     batch = Batch(
@@ -181,6 +185,7 @@ def create_batch(session: Session, team: Team, body: BatchCreate, checked: Check
         variants=body.variants,
         job_count=body.job_count,
         meta=body.metadata,
+        review=review or None,
         created_at=now,
         webhook_url=checked.jobs.webhook_url,
         priority=body.priority,

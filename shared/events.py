@@ -36,6 +36,9 @@ from shared.review_status import SETTLED_STATES, review_counts
 JOB_SUCCEEDED = "job.succeeded"
 JOB_FAILED = "job.failed"
 JOB_CANCELED = "job.canceled"
+# A job succeeded but its output missed a fidelity threshold: a person should look at it
+# (sent after its job.succeeded, in the same transaction: shared/jobs.py mark_succeeded_bulk).
+JOB_NEEDS_REVIEW = "job.needs_review"
 BATCH_COMPLETED = "batch.completed"
 BATCH_PROGRESS = "batch.progress"
 # Every output of a batch is passed, approved or rejected: once per round (settle_review).
@@ -44,6 +47,7 @@ EVENT_TYPES = (
     JOB_SUCCEEDED,
     JOB_FAILED,
     JOB_CANCELED,
+    JOB_NEEDS_REVIEW,
     BATCH_COMPLETED,
     BATCH_PROGRESS,
     BATCH_REVIEWED,
@@ -175,6 +179,8 @@ _JOB_COLUMNS = (
     Job.started_at,
     Job.finished_at,
     Job.webhook_url,
+    Job.fidelity,
+    Job.review,
 )
 
 
@@ -196,6 +202,9 @@ def job_data(row: Any) -> dict[str, Any]:
             {"width": o["width"], "height": o["height"], "content_type": o["content_type"]}
             for o in row.outputs or []
         ],
+        # The output's scores against its source and its review state (null until rendered).
+        "fidelity": row.fidelity,
+        "review": row.review,
         "created_at": _iso(row.created_at),
         "started_at": _iso(row.started_at),
         "finished_at": _iso(row.finished_at),
@@ -208,11 +217,13 @@ def emit_job_events(
     event_type: str,
     *,
     progress_seconds: float = BATCH_PROGRESS_SECONDS,
+    settle_batches: bool = True,
 ) -> int:
     """Outbox rows for the final-state event of each of ``job_ids`` (and their batches'
     progress or completion), with a few queries however many jobs: a batch cancel, the
     lease sweep. Returns the number of delivery rows written. Call only in the transaction
-    that moved the jobs (shared/jobs.py does)."""
+    that moved the jobs (shared/jobs.py does). ``settle_batches=False`` for an event that
+    follows another one of the same jobs (job.needs_review): their batches were settled."""
     now = utcnow()
     written = 0
     batch_ids: set[uuid.UUID] = set()
@@ -242,7 +253,7 @@ def emit_job_events(
             session.execute(insert(WebhookDelivery), rows)
             written += len(rows)
     # Sorted: two transactions settling the same batches lock them in one order (no deadlock).
-    for batch_id in sorted(batch_ids):
+    for batch_id in sorted(batch_ids) if settle_batches else ():
         written += settle_batch(session, batch_id, now, progress_seconds=progress_seconds)
     return written
 

@@ -21,12 +21,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, case, func, literal, select, update
 from sqlalchemy.orm import Session
 
-from shared.events import JOB_EVENTS, emit_job_events, reopen_batch
+from shared.events import JOB_EVENTS, JOB_NEEDS_REVIEW, emit_job_events, reopen_batch
 from shared.job_events import log_events, transition_event
 from shared.job_status import FINAL_STATES, JobStatus
 from shared.models import Job, Worker, utcnow
@@ -119,32 +119,53 @@ def claim_jobs_bulk(
     return _in_order(job_ids, claimed)
 
 
-# What a render produced for one job: (job id, outputs, provenance).
-Success = tuple[uuid.UUID, list[dict[str, Any]], dict[str, Any]]
+class Success(NamedTuple):
+    """What a render produced for one job; ``fidelity`` and ``review`` are its output's
+    scores and the review state they decided (worker/fidelity.py), None when not scored."""
+
+    job_id: uuid.UUID
+    outputs: list[dict[str, Any]]
+    provenance: dict[str, Any]
+    fidelity: dict[str, Any] | None = None
+    review: str | None = None
 
 
-def mark_succeeded_bulk(session: Session, successes: Sequence[Success]) -> list[uuid.UUID]:
+NEEDS_REVIEW = "needs_review"
+
+
+def mark_succeeded_bulk(
+    session: Session, given: Sequence[Success | tuple[Any, ...]]
+) -> list[uuid.UUID]:
     """running → succeeded for a rendered group in one conditional UPDATE, each job getting
-    its own outputs and provenance, and its ``job.succeeded`` event. Returns the ids that
-    were still ``running`` (the others were finished or taken back), in the order given."""
-    if not successes:
+    its own outputs, provenance, scores and review state, and its ``job.succeeded`` event
+    (and ``job.needs_review`` for those whose review says so). Returns the ids that were
+    still ``running`` (the others were finished or taken back), in the order given."""
+    if not given:
         return []
+    successes = [Success(*s) for s in given]
 
-    def per_job(column: Any, index: int) -> Any:
-        branches = {s[0]: literal(s[index], column.type) for s in successes}
-        return case(branches, value=Job.id, else_=column)
+    def per_job(column: Any, field: str) -> Any:
+        values = {s.job_id: getattr(s, field) for s in successes}
+        branches = {i: literal(v, column.type) for i, v in values.items() if v is not None}
+        return case(branches, value=Job.id, else_=column) if branches else column
 
-    ids = [s[0] for s in successes]
+    ids = [s.job_id for s in successes]
     done = _move(
         session,
         Job.id.in_(ids),
         (JobStatus.RUNNING,),
         JobStatus.SUCCEEDED,
-        outputs=per_job(Job.outputs, 1),
-        provenance=per_job(Job.provenance, 2),
+        outputs=per_job(Job.outputs, "outputs"),
+        provenance=per_job(Job.provenance, "provenance"),
+        fidelity=per_job(Job.fidelity, "fidelity"),
+        review=per_job(Job.review, "review"),
         finished_at=utcnow(),
         lease_expires_at=None,
     )
+    moved = set(done)
+    flagged = [s.job_id for s in successes if s.job_id in moved and s.review == NEEDS_REVIEW]
+    if flagged:  # same session: the event commits with the move, after its job.succeeded
+        emit_job_events(session, flagged, JOB_NEEDS_REVIEW, settle_batches=False)
     return _in_order(ids, done)
 
 

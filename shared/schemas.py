@@ -322,6 +322,31 @@ class OutputPublic(BaseModel):
     content_type: str = Field(description="image/png, image/jpeg or image/webp.")
 
 
+# The scores of worker/fidelity.py, as JSON answers, webhooks and the manifest name them.
+FIDELITY_SCORES = ("structure", "ssim", "colour_drift", "kept_pixels_changed")
+
+
+class FidelityPublic(BaseModel):
+    """How faithful the output is to its source, scored by the worker when it rendered."""
+
+    structure: float = Field(
+        description="Edge agreement, 0..1: F1 of the canny edges of source and output, an "
+        "edge matching one within 1 px (1: the same outlines). Thresholded: min_structure."
+    )
+    ssim: float = Field(
+        description="Structural similarity of the luminances (scikit-image), up to 1 (identical)."
+    )
+    colour_drift: float = Field(
+        description="Mean CIEDE2000 ΔE against the source over the product region (an inpaint "
+        "job's kept pixels, else the whole image): about 1 is just visible, 2-3 a print "
+        "proof's tolerance. Thresholded: max_colour_drift."
+    )
+    kept_pixels_changed: int | None = Field(
+        description="Inpaint: kept pixels that differ from the source at all (0 in png; jpeg "
+        "and webp are lossy); null for other kinds."
+    )
+
+
 class AttemptPublic(BaseModel):
     """An earlier attempt of a job, replaced by a rerender (``POST /v1/batches/{id}/rerender``)."""
 
@@ -363,6 +388,14 @@ class JobPublic(BaseModel):
     )
     outputs: list[OutputPublic] = Field(
         description="The rendered images (empty until it succeeds)."
+    )
+    fidelity: FidelityPublic | None = Field(
+        default=None, description="Its output's scores against its source (null until it succeeds)."
+    )
+    review: str | None = Field(
+        default=None,
+        description="passed (every fidelity threshold met) or needs_review when it succeeded, "
+        "then approved or rejected by a person; null until it succeeds.",
     )
     warnings: list[str] = Field(default_factory=list, description=WARNINGS_DESCRIPTION)
     review_note: str | None = Field(default=None, description="The reviewer's note, as sent.")
@@ -501,6 +534,22 @@ class BatchPrompt(RequestBody):
     )
 
 
+# The key of a job's params that carries its batch's ``review`` thresholds to the worker
+# (worker/render.py ``assess``): copied at creation, so the worker needs no extra query.
+REVIEW_THRESHOLDS = "review_thresholds"
+
+
+class ReviewThresholds(RequestBody):
+    """A batch's override of its model's fidelity thresholds (README "Fidelity and review")."""
+
+    min_structure: float | None = Field(
+        default=None, ge=0, le=1, description="Lowest structure score that passes (0..1)."
+    )
+    max_colour_drift: float | None = Field(
+        default=None, ge=0, le=100, description="Highest colour drift (mean ΔE2000) that passes."
+    )
+
+
 class BatchCreate(RenderKnobs):
     """``POST /v1/batches``: every image x every prompt x ``variants`` seeds, one job each.
 
@@ -540,6 +589,11 @@ class BatchCreate(RenderKnobs):
         ge=1,
         le=MAX_BATCH_JOBS,
         description="Seeds per image x prompt (each job's seed is derived from seed).",
+    )
+    review: ReviewThresholds | None = Field(
+        default=None,
+        description="This batch's own fidelity thresholds for passing an output without a "
+        "person; each one left out is the model's (GET /v1/models).",
     )
     deadline: AwareDatetime | None = Field(
         default=None,
@@ -694,6 +748,19 @@ class ManifestItem(BaseModel):
     seed: int = Field(description="The seed it rendered with.")
     status: str = Field(description="The job's status.")
     error: str | None = Field(description="Why it failed.")
+    review: str | None = Field(
+        default=None, description="passed, needs_review, approved or rejected (null: not rendered)."
+    )
+    fidelity_structure: float | None = Field(
+        default=None, description="Its fidelity structure score (see GET /v1/jobs/{id})."
+    )
+    fidelity_ssim: float | None = Field(default=None, description="Its SSIM against the source.")
+    fidelity_colour_drift: float | None = Field(
+        default=None, description="Its colour drift (mean ΔE2000) against the source."
+    )
+    fidelity_kept_pixels_changed: int | None = Field(
+        default=None, description="Inpaint: kept pixels that changed (null for other kinds)."
+    )
     path: str | None = Field(description="Where the output sits in the archive (if succeeded).")
     output_url: str | None = Field(description="Its output's URL (expires).")
     license: str | None = Field(

@@ -14,6 +14,7 @@ kind (worker/prepared_cache.py): one photo x many prompts is decoded and resized
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 import uuid
@@ -36,12 +37,14 @@ from shared.images import (
     open_rgba,
     resize_image,
 )
+from shared.jobs import Success
 from shared.models import Job
 from shared.registry import ModelSpec
-from shared.schemas import RenderParams
+from shared.schemas import REVIEW_THRESHOLDS, RenderParams
 from shared.storage import Storage, content_addressed, output_key
 from worker.canny import DEFAULT_HIGH, DEFAULT_LOW, canny_edges
 from worker.content_credentials import ContentCredentials, sign_output, source_ingredient
+from worker.fidelity import Fidelity, Thresholds, review_state, score
 from worker.labels import output_label, xmp_packet
 from worker.masks import keep_mask, paste_kept, repaint_mask
 from worker.pipelines import LoadedModel, kind_inputs
@@ -86,6 +89,14 @@ class RenderResult:
     job_id: uuid.UUID
     outputs: list[dict[str, Any]]
     provenance: dict[str, Any]
+    # The stored output's scores against its source, and the review state they decide.
+    fidelity: Fidelity | None = None
+    review: str | None = None
+
+    def success(self) -> Success:
+        """As ``mark_succeeded_bulk`` records it."""
+        fidelity = None if self.fidelity is None else self.fidelity.as_dict()
+        return Success(self.job_id, self.outputs, self.provenance, fidelity, self.review)
 
 
 def check_inputs(model: LoadedModel, params: RenderParams) -> None:
@@ -315,14 +326,43 @@ def store_output(
     round_ = len(job.history or [])  # a rerender stores anew: earlier rounds' objects stay
     key = output_key(job.team_id, job.id, round_, EXTENSIONS[params.output_format])
     content_type = CONTENT_TYPES[params.output_format]
-    storage.put(key, data, content_type, metadata=object_metadata(job.id, provenance))
+    # Scored on the io pool, as the encoding is: never on the device lane (worker/tasks.py).
+    fidelity, review = assess(model.spec, item, data)
+    metadata = {**object_metadata(job.id, provenance), **fidelity_metadata(fidelity, review)}
+    storage.put(key, data, content_type, metadata=metadata)
     output = {
         "key": key,
         "width": image.width,
         "height": image.height,
         "content_type": content_type,
     }
-    return RenderResult(job_id=job.id, outputs=[output], provenance=provenance)
+    return RenderResult(
+        job_id=job.id, outputs=[output], provenance=provenance, fidelity=fidelity, review=review
+    )
+
+
+def assess(spec: ModelSpec, item: RenderItem, data: bytes) -> tuple[Fidelity, str]:
+    """The encoded output's scores against its source (decoded back: what the client gets,
+    lossy formats included) and its review state under the model's thresholds, or its
+    batch's where the batch overrides them (copied into the job's params at creation)."""
+    with Image.open(io.BytesIO(data)) as stored:
+        fidelity = score(item.source, stored.convert("RGB"), item.keep)
+    thresholds = Thresholds(spec.min_structure, spec.max_colour_drift)
+    thresholds = thresholds.override(item.job.params.get(REVIEW_THRESHOLDS))
+    return fidelity, review_state(fidelity, thresholds, item.params.output_format)
+
+
+def fidelity_metadata(fidelity: Fidelity, review: str) -> dict[str, str]:
+    """The scores and review state as flat S3 metadata strings (as scored at render; a
+    person's later decision is in the job, not on the object)."""
+    kept = fidelity.kept_pixels_changed
+    return {
+        "fidelity-structure": str(fidelity.structure),
+        "fidelity-ssim": str(fidelity.ssim),
+        "fidelity-colour-drift": str(fidelity.colour_drift),
+        **({} if kept is None else {"fidelity-kept-pixels-changed": str(kept)}),
+        "review": review,
+    }
 
 
 def encode_output(

@@ -129,9 +129,7 @@ def record_successes(ctx: WorkerContext, results: list[RenderResult]) -> set[uui
     rows for all of them (shared/jobs.py writes both), one commit. Returns the jobs that
     were still ours to finish."""
     with session_scope(ctx.session_factory) as session:
-        succeeded = mark_succeeded_bulk(
-            session, [(r.job_id, r.outputs, r.provenance) for r in results]
-        )
+        succeeded = mark_succeeded_bulk(session, [r.success() for r in results])
         # Counted with the success, in its transaction: usage is exactly the jobs succeeded.
         done = set(succeeded)
         add_usage(session, [r for r in results if r.job_id in done])

@@ -23,6 +23,7 @@ from shared.jobs import cancel
 from shared.models import Job, Team
 from shared.schemas import (
     AttemptPublic,
+    FidelityPublic,
     JobAccepted,
     JobCreate,
     JobDurations,
@@ -59,6 +60,8 @@ def job_public(
         started_at=job.started_at,
         finished_at=job.finished_at,
         durations=JobDurations.between(job.created_at, job.started_at, job.finished_at),
+        fidelity=None if job.fidelity is None else FidelityPublic(**job.fidelity),
+        review=job.review,
         outputs=outputs,
         warnings=list(warnings),
         review_note=job.review_note,

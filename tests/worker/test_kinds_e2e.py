@@ -57,6 +57,7 @@ def test_inpaint_worker_keeps_masked_pixels_bit_identical(
         response = httpx.get(job["outputs"][0]["url"], timeout=30)
         out = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"))
         assert np.array_equal(out[:, 32:], np.asarray(source)[:, 32:]), "kept pixels exact"
+        assert job["fidelity"]["kept_pixels_changed"] == 0, job["fidelity"]  # the worker agrees
         assert not np.array_equal(out[:, :32], np.asarray(source)[:, :32]), "left repainted"
         assert response.headers["x-amz-meta-model"] == "tiny-inpaint"
 

@@ -1,9 +1,10 @@
-"""End to end on real services: ``imgfarm api`` and ``imgfarm worker --model tiny`` processes,
-PostgreSQL, Redis and an S3 endpoint over HTTP."""
+"""End to end on real services: ``imgfarm api``, ``imgfarm worker --model tiny`` and
+``--model echo`` processes, PostgreSQL, Redis and an S3 endpoint over HTTP."""
 
 from __future__ import annotations
 
 import io
+import json
 import time
 import uuid
 
@@ -11,12 +12,18 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from skimage import data
+from sqlalchemy import select
 
 from imgfarm.client import Client
 from shared.db import session_scope
+from shared.models import WebhookDelivery, WebhookEndpoint
 from shared.teams import create_api_key, ensure_team
 from tests.factories import data_url, job_body, png_bytes
 from tests.services import launch_api, launch_dispatcher, launch_worker
+
+# Nothing listens on port 9 (discard): the delivery rows are checked, never delivered.
+HOOK = "http://127.0.0.1:9/hook"
 
 pytestmark = pytest.mark.integration
 
@@ -26,15 +33,32 @@ def pixels(data: bytes) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def farm(module_spawn, session_factory):
-    """api, dispatcher and a tiny worker, shared by this module's tests: each process costs
-    seconds to start, and none of these tests changes them."""
-    url = launch_api(module_spawn)
-    launch_dispatcher(module_spawn)
-    worker = launch_worker(module_spawn, "tiny")
+def team(session_factory) -> tuple[uuid.UUID, str]:
+    """This module's team (id, API key), its endpoint subscribed to job.needs_review."""
     with session_scope(session_factory) as session:
-        key = create_api_key(session, ensure_team(session, f"e2e-{uuid.uuid4().hex[:8]}"))
-    with Client(url, key) as client:
+        team = ensure_team(session, f"e2e-{uuid.uuid4().hex[:8]}")
+        key = create_api_key(session, team)
+        session.add(
+            WebhookEndpoint(team_id=team.id, url=HOOK, events=["job.needs_review"], secret="s")
+        )
+        return team.id, key
+
+
+@pytest.fixture(scope="module")
+def api_url(module_spawn) -> str:
+    return launch_api(module_spawn)
+
+
+@pytest.fixture(scope="module")
+def farm(module_spawn, api_url, team):
+    """api, dispatcher, a tiny and an echo worker, shared by this module's tests: each
+    process costs seconds to start, and none of these tests changes them."""
+    url = api_url
+    launch_dispatcher(module_spawn)
+    echo = module_spawn("worker", "--model", "echo")  # starts while the tiny one loads
+    worker = launch_worker(module_spawn, "tiny")
+    echo.wait_log(" ready.", timeout=120)
+    with Client(url, team[1]) as client:
         yield client, worker
 
 
@@ -93,3 +117,57 @@ def test_worker_consumes_only_its_models_queue(farm, settings):
     assert client.wait(job_id, timeout=120)["status"] == "succeeded"
     time.sleep(0)  # the tiny job went through; now check the stray task was never received
     assert "00000000-0000-0000-0000-000000000000" not in worker.log()
+
+
+def test_echo_passes_tiny_noise_needs_review_and_the_scores_go_everywhere(
+    farm, api_url, team, session_factory
+):
+    """Scored on the worker: the job, its batch listing, its manifest, its object's metadata
+    and its job.needs_review event carry the same scores; a batch override decides too."""
+    client, _ = farm
+    photo = Image.fromarray(data.astronaut()).resize((128, 128), Image.Resampling.LANCZOS)
+    image = data_url(png_bytes_of(photo))
+    echo = client.submit_job(**job_body(model="echo", image=image, width=128, height=128))
+    tiny = client.submit_job(**job_body(image=image, width=128, height=128))
+    echo_job, tiny_job = (client.wait(j["id"], timeout=120) for j in (echo, tiny))
+    assert echo_job["status"] == tiny_job["status"] == "succeeded", (echo_job, tiny_job)
+    assert echo_job["review"] == "passed"
+    assert echo_job["fidelity"] == {
+        "structure": 1.0,
+        "ssim": 1.0,
+        "colour_drift": 0.0,
+        "kept_pixels_changed": None,
+    }
+    assert tiny_job["review"] == "needs_review", tiny_job["fidelity"]
+    assert tiny_job["fidelity"]["structure"] < 0.5 or tiny_job["fidelity"]["colour_drift"] > 5
+    # The object carries the scores as metadata, as the job shows them.
+    meta = httpx.get(tiny_job["outputs"][0]["url"], timeout=10).headers
+    assert meta["x-amz-meta-review"] == "needs_review"
+    assert float(meta["x-amz-meta-fidelity-structure"]) == tiny_job["fidelity"]["structure"]
+    assert float(meta["x-amz-meta-fidelity-colour-drift"]) == tiny_job["fidelity"]["colour_drift"]
+    # One job.needs_review event, for the tiny job only, its payload scored.
+    with session_factory() as s:
+        rows = s.scalars(
+            select(WebhookDelivery).where(WebhookDelivery.event_type == "job.needs_review")
+        ).all()
+    mine = [r for r in rows if r.job_id in (uuid.UUID(echo["id"]), uuid.UUID(tiny["id"]))]
+    assert [r.job_id for r in mine] == [uuid.UUID(tiny["id"])]
+    payload = json.loads(mine[0].body)["data"]
+    assert payload["review"] == "needs_review" and payload["fidelity"] == tiny_job["fidelity"]
+    # A batch may loosen the model's thresholds: the same noise then passes.
+    loose = {"min_structure": 0.0, "max_colour_drift": 100}
+    body = {"model": "tiny", "images": [image], "prompts": ["a mug"], "review": loose}
+    batch_id = client.submit_batch({**body, "width": 128, "height": 128})["id"]
+    client.batches.wait(batch_id, timeout=120)
+    headers = {"Authorization": f"Bearer {team[1]}"}
+    listed = httpx.get(f"{api_url}/v1/batches/{batch_id}/jobs", headers=headers).json()["jobs"]
+    (item,) = client.batch_manifest(batch_id)["items"]
+    assert listed[0]["review"] == item["review"] == "passed", (listed, item)
+    assert listed[0]["fidelity"]["structure"] == item["fidelity_structure"]
+    assert item["fidelity_kept_pixels_changed"] is None
+
+
+def png_bytes_of(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
