@@ -242,6 +242,10 @@ def test_a_bad_decision_is_422_naming_the_field(api, unchanged_batch, session_fa
         ({"where": {"review": "passed"}}, "decision"),
         ({"decision": "approve", "where": {"review": "great"}}, "where.review[0]"),
         ({"decisions": []}, "decisions"),
+        (  # bounded: at most 1,000 decisions a request
+            {"decisions": [{"job_id": str(uuid.uuid4()), "decision": "approve"}] * 1001},
+            "decisions",
+        ),
         ({"decisions": [{"job_id": "nope", "decision": "approve"}]}, "decisions[0].job_id"),
     ],
 )
@@ -296,7 +300,7 @@ def test_batch_reviewed_is_sent_once_when_no_output_needs_review(
     api, scored_batch, session_factory, storage
 ):
     key, batch_id, jobs = scored_batch
-    finish_jobs(session_factory, storage, jobs[9:])  # the batch completes: no review yet
+    finish_jobs(session_factory, storage, jobs[9:])  # the batch completes (4 need review)
     set_review(session_factory, jobs[9:], "passed")
     bulk = {"decision": "approve", "where": {"review": ["needs_review"]}}
     decisions = [{"job_id": str(j), "decision": "approve"} for j in jobs[4:7]]
@@ -307,6 +311,14 @@ def test_batch_reviewed_is_sent_once_when_no_output_needs_review(
     answer = api.post(f"/v1/batches/{batch_id}/review", json=bulk, headers=auth(key))
     assert answer.json()["decided"] == 1
     (row,) = reviewed_rows(session_factory, batch_id)
+    with session_factory() as s:  # batch.completed counted the review states too
+        completed = s.scalar(
+            select(WebhookDelivery.body).where(
+                WebhookDelivery.batch_id == uuid.UUID(batch_id),
+                WebhookDelivery.event_type == "batch.completed",
+            )
+        )
+    assert '"review_counts":{"approved":0,"needs_review":4,"passed":4,"rejected":0}' in completed
     assert '"approved":4' in row.body and '"passed":7' in row.body
     # a change of mind after the round was settled sends nothing more
     api.post(f"/v1/jobs/{jobs[4]}/review", json={"decision": "reject"}, headers=auth(key))
