@@ -3,8 +3,8 @@
 Encoding is the biggest CPU cost a worker pays per image (fetch, decode and upload are
 smaller), and it depends on what the pixels look like: random-weight test models produce
 noise, which compresses like nothing real. So this measures real photographs: by default
-five from scikit-image's sample data (public domain or CC0), taken out of its wheel from
-PyPI without installing it; ``--images`` measures your own (product shots, real outputs).
+five of the sample photos scikit-image ships (public domain or CC0; a worker dependency);
+``--images`` measures your own (product shots, real outputs).
 Prints figures; never fails on time.
 
     python bench/encode.py                       # sample photos at 512² and 1024²
@@ -20,12 +20,8 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import subprocess
 import sys
-import tempfile
 import time
-import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,10 +30,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import write_json  # noqa: E402
 from shared.images import OutputFormat, encode_image  # noqa: E402
 
 SAMPLE_PHOTOS = ("coffee.png", "astronaut.png", "chelsea.png", "motorcycle_left.png", "rocket.jpg")
-CACHE = Path.home() / ".cache" / "imgfarm-bench" / "photos"
 BASELINE = "png level 6"
 
 
@@ -66,21 +62,10 @@ class Row:
 
 
 def sample_photos() -> list[Path]:
-    """scikit-image's sample photos, extracted once from its wheel (pip download, no install)."""
-    missing = [n for n in SAMPLE_PHOTOS if not (CACHE / n).exists()]
-    if missing:
-        CACHE.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run(
-                [sys.executable, "-m", "pip", "download", "scikit-image", "--no-deps",
-                 "--only-binary", ":all:", "--quiet", "-d", tmp],
-                check=True,
-            )  # fmt: skip
-            wheel = next(Path(tmp).glob("scikit_image-*.whl"))
-            with zipfile.ZipFile(wheel) as z:
-                for name in missing:
-                    (CACHE / name).write_bytes(z.read(f"skimage/data/{name}"))
-    return [CACHE / n for n in SAMPLE_PHOTOS]
+    """The sample photos in scikit-image's package (skimage/data)."""
+    import skimage.data
+
+    return [Path(skimage.data.__file__).parent / name for name in SAMPLE_PHOTOS]
 
 
 def best_encode(img: Image.Image, setting: Setting, repeat: int) -> tuple[float, int]:
@@ -136,7 +121,7 @@ def main() -> None:
                 f"   {row.ms_vs_baseline:5.2f}x, {row.size_vs_baseline:5.2f}x"
             )
     if args.json:
-        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
+        write_json(args.json, [asdict(r) for r in rows])
 
 
 if __name__ == "__main__":

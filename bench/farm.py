@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.harness import TERMINAL, cpu_seconds, log, status_counts  # noqa: E402
+from bench.harness import TERMINAL, log, status_counts  # noqa: E402
 from shared.db import make_engine, make_session_factory, session_scope  # noqa: E402
 from shared.migrate import upgrade  # noqa: E402
 from shared.settings import Settings  # noqa: E402
@@ -48,16 +49,6 @@ AWS_ENV = {
     "AWS_SECRET_ACCESS_KEY": "bench",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
-# Tuning knobs a benchmark run may be given from the caller's environment.
-PASSTHROUGH = (
-    "IMGFARM_DISPATCH_DEPTH_PER_WORKER",
-    "IMGFARM_MODELS",
-    "IMGFARM_WORKER_IO_THREADS",
-    "IMGFARM_WORKER_PIPELINE_DEPTH",
-    "IMGFARM_WORKER_PNG_COMPRESS_LEVEL",
-    "IMGFARM_WORKER_PREPARED_CACHE_BYTES",
-    "IMGFARM_WORKER_SOURCE_CACHE_BYTES",
-)
 
 
 # --- the services and processes --------------------------------------------------------------
@@ -135,7 +126,8 @@ def farm_env(
     s3_url: str | None,
     extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """IMGFARM_* variables for every process of the run; ``extra`` wins over the rest."""
+    """IMGFARM_* variables for every process of the run, over the caller's environment
+    (which passes tuning knobs on); ``extra`` wins over the rest."""
     env = {
         "IMGFARM_DATA_DIR": str(tmp / "data"),
         "IMGFARM_DATABASE_URL": database_url,
@@ -149,7 +141,6 @@ def farm_env(
     else:
         env["IMGFARM_STORAGE_URL"] = "s3://imgfarm-bench/objects"
         env["IMGFARM_S3_ENDPOINT_URL"] = s3_url
-    env.update({name: os.environ[name] for name in PASSTHROUGH if name in os.environ})
     env.update(extra or {})
     return env
 
@@ -303,3 +294,20 @@ def cpu_snapshot(farm: Farm) -> dict[str, float]:
     pids = {**farm.pids, **postgres_pids(farm)}
     found = {name: cpu_seconds(pid) for name, pid in pids.items()}
     return {name: seconds for name, seconds in found.items() if seconds is not None}
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` so far; None where /proc cannot tell."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_used(before: dict[str, float], after: dict[str, float]) -> Counter[str]:
+    """CPU seconds per process between two snapshots, all Postgres backends as one."""
+    used: Counter[str] = Counter()
+    for name in before.keys() & after.keys():
+        used["postgres" if name.startswith("postgres") else name] += after[name] - before[name]
+    return used

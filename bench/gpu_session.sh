@@ -4,49 +4,34 @@
 # Within SESSION_S (540) seconds, each step under its own `timeout` so that a slow one still
 # leaves the others' results, everything written under $OUT as it goes:
 #   0. preflight: nvidia-smi, the carried wheels installed offline, imports and CUDA checked
-#   1. bench/pipeline_overlap.py --in-process --model sd15: the worker's own render task at
-#      pipeline depths 1 and 3 (2 rounds of 6 batches of 16): images/s and the device lane's
-#      duty cycle per depth; `nvidia-smi dmon` samples the GPU meanwhile (dmon.log)
-#   2. bench/worker_path.py: run_pipeline and render_batch at batch 16 after that bucket's
-#      warm-up, then the other buckets' warm-ups while the time lasts
-#   3. bench/gpu_throughput.py --only-variants --variants cudnn_attention,inductor: SD1.5
+#   1. bench/pipeline_overlap.py --in-process --model sd15 --warm-plan: load_model and the
+#      batch-16 warm-up, the worker's own render task at pipeline depths 1 and 3 (2 rounds
+#      of 6 batches of 16: images/s, duty cycle, pipeline-only images/s), then the rest of
+#      the worker's warm plan while the time lasts (its start time); `nvidia-smi dmon`
+#      samples the GPU meanwhile (dmon.log)
+#   2. bench/gpu_throughput.py --only-variants --variants cudnn_attention,inductor: SD1.5
 #      bs=16 compiled with cuDNN attention, without any variant, with inductor tuning
-# Steps 1 and 2 share the random SD1.5 checkpoint under $WORK (built once); each step has
-# its own inductor cache, so every warm-up is a cold compile, as on a fresh worker. Files
-# under $OUT (8 at most come back): session.log, dmon.log, {pipeline_overlap,worker_path,
-# gpu_throughput}.{json,log}; the summary of the JSON files is printed last (the tool
+# Each step has its own inductor cache, so every warm-up is a cold compile, as on a fresh
+# worker. Files under $OUT (8 at most come back): session.log, dmon.log,
+# {pipeline_overlap,gpu_throughput}.{json,log}; their summaries are printed last (the tool
 # returns the output's tail).
 #
-# --- before the call, here, in the repo root (/.whl/ is already in .gitignore) -------------
-# The device has torch 2.11, transformers, accelerate, huggingface_hub, numpy, pillow, but
-# not diffusers nor what shared/ and worker/tasks.py import; pydantic 2.14 needs
-# typing-extensions >= 4.16. Versions are this venv's (`pip list`); one of each:
+# --- before the call, here, in the repo root (/.whl/ is in .gitignore) ---------------------
+# The device has torch, transformers, accelerate, huggingface_hub, numpy and pillow; the
+# rest comes as cp312 wheels, bench/gpu_wheels.txt (~17 MB in all):
 #
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
 #     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#     --platform manylinux1_x86_64 -d .whl \
-#     diffusers==0.42.1 pydantic==2.14.4 pydantic-core==2.50.5 pydantic-settings==2.16.3 \
-#     python-dotenv==1.2.4 sqlalchemy==2.1.9 annotated-types==0.8.0 \
-#     typing-inspection==0.4.5 typing-extensions==4.16.0 celery==5.7.0 kombu==5.7.0 \
-#     billiard==4.3.2 vine==5.1.0 amqp==5.4.2 click==8.5.1 python-dateutil==2.9.0.post0 \
-#     six==1.17.0 tzlocal==5.4.5 tenacity==9.2.1 cachetools==8.0.2 redis==8.1.0
-#   bash bench/gpu_session.sh --check-wheels     # one wheel per package, ~17 MB in all
+#     --platform manylinux1_x86_64 -d .whl -r bench/gpu_wheels.txt
+#   bash bench/gpu_session.sh --check-wheels     # one wheel per package
 #   bash bench/gpu_session.sh --cpu-smoke        # the same steps on the CPU, tiny model
 #
-# --- the call (device tool `run`) -----------------------------------------------------------
-#   command: bash bench/gpu_session.sh    carry: [".whl"]    timeout_s: 600
-# Then give_back, unless rerunning at once.
-#
-# --- modes ---------------------------------------------------------------------------------
-#   (none)          the device run (needs CUDA, .whl carried)
-#   --cpu-smoke     same steps with --device cpu --smoke; the wheels only checked and
-#                   dry-installed for Python 3.12; OUT defaults to /tmp/imgfarm-gpu-session-smoke
-#   --check-wheels  the .whl folder holds exactly what is needed
-# Environment: OUT (required on the device), SESSION_S (wall seconds for the whole script),
-# PYTHON (default python3: on the device the one with torch; here the activated venv's),
-# WORK (weights and objects; /tmp by default). tests/test_bench_worker_path_smoke.py runs
-# --cpu-smoke, so a renamed flag breaks a test here rather than the device run.
+# Then the device tool's `run`: command `bash bench/gpu_session.sh`, carry [".whl"],
+# timeout_s 600; then give_back, unless rerunning at once. --cpu-smoke (--device cpu --smoke,
+# the wheels only dry-installed for Python 3.12) is tests/test_bench_gpu_session_smoke.py, so
+# a renamed flag breaks a test here rather than the device run. Environment: OUT (required
+# on the device), SESSION_S, PYTHON (default python3), WORK (weights; /tmp by default).
 
 set -uo pipefail
 
@@ -60,14 +45,12 @@ esac
 
 cd "$(dirname "$0")/.." || exit 1
 PY=${PYTHON:-python3}
-WHEELS=(diffusers pydantic pydantic_core pydantic_settings python_dotenv sqlalchemy
-  annotated_types typing_inspection typing_extensions celery kombu billiard vine amqp click
-  python_dateutil six tzlocal tenacity cachetools redis)
 START=$(date +%s)
 
 check_wheels() {
   local ok=0 name n
-  for name in "${WHEELS[@]}"; do
+  # Wheel file names spell a project's "-" as "_".
+  for name in $(sed -e 's/#.*//' -e 's/==.*//' -e 's/-/_/g' bench/gpu_wheels.txt); do
     n=$(find .whl -maxdepth 1 -type f -iname "${name}-*.whl" 2>/dev/null | wc -l)
     if [ "$n" -ne 1 ]; then
       echo "wheels: $n of ${name} in .whl (need exactly 1)"
@@ -88,8 +71,10 @@ if [ "$MODE" = cpu-smoke ]; then
   OUT=${OUT:-/tmp/imgfarm-gpu-session-smoke}
   SESSION_S=${SESSION_S:-900}
   DEVICE=cpu
-  SMOKE=(--smoke)
   WORK=${WORK:-/tmp/imgfarm-gpu-session-smoke-work}
+  # 2 batches, 4 and 3 jobs (3 padded to the warm bucket 4); the warm-up batch of 4 too.
+  STEP1=(--smoke --jobs 7 --warmup-jobs 4 --rounds 1)
+  STEP2=(--smoke)
 else
   if [ -z "${OUT:-}" ]; then
     echo "OUT is not set: this mode is for the device tool (try --cpu-smoke)" >&2
@@ -97,8 +82,9 @@ else
   fi
   SESSION_S=${SESSION_S:-540}
   DEVICE=cuda
-  SMOKE=()
-  WORK=${WORK:-/tmp/imgfarm-worker-path}
+  WORK=${WORK:-/tmp/imgfarm-bench-sd15}
+  STEP1=(--jobs 96 --rounds 2)
+  STEP2=()
 fi
 mkdir -p "$OUT"
 LOG="$OUT/session.log"
@@ -106,7 +92,6 @@ LOG="$OUT/session.log"
 export PYTHONUNBUFFERED=1
 
 say() { echo "[session +$(($(date +%s) - START))s] $*" | tee -a "$LOG"; }
-left() { echo $((START + SESSION_S - $(date +%s))); }
 ended() {
   case $2 in
     0) say "$1. done" ;;
@@ -116,7 +101,7 @@ ended() {
 }
 # Seconds for the next step: what is left minus a reserve for the summary, at most $1.
 slot() {
-  local s=$(($(left) - 15))
+  local s=$((START + SESSION_S - $(date +%s) - 15))
   [ "$s" -gt "$1" ] && s=$1
   [ "$s" -lt 1 ] && s=1 # `timeout 0` would mean no limit at all
   echo "$s"
@@ -130,34 +115,30 @@ if command -v nvidia-smi >/dev/null; then
     --format=csv >>"$LOG" 2>&1
 fi
 
-if [ "$MODE" = device ]; then
-  check_wheels 2>&1 | tee -a "$LOG" || { say "wheels missing: see the header"; exit 3; }
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl >>"$LOG" 2>&1 || { say "wheel install failed"; exit 3; }
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-  say "wheels installed in /tmp/site"
-else
-  # Not installed here (the venv has the stack; cp312 wheels do not fit this Python): the
-  # set is checked, and pip resolves the same install for Python 3.12 into a scratch dir.
-  if [ -d .whl ]; then
-    check_wheels 2>&1 | tee -a "$LOG"
-    rm -rf /tmp/imgfarm-site-dry
-    if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --python-version 3.12 --only-binary=:all: --target /tmp/imgfarm-site-dry .whl/*.whl \
-      >>"$LOG" 2>&1; then
-      say "wheels: dry install for Python 3.12 ok"
-    else
-      say "wheels: dry install for Python 3.12 FAILED (see $LOG)"
-    fi
+# Here the venv has the stack and cp312 wheels do not fit its Python: pip only resolves the
+# same install for Python 3.12 into a scratch folder.
+SITE=/tmp/site
+DRY=()
+[ "$MODE" = device ] || { SITE=/tmp/imgfarm-site-dry; DRY=(--python-version 3.12 --only-binary=:all:); }
+if [ -d .whl ] || [ "$MODE" = device ]; then
+  check_wheels 2>&1 | tee -a "$LOG" || { [ "$MODE" = device ] && say "wheels missing" && exit 3; }
+  rm -rf "$SITE"
+  if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    "${DRY[@]}" --target "$SITE" .whl/*.whl >>"$LOG" 2>&1; then
+    say "wheels installed in $SITE"
   else
-    say "no .whl folder: the device run needs it (see the header)"
+    say "wheel install into $SITE FAILED (see $LOG)"
+    [ "$MODE" = device ] && exit 3
   fi
+  [ "$MODE" = device ] && export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
+else
+  say "no .whl folder: the device run needs it (see the header)"
 fi
 
 PRE=$("$PY" - 2>&1 <<EOF
 import sys
 import torch, diffusers, transformers, pydantic, sqlalchemy
-import shared.settings, worker.render, worker.device, worker.accel
+import shared.settings, worker.render, worker.device, worker.accel, worker.tasks
 print("python", sys.version.split()[0], "torch", torch.__version__, "diffusers",
       diffusers.__version__, "transformers", transformers.__version__, "pydantic",
       pydantic.__version__, "sqlalchemy", sqlalchemy.__version__)
@@ -175,45 +156,31 @@ fi
 
 DMON=
 if [ "$MODE" = device ] && command -v nvidia-smi >/dev/null; then
-  # GPU utilisation each second, with wall-clock times: lines up with the pipelined runs'
-  # "from HH:MM:SS" in worker_path.log, a second view of the lane's duty cycle.
+  # GPU utilisation each second, with wall-clock times: a second view of the duty cycle.
   nvidia-smi dmon -s u -d 1 -o T >"$OUT/dmon.log" 2>&1 &
   DMON=$!
 fi
 
-# --- 1. depth 1 against 3: the worker's render task on the real model -----------------------
-T=$(slot 200)
-say "1. bench/pipeline_overlap.py --in-process --model sd15 on $DEVICE (${T} s)"
-# Smoke: 2 batches of 4 per run, the untimed warm-up batch of 4 too.
-JOBS=$([ "$MODE" = device ] && echo "--jobs 96" || echo "--jobs 8 --warmup-jobs 4")
-# shellcheck disable=SC2086
+# --- 1. the worker's start and render task on the real model, depth 1 against 3 ------------
+T=$(slot 360)
+say "1. bench/pipeline_overlap.py --in-process --model sd15 --warm-plan on $DEVICE (${T} s)"
 TORCHINDUCTOR_CACHE_DIR="$WORK/inductor-1" timeout -k 10 "$T" "$PY" bench/pipeline_overlap.py \
-  --in-process --model sd15 --device "$DEVICE" "${SMOKE[@]}" $JOBS --depths 1,3 --rounds \
-  "$([ "$MODE" = device ] && echo 2 || echo 1)" --workdir "$WORK" \
-  --json "$OUT/pipeline_overlap.json" >"$OUT/pipeline_overlap.log" 2>&1
+  --in-process --model sd15 --warm-plan --device "$DEVICE" "${STEP1[@]}" --depths 1,3 \
+  --workdir "$WORK" --json "$OUT/pipeline_overlap.json" >"$OUT/pipeline_overlap.log" 2>&1
 ended 1 $?
 
-# --- 2. the render path at batch 16, and each bucket's warm-up ------------------------------
-T=$(slot 160)
-say "2. bench/worker_path.py on $DEVICE (${T} s)"
-TORCHINDUCTOR_CACHE_DIR="$WORK/inductor-2" timeout -k 10 "$T" "$PY" bench/worker_path.py \
-  --device "$DEVICE" "${SMOKE[@]}" --batch-sizes "$([ "$MODE" = device ] && echo 16 || echo 4)" \
-  "$([ "$MODE" = device ] && echo --budget-s=$((T - 20)) || echo --no-start-figure)" \
-  --workdir "$WORK" --json "$OUT/worker_path.json" >"$OUT/worker_path.log" 2>&1
-ended 2 $?
-
-# --- 3. cuDNN attention first, and the inductor tuning flags, each against neither ---------
+# --- 2. cuDNN attention first, and the inductor tuning flags, each against neither ---------
 T=$(slot 600)
 if [ "$T" -ge 120 ] || [ "$MODE" = cpu-smoke ]; then
-  say "3. bench/gpu_throughput.py --only-variants --variants cudnn_attention,inductor (${T} s)"
-  # No --budget-s: the compile of each variant either finishes or the timeout ends it; the
-  # JSON is rewritten after each variant, so the first one's figure survives the second.
-  TORCHINDUCTOR_CACHE_DIR="$WORK/inductor-3" timeout -k 10 "$T" "$PY" bench/gpu_throughput.py \
-    --device "$DEVICE" "${SMOKE[@]}" --only-variants --variants cudnn_attention,inductor \
+  say "2. bench/gpu_throughput.py --only-variants --variants cudnn_attention,inductor (${T} s)"
+  # The compile of each variant either finishes or the timeout ends it; the JSON is
+  # rewritten after each variant, so the first one's figure survives the second.
+  TORCHINDUCTOR_CACHE_DIR="$WORK/inductor-2" timeout -k 10 "$T" "$PY" bench/gpu_throughput.py \
+    --device "$DEVICE" "${STEP2[@]}" --only-variants --variants cudnn_attention,inductor \
     --json "$OUT/gpu_throughput.json" >"$OUT/gpu_throughput.log" 2>&1
-  ended 3 $?
+  ended 2 $?
 else
-  say "3. skipped: ${T} s left"
+  say "2. skipped: ${T} s left"
 fi
 
 if [ -n "$DMON" ]; then
@@ -229,7 +196,7 @@ from pathlib import Path
 from bench.harness import print_summary  # the format each bench prints its own in
 
 print("== session summary ==")
-for name in ("pipeline_overlap", "worker_path", "gpu_throughput"):
+for name in ("pipeline_overlap", "gpu_throughput"):
     path = Path(sys.argv[1]) / f"{name}.json"
     if path.exists():
         print_summary(name, json.loads(path.read_text()))

@@ -1,6 +1,6 @@
 """GPU throughput of img2img: plain diffusers against the farm's render path (worker/accel.py).
 
-Full-size SD1.5 with random weights (bench/sd15_config.py), 512² img2img, 20 steps, strength
+Full-size SD1.5 with random weights (bench/harness.py), 512² img2img, 20 steps, strength
 0.75, guidance 7.5 (15 denoising steps, with CFG): the README's figure. In order:
 
   plain   StableDiffusionImg2ImgPipeline as diffusers ships it: fp32, batch 1, PIL in and out
@@ -233,7 +233,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=5, help="most timed calls per step")
     p.add_argument("--min-iters", type=int, default=3, help="fewest timed calls per step")
     p.add_argument("--max-seconds", type=float, default=6.0, help="stop timing a step after")
-    p.add_argument("--budget-s", type=float, default=0.0, help="skip steps past this (0: none)")
     p.add_argument("--json", default=None, help="write all figures to this path")
     args = p.parse_args(argv)
     args.device = resolve_device(args.device)
@@ -256,7 +255,6 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Measurement] = []
     report = Report(
         args.json,
-        budget_s=args.budget_s,
         summarize=lambda _: {
             "results": [dataclasses.asdict(m) for m in results],
             **summarize(results),
@@ -269,9 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         report.data["skipped"].append("off and the variants: torch.compile needs CUDA")
     pipe = report.step("build the pipeline", lambda: img2img_pipeline(args.device, args.smoke))
     for name, opts in steps if pipe is not None else []:
-        # The budget check sizes a step by the longest earlier one of its kind.
-        kind = "compile" if opts is not None and opts.compile else "eager"
-        m = report.step(name, partial(measure, pipe, name, opts, args), kind)
+        m = report.step(name, partial(measure, pipe, name, opts, args))
         if m is not None:
             results.append(m)
     report.dump()

@@ -11,13 +11,13 @@ import io
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -40,21 +40,18 @@ def log(msg: str) -> None:
 
 
 def environment(device: str) -> dict[str, Any]:
-    """Versions, device and machine, as every bench's JSON records them."""
-    import diffusers
-    import torch
-    import transformers
-
+    """Versions, device and machine, as every bench's JSON records them (torch is imported
+    only for a CUDA device's details)."""
     env: dict[str, Any] = {
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
+        **{name: version(name) for name in ("torch", "diffusers", "transformers")},
         "device": device,
         "cpus": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     if device.startswith("cuda"):
+        import torch
+
         env["gpu"] = torch.cuda.get_device_name(device)
         env["capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
         env["cuda"] = torch.version.cuda
@@ -92,11 +89,6 @@ def timed_calls(
         sync()
         times.append(time.perf_counter() - t)
     return times
-
-
-def median_rate(items: int, times: list[float]) -> float:
-    """Items per second at the median call."""
-    return round(items / statistics.median(times), 3)
 
 
 def graph_count() -> int:
@@ -139,12 +131,92 @@ def png_bytes(img: Image.Image) -> bytes:
 # --- random-weight img2img models -------------------------------------------------------------
 
 
+# SD1.5 at full size, built without the model hub: the public runwayml/stable-diffusion-v1-5
+# configs where they differ from the library's defaults (the weights are random: throughput
+# does not depend on them). diffusers' UNet2DConditionModel defaults are SD1's UNet
+# (320-640-1280-1280 blocks, 2 layers each, 8-dim heads): SD1.5's differs only here.
+UNET_CONFIG: dict[str, Any] = {"cross_attention_dim": 768, "sample_size": 64}
+
+VAE_CONFIG: dict[str, Any] = {
+    "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "in_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 512,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+}
+
+# CLIP ViT-L/14 text tower, as SD1.5 ships it: where it differs from CLIPTextConfig's defaults
+# (ViT-B/32's tower: 12 layers, 77 positions, 49408 tokens, quick_gelu, like L/14's).
+TEXT_ENCODER_CONFIG: dict[str, Any] = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_attention_heads": 12,
+    "projection_dim": 768,
+}
+
+# SD1.5 ships PNDM with these betas. The benchmark uses DDIM with the same betas because
+# PNDM's img2img schedule runs one extra step (16 UNet steps at 20 x 0.75, not 15), which
+# would make the per-image FLOP count disagree with the steps asked for.
+SCHEDULER_CONFIG: dict[str, Any] = {
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+}
+
+
+def build_sd15_components(device: str = "cpu", seed: int = 0) -> dict[str, object]:
+    """Full-size SD1.5 img2img components with random weights, created directly on ``device``.
+
+    Creating the modules under ``torch.device(device)`` runs the random initialisation on the
+    GPU: initialising 1.1 B parameters on the CPU would take longer than the benchmark itself.
+    """
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from worker.tiny import TOKENIZER_MAX_LENGTH, _byte_level_vocab
+
+    # The byte-level vocabulary (514 entries) tokenizes any prompt; its ids are all below
+    # the real 49408, so the full-size embedding table is exercised with valid ids.
+    vocab = _byte_level_vocab()
+    torch.manual_seed(seed)
+    with torch.device(device):
+        # Any: diffusers' lazy module hides nn.Module's methods from mypy.
+        unet: Any = UNet2DConditionModel(**UNET_CONFIG)
+        vae: Any = AutoencoderKL(**VAE_CONFIG)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                **TEXT_ENCODER_CONFIG,
+                bos_token_id=vocab["<|startoftext|>"],
+                eos_token_id=vocab["<|endoftext|>"],
+                pad_token_id=vocab["<|endoftext|>"],
+            )
+        )
+    return {
+        "unet": unet.eval(),
+        "vae": vae.eval(),
+        "text_encoder": text_encoder.eval(),
+        "tokenizer": CLIPTokenizer(vocab=vocab, merges=[], model_max_length=TOKENIZER_MAX_LENGTH),
+        "scheduler": DDIMScheduler(**SCHEDULER_CONFIG),
+        "safety_checker": None,
+        "feature_extractor": None,
+        "image_encoder": None,
+    }
+
+
 def img2img_pipeline(device: str, smoke: bool) -> Any:
     """StableDiffusionImg2ImgPipeline with random weights on ``device``: the tiny components
-    for ``smoke``, full-size SD1.5 otherwise (bench/sd15_config.py), DDIM either way."""
+    for ``smoke``, full-size SD1.5 otherwise, DDIM either way."""
     from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
-
-    from bench.sd15_config import SCHEDULER_CONFIG, build_sd15_components
 
     if smoke:
         from worker.tiny import build_tiny_components
@@ -185,7 +257,7 @@ def saved_img2img(folder: Path, device: str, smoke: bool) -> dict[str, Any]:
 
 def sd15_spec(workdir: Path, smoke: bool, device: str, max_batch: int) -> Any:
     """The registry entry a worker would get for the random checkpoint ``saved_img2img``
-    writes under ``workdir`` (bench/worker_path.py and pipeline_overlap.py share it)."""
+    writes under ``workdir``."""
     from shared.registry import ModelSpec
 
     size = 64 if smoke else 512
@@ -227,41 +299,24 @@ def warm_bucket(model: Any, batch: int, guidance_scale: float | None = None) -> 
 
 
 class Report:
-    """Steps under a wall-clock budget; figures in ``data``, rewritten to ``path`` after each.
-
-    A step is skipped when the budget has less left than the longest earlier step of the
-    same ``kind`` took: estimates come from this run, not from figures of another machine.
-    A failed step is recorded and the run goes on.
+    """Named steps; figures in ``data``, rewritten to ``path`` after each step, so a run cut
+    short by a timeout keeps the steps before. A failed step is recorded and the run goes on.
     """
 
     def __init__(
         self,
         path: str | Path | None,
         *,
-        budget_s: float = 0.0,
         summarize: Callable[[dict[str, Any]], dict[str, Any]] = lambda _: {},
         **data: Any,
     ) -> None:
         self.path = Path(path) if path else None
-        self.budget_s = budget_s
         self.summarize = summarize
         self.start = time.monotonic()
-        self.took: dict[str, float] = {}
         self.data: dict[str, Any] = {**data, "errors": [], "skipped": [], "findings": []}
 
-    def remaining_s(self) -> float:
-        if not self.budget_s:
-            return float("inf")
-        return self.budget_s - (time.monotonic() - self.start)
-
-    def step(self, name: str, fn: Callable[[], Any], kind: str = "") -> Any:
-        """``fn()``, or None if skipped or failed."""
-        left, need = self.remaining_s(), self.took.get(kind, 0.0)
-        if left < need:
-            log(f"SKIP {name}: {left:.0f} s left, needs ~{need:.0f} s")
-            self.data["skipped"].append(name)
-            self.dump()
-            return None
+    def step(self, name: str, fn: Callable[[], Any]) -> Any:
+        """``fn()``, or None if it failed."""
         log(f"\n== {name} ==")
         t = time.perf_counter()
         try:
@@ -274,8 +329,6 @@ class Report:
             free_accelerator()
             return None
         finally:
-            if kind:
-                self.took[kind] = max(self.took.get(kind, 0.0), time.perf_counter() - t)
             self.dump()
 
     def finding(self, text: str) -> None:
@@ -344,7 +397,7 @@ def render_job(spec: Any, team_id: Any, source_key: str, seed: int) -> Any:
     )
 
 
-# --- what the farm did: jobs by status, outputs in storage, CPU seconds ------------------------
+# --- what the farm did: jobs by status, outputs in storage -------------------------------------
 
 
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -378,26 +431,4 @@ def stored_keys(settings: Settings, prefix: str) -> set[str]:
     if isinstance(storage, LocalStorage):
         root = storage.root / prefix
         return {str(p.relative_to(storage.root)) for p in root.rglob("*") if p.is_file()}
-    base = f"{storage.prefix}/" if storage.prefix else ""
-    keys: set[str] = set()
-    pages = storage.client.get_paginator("list_objects_v2")
-    for page in pages.paginate(Bucket=storage.bucket, Prefix=base + prefix):
-        keys.update(o["Key"].removeprefix(base) for o in page.get("Contents", []))
-    return keys
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of ``pid`` so far; None where /proc cannot tell."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_used(before: dict[str, float], after: dict[str, float]) -> Counter[str]:
-    """CPU seconds per process between two snapshots, all Postgres backends as one."""
-    used: Counter[str] = Counter()
-    for name in before.keys() & after.keys():
-        used["postgres" if name.startswith("postgres") else name] += after[name] - before[name]
-    return used
+    return {o.key for o in storage.list_objects(prefix)}

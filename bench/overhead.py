@@ -3,7 +3,7 @@ the same Redis, and queued→running latency with an idle worker. Prints figures
 on time.
 
     python bench/overhead.py                      # 2,000 jobs, S3 on moto_server
-    python bench/overhead.py --jobs 500 --storage file --latency-jobs 20
+    python bench/overhead.py --jobs 500 --storage file --latency-jobs 20 --json out.json
     TMPDIR=/dev/shm python bench/overhead.py --storage file --rounds 3   # objects in RAM
     python bench/overhead.py --source-size 1024 --rounds 2 \
         --compare-env IMGFARM_WORKER_PREPARED_CACHE_BYTES=0     # a worker setting's effect
@@ -11,8 +11,8 @@ on time.
 The farm runs on this machine (bench/farm.py) with ``imgfarm worker --model echo``, which
 renders nothing: a job costs only the farm's own work (api, dispatcher, Redis hand-over,
 claim, source fetch, resize, encode, store, record) and storage's (moto_server shares the
-CPUs; a local folder on tmpfs shows the farm alone). CPU ms per job per process are printed
-too: unlike jobs/s, they hardly move when other work shares the machine.
+CPUs; a local folder on tmpfs shows the farm alone). CPU ms per job per process are in the
+summary too: unlike jobs/s, they hardly move when other work shares the machine.
 
 * farm: one ``POST /v1/batches`` of N jobs → every job finished in Postgres; each output is
   then checked in storage (not timed).
@@ -38,6 +38,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from PIL import Image
@@ -48,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 from bench.farm import (  # noqa: E402
     Farm,
     cpu_snapshot,
+    cpu_used,
     describe,
     run_batch,
     running_services,
@@ -55,11 +57,12 @@ from bench.farm import (  # noqa: E402
     wait_count,
 )
 from bench.harness import (  # noqa: E402
-    cpu_used,
     missing_outputs,
     percentile,
     png_bytes,
+    print_summary,
     status_counts,
+    write_json,
 )
 from shared.broker import make_celery  # noqa: E402
 from shared.models import Job  # noqa: E402
@@ -116,18 +119,10 @@ def run_noop_worker() -> None:
         counter.incr(COUNTER_KEY, len(job_ids))
 
     app.worker_main(
-        [
-            "worker",
-            "--pool=solo",
-            "--concurrency=1",
-            f"--queues={NOOP_QUEUE}",
-            f"--hostname=noop-{os.getpid()}@bench",
-            "--task-events",
-            "--without-gossip",
-            "--without-mingle",
-            f"--loglevel={settings.log_level}",
-        ]
-    )
+        ["worker", "--pool=solo", "--concurrency=1", f"--queues={NOOP_QUEUE}",
+         f"--hostname=noop-{os.getpid()}@bench", "--task-events", "--without-gossip",
+         "--without-mingle", f"--loglevel={settings.log_level}"]
+    )  # fmt: skip
 
 
 def raw_celery_round_trips(farm: Farm, jobs: int, timeout: float) -> tuple[int, float]:
@@ -182,40 +177,23 @@ def farm_latency(
 
 
 def finished_job(farm: Farm, job_id: uuid.UUID) -> Job | None:
+    """The job once it has finished, else None."""
     with farm.session_factory() as session:
         job = session.get(Job, job_id)
         return job if job is not None and job.finished_at is not None else None
 
 
-def cpu_line(name: str, used: Counter[str], jobs: int, names: tuple[str, ...]) -> str:
-    parts = ", ".join(f"{n} {used[n] * 1000 / jobs:.2f}" for n in names)
-    return f"  {name:<11} {parts}"
-
-
 # --- report ---------------------------------------------------------------------------------
-
-
-def rate_line(name: str, done: int, jobs: int, seconds: float) -> str:
-    partial = "" if done == jobs else f" (TIMED OUT: {done}/{jobs} done)"
-    rate = done / seconds
-    return f"  {name:<11} {done:>6,} jobs in {seconds:7.2f} s -> {rate:8.1f} jobs/s{partial}"
-
-
-def latency_line(name: str, seconds: list[float]) -> str:
-    ms = [s * 1000 for s in seconds]
-    return (
-        f"  {name:<11} p50 {percentile(ms, 0.5):6.1f} ms, p99 {percentile(ms, 0.99):6.1f} ms, "
-        f"max {max(ms):6.1f} ms over {len(ms)} jobs"
-    )
-
-
-def rounds_line(runs: list[tuple[int, float]]) -> str:
-    return ", ".join(f"{done / seconds:.0f}" for done, seconds in runs)
 
 
 def best_of(runs: list[tuple[int, float]]) -> tuple[int, float]:
     """The fastest complete run (most done first, then least time)."""
     return max(runs, key=lambda r: (r[0], -r[1]))
+
+
+def latency(seconds: list[float]) -> dict[str, float]:
+    ms = [s * 1000 for s in seconds]
+    return {q: round(percentile(ms, v), 1) for q, v in (("p50", 0.5), ("p99", 0.99), ("max", 1))}
 
 
 @dataclass
@@ -248,6 +226,7 @@ def restart_worker(farm: Farm, variant: Variant, warm_up: Callable[[], object]) 
 
 
 def measure(farm: Farm, args: argparse.Namespace) -> int:
+    """Warm-ups, then each round (raw Celery, then the farm's variants), then latency."""
     headers = {"Authorization": f"Bearer {farm.api_key}"}
     configs = variants(args)
     raw = Variant("raw Celery", {})
@@ -285,41 +264,37 @@ def measure(farm: Farm, args: argparse.Namespace) -> int:
             farm, client, upload_id, args.latency_jobs, args.size, args.latency_gap
         )
     raw_lat = raw_celery_latency(farm, args.latency_jobs, args.latency_gap)
-    report(farm, args, raw, configs, missing)
-    print("== queued -> running latency, idle worker ==")
-    print(latency_line("farm", farm_lat))
-    print(latency_line("raw Celery", raw_lat))
+    summary = summarize(args, [raw, *configs], missing)
+    summary["latency_ms"] = {"farm": latency(farm_lat), "raw Celery": latency(raw_lat)}
+    if args.json:
+        write_json(args.json, {"summary": summary})
+    print_summary("overhead", {"summary": summary})
     return 0
 
 
-def report(
-    farm: Farm, args: argparse.Namespace, raw: Variant, configs: list[Variant], missing: int
-) -> None:
-    """Throughput (best round of each) and CPU per job (all rounds) of raw Celery and the farm."""
-    raw_done, raw_s = best_of(raw.runs)
-    print(f"== throughput: {args.jobs:,} jobs, best of {args.rounds} ==")
-    print(rate_line("raw Celery", raw_done, args.jobs, raw_s))
-    for config in configs:
-        done, seconds = best_of(config.runs)
-        print(rate_line(config.name, done, args.jobs, seconds))
-    farm_done, farm_s = best_of(configs[0].runs)
-    ratio = (farm_done / farm_s) / (raw_done / raw_s)
-    print(f"  ratio       farm / raw Celery = {ratio:.1%} (target >= 50%)")
-    if len(configs) > 1:
-        b_done, b_s = best_of(configs[1].runs)
-        ratio_b = (b_done / b_s) / (farm_done / farm_s)
-        print(f"  farm B      the worker with {args.compare_env}: {ratio_b:.1%} of farm's jobs/s")
-    if args.rounds > 1:
-        rounds = "; ".join(f"{c.name} {rounds_line(c.runs)}" for c in [raw, *configs])
-        print(f"  each round  {rounds}")
-    print(f"  outputs     {missing} succeeded job(s) without their output in storage")
+def summarize(args: argparse.Namespace, ran: list[Variant], missing: int) -> dict[str, Any]:
+    """Jobs/s (best round of each), the farm's share of raw Celery's (target >= 50%), farm
+    B's of the farm's, and CPU ms per job and process over all rounds."""
+    best = {v.name: best_of(v.runs) for v in ran}
+    rates = {name: round(done / seconds, 1) for name, (done, seconds) in best.items()}
+    names = ("worker", "dispatcher", "api", "postgres", "redis", "moto", "noop worker")
     total = args.jobs * args.rounds
-    print("== CPU ms per job, by process (all rounds) ==")
-    print(cpu_line("raw Celery", raw.cpu, total, ("noop worker", "redis")))
-    processes = ("worker", "dispatcher", "api", "postgres", "redis", "moto")
-    names = processes if "moto" in farm.pids else processes[:5]
-    for config in configs:
-        print(cpu_line(config.name, config.cpu, total, names))
+    out: dict[str, Any] = {
+        "jobs": args.jobs,
+        "rounds": args.rounds,
+        "done": {name: done for name, (done, _) in best.items()},
+        "jobs_per_s": rates,
+        "farm / raw Celery": round(rates["farm"] / rates["raw Celery"], 3),
+        "each round jobs/s": {v.name: [round(d / s) for d, s in v.runs] for v in ran},
+        "cpu_ms_per_job": {
+            v.name: {n: round(v.cpu[n] * 1000 / total, 2) for n in names if n in v.cpu} for v in ran
+        },
+        "missing_outputs": missing,
+    }
+    if "farm B" in rates:
+        out["farm B / farm"] = round(rates["farm B"] / rates["farm"], 3)
+        out["farm B"] = args.compare_env
+    return out
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -333,6 +308,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--storage", choices=("s3", "file"), default="s3")
     p.add_argument("--timeout", type=float, default=600, help="give up on a run after this")
     p.add_argument("--logs", type=Path, help="keep the processes' logs in this folder")
+    p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument(
         "--compare-env",
         metavar="NAME=VALUE",
@@ -353,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         run_noop_worker()
         return 0
     with running_farm(args) as farm:
-        depth = farm.env.get("IMGFARM_DISPATCH_DEPTH_PER_WORKER", "default")
+        depth = os.environ.get("IMGFARM_DISPATCH_DEPTH_PER_WORKER", "default")
         describe(
             farm, "overhead", f"model {MODEL}, {args.size}² png outputs, dispatch depth {depth}"
         )

@@ -5,14 +5,14 @@ while the last one's outputs are encoded and uploaded). Prints figures; never fa
     python bench/pipeline_overlap.py                  # 192 jobs, depths 1 and 3, 2 rounds, S3
     python bench/pipeline_overlap.py --storage file --depths 1,2,3,4 --json out.json
     python bench/pipeline_overlap.py --smoke          # 32 jobs, 0.02 s/image, 1 round (tests)
-    python bench/pipeline_overlap.py --in-process --model sd15 --device cuda --jobs 96
+    python bench/pipeline_overlap.py --in-process --model sd15 --device cuda --jobs 96 --warm-plan
 
 ``gpu-sim`` (the default model) stands in for a GPU: an ``echo`` alias whose pipeline call
 holds the worker's device lane for S seconds per image, asleep, leaving the CPU to the other
 stages as a GPU does; S = 1 / the farm's SD1.5 images/s on an H200 (bench/results/). Its
 outputs are the photo-like source encoded as PNG, so encoding costs what a render's does.
-``sd15`` is SD1.5 with random weights (tiny with ``--smoke``), saved under ``--workdir`` and
-compiled on CUDA as bench/worker_path.py loads it.
+``sd15`` is SD1.5 with random weights (tiny with ``--smoke``), saved under ``--workdir``
+and loaded by ``worker.pipelines.load_model`` with a worker's spec (compiled on CUDA).
 
 By default jobs go through the api, Postgres, the dispatcher, Redis and a fresh ``imgfarm
 worker`` per run (bench/farm.py); the duty cycle is the rise of the worker's device-busy
@@ -20,9 +20,17 @@ metric over the run's wall time (submit → last job finished). ``--in-process``
 services (the GPU session, bench/gpu_session.sh): ``depth`` threads call the worker's own
 render task as Celery's pool would, on SQLite and a local folder, the duty cycle read from
 its device lane. Each run: an untimed warm-up batch, then N jobs (1 source x 1 prompt x N
-variants: full batches). The ideal is a device that never waits (1 / S; for a real model the
-run's images per device-busy second). Depths alternate, their order flipped every other
+variants: full batches; compiled, a short last one is padded to its bucket). The ideal is a
+device that never waits (1 / S; for a real model the images per device-busy second: the
+pipeline call alone), so 1 - the duty cycle at depth 1 is the task's share off the device
+(claim, fetch, encode, store, record). Depths alternate, their order flipped every other
 round, so drift hits each alike; outputs are checked in storage after the clock stops.
+
+In process, a real model also reports the worker's start: ``load_model`` seconds, each
+warm-up (the buckets the runs use first, then with ``--warm-plan`` the rest of the worker's
+plan: load + all is its start time) and the graphs torch.compile added during the timed runs
+(none if the warm-up covers them). On the CPU the farm never compiles; ``--smoke`` compiles
+the UNet with dynamo's ``eager`` backend (no code generation, same guards) to count them.
 """
 
 from __future__ import annotations
@@ -37,9 +45,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -48,14 +56,17 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.harness import (  # noqa: E402
+    SD15_GUIDANCE,
     TERMINAL,
+    Report,
+    environment,
     log,
     missing_outputs,
     photo_like,
     png_bytes,
+    print_summary,
     render_job,
     status_counts,
-    write_json,
 )
 from shared.db import make_engine, make_session_factory, session_scope  # noqa: E402
 from shared.models import Base, Batch  # noqa: E402
@@ -67,13 +78,13 @@ from shared.teams import ensure_team  # noqa: E402
 # What only the services need (httpx, bench.farm, tests.services: Postgres, Redis, moto) is
 # imported where it is used, so that --in-process runs with the GPU session's few wheels.
 if TYPE_CHECKING:
-    from bench.farm import Farm
     from worker.context import WorkerContext
+    from worker.pipelines import LoadedModel
 
 SIM_ALIAS = "gpu-sim"
 H200_RESULTS = ROOT / "bench" / "results" / "h200-2026-11-28.json"
 BUSY_METRIC = "imgfarm_worker_device_busy_seconds"
-SUMMARY = ("jobs", "images_per_second", "duty_cycle", "of_ideal")
+SUMMARY = ("jobs", "images_per_second", "duty_cycle", "of_ideal", "device_idle_seconds")
 
 
 # --- the model: a GPU stand-in or SD1.5 --------------------------------------------------------
@@ -107,15 +118,13 @@ options = {{ device_seconds_per_image = {args.device_seconds!r} }}
 
 def model_spec(args: argparse.Namespace) -> ModelSpec:
     """The alias the worker pins: gpu-sim as the farm's processes read it, or the random
-    SD1.5 checkpoint bench/worker_path.py loads too (built and saved on first use)."""
+    SD1.5 checkpoint (built and saved on first use)."""
     if args.model != "sd15":
         return load_registry(args.registry)[SIM_ALIAS]
     from bench.harness import saved_img2img, sd15_spec  # imports torch: only where needed
-    from worker.accel import resolve_device
 
-    device = resolve_device(args.device)
-    spec = sd15_spec(Path(args.workdir), args.smoke, device, 4 if args.smoke else 16)
-    saved_img2img(Path(spec.source), device, args.smoke)
+    spec = sd15_spec(Path(args.workdir), args.smoke, args.device, 4 if args.smoke else 16)
+    saved_img2img(Path(spec.source), args.device, args.smoke)
     return spec
 
 
@@ -123,151 +132,140 @@ def source_png(args: argparse.Namespace) -> bytes:
     return png_bytes(photo_like(args.source_size, args.source_size))
 
 
+def chunk_sizes(jobs: int, max_batch: int) -> set[int]:
+    """The batch sizes the dispatcher sends for one batch of ``jobs``."""
+    return {min(max_batch, jobs - start) for start in range(0, jobs, max_batch)}
+
+
 # --- one run: one batch at one depth ----------------------------------------------------------
 
 
-@dataclass
-class Run:
-    """One timed batch at one depth."""
-
-    depth: int
-    round: int
-    jobs: int
-    seconds: float
-    statuses: dict[str, int]
-    missing_outputs: int
-    device_busy_seconds: float
-
-    @property
-    def succeeded(self) -> int:
-        return self.statuses.get("succeeded", 0)
-
-    @property
-    def unfinished(self) -> int:
-        return self.jobs - sum(self.statuses.get(s, 0) for s in TERMINAL)
-
-    @property
-    def images_per_second(self) -> float:
-        return self.succeeded / self.seconds
-
-    @property
-    def duty_cycle(self) -> float:
-        return self.device_busy_seconds / self.seconds
-
-    def ideal(self, spec: ModelSpec) -> float | None:
-        """Images/s of a device that never waits: the stand-in's 1 / S; for a real model,
-        this run's images per device-busy second (on a shared CPU its speed varies)."""
-        per_image = float(spec.options.get("device_seconds_per_image", 0.0))
-        if spec.kind == "echo" and per_image > 0:
-            return 1.0 / per_image
-        return self.succeeded / self.device_busy_seconds if self.device_busy_seconds else None
-
-    def figures(self, spec: ModelSpec) -> dict[str, object]:
-        ideal = self.ideal(spec)
-        return {
-            **asdict(self),
-            "succeeded": self.succeeded,
-            "unfinished": self.unfinished,
-            "images_per_second": round(self.images_per_second, 3),
-            "ideal_images_per_second": None if ideal is None else round(ideal, 3),
-            "of_ideal": None if ideal is None else round(self.images_per_second / ideal, 4),
-            "duty_cycle": round(self.duty_cycle, 4),
-            "device_idle_seconds": round(self.seconds - self.device_busy_seconds, 3),
-        }
+def run_figures(spec: ModelSpec, run: dict[str, Any]) -> dict[str, Any]:
+    """One timed batch's record, with images/s against a device that never waits: the
+    stand-in's 1 / S; for a real model, the run's images per device-busy second."""
+    per_image = float(spec.options.get("device_seconds_per_image", 0.0))
+    busy, wall = run["device_busy_seconds"], run["seconds"]
+    done = run["statuses"].get("succeeded", 0)
+    ideal = 1 / per_image if per_image > 0 else (done / busy if busy else 0)
+    return {
+        **run,
+        "unfinished": run["jobs"] - sum(run["statuses"].get(s, 0) for s in TERMINAL),
+        "images_per_second": round(done / wall, 3),
+        "ideal_images_per_second": round(ideal, 3) if ideal else None,
+        "of_ideal": round(done / wall / ideal, 4) if ideal else None,
+        "duty_cycle": round(busy / wall, 4),
+        "device_idle_seconds": round(wall - busy, 3),
+    }
 
 
 @dataclass
 class Timed:
     """What a farm yields: ``run(depth, round)`` times one batch, (batch id, wall seconds,
-    device-busy seconds); the rest is read from the farm's database and storage after."""
+    device-busy seconds, graphs compiled or None); ``after`` runs once all runs are done."""
 
-    run: Callable[[int, int], tuple[uuid.UUID, float, float]]
+    run: Callable[[int, int], tuple[uuid.UUID, float, float, int | None]]
     session_factory: sessionmaker[Session]
     settings: Settings
+    after: Callable[[], None] = lambda: None
 
 
-def measure(timed: Timed, args: argparse.Namespace, spec: ModelSpec) -> list[Run]:
+def measure(timed: Timed, args: argparse.Namespace, spec: ModelSpec, report: Report) -> None:
     """Every depth in every round, the order flipped every other round; the JSON rewritten
     after each run, so a run cut short by a timeout keeps the ones before."""
-    runs: list[Run] = []
     factory = timed.session_factory
+
+    def one(depth: int, round_no: int) -> None:
+        batch_id, seconds, busy, graphs = timed.run(depth, round_no)
+        run = run_figures(spec, {
+            "depth": depth, "round": round_no, "jobs": args.jobs, "seconds": seconds,
+            "statuses": dict(status_counts(factory, batch_id)),
+            "missing_outputs": missing_outputs(factory, timed.settings, batch_id),
+            "device_busy_seconds": busy, "graphs_compiled": graphs,
+        })  # fmt: skip
+        log(
+            f"  {run['images_per_second']:.2f} images/s in {seconds:.2f} s, duty cycle "
+            f"{run['duty_cycle']:.1%}, {run['statuses']}"
+        )
+        report.data["runs"].append(run)
+        if graphs:
+            report.finding(f"depth {depth}: {graphs} graphs compiled while timing")
+
     for round_no in range(1, args.rounds + 1):
         for depth in args.depths if round_no % 2 else args.depths[::-1]:
-            batch_id, seconds, busy = timed.run(depth, round_no)
-            run = Run(
-                depth=depth,
-                round=round_no,
-                jobs=args.jobs,
-                seconds=seconds,
-                statuses=dict(status_counts(factory, batch_id)),
-                missing_outputs=missing_outputs(factory, timed.settings, batch_id),
-                device_busy_seconds=busy,
-            )
-            log(
-                f"  round {round_no}, depth {depth}: {run.images_per_second:.2f} images/s in "
-                f"{run.seconds:.2f} s, duty cycle {run.duty_cycle:.1%}, "
-                f"{run.succeeded}/{run.jobs} succeeded"
-            )
-            runs.append(run)
-            if args.json is not None:
-                write_json(args.json, figures(spec, runs, args))
-    return runs
+            report.step(f"round {round_no}, depth {depth}", lambda d=depth, r=round_no: one(d, r))
+    timed.after()
+
+
+def summarize(data: dict[str, Any], depths: list[int]) -> dict[str, Any]:
+    """The best run of each depth (most succeeded, then least time), their images/s against
+    the first depth's, every run's job outcomes, and in process the worker's start."""
+    runs, base = data["runs"], depths[0]
+    best = {
+        d: max(rs, key=lambda r: (r["statuses"].get("succeeded", 0), -r["seconds"]))
+        for d in depths
+        if (rs := [r for r in runs if r["depth"] == d])
+    }
+    ratios = {
+        str(d): round(r["images_per_second"] / best[base]["images_per_second"], 4)
+        for d, r in best.items()
+        if d != base and base in best
+    }
+    summary: dict[str, Any] = {f"depth {d}": {k: r[k] for k in SUMMARY} for d, r in best.items()}
+    summary[f"ratios vs depth {base}"] = ratios
+    summary["jobs"] = {
+        "failed": sum(r["statuses"].get("failed", 0) for r in runs),
+        "unfinished": sum(r["unfinished"] for r in runs),
+        "missing_outputs": sum(r["missing_outputs"] for r in runs),
+    }
+    if "load_model_s" in data:
+        summary.update(worker_start(data))
+    return {"summary": summary}
+
+
+def worker_start(data: dict[str, Any]) -> dict[str, Any]:
+    """load_model and each warm-up; their sum once every entry of the warm plan is warmed."""
+    warm = data["warmup"]
+    missing = {tuple(e) for e in data["warm_plan"]} - {(w["bucket"], w["guidance"]) for w in warm}
+    start = data["load_model_s"] + sum(w["seconds"] for w in warm)
+    runs = [r["graphs_compiled"] for r in data["runs"] if r["graphs_compiled"] is not None]
+    return {
+        "load_model_s": data["load_model_s"],
+        "warmup_s_by_bucket": {
+            str(w["bucket"])
+            + ("" if w["guidance"] == SD15_GUIDANCE else f" (g {w['guidance']})"): w["seconds"]
+            for w in warm
+        },
+        "worker_start_s": None if missing or not data["warm_plan"] else round(start, 1),
+        "buckets_not_warmed": sorted(missing),
+        "graphs_compiled_while_timing": sum(runs) if runs else None,
+    }
 
 
 # --- on the services: a fresh worker process per run --------------------------------------------
 
 
-def device_busy_seconds(metrics_url: str, alias: str) -> float | None:
-    """The worker's ``imgfarm_worker_device_busy_seconds_total{model=alias}``; None while
-    its metrics port does not answer."""
+def device_busy_seconds(metrics_url: str, alias: str) -> float:
+    """The worker's ``imgfarm_worker_device_busy_seconds_total{model=alias}`` (0 before its
+    first pipeline call); an error if its metrics do not answer, never a silent 0."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
-    try:
-        response = httpx.get(metrics_url, timeout=5)
-        response.raise_for_status()
-    except httpx.HTTPError:
-        return None
+    response = httpx.get(metrics_url, timeout=5)
+    response.raise_for_status()
     for family in text_string_to_metric_families(response.text):
         for sample in family.samples if family.name == BUSY_METRIC else []:
             if sample.name == f"{BUSY_METRIC}_total" and sample.labels.get("model") == alias:
                 return float(sample.value)
-    return 0.0  # no pipeline call counted yet
-
-
-def scrape_busy(metrics_url: str, alias: str) -> float:
-    """``device_busy_seconds`` of a worker that must be up: a reading that silently became
-    0 would turn into a wrong duty cycle."""
-    busy = device_busy_seconds(metrics_url, alias)
-    if busy is None:
-        raise RuntimeError(f"the worker's metrics at {metrics_url} did not answer")
-    return busy
-
-
-def start_worker(farm: Farm, alias: str, depth: int, round_no: int) -> str:
-    """``imgfarm worker --model ALIAS`` at ``depth``, ready; the URL of its metrics."""
-    from tests.services import free_port, wait_for
-
-    port = free_port()
-    env = {
-        "IMGFARM_WORKER_PIPELINE_DEPTH": str(depth),
-        "IMGFARM_METRICS_PORT": str(port),
-        "IMGFARM_METRICS_ADDRESS": "127.0.0.1",
-    }
-    log_name = f"worker-depth{depth}-round{round_no}.log"
-    farm.start("worker", ["worker", "--model", alias], ready=" ready.", env=env, log=log_name)
-    farm.wait_ready()
-    url = f"http://127.0.0.1:{port}/metrics"
-    wait_for(lambda: device_busy_seconds(url, alias) is not None, 60, "the worker's metrics")
-    return url
+    return 0.0
 
 
 @contextlib.contextmanager
-def on_services(spec: ModelSpec, args: argparse.Namespace) -> Iterator[Timed]:
-    """The farm on this machine's services (bench/farm.py)."""
+def on_services(spec: ModelSpec, args: argparse.Namespace, _report: Report) -> Iterator[Timed]:
+    """The farm on this machine's services (bench/farm.py), a fresh worker for each run."""
     import httpx
 
     from bench.farm import describe, run_batch, running_services, upload_image
+    from tests.services import free_port, wait_answers
 
     with running_services(args.storage, args.logs, {"IMGFARM_MODELS": str(args.registry)}) as farm:
         farm.wait_ready()
@@ -276,19 +274,30 @@ def on_services(spec: ModelSpec, args: argparse.Namespace) -> Iterator[Timed]:
         with httpx.Client(base_url=farm.api_url, headers=headers, timeout=30) as client:
             model = (spec.alias, upload_image(client, source_png(args)))
 
-            def run_one(depth: int, round_no: int) -> tuple[uuid.UUID, float, float]:
-                metrics_url = start_worker(farm, spec.alias, depth, round_no)
+            def run_one(depth: int, round_no: int) -> tuple[uuid.UUID, float, float, None]:
+                port = free_port()
+                env = {
+                    "IMGFARM_WORKER_PIPELINE_DEPTH": str(depth),
+                    "IMGFARM_METRICS_PORT": str(port),
+                    "IMGFARM_METRICS_ADDRESS": "127.0.0.1",
+                }
+                log_name = f"worker-depth{depth}-round{round_no}.log"
+                command = ["worker", "--model", spec.alias]
+                farm.start("worker", command, ready=" ready.", env=env, log=log_name)
+                url = f"http://127.0.0.1:{port}/metrics"
                 try:
+                    farm.wait_ready()
+                    wait_answers(url, 60, "the worker's metrics")
                     # Warm-up: the worker's connections (database, storage), first encodes.
                     run_batch(farm, client, *model, args.warmup_jobs, spec.width, args.timeout)
-                    busy = scrape_busy(metrics_url, spec.alias)
+                    busy = device_busy_seconds(url, spec.alias)
                     batch_id, seconds = run_batch(
                         farm, client, *model, args.jobs, spec.width, args.timeout
                     )
-                    busy = scrape_busy(metrics_url, spec.alias) - busy
+                    busy = device_busy_seconds(url, spec.alias) - busy
                 finally:
                     farm.stop("worker")
-                return batch_id, seconds, busy
+                return batch_id, seconds, busy, None
 
             yield Timed(run_one, farm.session_factory, farm.settings)
 
@@ -296,13 +305,56 @@ def on_services(spec: ModelSpec, args: argparse.Namespace) -> Iterator[Timed]:
 # --- in process: the worker's render task without services ------------------------------------
 
 
+def compile_eager_backend(model: LoadedModel) -> LoadedModel:
+    """CPU smoke only: the UNet compiled as worker.accel does, with dynamo's no-codegen
+    backend (the VAE too would only double the smoke's tracing time)."""
+    from worker.pipelines import batch_buckets
+
+    model.pipe.unet.compile(backend="eager", fullgraph=True, dynamic=False)
+    return replace(model, compiled=True, buckets=batch_buckets(model.spec.max_batch))
+
+
+def load_and_warm(
+    spec: ModelSpec, settings: Settings, args: argparse.Namespace, report: Report, lane: Any
+) -> tuple[LoadedModel, Callable[[tuple[int, float]], None]]:
+    """``load_model(warm=False)`` on the lane, then the warm-ups the runs need; the model
+    and a function that warms one more (batch, guidance) entry of the worker's plan."""
+    from bench.harness import graph_count, warm_bucket
+    from worker.pipelines import load_model, warm_plan
+
+    t = time.perf_counter()
+    model = lane.run(load_model, spec, settings, warm=False)
+    if model.pipe is None:
+        return model, lambda _: None
+    if args.smoke and model.device == "cpu":
+        model = compile_eager_backend(model)
+    plan = warm_plan(model.buckets, spec.guidance_scale) if model.compiled else []
+    report.data.update(load_model_s=round(time.perf_counter() - t, 2), warm_plan=plan, warmup=[])
+    log(f"  loaded in {report.data['load_model_s']} s; buckets {model.buckets}, plan {plan}")
+
+    def warm(entry: tuple[int, float]) -> None:
+        g0 = graph_count()
+        res = lane.run(warm_bucket, model, *entry)
+        done = {"bucket": entry[0], "guidance": entry[1], "seconds": round(res.seconds, 2)}
+        report.data["warmup"].append({**done, "graphs_added": graph_count() - g0})
+        log(f"  warmed batch {entry[0]} guidance {entry[1]} in {res.seconds:.1f} s")
+        if res.compile_error:
+            report.finding(f"compile failed warming batch {entry[0]}: {res.compile_error}")
+
+    sizes = chunk_sizes(args.jobs, spec.max_batch) | chunk_sizes(args.warmup_jobs, spec.max_batch)
+    needed = sorted({model.pipeline_batch_size(n) for n in sizes}, reverse=True)
+    for batch in needed if model.compiled else [spec.max_batch]:
+        report.step(f"warm-up batch {batch}", lambda b=batch: warm((b, spec.guidance_scale)))
+    return model, warm
+
+
 @contextlib.contextmanager
-def in_process(spec: ModelSpec, args: argparse.Namespace) -> Iterator[Timed]:
+def in_process(spec: ModelSpec, args: argparse.Namespace, report: Report) -> Iterator[Timed]:
     """A worker's context as worker/boot.py builds it (minus Celery and metrics), on SQLite
-    and a local folder; the model loaded and its one bucket the runs use warmed."""
+    and a local folder; the model loaded and the buckets the runs use warmed."""
+    from bench.harness import graph_count
     from worker.context import WorkerContext
     from worker.device import DeviceLane
-    from worker.pipelines import load_model
     from worker.prepared_cache import PreparedCache
     from worker.source_cache import CachingStorage
 
@@ -317,12 +369,7 @@ def in_process(spec: ModelSpec, args: argparse.Namespace) -> Iterator[Timed]:
         engine = make_engine(settings.database_url)
         Base.metadata.create_all(engine)
         lane = DeviceLane()
-        model = lane.run(load_model, spec, settings, warm=False)
-        if model.pipe is not None:
-            from bench.harness import warm_bucket
-
-            warm = lane.run(warm_bucket, model, model.pipeline_batch_size(spec.max_batch))
-            log(f"  warmed batch {spec.max_batch} in {warm.seconds:.1f} s")
+        model, warm = load_and_warm(spec, settings, args, report, lane)
         storage = CachingStorage(
             storage_from_settings(settings), settings.worker_source_cache_bytes
         )
@@ -336,6 +383,7 @@ def in_process(spec: ModelSpec, args: argparse.Namespace) -> Iterator[Timed]:
             io=ThreadPoolExecutor(settings.worker_io_threads, thread_name_prefix="imgfarm-io"),
             prepared=PreparedCache(settings.worker_prepared_cache_bytes),
         )
+        graphs = graph_count if model.pipe is not None else lambda: None
         try:
             log(
                 f"imgfarm pipeline overlap, in process: SQLite, local folder; model {spec.alias}"
@@ -348,13 +396,21 @@ def in_process(spec: ModelSpec, args: argparse.Namespace) -> Iterator[Timed]:
             ctx.storage.put(key, source_png(args), "image/png")
             render_jobs(ctx, spec, team_id, key, args.warmup_jobs, 1)
 
-            def run_one(depth: int, _round: int) -> tuple[uuid.UUID, float, float]:
-                busy = ctx.device.busy_seconds
+            def run_one(depth: int, _round: int) -> tuple[uuid.UUID, float, float, int | None]:
+                busy, g0 = ctx.device.busy_seconds, graphs()
                 batch_id, seconds = render_jobs(ctx, spec, team_id, key, args.jobs, depth)
-                busy = ctx.device.busy_seconds - busy
-                return batch_id, seconds, busy
+                g1 = graphs()
+                added = None if g0 is None or g1 is None else g1 - g0
+                return batch_id, seconds, ctx.device.busy_seconds - busy, added
 
-            yield Timed(run_one, ctx.session_factory, settings)
+            def rest_of_plan() -> None:
+                """The worker's warm plan past what the runs needed: its start time."""
+                warmed = {(w["bucket"], w["guidance"]) for w in report.data.get("warmup", [])}
+                for b, g in report.data.get("warm_plan", []) if args.warm_plan else []:
+                    if (b, g) not in warmed:
+                        report.step(f"warm-up batch {b} guidance {g}", lambda e=(b, g): warm(e))
+
+            yield Timed(run_one, ctx.session_factory, settings, rest_of_plan)
         finally:
             ctx.close()
             engine.dispose()
@@ -393,75 +449,17 @@ def render_jobs(
     return batch_id, time.perf_counter() - started
 
 
-# --- report ---------------------------------------------------------------------------------
+# --- the command ------------------------------------------------------------------------------
 
 
-def best_of(runs: list[Run]) -> Run:
-    """The fastest complete run (most succeeded first, then least time)."""
-    return max(runs, key=lambda r: (r.succeeded, -r.seconds))
-
-
-def figures(spec: ModelSpec, runs: list[Run], args: argparse.Namespace) -> dict[str, object]:
-    """What ``--json`` holds: the runs so far, the best of each depth and their ratios."""
-    best = {d: best_of(rs) for d in args.depths if (rs := [r for r in runs if r.depth == d])}
-    base = args.depths[0]
-    ratios = {
-        str(d): round(r.images_per_second / best[base].images_per_second, 4)
-        for d, r in best.items()
-        if d != base and base in best
-    }
-    return {
-        # What bench/gpu_session.sh prints: per depth images/s, duty cycle, of the ideal.
-        "summary": {
-            **{f"depth {d}": {k: r.figures(spec)[k] for k in SUMMARY} for d, r in best.items()},
-            f"ratios vs depth {base}": ratios,
-        },
-        "model": spec.alias,
-        "kind": spec.kind,
-        "in_process": args.in_process,
-        "device_seconds_per_image": spec.options.get("device_seconds_per_image"),
-        "max_batch": spec.max_batch,
-        "size": spec.width,
-        "jobs": args.jobs,
-        "rounds": args.rounds,
-        "depths": args.depths,
-        "storage": "file" if args.in_process else args.storage,
-        "cpus": os.cpu_count(),
-        "ideal_images_per_second": runs[0].ideal(spec) if spec.kind == "echo" and runs else None,
-        "best": {str(d): r.figures(spec) for d, r in best.items()},
-        "ratio_vs_depth": base,
-        "ratios": ratios,
-        "runs": [r.figures(spec) for r in runs],
-        "failed": sum(r.statuses.get("failed", 0) for r in runs),
-        "unfinished": sum(r.unfinished for r in runs),
-        "missing_outputs": sum(r.missing_outputs for r in runs),
-    }
-
-
-def print_report(out: dict[str, object]) -> None:
-    """The side-by-side table of the best run of each depth."""
-    log(f"== pipeline overlap: {out['jobs']} jobs, best of {out['rounds']} ==")
-    log(
-        f"  {'depth':>5}  {'images/s':>8}  {'of ideal':>8}  {'duty cycle':>10}  {'device idle':>11}"
-    )
-    for depth, r in out["best"].items():  # type: ignore[attr-defined]
-        of_ideal = "n/a" if r["of_ideal"] is None else f"{r['of_ideal']:.1%}"
-        log(
-            f"  {depth:>5}  {r['images_per_second']:>8.2f}  {of_ideal:>8}  "
-            f"{r['duty_cycle']:>10.1%}  {r['device_idle_seconds']:>9.2f} s"
-        )
-    for depth, ratio in out["ratios"].items():  # type: ignore[attr-defined]
-        log(f"  ratio  depth {depth} / depth {out['ratio_vs_depth']} images/s = {ratio:.2f}x")
-    log(
-        f"  jobs   {out['failed']} failed, {out['unfinished']} unfinished; "
-        f"{out['missing_outputs']} succeeded job(s) without their output in storage"
-    )
+def depth_list(text: str) -> list[int]:
+    return [int(d) for d in text.split(",")]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--jobs", type=int, help="jobs per timed batch (default 192; smoke 32)")
-    p.add_argument("--depths", default="1,3", help="comma-separated; the first is the baseline")
+    p.add_argument("--depths", default="1,3", type=depth_list, help="the first is the baseline")
     p.add_argument("--rounds", type=int, help="runs of each depth (default 2; smoke 1)")
     p.add_argument(
         "--device-seconds",
@@ -471,7 +469,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default="gpu-sim", choices=("gpu-sim", "sd15"))
     p.add_argument("--device", default="auto", help="sd15's device: auto, cpu or cuda[:N]")
     p.add_argument("--in-process", action="store_true", help="no services: see the header")
-    p.add_argument("--workdir", default="/tmp/imgfarm-worker-path", help="sd15's checkpoint")
+    p.add_argument("--warm-plan", action="store_true", help="in process: warm the whole plan")
+    p.add_argument("--workdir", default="/tmp/imgfarm-bench-sd15", help="sd15's checkpoint")
     p.add_argument("--warmup-jobs", type=int, help="untimed jobs before each run (2 batches)")
     p.add_argument("--source-size", type=int, default=512, help="source width and height")
     p.add_argument("--storage", choices=("s3", "file"), default="s3")
@@ -484,10 +483,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.rounds = args.rounds or (1 if args.smoke else 2)
     if args.device_seconds is None:
         args.device_seconds = 0.02 if args.smoke else h200_seconds_per_image()
-    try:
-        args.depths = [int(d) for d in args.depths.split(",")]
-    except ValueError:
-        p.error(f"--depths must be comma-separated integers, got {args.depths!r}")
     if not args.depths or not all(1 <= d <= 16 for d in args.depths):
         p.error("--depths must be 1..16 each")
     if args.model == "sd15" and not args.in_process:
@@ -499,19 +494,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.model == "sd15":
+        from worker.accel import resolve_device
+
+        args.device = resolve_device(args.device)
     with tempfile.TemporaryDirectory(prefix="imgfarm-bench-models-") as folder:
         args.registry = Path(folder) / "models.toml"
         args.registry.write_text(registry_toml(args))
+        log("== environment ==")
+        report = Report(
+            args.json,
+            summarize=lambda data: summarize(data, args.depths),
+            env=environment(args.device if args.model == "sd15" else "cpu"),
+            args=vars(args),
+            runs=[],
+        )
         spec = model_spec(args)
+        report.data.update(model=spec.alias, kind=spec.kind, max_batch=spec.max_batch)
         # Two full batches: every stage has run at least once before the clock starts.
         args.warmup_jobs = args.warmup_jobs or 2 * spec.max_batch
         farm = in_process if args.in_process else on_services
-        with farm(spec, args) as timed:
-            out = figures(spec, measure(timed, args, spec), args)
-    print_report(out)
-    if args.json is not None:
-        write_json(args.json, out)
-    return 0
+        with farm(spec, args, report) as timed:
+            measure(timed, args, spec, report)
+    report.dump()
+    print_summary("pipeline_overlap", report.data)
+    return 1 if report.data["errors"] or not report.data["runs"] else 0
 
 
 if __name__ == "__main__":
