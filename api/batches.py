@@ -340,8 +340,13 @@ def with_schedule(
     session: Session, batch: Batch, stats: dict[str, StatusStats], public: BatchPublic
 ) -> BatchPublic:
     """``public`` with ``eta`` and ``on_track``: the batch's jobs left behind its model's
-    queue at the model's observed pace, against its deadline (shared/throughput.py)."""
+    queue at the model's observed pace, against its deadline (shared/throughput.py); a
+    finished batch is on track if it finished by its deadline."""
     remaining = sum(stats[s].count for s in ("queued", "running") if s in stats)
+    if not remaining:  # done: whether it finished by its deadline
+        done, deadline = public.finished_at, public.deadline
+        met = None if deadline is None or done is None else done <= deadline
+        return public.model_copy(update={"on_track": met})
     schedule = batch_eta(
         session, batch.model, batch.id, batch.created_at, remaining, batch.deadline
     )

@@ -6,7 +6,7 @@ import uuid
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,6 +26,7 @@ from shared.schemas import (
     BatchCanceled,
     BatchCreate,
     BatchesPublic,
+    BatchEstimate,
     BatchJobPublic,
     BatchJobsPublic,
     BatchPublic,
@@ -37,6 +38,10 @@ from shared.workers import model_workers
 router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=KEYED_ERRORS)
 BatchId = Annotated[uuid.UUID, Path(description="A batch id from POST /v1/batches.")]
 NOT_FOUND = errors_for(404, 422)
+DryRunQuery = Annotated[
+    bool,
+    Query(description="true: check it, answer its job count, GPU-seconds and ETA; create nothing."),
+]
 
 CursorQuery = Annotated[
     str | None, Query(description="next_cursor of the previous page; omit for the first.")
@@ -56,7 +61,10 @@ def _session_factory(request: Request) -> sessionmaker[Session]:
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=BatchAccepted,
-    responses=errors_for(404, 409, 413, 422, 429),
+    responses={
+        **errors_for(404, 409, 413, 422, 429),
+        200: {"model": BatchEstimate, "description": "dry_run=true: the estimate, nothing made."},
+    },
 )
 def create_batch(
     body: BatchCreate,
@@ -67,8 +75,11 @@ def create_batch(
     registry: RegistryDep,
     slots: FetchSlotsDep,
     idempotency_key: IdempotencyKeyHeader = None,
+    dry_run: DryRunQuery = False,
 ) -> BatchAccepted | Response:
-    """Create images x prompts x variants jobs in one transaction (at most 10,000)."""
+    """Create images x prompts x variants jobs in one transaction (at most 10,000); with
+    ``dry_run=true``, check it all the same and answer 200 with its cost and ETA instead,
+    creating nothing (no rows, no stored sources)."""
     scope, ttl = "POST /v1/batches", settings.idempotency_ttl_seconds
     # 1. a retry of an answered request replays before fetching anything again
     replay = idempotency.replay_of(session, team.id, idempotency_key, scope, body, ttl)
@@ -86,6 +97,9 @@ def create_batch(
             slots=slots,
             spool=spool,
         )
+        if dry_run:  # the spool is discarded on leaving: nothing was stored
+            estimate = service.estimate_batch(session, checked.jobs.spec.alias, body.job_count)
+            return JSONResponse(estimate.model_dump(mode="json"))
         # 3. store the sources (content-addressed: a racing replay below wrote the same),
         # then a short transaction: claim the key, insert the batch and its jobs
         spool.store(storage)
@@ -123,10 +137,13 @@ def list_batches(
 @router.get("/{batch_id}", response_model=BatchPublic, responses=NOT_FOUND)
 def get_batch(batch_id: BatchId, team: TeamDep, session: SessionDep) -> BatchPublic:
     """Counts by status and by review state, progress, timings and an ETA from the
-    observed throughput."""
+    observed throughput; with a deadline, whether that ETA makes it (``on_track``)."""
     batch = service.get_batch(session, team, batch_id)
     stats = service.batch_stats(session, [batch.id])[batch.id]
-    return service.batch_public(batch, stats, reviews=review_counts(session, [batch.id])[batch.id])
+    public = service.batch_public(
+        batch, stats, reviews=review_counts(session, [batch.id])[batch.id]
+    )
+    return service.with_schedule(session, batch, stats, public)
 
 
 @router.get("/{batch_id}/jobs", response_model=BatchJobsPublic, responses=NOT_FOUND)
