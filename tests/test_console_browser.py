@@ -106,7 +106,7 @@ def drop_file(page, path: Path, target: str) -> None:  # noqa: ANN001
     page.dispatch_event(target, "drop", {"dataTransfer": transfer})
 
 
-def test_a_batch_from_the_form_to_the_zip(farm, browser, tmp_path):
+def test_a_batch_from_the_form_through_review_to_the_zip(farm, browser, tmp_path):
     from playwright.sync_api import expect
 
     visit = Visit(browser, farm)
@@ -141,13 +141,35 @@ def test_a_batch_from_the_form_to_the_zip(farm, browser, tmp_path):
     first_thumbnail = time.monotonic() - submitted
     expect(page.locator("a.cell img[data-loaded]")).to_have_count(6, timeout=60_000)
     expect(page.locator("td.source img[data-loaded]")).to_have_count(2)
-    print(f"console: first thumbnail {first_thumbnail:.2f} s after submit")  # noqa: T201
+    print(f"console: first thumbnail {first_thumbnail:.2f} s after submit")
 
     # 4. the prompt written as markup is text: in the tooltip and alt, never an element
     xss_cell = page.locator("a.cell", has=page.locator(f'img[alt*="{XSS}"]'))
     expect(xss_cell).to_have_count(2)
     assert XSS in (xss_cell.first.get_attribute("title") or "")
     assert page.locator("img[src='x']").count() == 0
+
+    # 5. review from the keyboard: a approves (and moves on), r rejects; the counts follow
+    counts = page.locator("#counts")
+    expect(counts.locator("[data-state=passed] b")).to_have_text("6")
+    page.locator("a.cell").first.focus()
+    page.keyboard.press("a")
+    expect(counts.locator("[data-state=approved] b")).to_have_text("1")
+    page.keyboard.press("ArrowRight")
+    rejected_id = page.evaluate("document.activeElement.dataset.id")
+    page.keyboard.press("r")
+    expect(counts.locator("[data-state=rejected] b")).to_have_text("1")
+    expect(counts.locator("[data-state=passed] b")).to_have_text("4")
+    visit.shot("batch")
+
+    # 6. rerender the rejected one: the same cell renders again and gets a new thumbnail
+    rejected = page.locator(f'a.cell[data-id="{rejected_id}"]')
+    old_thumb = rejected.locator("img").get_attribute("data-thumb")
+    page.click("#rerender-rejected")
+    expect(rejected).to_have_attribute("data-state", "passed", timeout=60_000)
+    expect(rejected.locator("img[data-loaded]")).to_have_count(1, timeout=30_000)
+    assert rejected.locator("img").get_attribute("data-thumb") != old_thumb
+    expect(counts.locator("[data-state=rejected]")).to_have_count(0)
 
     # 7. the zip of every output, fetched with the key and saved by the browser
     page.click("details.menu summary")
@@ -163,9 +185,9 @@ def test_a_batch_from_the_form_to_the_zip(farm, browser, tmp_path):
     page.keyboard.press("Enter")
     expect(page).to_have_url(re.compile(rf"{farm.url}/jobs/[0-9a-f-]{{36}}$"))
     expect(page.locator(".prompt")).to_contain_text(XSS)
-    page.wait_for_function(
-        "[...document.querySelectorAll('.stage img')].every(i => i.complete && i.naturalWidth)"
-    )
+    for img in (page.locator(".stage img.source"), page.locator(".stage img.output")):
+        expect(img).to_have_js_property("complete", True)
+        assert img.evaluate("i => i.naturalWidth") > 0
     page.click("text=swipe")
     visit.shot("job")
     page.go_back()
