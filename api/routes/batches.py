@@ -62,7 +62,7 @@ def _session_factory(request: Request) -> sessionmaker[Session]:
     status_code=status.HTTP_202_ACCEPTED,
     response_model=BatchAccepted,
     responses={
-        **errors_for(404, 409, 413, 422, 429),
+        **errors_for(403, 404, 409, 413, 422, 429),
         200: {"model": BatchEstimate, "description": "dry_run=true: the estimate, nothing made."},
     },
 )

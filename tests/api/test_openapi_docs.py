@@ -33,7 +33,7 @@ METHODS = ("get", "post", "put", "patch", "delete")
 EXTRA: dict[str, set[int]] = {
     # 403: the team's queued-jobs or monthly-images quota reached (api/quotas.py).
     "POST /v1/jobs": {403, 404, 429},
-    "POST /v1/batches": {404, 429},
+    "POST /v1/batches": {403, 404, 429},
     "POST /v1/uploads": {400},
     "POST /v1/uploads/presign": {400},
     "POST /v1/uploads/{upload_id}/complete": {400, 413},
