@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,7 +25,8 @@ from sqlalchemy import func, select
 from imgfarm import ApiError, Client, RetryPolicy, WebhookVerificationError, verify_webhook
 from shared.models import Batch, Job
 from shared.schemas import BatchPublic, JobAccepted, JobCreate, JobPublic, UploadPublic
-from tests.factories import data_url, png_bytes
+from tests import sse
+from tests.factories import batch_body, data_url, job_body, png_bytes
 from tests.receiver import Receiver
 from tests.services import free_port, launch_dispatcher, launch_worker, wait_answers, wait_for
 
@@ -40,7 +42,9 @@ QUICK = RetryPolicy(attempts=4, total_seconds=20, backoff_seconds=0.05, max_back
 def farm(module_spawn) -> str:
     """A real api, dispatcher and ``echo`` worker for the module; returns the api's URL."""
     port = free_port()
-    module_spawn("api", "--host", "127.0.0.1", "--port", str(port), env=PRIVATE_OK)
+    # Keep-alives every 0.3 s, so the event stream test sees them without waiting 15 s.
+    env = {**PRIVATE_OK, "IMGFARM_SSE_PING_SECONDS": "0.3"}
+    module_spawn("api", "--host", "127.0.0.1", "--port", str(port), env=env)
     url = f"http://127.0.0.1:{port}"
     wait_answers(f"{url}/healthz", 60, "imgfarm api")
     launch_dispatcher(module_spawn)
@@ -349,6 +353,72 @@ def test_verify_webhook_accepts_a_real_delivery_and_refuses_a_tampered_one(
         verify_webhook("whsec_" + "A" * 43 + "=", headers, delivery.body)
     with pytest.raises(WebhookVerificationError):  # not a ValueError from the parser
         verify_webhook(secret, {**headers, "Webhook-Signature": "v1"}, delivery.body)
+
+
+# --- live progress (Server-Sent Events) -------------------------------------------------------
+
+TRANSITIONS = ("job.queued", "job.running", "job.succeeded")
+
+
+def test_a_client_sees_every_transition_once_across_a_reconnect(farm, new_key):
+    key = new_key()
+    with Client(farm, key) as client:
+        body = batch_body(model="echo", variants=1)  # 2 images x 3 prompts = 6 jobs
+        batch_id = client.submit_batch(body)["id"]
+        url = f"{farm}/v1/batches/{batch_id}/events"
+        # From the start of the log, hanging up part-way as a dropped connection would ...
+        first = sse.stream(url, key, last_event_id="0", until=8)
+        assert first[0].event == "snapshot" and first[0].data["job_count"] == 6
+        last_id = [e.id for e in first if e.id is not None][-1]
+        # ... then resuming where it stopped (Last-Event-ID), through the client's iterator.
+        second = list(client.batches.events(batch_id, last_event_id=last_id))
+    assert second[0].event == "snapshot"
+    assert second[-1].event == "end" and second[-1].data["status"] == "succeeded"
+    assert second[-1].data["counts"]["succeeded"] == 6
+
+    events = [*first, *second]
+    transitions = [(e.event, e.data["job_id"], e.id) for e in events if e.event in TRANSITIONS]
+    per_job = Counter((job, event) for event, job, _ in transitions)
+    assert len({job for job, _ in per_job}) == 6
+    assert set(per_job.values()) == {1}, "a transition was missed or repeated"
+    assert len(per_job) == 6 * len(TRANSITIONS)
+    assert len({i for *_, i in transitions}) == len(transitions)
+    for job in {job for job, _ in per_job}:  # each job's own order
+        assert [e for e, j, _ in transitions if j == job] == list(TRANSITIONS)
+
+
+def test_a_job_stream_ends_with_the_job_and_pings_while_following(farm, new_key):
+    key = new_key()
+    auth = {"Authorization": f"Bearer {key}"}
+    with Client(farm, key) as client:
+        job_id = client.submit_job(**job_body(model="echo"))["id"]
+        events = list(client.jobs.events(job_id))
+    assert events[0].event == "snapshot" and events[0].data["job_id"] == job_id
+    assert events[-1].event == "end" and events[-1].data["status"] == "succeeded"
+    assert "job.succeeded" in [e.event for e in events]
+    # ?follow=true keeps a finished job's stream open: keep-alive comments arrive.
+    started, pings = time.monotonic(), 0
+    url = f"{farm}/v1/jobs/{job_id}/events?follow=true"
+    with httpx.stream("GET", url, headers=auth, timeout=10) as r:
+        for event in sse.parse(r.iter_lines()):
+            assert event.event != "end"
+            pings += event.event == "comment"
+            if pings == 2:
+                break
+    assert time.monotonic() - started < 5
+
+
+def test_event_streams_need_a_key_and_hide_other_teams(farm, new_key):
+    owner, other = new_key(), new_key()
+    with Client(farm, owner) as client:
+        job_id = client.submit_job(**job_body(model="echo"))["id"]
+        batch_id = client.submit_batch(batch_body(model="echo", variants=1))["id"]
+    for path in (f"/v1/jobs/{job_id}/events", f"/v1/batches/{batch_id}/events"):
+        assert httpx.get(f"{farm}{path}").status_code == 401
+        foreign = httpx.get(f"{farm}{path}", headers={"Authorization": f"Bearer {other}"})
+        assert foreign.status_code == 404, foreign.text
+    unknown = f"{farm}/v1/batches/{uuid.uuid4()}/events"
+    assert httpx.get(unknown, headers={"Authorization": f"Bearer {owner}"}).status_code == 404
 
 
 # --- the README's block -----------------------------------------------------------------------
