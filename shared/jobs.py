@@ -166,6 +166,7 @@ def mark_succeeded_bulk(
     flagged = [s.job_id for s in successes if s.job_id in moved and s.review == NEEDS_REVIEW]
     if flagged:  # same session: the event commits with the move, after its job.succeeded
         emit_job_events(session, flagged, JOB_NEEDS_REVIEW, settle_batches=False)
+        log_events(session, flagged, JOB_NEEDS_REVIEW)  # and for the live streams
     return _in_order(ids, done)
 
 
