@@ -185,6 +185,7 @@ def test_a_batch_from_the_form_through_review_to_the_zip(farm, browser, tmp_path
     page.keyboard.press("Enter")
     expect(page).to_have_url(re.compile(rf"{farm.url}/jobs/[0-9a-f-]{{36}}$"))
     expect(page.locator(".prompt")).to_contain_text(XSS)
+    assert page.locator("img[src='x']").count() == 0
     for img in (page.locator(".stage img.source"), page.locator(".stage img.output")):
         expect(img).to_have_js_property("complete", True)
         assert img.evaluate("i => i.naturalWidth") > 0
