@@ -50,13 +50,13 @@ def api_url(module_spawn) -> str:
 
 
 @pytest.fixture(scope="module")
-def farm(module_spawn, api_url, team):
+def farm(module_spawn, api_url, team, signed_team):
     """api, dispatcher, a tiny and an echo worker, shared by this module's tests: each
     process costs seconds to start, and none of these tests changes them."""
     url = api_url
     launch_dispatcher(module_spawn)
     echo = module_spawn("worker", "--model", "echo")  # starts while the tiny one loads
-    worker = launch_worker(module_spawn, "tiny")
+    worker = launch_worker(module_spawn, "tiny", env=signed_team[1])
     echo.wait_log(" ready.", timeout=120)
     with Client(url, team[1]) as client:
         yield client, worker
@@ -117,6 +117,81 @@ def test_worker_consumes_only_its_models_queue(farm, settings):
     assert client.wait(job_id, timeout=120)["status"] == "succeeded"
     time.sleep(0)  # the tiny job went through; now check the stray task was never received
     assert "00000000-0000-0000-0000-000000000000" not in worker.log()
+
+
+@pytest.fixture(scope="module")
+def signed_team(session_factory, tmp_path_factory) -> tuple[str, dict[str, str]]:
+    """A second team, which the operator gave a C2PA certificate: (API key, the worker's
+    IMGFARM_C2PA_SIGNERS). It exists before the worker starts, which resolves names at boot."""
+    from tests.certificates import make_test_signer
+
+    name = f"e2e-signed-{uuid.uuid4().hex[:8]}"
+    with session_scope(session_factory) as session:
+        key = create_api_key(session, ensure_team(session, name))
+    config = make_test_signer().write(tmp_path_factory.mktemp("c2pa"), name)
+    return key, {"IMGFARM_C2PA_SIGNERS": str(config)}
+
+
+def exiftool_xmp(data: bytes, path) -> dict:
+    """exiftool's reading of a file's XMP (a reader we did not write)."""
+    import subprocess
+
+    path.write_bytes(data)
+    answer = subprocess.run(["exiftool", "-j", "-G1", "-XMP:all", str(path)], capture_output=True)
+    (read,) = json.loads(answer.stdout)
+    return read
+
+
+def test_the_certified_team_gets_a_signed_manifest_the_other_xmp_only(
+    farm, api_url, team, signed_team, tmp_path
+):
+    """The worker signs for the team its operator gave a certificate: c2pa verifies the
+    manifest, which names the source; the module's other team gets the XMP label only. The
+    batch manifest lists the licence each job rendered under, in JSON and CSV."""
+    import csv
+    import hashlib
+
+    import c2pa
+
+    from worker.labels import TRAINED_ALGORITHMIC_MEDIA
+
+    plain_client, _ = farm
+    source = png_bytes(80, 64, (20, 90, 200))
+    image = {"image": data_url(source), "sku": "mug"}
+    plain_id = plain_client.submit_job(**job_body(image=data_url(source)))["id"]
+    with Client(api_url, signed_team[0]) as client:
+        body = {"model": "tiny", "images": [image], "prompts": ["a mug"], "output_format": "webp"}
+        batch_id = client.submit_batch(body)["id"]
+        client.batches.wait(batch_id, timeout=120)
+    headers = {"Authorization": f"Bearer {signed_team[0]}"}
+    (job,) = httpx.get(f"{api_url}/v1/batches/{batch_id}/jobs", headers=headers).json()["jobs"]
+    assert job["status"] == "succeeded", job
+    signed = httpx.get(job["outputs"][0]["url"]).content
+    with c2pa.Reader("image/webp", io.BytesIO(signed)) as reader:
+        report = json.loads(reader.json())
+    assert report["validation_state"] == "Valid", report.get("validation_results")
+    (ingredient,) = report["manifests"][report["active_manifest"]]["ingredients"]
+    assert ingredient["title"] == hashlib.sha256(source).hexdigest()
+    assert ingredient["relationship"] == "parentOf"
+    read = exiftool_xmp(signed, tmp_path / "signed.webp")
+    assert read["XMP-iptcExt:DigitalSourceType"] == TRAINED_ALGORITHMIC_MEDIA
+    assert (read["XMP-imgfarm:JobId"], read["XMP-imgfarm:BatchId"]) == (job["id"], batch_id)
+
+    plain_job = plain_client.wait(plain_id, timeout=120)
+    assert plain_job["status"] == "succeeded", plain_job
+    unsigned = httpx.get(plain_job["outputs"][0]["url"]).content
+    with pytest.raises(c2pa.C2paError):
+        c2pa.Reader("image/png", io.BytesIO(unsigned))
+    read = exiftool_xmp(unsigned, tmp_path / "plain.png")
+    assert read["XMP-iptcExt:DigitalSourceType"] == TRAINED_ALGORITHMIC_MEDIA
+    assert read["XMP-imgfarm:JobId"] == plain_id and "XMP-imgfarm:BatchId" not in read
+
+    url = f"{api_url}/v1/batches/{batch_id}/manifest"
+    (item,) = httpx.get(url, headers=headers).json()["items"]
+    assert (item["license"], item["commercial_use"]) == ("imgfarm-builtin", True)
+    text = httpx.get(url, params={"format": "csv"}, headers=headers).text
+    (row,) = csv.DictReader(io.StringIO(text))
+    assert (row["license"], row["commercial_use"]) == ("imgfarm-builtin", "True")
 
 
 def test_echo_passes_tiny_noise_needs_review_and_the_scores_go_everywhere(
