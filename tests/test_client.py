@@ -223,6 +223,71 @@ def test_small_batch_submit_wait_download_writes_the_tree_and_resumes(farm, new_
         assert [p.stat().st_mtime_ns for p in paths] == before, "kept, not fetched again"
 
 
+def test_a_rejected_output_renders_again_on_the_worker_and_the_old_one_stays(
+    farm, new_key, session_factory, settings
+):
+    """Review and rerender through the client, rendered by the real echo worker: echo
+    returns its source, so both outputs pass and batch.reviewed follows batch.completed; a
+    person rejects one, its rerender is a new attempt of the same job (new seed, the old
+    output kept in history and in storage, the new one under its round's key)."""
+    from shared.models import WebhookDelivery
+    from shared.storage import storage_from_settings
+
+    def reviewed_events(batch_id: uuid.UUID) -> int:
+        with session_factory() as s:
+            return s.scalar(
+                select(func.count()).where(
+                    WebhookDelivery.batch_id == batch_id,
+                    WebhookDelivery.event_type == "batch.reviewed",
+                )
+            )
+
+    with Client(farm, new_key()) as client:
+        accepted = client.batches.submit(
+            model="echo",
+            images=[data_url(png_bytes())],
+            prompts=["on a porch"],
+            variants=2,
+            width=32,
+            height=32,
+            webhook_url="http://127.0.0.1:9/hook",  # nothing listens: rows are looked at
+        )
+        batch = client.batches.wait(accepted.id, timeout=120)
+        assert batch.review_counts.passed == 2 and reviewed_events(accepted.id) == 1
+        with session_factory() as s:
+            first, other = s.scalars(select(Job).where(Job.batch_id == accepted.id)).all()
+        answer = client.batches.review(accepted.id, [(first.id, "reject", "off-brand")])
+        assert (answer.decided, answer.review_counts.rejected) == (1, 1)
+        assert client.batches.rerender(accepted.id).rerendered == 1
+        batch = client.batches.wait(accepted.id, timeout=120)
+        assert (batch.counts.succeeded, batch.review_counts.passed) == (2, 2)
+        assert reviewed_events(accepted.id) == 2  # a new round, settled by the worker
+
+        job = client.jobs.get(first.id)
+        (attempt,) = job.history
+        assert (attempt.seed, attempt.review, attempt.review_note) == (
+            first.params["seed"],
+            "rejected",
+            "off-brand",
+        )
+        assert job.params.seed != first.params["seed"] and job.review == "passed"
+        assert httpx.get(attempt.outputs[0].url).status_code == 200
+        assert job.outputs[0].url != attempt.outputs[0].url
+        with session_factory() as s:
+            rendered = s.get(Job, first.id)
+            untouched = s.get(Job, other.id)
+        assert first.outputs[0]["key"].endswith("/0.png")
+        assert rendered.outputs[0]["key"].endswith("/1.png")
+        assert rendered.provenance["params"]["seed"] == job.params.seed
+        storage = storage_from_settings(settings)
+        assert storage.exists(first.outputs[0]["key"])  # the rejected attempt's object stays
+        assert storage.exists(rendered.outputs[0]["key"])
+        assert untouched.outputs == other.outputs and untouched.history is None
+        # a person changes their mind about the new attempt
+        approved = client.jobs.review(first.id, "approve", note="fine")
+        assert (approved.review, approved.review_note) == ("approved", "fine")
+
+
 # --- retries and idempotency ----------------------------------------------------------------
 
 
