@@ -190,6 +190,8 @@ def test_a_batch_from_the_form_through_review_to_the_zip(farm, browser, tmp_path
         expect(img).to_have_js_property("complete", True)
         assert img.evaluate("i => i.naturalWidth") > 0
     page.click("text=swipe")
+    page.keyboard.press("r")  # the grid's keys work on the job page too
+    expect(page.locator(".history")).to_contain_text("now: rejected by key")
     visit.shot("job")
     page.go_back()
     expect(page).to_have_url(batch_url)

@@ -53,7 +53,7 @@ export async function jobPage(main, { id, signal }) {
     h("p", { class: "prompt" }, "“", job.prompt, "”", job.params?.seed != null ? ` · seed ${job.params.seed}` : ""),
     compare(job, sourceUrl, outputUrl, maskUrl),
     output ? h("p", {}, h("a", { href: output.url, target: "_blank", rel: "noopener noreferrer" }, `Full size (${output.width}×${output.height}, ${output.content_type})`)) : null,
-    review(job, status),
+    review(job, status, signal),
     status,
     h("div", { class: "fact-grid" },
       table("Fidelity", [["scores", scoresLine(job.fidelity)], ["review", job.review?.replace("_", " ")]]),
@@ -104,29 +104,45 @@ function compare(job, sourceUrl, outputUrl, maskUrl) {
   return h("section", { class: "compare", "aria-label": "Comparison" }, h("div", { class: "modes", role: "group" }, buttons), slider, stage);
 }
 
-function review(job, status) {
+function review(job, status, signal) {
   if (job.status !== "succeeded") return null;
   const decide = async (decision) => {
     try {
-      const answer = await api(`/v1/jobs/${job.id}/review`, { method: "POST", body: { decision } });
-      Object.assign(job, answer);
-      replace(status, h("p", { role: "status" }, `Review: ${answer.review ?? decision}`));
+      await api(`/v1/jobs/${job.id}/review`, { method: "POST", body: { decision } });
+      window.dispatchEvent(new Event("imgfarm:navigate")); // the page again, with its history
     } catch (error) {
       replace(status, notice(error.message));
     }
   };
+  // The grid's keys work here too: a approves, r rejects.
+  document.addEventListener("keydown", (event) => {
+    if (event.target.closest?.("input, textarea, select") || event.ctrlKey || event.metaKey || event.altKey) return;
+    if (event.key === "a" || event.key === "r") decide(event.key === "a" ? "approve" : "reject");
+  }, { signal });
   return h("div", { class: "actions" },
-    h("button", { type: "button", id: "approve", onclick: () => decide("approve") }, "Approve"),
-    h("button", { type: "button", id: "reject", onclick: () => decide("reject") }, "Reject"));
+    h("span", {}, `review: ${(job.review ?? "none").replace("_", " ")}`),
+    h("button", { type: "button", id: "approve", onclick: () => decide("approve") }, "Approve (a)"),
+    h("button", { type: "button", id: "reject", onclick: () => decide("reject") }, "Reject (r)"));
 }
 
+const who = (keyId) => (keyId ? ` by key …${String(keyId).slice(-4)}` : "");
+
+/** One line of review history: state, who and when, the note, the seed it rendered with. */
+function decision(label, entry) {
+  const when = entry.reviewed_at ? ` ${ago(entry.reviewed_at)}` : "";
+  return h("li", {},
+    h("b", {}, label), ` ${(entry.review ?? "not reviewed").replace("_", " ")}${who(entry.reviewed_by)}${when}`,
+    entry.seed != null ? ` · seed ${entry.seed}` : "",
+    entry.fidelity ? ` · ${scoresLine(entry.fidelity)}` : "",
+    entry.review_note ? h("q", {}, entry.review_note) : null);
+}
+
+/** Earlier attempts a rerender replaced (oldest first), then the current one. */
 function history(job) {
   const rounds = job.history ?? [];
-  const current = job.reviewed_at ? [`${job.review} by key ${job.reviewed_by ?? "?"} ${ago(job.reviewed_at)}${job.review_note ? `: ${job.review_note}` : ""}`] : [];
-  if (!rounds.length && !current.length) return null;
+  if (!rounds.length && !job.reviewed_at) return null;
   return h("section", { class: "history" }, h("h2", {}, "Review history"),
     h("ol", {},
-      rounds.map((r, i) => h("li", {}, `attempt ${i + 1}: ${r.review ?? r.status ?? ""}`,
-        r.review_note ? ` — ${r.review_note}` : "", r.seed != null ? ` (seed ${r.seed})` : "")),
-      current.map((line) => h("li", {}, line))));
+      rounds.map((r) => decision(`round ${r.round}:`, r)),
+      job.status === "succeeded" ? decision("now:", { ...job, seed: job.params?.seed }) : null));
 }
