@@ -2,7 +2,8 @@
 archive of publishable outputs, batch.reviewed, and rerendering rejected outputs.
 
 On the real app and PostgreSQL. Outcomes are played by the state machine's own functions
-(tests/factories.py finish_jobs) and review states set on the rows.
+(tests/factories.py finish_jobs) and review states set on the rows. A real worker renders
+and rerenders in tests/test_client.py (its module already runs one).
 """
 
 from __future__ import annotations
