@@ -71,9 +71,11 @@ def finish_jobs(
     status: str = "succeeded",
     *,
     seconds: float = 1.0,
+    review: str | None = None,
 ) -> None:
     """Play the worker for ``job_ids``: queued → running → ``status`` with real timestamps,
-    and for succeeded jobs a real PNG stored under the job's output key.
+    and for succeeded jobs a real PNG stored under the job's output key (and ``review``,
+    the state the worker's scores would decide, with its job.needs_review event).
 
     API-level tests use this to have outcomes without rendering; the integration tests
     render for real with the dispatcher and a worker.
@@ -93,7 +95,8 @@ def finish_jobs(
                 data = png_bytes(64, 64, color=(job.variant or 0, 100, 100))
                 storage.put(key, data, "image/png")
                 output = {"key": key, "width": 64, "height": 64, "content_type": "image/png"}
-                done = mark_succeeded_bulk(session, [(job_id, [output], {"fake": True})])
+                success = (job_id, [output], {"fake": True}, None, review)
+                done = mark_succeeded_bulk(session, [success])
                 assert done == [job_id]
             elif status == JobStatus.FAILED:
                 failed = mark_failed_bulk(session, [job_id], "PermanentRenderError: simulated")

@@ -1,9 +1,9 @@
 """Review by a person: decisions on one job and on many, review counts and filters, the
 archive of publishable outputs, batch.reviewed, and rerendering rejected outputs.
 
-On the real app and PostgreSQL. Outcomes are played by the state machine's own functions
-(tests/factories.py finish_jobs) and review states set on the rows. A real worker renders
-and rerenders in tests/test_client.py (its module already runs one).
+On the real app and PostgreSQL. Outcomes, and the review state the worker's scores decide,
+are played by the state machine's own functions (tests/factories.py finish_jobs). A real
+worker renders and rerenders in tests/test_client.py (its module already runs one).
 """
 
 from __future__ import annotations
@@ -81,14 +81,6 @@ def jobs_of(session_factory, batch_id: str) -> list[Job]:
         )
 
 
-def set_review(session_factory, job_ids: list[uuid.UUID], state: str) -> None:
-    """The worker's verdict at success (what shared/jobs.py mark_succeeded_bulk writes from
-    the fidelity scores), set on the rows: these tests are about what a person does next."""
-    with session_factory() as s:
-        s.execute(update(Job).where(Job.id.in_(job_ids)).values(review=state))
-        s.commit()
-
-
 def reviewed_rows(session_factory, batch_id: str) -> list[WebhookDelivery]:
     with session_factory() as s:
         return list(
@@ -109,10 +101,9 @@ def make_scored_batch(api, session_factory, storage) -> tuple[str, str, list[uui
     assert answer.status_code == 202, answer.text
     batch_id = answer.json()["id"]
     jobs = [j.id for j in jobs_of(session_factory, batch_id)]
-    finish_jobs(session_factory, storage, jobs[:8])
+    finish_jobs(session_factory, storage, jobs[:4], review="passed")
+    finish_jobs(session_factory, storage, jobs[4:8], review="needs_review")
     finish_jobs(session_factory, storage, jobs[8:9], "failed")
-    set_review(session_factory, jobs[:4], "passed")
-    set_review(session_factory, jobs[4:8], "needs_review")
     return key, batch_id, jobs
 
 
@@ -148,6 +139,14 @@ def test_needs_review_flows_through_counts_listing_and_decisions(
     key, batch_id, jobs = scored_batch
     batch = api.get(f"/v1/batches/{batch_id}", headers=auth(key)).json()
     assert batch["review_counts"] == {"passed": 4, "needs_review": 4, "approved": 0, "rejected": 0}
+    with session_factory() as s:  # the batch's webhook hears which ones need a look
+        flagged = s.scalars(
+            select(WebhookDelivery.job_id).where(
+                WebhookDelivery.batch_id == uuid.UUID(batch_id),
+                WebhookDelivery.event_type == "job.needs_review",
+            )
+        )
+        assert set(flagged) == set(jobs[4:8])
     listed = api.get(f"/v1/batches/{batch_id}/jobs?review=needs_review", headers=auth(key))
     assert {j["id"] for j in listed.json()["jobs"]} == {str(j) for j in jobs[4:8]}
     both = api.get(f"/v1/batches/{batch_id}/jobs?review=passed,needs_review", headers=auth(key))
@@ -301,8 +300,7 @@ def test_batch_reviewed_is_sent_once_when_no_output_needs_review(
     api, scored_batch, session_factory, storage
 ):
     key, batch_id, jobs = scored_batch
-    finish_jobs(session_factory, storage, jobs[9:])  # the batch completes (4 need review)
-    set_review(session_factory, jobs[9:], "passed")
+    finish_jobs(session_factory, storage, jobs[9:], review="passed")  # completes: 4 need review
     bulk = {"decision": "approve", "where": {"review": ["needs_review"]}}
     decisions = [{"job_id": str(j), "decision": "approve"} for j in jobs[4:7]]
     answer = api.post(
@@ -319,7 +317,7 @@ def test_batch_reviewed_is_sent_once_when_no_output_needs_review(
                 WebhookDelivery.event_type == "batch.completed",
             )
         )
-    assert '"review_counts":{"approved":0,"needs_review":4,"passed":4,"rejected":0}' in completed
+    assert '"review_counts":{"approved":0,"needs_review":4,"passed":7,"rejected":0}' in completed
     assert '"approved":4' in row.body and '"passed":7' in row.body
     # a change of mind after the round was settled sends nothing more
     api.post(f"/v1/jobs/{jobs[4]}/review", json={"decision": "reject"}, headers=auth(key))
