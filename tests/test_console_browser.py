@@ -171,7 +171,19 @@ def test_a_batch_from_the_form_through_review_to_the_zip(farm, browser, tmp_path
     assert rejected.locator("img").get_attribute("data-thumb") != old_thumb
     expect(counts.locator("[data-state=rejected]")).to_have_count(0)
 
-    # 7. the zip of every output, fetched with the key and saved by the browser
+    # 7. filters: by review state (kept in the URL), by SKU
+    page.select_option("#f-review", "approved")
+    expect(page.locator("a.cell:not(.filtered)")).to_have_count(1)
+    assert "review=approved" in page.url
+    page.select_option("#f-review", "")
+    page.fill("#f-sku", "mug")
+    expect(page.locator("tbody tr:not([hidden])")).to_have_count(1)
+    page.fill("#f-sku", "")
+    page.set_viewport_size({"width": 820, "height": 1180})  # a tablet held upright
+    visit.shot("batch-tablet")
+    page.set_viewport_size({"width": 1280, "height": 800})
+
+    # 8. the zip of every output, fetched with the key and saved by the browser
     page.click("details.menu summary")
     with page.expect_download() as download:
         page.click("text=Zip: all outputs")
@@ -180,7 +192,7 @@ def test_a_batch_from_the_form_through_review_to_the_zip(farm, browser, tmp_path
     names = zipfile.ZipFile(saved).namelist()
     assert len([n for n in names if n.endswith(".png")]) == 6, names
 
-    # 8. one job, opened with enter: output beside source, the markup prompt as text
+    # 9. one job, opened with enter: output beside source, the markup prompt as text
     xss_cell.first.focus()
     page.keyboard.press("Enter")
     expect(page).to_have_url(re.compile(rf"{farm.url}/jobs/[0-9a-f-]{{36}}$"))
