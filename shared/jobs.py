@@ -130,9 +130,6 @@ class Success(NamedTuple):
     review: str | None = None
 
 
-NEEDS_REVIEW = "needs_review"
-
-
 def mark_succeeded_bulk(
     session: Session, given: Sequence[Success | tuple[Any, ...]]
 ) -> list[uuid.UUID]:
@@ -163,7 +160,8 @@ def mark_succeeded_bulk(
         lease_expires_at=None,
     )
     moved = set(done)
-    flagged = [s.job_id for s in successes if s.job_id in moved and s.review == NEEDS_REVIEW]
+    needs_review = ReviewState.NEEDS_REVIEW
+    flagged = [s.job_id for s in successes if s.job_id in moved and s.review == needs_review]
     if flagged:  # same session: the event commits with the move, after its job.succeeded
         emit_job_events(session, flagged, JOB_NEEDS_REVIEW, settle_batches=False)
         log_events(session, flagged, JOB_NEEDS_REVIEW)  # and for the live streams

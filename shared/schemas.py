@@ -338,8 +338,9 @@ class FidelityPublic(BaseModel):
     )
     colour_drift: float = Field(
         description="Mean CIEDE2000 ΔE against the source over the product region (an inpaint "
-        "job's kept pixels, else the whole image): about 1 is just visible, 2-3 a print "
-        "proof's tolerance. Thresholded: max_colour_drift."
+        "job's kept pixels, else a cut-out source's opaque pixels, else the whole image): "
+        "about 1 is just visible, 2-3 a print proof's tolerance. Thresholded: "
+        "max_colour_drift."
     )
     kept_pixels_changed: int | None = Field(
         description="Inpaint: kept pixels that differ from the source at all (0 in png; jpeg "

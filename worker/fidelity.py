@@ -9,8 +9,9 @@ The scores are OpenCV's and scikit-image's, vectorised, nothing hand-rolled per 
   the product's shape keeps its outline; a shifted, blurred or noise output does not.
 - ``ssim``: scikit-image's structural similarity of the luminances (Wang et al. 2004).
 - ``colour_drift``: mean CIEDE2000 ΔE between the two in Lab over the product region (the
-  inpaint keep mask where anything is kept, else the whole image): 1 is about the smallest
-  difference a person sees, 2-3 what a print proof tolerates.
+  inpaint keep mask where anything is kept, else a cut-out source's opaque pixels, else the
+  whole image): 1 is about the smallest difference a person sees, 2-3 what a print proof
+  tolerates.
 - ``kept_pixels_changed``: for inpaint, how many kept pixels differ from the source at all.
   Pasted back exactly (worker/masks.py), so 0 in a png; jpeg and webp are lossy and move some.
 
@@ -28,6 +29,8 @@ import numpy as np
 from PIL import Image
 from skimage.color import deltaE_ciede2000
 from skimage.metrics import structural_similarity
+
+from shared.review_status import ReviewState
 
 # Canny's hysteresis thresholds on the luminance gradient (OpenCV's 3x3 Sobel): 100 and 200
 # are OpenCV's own example values, the ones worker/canny.py feeds ControlNets. They keep
@@ -83,18 +86,23 @@ def _pick(value: Any, default: float) -> float:
 
 
 def score(
-    source: Image.Image, output: Image.Image, keep_mask: Image.Image | None = None
+    source: Image.Image,
+    output: Image.Image,
+    keep_mask: Image.Image | None = None,
+    product: Image.Image | None = None,
 ) -> Fidelity:
-    """``output``'s scores against ``source`` (the same size); ``keep_mask`` (mode L, 255
-    keeps) is an inpaint job's, and makes the kept pixels the colour region."""
+    """``output``'s scores against ``source`` (the same size). ``keep_mask`` (mode L, 255
+    keeps) is an inpaint job's: its kept pixels are counted and are the colour region;
+    ``product`` (mode L, 255 where a cut-out source is opaque) is the colour region else."""
     src = np.asarray(source.convert("RGB"))
     out = np.asarray(_at_size(output, source.size).convert("RGB"))
     src_y, out_y = _luminance(src), _luminance(out)
     keep = None if keep_mask is None else np.asarray(keep_mask.convert("L")) == 255
+    region = keep if product is None or keep is not None else np.asarray(product) == 255
     return Fidelity(
         structure=round(edge_f1(src_y, out_y), 4),
         ssim=round(_ssim(src_y, out_y), 4),
-        colour_drift=round(colour_drift(src, out, keep), 3),
+        colour_drift=round(colour_drift(src, out, region), 3),
         kept_pixels_changed=None if keep is None else int((keep & (src != out).any(-1)).sum()),
     )
 
@@ -137,14 +145,14 @@ def edge_f1(source_luma: np.ndarray, output_luma: np.ndarray) -> float:
 
 
 def colour_drift(
-    src: np.ndarray, out: np.ndarray, keep: np.ndarray | None, stride: int = DRIFT_STRIDE
+    src: np.ndarray, out: np.ndarray, region: np.ndarray | None, stride: int = DRIFT_STRIDE
 ) -> float:
-    """Mean ΔE2000 over the kept pixels (inpaint, when any are kept), else over all; on a
-    grid of every ``stride``-th pixel (see ``DRIFT_STRIDE``)."""
+    """Mean ΔE2000 over ``region`` (the product's pixels, when it holds any), else over all;
+    on a grid of every ``stride``-th pixel (see ``DRIFT_STRIDE``)."""
     grid = (slice(None, None, stride),) * 2
     a, b = src[grid], out[grid]
-    if keep is not None and keep[grid].any():
-        a, b = a[keep[grid]][None], b[keep[grid]][None]  # (1, n, 3): still an image to cv2
+    if region is not None and region[grid].any():
+        a, b = a[region[grid]][None], b[region[grid]][None]  # (1, n, 3): still an image to cv2
     return float(deltaE_ciede2000(_lab(a), _lab(b)).mean())
 
 
@@ -154,7 +162,7 @@ def _lab(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(rgb.astype(np.float32) / 255, cv2.COLOR_RGB2Lab)
 
 
-def review_state(fidelity: Fidelity, thresholds: Thresholds, output_format: str) -> str:
+def review_state(fidelity: Fidelity, thresholds: Thresholds, output_format: str) -> ReviewState:
     """``passed`` when every threshold is met (and a png inpaint kept every kept pixel),
     else ``needs_review``: a person decides (issue 15)."""
     kept_ok = fidelity.kept_pixels_changed in (None, 0) or output_format != "png"
@@ -163,4 +171,4 @@ def review_state(fidelity: Fidelity, thresholds: Thresholds, output_format: str)
         and fidelity.colour_drift <= thresholds.max_colour_drift
         and kept_ok
     )
-    return "passed" if ok else "needs_review"
+    return ReviewState.PASSED if ok else ReviewState.NEEDS_REVIEW

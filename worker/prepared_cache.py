@@ -34,11 +34,12 @@ class PreparedInputs:
     source: Image.Image
     keep: Image.Image | None = None
     control: Image.Image | None = None
+    product: Image.Image | None = None
 
     @property
     def nbytes(self) -> int:
         """Pixel bytes of the images (width x height x bands): what the cache is bounded by."""
-        images = (self.source, self.keep, self.control)
+        images = (self.source, self.keep, self.control, self.product)
         return sum(i.width * i.height * len(i.getbands()) for i in images if i is not None)
 
 

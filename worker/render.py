@@ -32,8 +32,10 @@ from shared.images import (
     CONTENT_TYPES,
     EXTENSIONS,
     PNG_COMPRESS_LEVEL,
+    alpha_channel,
     encode_image,
     flatten,
+    has_transparency,
     open_rgba,
     resize_image,
 )
@@ -46,7 +48,7 @@ from worker.canny import DEFAULT_HIGH, DEFAULT_LOW, canny_edges
 from worker.content_credentials import ContentCredentials, sign_output, source_ingredient
 from worker.fidelity import Fidelity, Thresholds, review_state, score
 from worker.labels import output_label, xmp_packet
-from worker.masks import keep_mask, paste_kept, repaint_mask
+from worker.masks import keep_from_alpha, keep_mask, paste_kept, repaint_mask
 from worker.pipelines import LoadedModel, kind_inputs
 from worker.pixels import batch_in, images_out, masks_in, to_pixels
 from worker.prepared_cache import PreparedCache, PreparedInputs, PreparedKey
@@ -60,6 +62,8 @@ class RenderItem:
 
     ``keep`` (inpaint): mode L, 255 where the source's pixels are kept (worker/masks.py).
     ``control`` (controlnet-canny): the canny edges of ``source`` the render follows.
+    ``product`` (other kinds, a source with transparency): mode L, 255 where the source is
+    opaque: the product whose colour drift is scored (worker/fidelity.py).
     The images may be shared with other jobs (worker/prepared_cache.py): never change them
     in place, make new ones.
     """
@@ -69,6 +73,7 @@ class RenderItem:
     source: Image.Image
     keep: Image.Image | None = None
     control: Image.Image | None = None
+    product: Image.Image | None = None
 
     @cached_property
     def pixels(self) -> torch.Tensor:
@@ -127,7 +132,12 @@ def prepare(
     else:
         inputs = cache.get(key, lambda: prepare_inputs(model.spec, storage, job, params))
     item = RenderItem(
-        job=job, params=params, source=inputs.source, keep=inputs.keep, control=inputs.control
+        job=job,
+        params=params,
+        source=inputs.source,
+        keep=inputs.keep,
+        control=inputs.control,
+        product=inputs.product,
     )
     if model.pipe is not None:  # echo renders nothing
         # Made here, on the io pool, not on the device lane.
@@ -176,12 +186,15 @@ def build_inputs(
     size = (params.width, params.height)
     # Transparency is flattened onto white for every kind; inpaint reads it as a keep mask.
     source = resize_image(flatten(decoded), *size, params.resize_mode)
-    keep = control = None
+    keep = control = product = None
     if spec.takes_mask:
         keep = keep_mask(decoded, mask_data, *size, params.resize_mode)
+    elif (alpha := alpha_channel(decoded)) is not None and has_transparency(decoded):
+        # A cut-out: its opaque pixels are the product, as an inpaint job would keep them.
+        product = keep_from_alpha(alpha, *size, params.resize_mode)
     if spec.kind == "controlnet-canny":
         control = canny_edges(source, *canny_thresholds(spec))
-    return PreparedInputs(source=source, keep=keep, control=control)
+    return PreparedInputs(source=source, keep=keep, control=control, product=product)
 
 
 def canny_thresholds(spec: ModelSpec) -> tuple[int, int]:
@@ -346,7 +359,7 @@ def assess(spec: ModelSpec, item: RenderItem, data: bytes) -> tuple[Fidelity, st
     lossy formats included) and its review state under the model's thresholds, or its
     batch's where the batch overrides them (copied into the job's params at creation)."""
     with Image.open(io.BytesIO(data)) as stored:
-        fidelity = score(item.source, stored.convert("RGB"), item.keep)
+        fidelity = score(item.source, stored.convert("RGB"), item.keep, item.product)
     thresholds = Thresholds(spec.min_structure, spec.max_colour_drift)
     thresholds = thresholds.override(item.job.params.get(REVIEW_THRESHOLDS))
     return fidelity, review_state(fidelity, thresholds, item.params.output_format)

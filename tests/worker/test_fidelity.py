@@ -20,7 +20,9 @@ from skimage.color import hsv2rgb, rgb2hsv
 
 from shared.errors import ConfigError
 from shared.registry import ModelSpec, load_registry
+from shared.schemas import RenderParams
 from worker.fidelity import Fidelity, Thresholds, review_state, score
+from worker.render import build_inputs
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 SIZE = 512
@@ -150,3 +152,31 @@ def test_registry_thresholds_are_read_from_toml_and_checked(tmp_path):
     path.write_text('[models.shoes]\nsource = "./w"\nmin_structure = 1.5\n')
     with pytest.raises(ConfigError, match="min_structure"):
         load_registry(path)
+
+
+def test_a_cut_outs_opaque_pixels_are_the_colour_region_of_other_kinds():
+    """img2img of a product cut-out: the colour drift is the product's, not the backdrop's
+    (the transparent part is flattened and repainted at will)."""
+    src = photo("coffee")
+    alpha = Image.new("L", src.size, 0)
+    alpha.paste(255, (0, 0, SIZE // 2, SIZE))  # the product: the opaque left half
+    cut_out = src.copy()
+    cut_out.putalpha(alpha)
+    params = RenderParams(
+        strength=0.5,
+        steps=4,
+        guidance_scale=7.5,
+        seed=1,
+        width=SIZE,
+        height=SIZE,
+        output_format="png",
+    )
+    inputs = build_inputs(ModelSpec("x", "y"), params, cut_out, None)
+    assert inputs.keep is None and inputs.product is not None
+    assert np.array_equal(np.asarray(inputs.product) == 255, np.asarray(alpha) == 255)
+    backdrop_repainted = Image.composite(inputs.source, noise(src), inputs.product)
+    scored = score(inputs.source, backdrop_repainted, product=inputs.product)
+    assert scored.colour_drift == 0.0 and scored.kept_pixels_changed is None
+    assert score(inputs.source, backdrop_repainted).colour_drift > 10
+    # An opaque source has no product region: the whole image is scored.
+    assert build_inputs(ModelSpec("x", "y"), params, src, None).product is None
