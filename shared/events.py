@@ -446,6 +446,13 @@ def settle_review(session: Session, batch_id: uuid.UUID, now: datetime | None = 
     )
     if left is not None:
         return 0
+    rendered = session.scalar(  # a round with no output (all failed or canceled): no review
+        select(Job.id)
+        .where(Job.batch_id == batch_id, Job.status == JobStatus.SUCCEEDED.value)
+        .limit(1)
+    )
+    if rendered is None:
+        return 0
     won = session.execute(
         update(Batch)
         .where(Batch.id == batch_id, Batch.reviewed_at.is_(None))

@@ -85,7 +85,8 @@ def test_final_states_have_no_way_out():
         assert TRANSITIONS[state] <= {JobStatus.QUEUED}
         with pytest.raises(IllegalTransition):
             check_transition(state, JobStatus.RUNNING)
-    assert TRANSITIONS[JobStatus.SUCCEEDED] == frozenset()
+    # A succeeded job reopens only as a rerender of its rejected output (a new attempt).
+    assert TRANSITIONS[JobStatus.SUCCEEDED] == frozenset({JobStatus.QUEUED})
     assert TRANSITIONS[JobStatus.CANCELED] == frozenset()
 
 
