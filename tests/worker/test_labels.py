@@ -194,6 +194,21 @@ def test_a_team_with_a_certificate_gets_a_valid_manifest_naming_the_source(
         read_manifest(plain, fmt)
 
 
+def test_a_signed_echo_output_says_resized_not_ai_made(storage, signer):
+    """echo returns the source resized: its manifest says so, with no digital source type."""
+    _, credential = signer
+    item = item_of(storage, "jpeg")
+    credentials = ContentCredentials({item.job.team_id: credential})
+    signed = encode_output(model_of("echo"), storage, item, output(), credentials=credentials)
+    report = read_manifest(signed, "jpeg")
+    assert report["validation_state"] == "Valid", report.get("validation_results")
+    manifest = report["manifests"][report["active_manifest"]]
+    (actions,) = [a for a in manifest["assertions"] if a["label"].startswith("c2pa.actions")]
+    opened, resized = actions["data"]["actions"]
+    assert (opened["action"], resized["action"]) == ("c2pa.opened", "c2pa.resized")
+    assert "digitalSourceType" not in resized
+
+
 def test_signers_file_is_checked_at_boot(tmp_path, signer, session_factory):
     """An unreadable key or an unknown key stops the worker at boot; a name no team has is
     skipped (resolved by name to the team's id)."""
