@@ -68,3 +68,15 @@ def test_plan_compares_each_variant_with_off_in_one_process() -> None:
         },
         "cudnn_attention": None,
     }
+
+
+def test_sd15_components_have_sd15s_parameter_counts() -> None:
+    """The harness writes out only where SD1.5's configs differ from the libraries' defaults:
+    if a default moved, the counts (the public checkpoint's) would no longer match."""
+    from bench.harness import build_sd15_components
+
+    parts = build_sd15_components("meta")  # shapes only: no memory, no initialisation cost
+    counts = {
+        k: sum(p.numel() for p in parts[k].parameters()) for k in ("unet", "vae", "text_encoder")
+    }
+    assert counts == {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
