@@ -43,8 +43,9 @@ function pump() {
     const img = waiting.shift();
     if (!img.isConnected) continue;
     running += 1;
-    load(img)
-      .catch(() => img.classList.add("broken"))
+    // A slot is held for the fetch only: decoding runs beside the next fetches.
+    fetchUrl(img.dataset.thumb)
+      .then((url) => void show(img, url), () => img.classList.add("broken"))
       .finally(() => {
         running -= 1;
         pump();
@@ -52,14 +53,17 @@ function pump() {
   }
 }
 
-async function load(img) {
-  const path = img.dataset.thumb;
+async function fetchUrl(path) {
   let url = urls.get(path);
   if (!url) {
     url = URL.createObjectURL(await blob(path));
     urls.set(path, url);
   }
-  if (img.dataset.thumb !== path) return; // the cell moved on to a newer attempt
+  return url;
+}
+
+async function show(img, url) {
+  if (urls.get(img.dataset.thumb) !== url) return; // the cell moved on to a newer attempt
   img.src = url;
   await img.decode().catch(() => {});
   img.dataset.loaded = "1";
