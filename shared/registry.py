@@ -183,6 +183,18 @@ def _check_license(spec: ModelSpec) -> None:
         raise ConfigError(f"model {spec.alias!r}: commercial_use must be true or false")
 
 
+def _base_of(alias: str, source: str) -> ModelSpec:
+    """What an entry overlays: the built-in of that alias, or the defaults. A built-in alias
+    pointed at other weights keeps its defaults but not its licence: the weights are not
+    the farm's own any more, so they are "unknown" until the entry says."""
+    builtin = BUILTINS.get(alias)
+    if builtin is None:
+        return ModelSpec(alias=alias, source="")
+    if source != builtin.source:
+        return replace(builtin, license="unknown", commercial_use=False)
+    return builtin
+
+
 def _spec_from_table(alias: str, table: dict[str, Any]) -> ModelSpec:
     unknown = set(table) - _FIELDS
     if unknown:
@@ -193,7 +205,7 @@ def _spec_from_table(alias: str, table: dict[str, Any]) -> ModelSpec:
         if not isinstance(table["warm_sizes"], list):
             raise ConfigError(f"model {alias!r}: warm_sizes must be a list like ['768x512']")
         table = {**table, "warm_sizes": tuple(str(s) for s in table["warm_sizes"])}
-    spec = replace(BUILTINS.get(alias, ModelSpec(alias=alias, source="")), **table)
+    spec = replace(_base_of(alias, table["source"]), **table)
     if spec.kind not in KINDS:
         raise ConfigError(f"model {alias!r}: kind {spec.kind!r} is not one of {KINDS}")
     _check_license(spec)

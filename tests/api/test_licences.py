@@ -32,6 +32,10 @@ commercial_use = false
 [models.unsaid]
 source = "builtin:echo"
 kind = "echo"
+
+# A built-in alias pointed at other weights: their licence is not the farm's.
+[models.tiny]
+source = "/models/someone-elses-finetune"
 """
 SOURCE = data_url(png_bytes())
 
@@ -61,7 +65,8 @@ def test_models_show_their_licence_and_commercial_use(licensed_client, new_key):
     assert shown["licensed"] == ("creativeml-openrail-m", True)
     assert shown["research-only"] == ("sai-nc-community", False)
     assert shown["unsaid"] == ("unknown", False)  # nobody promised it: not commercial
-    assert shown["tiny"] == ("imgfarm-builtin", True)
+    assert shown["tiny-inpaint"] == ("imgfarm-builtin", True)
+    assert shown["tiny"] == ("unknown", False)
 
 
 def test_job_and_batch_requiring_commercial_use_refuse_a_non_commercial_model_alike(
