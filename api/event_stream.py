@@ -104,9 +104,9 @@ def start_cursor(session: Session, follow: Follow, last_event_id: int | None) ->
     return Cursor(last.txid if postgres else START, last.id)
 
 
-def read_page(session: Session, follow: Follow, cursor: Cursor) -> Page:
-    """The next rows after ``cursor`` that no running transaction can still precede; moves
-    the cursor past those returned."""
+def read_page(session: Session, follow: Follow, cursor: Cursor, *, force: bool = False) -> Page:
+    """The next rows after ``cursor`` that no running transaction can still precede (with
+    ``force``, every committed one); moves the cursor past those returned."""
     columns = (JobEvent.id, JobEvent.type, JobEvent.job_id, JobEvent.data, JobEvent.created_at)
     query = select(*columns).where(follow.where(), JobEvent.id > cursor.floor)
     if _postgres(session):
@@ -121,7 +121,7 @@ def read_page(session: Session, follow: Follow, cursor: Cursor) -> Page:
     page = Page(full=len(rows) == PAGE)
     for row in rows:
         txid = getattr(row, "txid", None)
-        if txid is not None and txid >= row.xmin:
+        if txid is not None and txid >= row.xmin and not force:
             page.held_back, page.full = True, False
             break
         page.events.append(Event(row.id, row.type, _event_data(follow, row)))

@@ -122,7 +122,11 @@ class EventHub:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self._wake(None)  # whatever happened while not listening
                     while not self._stop.is_set():
-                        keys = [n.payload for n in conn.notifies(timeout=LISTEN_TIMEOUT_SECONDS)]
+                        # The first notification (or a timeout to check for stop), then the
+                        # burst behind it: one wake-up per stream for a whole burst.
+                        got = conn.notifies(timeout=LISTEN_TIMEOUT_SECONDS, stop_after=1)
+                        keys = [n.payload for n in got]
+                        keys += [n.payload for n in conn.notifies(timeout=0.005)]
                         if keys:
                             self._wake(keys)
             except Exception as e:  # Postgres restarting: streams wait, then catch up

@@ -6,8 +6,6 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import httpx
-
 
 @dataclass
 class Sse:
@@ -33,22 +31,3 @@ def parse(lines: Iterator[str]) -> Iterator[Sse]:
         else:
             name, _, value = line.partition(":")
             fields[name] = value.removeprefix(" ")
-
-
-def stream(
-    url: str, key: str, *, last_event_id: str | None = None, until: int | None = None
-) -> list[Sse]:
-    """Read a stream until it ends, or until ``until`` job events came (then hang up)."""
-    headers = {"Authorization": f"Bearer {key}"}
-    if last_event_id is not None:
-        headers["Last-Event-ID"] = last_event_id
-    seen: list[Sse] = []
-    with httpx.stream("GET", url, headers=headers, timeout=30) as r:
-        assert r.status_code == 200, r.read()
-        assert r.headers["content-type"].startswith("text/event-stream")
-        for event in parse(r.iter_lines()):
-            if event.event != "comment":
-                seen.append(event)
-            if until is not None and sum(e.event.startswith("job.") for e in seen) >= until:
-                break
-    return seen

@@ -425,23 +425,74 @@ def test_verify_webhook_accepts_a_real_delivery_and_refuses_a_tampered_one(
 TRANSITIONS = ("job.queued", "job.running", "job.succeeded")
 
 
-def test_a_client_sees_every_transition_once_across_a_reconnect(farm, new_key):
+class CuttingRelay:
+    """Relays event streams from ``upstream`` line by line as they come; the first one is
+    cut (the connection closed mid-body, as a dropped network does) after ``after`` events
+    with an id. Notes each request's Last-Event-ID."""
+
+    def __init__(self, upstream: str, after: int) -> None:
+        self.upstream, self.after = upstream, after
+        self.last_event_ids: list[str | None] = []
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        relay = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+                relay.last_event_ids.append(self.headers.get("Last-Event-ID"))
+                cut, ids = len(relay.last_event_ids) == 1, 0
+                keep = ("authorization", "last-event-id", "accept")
+                headers = {k: v for k, v in self.headers.items() if k.lower() in keep}
+                url = relay.upstream + self.path
+                with httpx.stream("GET", url, headers=headers, timeout=30) as r:
+                    self.send_response(r.status_code)
+                    self.send_header("Content-Type", r.headers["content-type"])
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    for line in r.iter_lines():
+                        chunk = (line + "\n").encode()
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                        self.wfile.flush()
+                        ids += line.startswith("id:")
+                        if cut and ids > relay.after and line == "":
+                            self.close_connection = True  # no last chunk: a cut body
+                            return
+                    self.wfile.write(b"0\r\n\r\n")
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        return Handler
+
+
+def test_a_client_sees_every_transition_once_across_a_dropped_stream(farm, new_key):
     key = new_key()
     with Client(farm, key) as client:
         body = batch_body(model="echo", variants=1)  # 2 images x 3 prompts = 6 jobs
         batch_id = client.submit_batch(body)["id"]
-        url = f"{farm}/v1/batches/{batch_id}/events"
-        # From the start of the log, hanging up part-way as a dropped connection would ...
-        first = sse.stream(url, key, last_event_id="0", until=8)
-        assert first[0].event == "snapshot" and first[0].data["job_count"] == 6
-        last_id = [e.id for e in first if e.id is not None][-1]
-        # ... then resuming where it stopped (Last-Event-ID), through the client's iterator.
-        second = list(client.batches.events(batch_id, last_event_id=last_id))
-    assert second[0].event == "snapshot"
-    assert second[-1].event == "end" and second[-1].data["status"] == "succeeded"
-    assert second[-1].data["counts"]["succeeded"] == 6
+    relay = CuttingRelay(farm, after=8)
+    try:
+        with Client(relay.url, key, retries=QUICK) as client:
+            # From the start of the log; the client resumes by itself after the cut.
+            events = list(client.batches.events(batch_id, last_event_id="0"))
+    finally:
+        relay.close()
+    snapshots = [i for i, e in enumerate(events) if e.event == "snapshot"]
+    assert len(snapshots) == 2  # one per connection
+    before_cut = [e.id for e in events[: snapshots[1]] if e.id is not None]
+    assert len(before_cut) == 9  # the relay's cut: after 9 events with an id
+    assert relay.last_event_ids == ["0", before_cut[-1]], "resumed after the last id seen"
+    assert events[-1].event == "end" and events[-1].data["status"] == "succeeded"
+    assert events[-1].data["counts"]["succeeded"] == 6
 
-    events = [*first, *second]
     transitions = [(e.event, e.data["job_id"], e.id) for e in events if e.event in TRANSITIONS]
     per_job = Counter((job, event) for event, job, _ in transitions)
     assert len({job for job, _ in per_job}) == 6

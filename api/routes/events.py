@@ -14,6 +14,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Annotated, Any, TypeVar
 
 import anyio
@@ -32,6 +33,10 @@ router = APIRouter(tags=["events"], responses=KEYED_ERRORS)
 
 # A stream with rows held back (an older transaction still open) looks again this soon.
 HELD_BACK_RETRY_SECONDS = 0.2
+# ... and sends them anyway once held this long: the oldest open transaction may be anyone's
+# (an idle psql session that wrote), and progress must not freeze behind it. The price: a
+# row of that very transaction, should it write one, sorts before the cursor and is missed.
+HELD_BACK_MAX_SECONDS = 5.0
 # Longest wait without a wake-up before a stream looks anyway (a lost NOTIFY costs this).
 IDLE_CHECK_SECONDS = 30.0
 PROGRESS_SECONDS = 1.0
@@ -89,10 +94,10 @@ class Stream:
         assert self.follow.batch_id is not None
         return es.batch_done(session, self.follow.batch_id)
 
-    def poll(self, session: Session) -> tuple[bool, es.Page]:
+    def poll(self, session: Session, force: bool = False) -> tuple[bool, es.Page]:
         # Final first, then the rows: every row of a change already final is then in the log.
         done = self.done(session)
-        return done, es.read_page(session, self.follow, self.cursor)
+        return done, es.read_page(session, self.follow, self.cursor, force=force)
 
 
 def _event(name: str, data: dict[str, Any], event_id: int | None = None) -> ServerSentEvent:
@@ -110,8 +115,11 @@ async def _events(stream: Stream, last_event_id: int | None, keep: bool) -> Asyn
         stream.cursor, snapshot = await stream.read(start)
         yield _event("snapshot", snapshot, stream.cursor.id)
         progress_at = time.monotonic()
+        held_since: float | None = None
         while True:
-            done, page = await stream.read(stream.poll)
+            force = held_since is not None and time.monotonic() - held_since > HELD_BACK_MAX_SECONDS
+            done, page = await stream.read(partial(stream.poll, force=force))
+            held_since = (held_since or time.monotonic()) if page.held_back else None
             for event in page.events:
                 yield _event(event.type, event.data, event.id)
             if page.full:
