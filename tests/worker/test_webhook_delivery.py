@@ -244,7 +244,8 @@ def test_batch_completed_arrives_once_with_the_right_counts(
     webhook_worker, api, receiver, new_key, session_factory, start_dispatcher, start_worker
 ):
     """A real batch on a real tiny worker: one job fails, three render; the batch's URL gets
-    four job events and exactly one batch.completed naming the failed job."""
+    four job events (and a job.needs_review for each noise render: its fidelity scores miss
+    the model's thresholds) and exactly one batch.completed naming the failed job."""
     receiver.start()
     key = new_key()
     body = batch_body(
@@ -285,12 +286,11 @@ def test_batch_completed_arrives_once_with_the_right_counts(
         "canceled": 0,
     }
     assert event["data"]["failed_job_ids"] == [str(failed)]
-    wait_for(
-        lambda: len(receiver.requests("/batch")) >= 6, 60, "the four job events and the batch's"
-    )
+    wait_for(lambda: len(receiver.requests("/batch")) >= 9, 60, "the job events and the batch's")
     types = sorted(json.loads(r.body)["type"] for r in receiver.requests("/batch"))
     # batch.progress went out when the first job finished (then not again within a minute).
-    assert types == ["batch.completed", "batch.progress", "job.failed"] + ["job.succeeded"] * 3
+    renders = ["job.needs_review"] * 3 + ["job.succeeded"] * 3
+    assert types == ["batch.completed", "batch.progress", "job.failed", *renders]
     (progress,) = [
         r.event for r in receiver.requests("/batch") if r.event["type"] == "batch.progress"
     ]
