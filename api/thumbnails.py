@@ -8,20 +8,16 @@ is a new attempt and so a new thumbnail, while the old one stays valid for the o
 from __future__ import annotations
 
 import io
-import uuid
 
 from PIL import Image, ImageOps
 
-from shared.storage import Storage, sha256_hex
+from shared.storage import Storage, thumbnail_key
+
+__all__ = ["cached_thumbnail", "make_thumbnail", "thumbnail_key"]
 
 THUMBNAIL_PX = 256  # the grid's cells are at most this wide on a 2x screen
 THUMBNAIL_TYPE = "image/webp"
 THUMBNAIL_QUALITY = 80  # webp: about 10 KB at 256 px, no visible loss at cell size
-
-
-def thumbnail_key(team_id: uuid.UUID, key: str, version: str, size: int) -> str:
-    """Where the thumbnail of ``key`` (as written by attempt ``version``) at ``size`` lives."""
-    return f"thumbnails/{team_id}/{sha256_hex(f'{key}|{version}|{size}'.encode())}.webp"
 
 
 def make_thumbnail(data: bytes, size: int = THUMBNAIL_PX) -> bytes:

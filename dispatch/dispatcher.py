@@ -68,6 +68,7 @@ from shared.jobs import (
     rearm_unclaimed,
 )
 from shared.models import Job, utcnow
+from shared.prune import prune
 from shared.registry import ModelSpec
 from shared.settings import Settings
 from shared.staging import sweep_staging
@@ -129,6 +130,8 @@ class Dispatcher:
         self.on_tick = on_tick
         self._storage = storage
         self._pruned_at = -PRUNE_EVERY_SECONDS
+        # The first prune an interval after start: a farm's restarts do not all prune at once.
+        self._retention_pruned_at = time.monotonic()
         # Per model: the teams' virtual times (in memory: a restart starts them even).
         self.shares: dict[str, FairShare] = defaultdict(FairShare)
         self.deadlines = DeadlineWatch()
@@ -202,6 +205,24 @@ class Dispatcher:
         self._sweep_staged_uploads()
         self._prune_event_log()
         self._pruned_at = time.monotonic()
+        self._prune_retention()
+
+    def _prune_retention(self) -> None:
+        # What the teams' retention_days expired (shared/prune.py), in its own short
+        # chunks; once an interval (hourly by default).
+        if time.monotonic() - self._retention_pruned_at < self.settings.prune_interval_seconds:
+            return
+        self._retention_pruned_at = time.monotonic()
+        try:
+            counts = prune(self.session_factory, self.storage)
+        except (StorageError, TransientError) as e:  # the next interval tries again
+            log.warning("could not prune data past retention: %s", e)
+            return
+        if counts.jobs or counts.uploads:
+            log.info(
+                "pruned past retention: %d job(s), %d batch(es), %d upload(s), %d object(s)",
+                counts.jobs, counts.batches, counts.uploads, counts.objects,
+            )  # fmt: skip
 
     def _prune_event_log(self) -> None:
         # The live streams' log (shared/job_events.py) past its retention, in chunks of

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import click
 from rich.console import Console
 
-from imgfarm import teams_cli
+from imgfarm import prune_cli, teams_cli
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -276,6 +276,8 @@ def keys_revoke(key_id_or_prefix: str) -> None:
 
 # Registered here, defined in its own module: the operator's team limits (quotas).
 main.add_command(teams_cli.teams)
+# Data lifecycle: delete what retention expired (also run by the dispatcher).
+main.add_command(prune_cli.prune)
 
 
 @main.command()

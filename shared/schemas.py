@@ -716,6 +716,11 @@ class BatchPublic(BaseModel):
         description="eta at or before deadline (null without a deadline, or before the model "
         "has rendered anything lately).",
     )
+    expires_at: datetime | None = Field(
+        default=None,
+        description="When prune deletes its outputs, sources and rows: its completion plus the "
+        "team's retention_days (null while jobs are left).",
+    )
 
 
 class BatchesPublic(BaseModel):
@@ -776,6 +781,15 @@ class ManifestItem(BaseModel):
 class BatchCanceled(BaseModel):
     id: uuid.UUID = Field(description="The batch's id.")
     canceled: int = Field(description="Queued jobs canceled now; running ones may finish.")
+
+
+class BatchDeleting(BaseModel):
+    id: uuid.UUID = Field(description="The batch's id.")
+    status: Literal["deleting"] = Field(
+        description="deleting: its jobs are canceled and what is final is gone; a running "
+        "job's row goes once its output is removed (DELETE again: 404 when nothing is left)."
+    )
+    jobs_left: int = Field(description="Jobs still held by a worker (0: the batch is gone).")
 
 
 class BatchRetried(BaseModel):

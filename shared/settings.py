@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     sse_poll_seconds: float = Field(default=0.5, gt=0)
     # The event log keeps this long (Last-Event-ID resumes within it); the dispatcher prunes.
     event_retention_hours: float = Field(default=72.0, gt=0)
+    # --- data lifecycle (shared/prune.py) ---
+    # How often the dispatcher deletes what the teams' retention_days expired.
+    prune_interval_seconds: float = Field(default=3600.0, gt=0)
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:

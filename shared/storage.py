@@ -66,6 +66,25 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def thumbnail_key(team_id: uuid.UUID, key: str, version: str, size: int) -> str:
+    """Where the thumbnail of ``key`` (as written by attempt ``version``) at ``size`` lives."""
+    return f"thumbnails/{team_id}/{sha256_hex(f'{key}|{version}|{size}'.encode())}.webp"
+
+
+# S3 DeleteObjects takes at most this many keys per call.
+S3_DELETE_BATCH = 1000
+
+
+def delete_many(storage: Storage, keys: list[str]) -> None:
+    """Remove every key (missing ones are no error): one S3 DeleteObjects per 1,000 keys."""
+    if not isinstance(storage, S3Storage):
+        for key in keys:
+            storage.delete(key)
+        return
+    for start in range(0, len(keys), S3_DELETE_BATCH):
+        storage.delete_batch(keys[start : start + S3_DELETE_BATCH])
+
+
 class LocalStorage:
     """A folder on disk; URLs point at the API's signed ``/v1/files`` route."""
 
@@ -205,6 +224,20 @@ class S3Storage:
 
     def delete(self, key: str) -> None:
         self._call("delete_object", Key=self._key(key))  # S3 answers 204 for a missing key
+
+    def delete_batch(self, keys: list[str]) -> None:
+        """One DeleteObjects call (at most 1,000 keys); raises if any key was not deleted."""
+        if not keys:
+            return
+        objects = [{"Key": self._key(k)} for k in keys]
+        answer = self._call("delete_objects", Delete={"Objects": objects, "Quiet": True})
+        errors: list[dict[str, str]] = answer.get("Errors") or []  # type: ignore[assignment]
+        if errors:
+            first = errors[0]
+            raise StorageError(
+                f"could not delete {len(errors)} object(s), first {first.get('Key')!r}:"
+                f" {first.get('Code')} {first.get('Message')}"
+            )
 
     def presigned_put_url(self, key: str, expires_in: int) -> str:
         """A URL that lets its holder PUT ``key`` without credentials until it expires."""

@@ -20,11 +20,14 @@ from api.routes.review import ReviewQuery
 from api.sources import SourceSpool
 from shared.jobs import JobStatus
 from shared.models import Job
+from shared.prune import delete_batch as delete_batch_data
+from shared.prune import expires_at
 from shared.review_status import parse_review_states, review_counts
 from shared.schemas import (
     BatchAccepted,
     BatchCanceled,
     BatchCreate,
+    BatchDeleting,
     BatchesPublic,
     BatchEstimate,
     BatchJobPublic,
@@ -128,10 +131,10 @@ def list_batches(
     ids = [b.id for b in batches]
     stats = service.batch_stats(session, ids) if batches else {}
     reviews = review_counts(session, ids)
-    return BatchesPublic(
-        batches=[service.batch_public(b, stats[b.id], reviews=reviews[b.id]) for b in batches],
-        next_cursor=next_cursor,
-    )
+    public = [service.batch_public(b, stats[b.id], reviews=reviews[b.id]) for b in batches]
+    for b, p in zip(batches, public, strict=True):
+        p.expires_at = expires_at(b.completed_at, team.retention_days)
+    return BatchesPublic(batches=public, next_cursor=next_cursor)
 
 
 @router.get("/{batch_id}", response_model=BatchPublic, responses=NOT_FOUND)
@@ -143,6 +146,7 @@ def get_batch(batch_id: BatchId, team: TeamDep, session: SessionDep) -> BatchPub
     public = service.batch_public(
         batch, stats, reviews=review_counts(session, [batch.id])[batch.id]
     )
+    public.expires_at = expires_at(batch.completed_at, team.retention_days)
     return service.with_schedule(session, batch, stats, public)
 
 
@@ -260,6 +264,23 @@ def cancel_batch(batch_id: BatchId, team: TeamDep, session: SessionDep) -> Batch
     canceled = service.cancel_batch(session, batch)
     session.commit()
     return BatchCanceled(id=batch.id, canceled=canceled)
+
+
+@router.delete(
+    "/{batch_id}",
+    response_model=BatchDeleting,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=NOT_FOUND,
+)
+def delete_batch(
+    batch_id: BatchId, request: Request, team: TeamDep, session: SessionDep, storage: StorageDep
+) -> BatchDeleting:
+    """Delete the batch: cancel its jobs, remove its outputs, the sources only it uses and
+    its rows. Repeatable: 202 while anything is left, 404 once it is gone."""
+    batch = service.get_batch(session, team, batch_id)
+    session.close()  # the deletion runs in short transactions of its own
+    left = delete_batch_data(_session_factory(request), storage, batch.id)
+    return BatchDeleting(id=batch.id, status="deleting", jobs_left=left)
 
 
 @router.post("/{batch_id}/retry", response_model=BatchRetried, responses=NOT_FOUND)
