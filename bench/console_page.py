@@ -89,8 +89,7 @@ def main() -> None:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
             viewport = {"width": 1920, "height": 200 + 140 * args.images}
             fresh, again = (browser.new_context(viewport=viewport) for _ in range(2))
-            # cold: each thumbnail made on request; warm: kept in storage; revisit: the
-            # same browser again (its HTTP cache: private, max-age=3600)
+            # cold: made on request; warm: kept in storage; revisit: the browser's HTTP cache
             for label, context in (("cold", fresh), ("warm", again), ("revisit", again)):
                 times = page_times(context, stack, batch)
                 print(label, "first paint, first screen, all thumbnails (s):", *times)
