@@ -181,10 +181,14 @@ class BatchView {
     for (const job of jobs) this.jobs.set(job.id, job);
     if (!known) this.build();
     else for (const job of jobs) this.paint(job);
-    replace(this.progress, progressBar(this.batch),
-      h("span", { class: "muted" }, ` ${this.batch.model} · ${num(this.batch.job_count)} jobs · ${this.batch.status}`));
+    this.paintHeader();
     this.paintCounts();
     this.applyFilters();
+  }
+
+  paintHeader() {
+    replace(this.progress, progressBar(this.batch),
+      h("span", { class: "muted" }, ` ${this.batch.model} · ${num(this.batch.job_count)} jobs · ${this.batch.status}`));
   }
 
   paintCounts() {
@@ -377,20 +381,18 @@ class BatchView {
     return [...this.jobs.values()].some((j) => j.status === "queued" || j.status === "running");
   }
 
-  /** Follow the batch's event stream (refreshing on each event); poll while it is missing. */
+  /** Follow the batch's event stream: each job event is applied to its cell at once (a
+   * success also re-reads that one job, for its output and scores), the batch's header is
+   * re-read at most once a second; a full re-read only for a job the grid does not know.
+   * Polls while the farm has no stream. */
   async live() {
     if (this.following) return;
     this.following = true;
     let lastEventId = null;
-    let timer = null;
-    const schedule = () => {
-      clearTimeout(timer);
-      timer = setTimeout(() => this.refresh().catch(() => {}), 150);
-    };
     try {
       while (!this.signal.aborted && this.unfinished()) {
         try {
-          lastEventId = await follow(this.path("/events"), schedule, { signal: this.signal, lastEventId });
+          lastEventId = await follow(this.path("/events"), (e) => this.apply(e), { signal: this.signal, lastEventId });
           await this.refresh();
         } catch (error) {
           if (this.signal.aborted) return;
@@ -404,6 +406,51 @@ class BatchView {
     } finally {
       this.following = false;
     }
+  }
+
+  apply(event) {
+    let data;
+    try {
+      data = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    if (!event.event.startsWith("job.") || !data.job_id) return this.later("header", 1000, () => this.readHeader());
+    const job = this.jobs.get(data.job_id);
+    if (!job) return this.later("all", 150, () => this.refresh());
+    // Events are state, not increments (README, "Live progress"): take them as they are.
+    Object.assign(job, { status: data.status, review: data.review, attempts: data.attempts });
+    if (data.status === "succeeded") this.readJob(job.id);
+    else this.changed(job);
+  }
+
+  /** Run ``fn`` once after ``ms``, however often it is asked for meanwhile. */
+  later(name, ms, fn) {
+    this.timers ??= {};
+    if (this.timers[name]) return;
+    this.timers[name] = setTimeout(() => {
+      this.timers[name] = null;
+      fn().catch?.(() => {});
+    }, ms);
+  }
+
+  async readHeader() {
+    this.batch = await api(this.path(), { signal: this.signal });
+    this.paintHeader();
+  }
+
+  async readJob(id) {
+    const fresh = await api(`/v1/jobs/${id}`, { signal: this.signal }).catch(() => null);
+    if (fresh) this.changed(Object.assign(this.jobs.get(id), fresh));
+  }
+
+  changed(job) {
+    this.paint(job);
+    this.later("tally", 100, async () => {
+      this.paintCounts();
+      this.applyFilters();
+    });
+    this.later("header", 1000, () => this.readHeader());
   }
 
   /** No stream on this farm: re-read the jobs until none is left queued or running. */
