@@ -1,5 +1,5 @@
-"""Data lifecycle on a real farm (issue 17): the api, a dispatcher process and an ``echo``
-worker process on a database of the module's own, objects in moto S3.
+"""Data lifecycle on a real farm (issue 17): the api, the dispatcher (in a thread) and an
+``echo`` worker process on a database of the module's own, objects in moto S3.
 
 Old data is made by rendering for real and then moving the jobs' ``finished_at`` (and their
 batch's ``completed_at``) back in time, as if retention had passed.
@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,14 +23,17 @@ from sqlalchemy import Interval, func, literal, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
+from dispatch.dispatcher import Dispatcher
+from shared.broker import make_celery
 from shared.db import session_scope
 from shared.models import Batch, Job, JobEvent, Team, Upload, utcnow
 from shared.prune import prune
+from shared.registry import load_registry
 from shared.storage import Storage, storage_from_settings
 from shared.teams import set_team_limits
 from tests.conftest import PrivateDatabase
 from tests.factories import data_url, png_bytes
-from tests.services import launch_dispatcher, launch_worker, wait_for
+from tests.services import launch_worker, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -129,10 +133,20 @@ def farm(private_db: PrivateDatabase, module_spawn) -> Iterator[Farm]:
         "IMGFARM_DISPATCH_POLL_SECONDS": "0.05",
     }
     launch_worker(module_spawn, "echo", env=env)
-    launch_dispatcher(module_spawn, env=env)
-    with TestClient(create_app(private_db.settings)) as api:
-        storage = storage_from_settings(private_db.settings)
-        yield Farm(api, private_db.session_factory, private_db, storage, env)
+    # The real dispatcher, in a thread of this process: a process more would cost seconds.
+    settings = private_db.settings.model_copy(update={"dispatch_poll_seconds": 0.05})
+    registry = load_registry(settings.models)
+    dispatcher = Dispatcher(settings, private_db.session_factory, make_celery(settings), registry)
+    stop = threading.Event()
+    thread = threading.Thread(target=dispatcher.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        with TestClient(create_app(private_db.settings)) as api:
+            storage = storage_from_settings(private_db.settings)
+            yield Farm(api, private_db.session_factory, private_db, storage, env)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
 
 
 def image(n: int) -> bytes:
@@ -196,8 +210,11 @@ def test_prune_deletes_exactly_what_is_past_retention_while_the_farm_renders(far
     assert dry == {"dry_run": True, **expected}
     assert all(farm.exists(k) for k in gone_keys), "a dry run deletes nothing"
 
-    rendering = farm.batch(key, [image(seed + 20)], variants=200)  # young: must all render
+    rendering = farm.batch(key, [image(seed + 20)], variants=120)  # young: must all render
+    wait_for(lambda: any(j.finished_at for j in farm.jobs(batch=rendering)), 30, "rendering")
+    unfinished = [j for j in farm.jobs(batch=rendering) if j.status in ("queued", "running")]
     counts = prune(farm.session_factory, farm.storage, chunk=2)  # many short transactions
+    assert len(unfinished) > 50, "prune ran while the farm rendered"
 
     assert vars(counts) == expected
     assert not [k for k in gone_keys if farm.exists(k)]
@@ -250,8 +267,10 @@ def test_delete_batch_while_it_renders_cancels_then_removes_everything(farm):
     _, key, team = farm.team()
     batch = farm.batch(key, [image(uuid.uuid4().int % 200 + 40)], variants=300)
     wait_for(lambda: any(j.status == "succeeded" for j in farm.jobs(batch=batch)), 30, "a render")
+    open_jobs = [j for j in farm.jobs(batch=batch) if j.status in ("queued", "running")]
     answer = farm.api.delete(f"/v1/batches/{batch}", headers=_auth(key))
     assert answer.status_code == 202, answer.text
+    assert len(open_jobs) > 100, "the DELETE came while the batch rendered"
 
     def gone() -> bool:  # running jobs' rows wait for their outputs' removal: DELETE again
         return farm.api.delete(f"/v1/batches/{batch}", headers=_auth(key)).status_code == 404
@@ -259,3 +278,17 @@ def test_delete_batch_while_it_renders_cancels_then_removes_everything(farm):
     wait_for(gone, 30, "the batch deleted", interval=0.5)
     leftovers = list(farm.storage.list_objects(f"outputs/{team}/"))  # type: ignore[attr-defined]
     assert not leftovers, leftovers[:3]
+
+
+def test_the_dispatcher_prunes_on_its_schedule(farm):
+    _, key, _ = farm.team(retention_days=1)
+    old = farm.job(key, image(uuid.uuid4().int % 200 + 60))
+    farm.rendered(old)
+    farm.age(old)
+    settings = farm.db.settings.model_copy(update={"prune_interval_seconds": 0.2})
+    dispatcher = Dispatcher(
+        settings, farm.session_factory, make_celery(settings), {}, storage=farm.storage
+    )
+    dispatcher._prune_retention()  # the first run waits an interval after start
+    assert farm.jobs(ids=[old]), "not pruned before its interval"
+    wait_for(lambda: (dispatcher._prune_retention(), not farm.jobs(ids=[old]))[1], 10, "pruned")
