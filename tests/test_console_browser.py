@@ -160,6 +160,10 @@ def test_a_batch_from_the_form_through_review_to_the_zip(farm, browser, tmp_path
     page.keyboard.press("r")
     expect(counts.locator("[data-state=rejected] b")).to_have_text("1")
     expect(counts.locator("[data-state=passed] b")).to_have_text("4")
+    with visit.context.expect_page() as full_size:  # f: the output at full size
+        page.keyboard.press("f")
+    assert full_size.value.url.startswith(f"{farm.url}/v1/files/outputs/")
+    full_size.value.close()
     visit.shot("batch")
 
     # 6. rerender the rejected one: the same cell renders again and gets a new thumbnail

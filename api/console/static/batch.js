@@ -114,7 +114,7 @@ class BatchView {
     this.grid = h("table", { class: "grid", role: "grid", "aria-label": "Variants by SKU" });
     this.grid.addEventListener("keydown", (e) => this.key(e));
     this.help = h("p", { id: "keys", class: "keys muted" },
-      "← → ↑ ↓ or j k move · a approve · r reject · enter open · ? keys");
+      "← → ↑ ↓ or j k move · a approve · r reject · enter open · f full size · ? keys");
     const action = (label, run, id) => h("button", { type: "button", id, onclick: () => this.act(label, run) }, label);
     const download = (label, path, name) =>
       h("button", { type: "button", onclick: () => this.download(path, name) }, label);
@@ -328,6 +328,11 @@ class BatchView {
       case "ArrowUp": return move(vertical(-1));
       case "a": event.preventDefault(); return this.decide(link, "approve", cells[i + 1]);
       case "r": event.preventDefault(); return this.decide(link, "reject", cells[i + 1]);
+      case "f": { // full size: the output's own URL (signed or presigned: no key in it)
+        const url = this.jobs.get(link.dataset.id).outputs?.[0]?.url;
+        if (url) window.open(url, "_blank", "noopener,noreferrer");
+        return;
+      }
       case "?": event.preventDefault(); this.help.classList.toggle("open"); return;
       default:
     }
