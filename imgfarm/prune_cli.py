@@ -14,8 +14,10 @@ import click
 @click.option("--team", default=None, help="Only this team (by name).")
 @click.option("--json", "as_json", is_flag=True, help="The counts as one JSON object.")
 def prune(dry_run: bool, team: str | None, as_json: bool) -> None:
-    """Delete finished jobs past their team's retention_days: outputs, sources no one else
-    uses, rows; then expired uploads."""
+    """Delete what retention expired.
+
+    Finished jobs past their team's retention_days (a batch once all of it is): outputs,
+    the sources no other job or upload uses, rows; then uploads older than retention."""
     from imgfarm.cli import _settings
     from shared.db import make_engine, make_session_factory
     from shared.prune import prune as run_prune
