@@ -135,8 +135,13 @@ else
   say "no .whl folder: the device run needs it (see the header)"
 fi
 
+# The device has opencv and scikit-image (fidelity scoring runs there as on any worker) but
+# no c2pa: the worker loads it only to sign for a team with a certificate, and the smoke
+# hides it so that a module-level `import c2pa` fails here before it fails on the device.
 PRE=$("$PY" - 2>&1 <<EOF
 import sys
+if "$MODE" == "cpu-smoke":
+    sys.modules["c2pa"] = None
 import torch, diffusers, transformers, pydantic, sqlalchemy
 import shared.settings, worker.render, worker.device, worker.accel, worker.tasks
 print("python", sys.version.split()[0], "torch", torch.__version__, "diffusers",

@@ -22,9 +22,8 @@ import tomllib
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import c2pa
 from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -33,6 +32,11 @@ from shared.errors import ConfigError
 from shared.images import CONTENT_TYPES, EXTENSIONS, OutputFormat, encode_image
 from shared.models import Team
 from worker.labels import Label, generator
+
+# c2pa is imported where a signing needs it: only teams the operator gave a certificate sign,
+# so a worker (or a bench on a machine without the wheel) that signs nothing never loads it.
+if TYPE_CHECKING:
+    import c2pa
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,8 @@ class SigningCredential:
 
     def signer(self) -> c2pa.Signer:
         """A c2pa signer for one signing (c2pa signers are not shared between threads)."""
+        import c2pa
+
         info = c2pa.C2paSignerInfo(
             alg=self.algorithm.encode(),
             sign_cert=self.cert_chain,
@@ -97,6 +103,8 @@ def _credential(folder: Path, team: str, table: dict[str, Any]) -> SigningCreden
         except OSError as e:
             raise ConfigError(f"C2PA signer of team {team!r}: {name}: {e}") from e
     credential = SigningCredential(team, pems["cert_chain"], pems["private_key"], algorithm)
+    import c2pa
+
     try:
         credential.signer().close()
     except c2pa.C2paError as e:
@@ -139,6 +147,8 @@ def source_ingredient(source_key: str, data: bytes, resized: Image.Image) -> Ing
     """The source as the team gave it, titled by its content hash (the last part of its
     content-addressed key); a format C2PA cannot read (BMP) goes in as it was rendered
     from: brought to the output size, as PNG."""
+    import c2pa
+
     digest = source_key.rsplit("/", 1)[-1]
     with Image.open(io.BytesIO(data)) as img:
         content_type = Image.MIME.get(img.format or "", "")
@@ -192,6 +202,8 @@ def sign_output(
 ) -> bytes:
     """``data`` (an encoded, XMP-labelled output) with a C2PA manifest signed by
     ``credential`` embedded: the last change to the file."""
+    import c2pa
+
     agent = {"name": label.provenance["model"], "version": label.provenance["revision"]}
     ingredient = {
         "title": source.title,

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-import c2pa
 import torch
 from PIL import Image
 
@@ -396,6 +395,8 @@ def encode_output(
     if credential is None:
         return data
     # The source as the team gave it (a cache hit: prepare fetched it) is the ingredient.
+    import c2pa  # only a signing team's outputs need it (worker/content_credentials.py)
+
     source = source_ingredient(job.source_key, storage.get(job.source_key), item.source)
     try:
         return sign_output(data, params.output_format, label, source, credential)
