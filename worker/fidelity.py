@@ -45,7 +45,7 @@ CANNY_BLUR_SIGMA = 1.0
 EDGE_TOLERANCE_PX = 1
 _TOLERANCE = np.ones((2 * EDGE_TOLERANCE_PX + 1,) * 2, np.uint8)
 # Colour drift is a mean: every second pixel of every second row estimates it (within 0.003
-# ΔE on the sample photographs, bench/fidelity.py) for a quarter of CIEDE2000's cost, the
+# ΔE on the sample photographs, bench/output_cost.py) for a quarter of CIEDE2000's cost, the
 # biggest part of scoring. Edges, SSIM and the kept-pixel count use every pixel.
 DRIFT_STRIDE = 2
 
