@@ -233,7 +233,7 @@ def test_prune_deletes_exactly_what_is_past_retention_while_the_farm_renders(far
 
 
 def test_delete_batch_removes_its_objects_and_rows_once(farm):
-    _, key, _ = farm.team()
+    _, key, team = farm.team()
     _, stranger, _ = farm.team()
     seed = uuid.uuid4().int % 200
     own, shared = image(seed + 30), image(seed + 31)
@@ -249,6 +249,11 @@ def test_delete_batch_removes_its_objects_and_rows_once(farm):
     gone_keys = [o["key"] for j in jobs for o in j.outputs]
     gone_keys += sorted({j.source_key for j in jobs} - {kept.source_key})
     assert len(gone_keys) == 5 and all(farm.exists(k) for k in gone_keys)
+    for size in (256, 1024):  # the console's cached previews go with their output
+        thumb = farm.api.get(f"/v1/jobs/{jobs[0].id}/thumbnail?size={size}", headers=_auth(key))
+        assert thumb.status_code == 200, thumb.text
+    thumbnails = f"thumbnails/{team}/"
+    assert len(list(farm.storage.list_objects(thumbnails))) == 2  # type: ignore[attr-defined]
 
     assert farm.api.delete(f"/v1/batches/{batch}", headers=_auth(stranger)).status_code == 404
     assert all(farm.exists(k) for k in gone_keys), "another team deletes nothing"
@@ -259,6 +264,7 @@ def test_delete_batch_removes_its_objects_and_rows_once(farm):
     assert not [k for k in gone_keys if farm.exists(k)]
     assert farm.exists(kept.source_key) and farm.exists(kept.outputs[0]["key"])
     assert not farm.jobs(batch=batch)
+    assert not list(farm.storage.list_objects(thumbnails))  # type: ignore[attr-defined]
     assert farm.api.get(f"/v1/batches/{batch}", headers=_auth(key)).status_code == 404
     assert farm.api.delete(f"/v1/batches/{batch}", headers=_auth(key)).status_code == 404
 
