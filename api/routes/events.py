@@ -5,7 +5,9 @@ its log id, so ``Last-Event-ID`` resumes after it), ``batch.progress`` at most o
 and ``end`` when what it follows is final. It reads the database only when the api's one
 listener (api/live.py) says something it follows changed. Backpressure is the client's: the
 next page is read only after the last one was sent, and a client that takes nothing for
-``SEND_TIMEOUT_SECONDS`` is dropped.
+``SEND_TIMEOUT_SECONDS`` is dropped. A stream whose key is revoked ends within one
+keep-alive interval: the key is looked at again on every wake-up, and the longest wait is
+the keep-alive's.
 """
 
 from __future__ import annotations
@@ -19,15 +21,16 @@ from typing import Annotated, Any, TypeVar
 
 import anyio
 from fastapi import APIRouter, Header, Path, Query, Request
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api import event_stream as es
-from api.deps import SessionDep, SettingsDep, TeamDep, release_connection
+from api.deps import CallerDep, SessionDep, SettingsDep, TeamDep, release_connection
 from api.errors import KEYED_ERRORS, errors_for
 from api.live import EventHub
 from api.owned import owned_row
-from shared.models import Batch, Job
+from shared.models import ApiKey, Batch, Job
 
 router = APIRouter(tags=["events"], responses=KEYED_ERRORS)
 
@@ -68,8 +71,13 @@ T = TypeVar("T")
 class Stream:
     """One client's stream: its cursor, and the reads it makes in a worker thread."""
 
-    def __init__(self, request: Request, follow: es.Follow, job_count: int | None) -> None:
+    def __init__(
+        self, request: Request, follow: es.Follow, job_count: int | None, key_id: uuid.UUID
+    ) -> None:
         self.sessions: sessionmaker[Session] = request.app.state.session_factory
+        self.key_id = key_id
+        # Waits no longer than a keep-alive, so a revoked key's stream ends within one.
+        self.max_wait = min(IDLE_CHECK_SECONDS, request.app.state.settings.sse_ping_seconds)
         self.hub: EventHub = request.app.state.event_hub
         self.follow = follow
         self.job_count = job_count
@@ -94,7 +102,15 @@ class Stream:
         assert self.follow.batch_id is not None
         return es.batch_done(session, self.follow.batch_id)
 
-    def poll(self, session: Session, force: bool = False) -> tuple[bool, es.Page]:
+    def revoked(self, session: Session) -> bool:
+        """Whether the key the stream was opened with has been revoked since."""
+        live = select(ApiKey.id).where(ApiKey.id == self.key_id, ApiKey.revoked_at.is_(None))
+        return session.scalar(live) is None
+
+    def poll(self, session: Session, force: bool = False) -> tuple[bool, es.Page] | None:
+        """None once the stream's key is revoked; else whether final, and the next rows."""
+        if self.revoked(session):
+            return None
         # Final first, then the rows: every row of a change already final is then in the log.
         done = self.done(session)
         return done, es.read_page(session, self.follow, self.cursor, force=force)
@@ -118,7 +134,10 @@ async def _events(stream: Stream, last_event_id: int | None, keep: bool) -> Asyn
         held_since: float | None = None
         while True:
             force = held_since is not None and time.monotonic() - held_since > HELD_BACK_MAX_SECONDS
-            done, page = await stream.read(partial(stream.poll, force=force))
+            polled = await stream.read(partial(stream.poll, force=force))
+            if polled is None:
+                return  # key revoked: the client's reconnect gets the 401
+            done, page = polled
             held_since = (held_since or time.monotonic()) if page.held_back else None
             for event in page.events:
                 yield _event(event.type, event.data, event.id)
@@ -131,7 +150,7 @@ async def _events(stream: Stream, last_event_id: int | None, keep: bool) -> Asyn
             if done and not page.held_back and not keep:
                 yield _event("end", await stream.read(stream.state))
                 return
-            await sub.wait(HELD_BACK_RETRY_SECONDS if page.held_back else IDLE_CHECK_SECONDS)
+            await sub.wait(HELD_BACK_RETRY_SECONDS if page.held_back else stream.max_wait)
 
 
 def _response(
@@ -157,6 +176,7 @@ def batch_events(
     request: Request,
     session: SessionDep,
     team: TeamDep,
+    caller: CallerDep,
     settings: SettingsDep,
     batch_id: Annotated[uuid.UUID, Path(description="A batch id from POST /v1/batches.")],
     last_event_id_header: LastEventIdHeader = None,
@@ -166,7 +186,7 @@ def batch_events(
     """A snapshot of the batch, then each job's transitions and review states as they happen,
     ``batch.progress`` counts, and ``end`` once every job is final."""
     batch = owned_row(session, Batch, batch_id, team, "batch")
-    stream = Stream(request, es.Follow(team.id, batch.id), batch.job_count)
+    stream = Stream(request, es.Follow(team.id, batch.id), batch.job_count, caller.key_id)
     release_connection(session)  # the stream reads in its own short sessions
     return _response(stream, settings, last_event_id_header, last_event_id, follow)
 
@@ -181,6 +201,7 @@ def job_events(
     request: Request,
     session: SessionDep,
     team: TeamDep,
+    caller: CallerDep,
     settings: SettingsDep,
     job_id: Annotated[uuid.UUID, Path(description="A job id from POST /v1/jobs or a listing.")],
     last_event_id_header: LastEventIdHeader = None,
@@ -190,6 +211,6 @@ def job_events(
     """A snapshot of the job, then its transitions and review states, and ``end`` once it
     is final."""
     job = owned_row(session, Job, job_id, team, "job")
-    stream = Stream(request, es.Follow(team.id, job.batch_id, job.id), None)
+    stream = Stream(request, es.Follow(team.id, job.batch_id, job.id), None, caller.key_id)
     release_connection(session)
     return _response(stream, settings, last_event_id_header, last_event_id, follow)
