@@ -82,6 +82,9 @@ SWEEP_OUTPUTS_PER_TICK = 100
 
 
 PRUNE_EVERY_SECONDS = 60.0
+# One retention prune stops starting chunks after this: a backlog (the first run on an old
+# farm) is worked off a minute apart, so dispatching never waits on it for long.
+PRUNE_RUN_SECONDS = 10.0
 # At most this many chunks of the event log go per housekeeping round: a backlog (a long
 # outage, a lowered retention) is worked off over a few minutes, each tick staying short.
 EVENT_PRUNE_CHUNKS = 20
@@ -214,10 +217,12 @@ class Dispatcher:
             return
         self._retention_pruned_at = time.monotonic()
         try:
-            counts = prune(self.session_factory, self.storage)
+            counts = prune(self.session_factory, self.storage, budget_seconds=PRUNE_RUN_SECONDS)
         except (StorageError, TransientError) as e:  # the next interval tries again
             log.warning("could not prune data past retention: %s", e)
             return
+        if not counts.finished:  # a backlog: go on at the next housekeeping, not in an hour
+            self._retention_pruned_at -= self.settings.prune_interval_seconds
         if counts.jobs or counts.uploads:
             log.info(
                 "pruned past retention: %d job(s), %d batch(es), %d upload(s), %d object(s)",

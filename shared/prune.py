@@ -9,6 +9,7 @@ jobs past retention are locked, never the queued and running rows the farm works
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -58,10 +59,14 @@ class PruneCounts:
     batches: int = 0
     uploads: int = 0
     objects: int = 0
+    # False when the time budget ran out with more due: run again soon.
+    finished: bool = True
 
     def add(self, other: PruneCounts) -> None:
         for name, value in asdict(other).items():
-            setattr(self, name, getattr(self, name) + value)
+            if name != "finished":
+                setattr(self, name, getattr(self, name) + value)
+        self.finished = self.finished and other.finished
 
 
 def prune(
@@ -72,10 +77,13 @@ def prune(
     team: str | None = None,
     dry_run: bool = False,
     chunk: int = CHUNK,
+    budget_seconds: float | None = None,
 ) -> PruneCounts:
     """Delete every team's (or ``team``'s) jobs, batches and uploads past retention with their
-    objects; ``dry_run`` counts them and deletes nothing."""
+    objects; ``dry_run`` counts them and deletes nothing. With ``budget_seconds`` no chunk
+    starts after it (``finished`` False: more is due)."""
     now = now or utcnow()
+    stop_at = None if budget_seconds is None else time.monotonic() + budget_seconds
     with factory() as session:
         query = select(Team.id, Team.retention_days).order_by(Team.name)
         if team is not None:
@@ -84,9 +92,16 @@ def prune(
     total = PruneCounts()
     for team_id, days in teams:
         cutoff = now - timedelta(days=days)
-        total.add(_prune_jobs(factory, storage, team_id, cutoff, dry_run, chunk))
-        total.add(_prune_uploads(factory, storage, team_id, cutoff, dry_run, chunk))
+        total.add(_prune_jobs(factory, storage, team_id, cutoff, dry_run, chunk, stop_at))
+        total.add(_prune_uploads(factory, storage, team_id, cutoff, dry_run, chunk, stop_at))
     return total
+
+
+def _out_of_time(stop_at: float | None, counts: PruneCounts) -> bool:
+    if stop_at is not None and time.monotonic() >= stop_at:
+        counts.finished = False
+        return True
+    return False
 
 
 def _prune_jobs(
@@ -96,10 +111,11 @@ def _prune_jobs(
     cutoff: datetime,
     dry_run: bool,
     chunk: int,
+    stop_at: float | None,
 ) -> PruneCounts:
     counts = PruneCounts()
     after: uuid.UUID | None = None  # keyset: a dry run (which deletes nothing) still moves on
-    while True:
+    while not _out_of_time(stop_at, counts):
         with session_scope(factory) as session:
             jobs = _expired_jobs(session, team_id, cutoff, after, chunk)
             if not jobs:
@@ -111,6 +127,7 @@ def _prune_jobs(
         counts.add(gone)
         if len(jobs) < chunk:
             return counts
+    return counts
 
 
 def _expired_jobs(
@@ -295,12 +312,13 @@ def _prune_uploads(
     cutoff: datetime,
     dry_run: bool,
     chunk: int,
+    stop_at: float | None,
 ) -> PruneCounts:
     """Uploads older than retention: the row goes, its object too unless a job or a younger
     upload still names it."""
     counts = PruneCounts()
     after: uuid.UUID | None = None
-    while True:
+    while not _out_of_time(stop_at, counts):
         with session_scope(factory) as session:
             query = (
                 select(Upload.id, Upload.object_key)
@@ -325,3 +343,4 @@ def _prune_uploads(
         counts.add(PruneCounts(uploads=len(ids), objects=len(unused)))
         if len(rows) < chunk:
             return counts
+    return counts

@@ -207,7 +207,7 @@ def test_prune_deletes_exactly_what_is_past_retention_while_the_farm_renders(far
     assert len(gone_keys) == expected["objects"]
 
     dry = prune_cli(farm, "--dry-run", "--team", name)
-    assert dry == {"dry_run": True, **expected}
+    assert dry == {"dry_run": True, **expected, "finished": True}
     assert all(farm.exists(k) for k in gone_keys), "a dry run deletes nothing"
 
     rendering = farm.batch(key, [image(seed + 20)], variants=120)  # young: must all render
@@ -216,7 +216,7 @@ def test_prune_deletes_exactly_what_is_past_retention_while_the_farm_renders(far
     counts = prune(farm.session_factory, farm.storage, chunk=2)  # many short transactions
     assert len(unfinished) > 50, "prune ran while the farm rendered"
 
-    assert vars(counts) == expected
+    assert vars(counts) == {**expected, "finished": True}
     assert not [k for k in gone_keys if farm.exists(k)]
     assert all(farm.exists(k) for k in kept_keys)
     with farm.session_factory() as s:
@@ -229,7 +229,8 @@ def test_prune_deletes_exactly_what_is_past_retention_while_the_farm_renders(far
     farm.rendered(rendering)
     statuses = {j.status for j in farm.jobs(batch=rendering)}
     assert statuses == {"succeeded"}, "every job rendered while prune ran completed"
-    assert vars(prune(farm.session_factory, farm.storage)) == dict.fromkeys(expected, 0)
+    again = vars(prune(farm.session_factory, farm.storage))
+    assert again == {**dict.fromkeys(expected, 0), "finished": True}
 
 
 def test_delete_batch_removes_its_objects_and_rows_once(farm):
@@ -291,6 +292,8 @@ def test_the_dispatcher_prunes_on_its_schedule(farm):
     old = farm.job(key, image(uuid.uuid4().int % 200 + 60))
     farm.rendered(old)
     farm.age(old)
+    spent = prune(farm.session_factory, farm.storage, budget_seconds=0)  # no time: no chunk
+    assert not spent.finished and spent.jobs == 0 and farm.jobs(ids=[old])
     settings = farm.db.settings.model_copy(update={"prune_interval_seconds": 0.2})
     dispatcher = Dispatcher(
         settings, farm.session_factory, make_celery(settings), {}, storage=farm.storage
