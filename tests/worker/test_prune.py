@@ -26,7 +26,16 @@ from api.app import create_app
 from dispatch.dispatcher import Dispatcher
 from shared.broker import make_celery
 from shared.db import session_scope
-from shared.models import Batch, Job, JobEvent, Team, Upload, utcnow
+from shared.models import (
+    Batch,
+    Job,
+    JobEvent,
+    Team,
+    Upload,
+    WebhookAttempt,
+    WebhookDelivery,
+    utcnow,
+)
 from shared.prune import prune
 from shared.registry import load_registry
 from shared.storage import Storage, storage_from_settings
@@ -187,6 +196,14 @@ def test_prune_deletes_exactly_what_is_past_retention_while_the_farm_renders(far
             .where(Job.id == old_job)
             .values(history=[{"round": 0, "outputs": [{"key": history_key}], "finished_at": None}])
         )
+    with session_scope(farm.session_factory) as s:  # a delivered webhook and its attempt
+        delivery = WebhookDelivery(
+            team_id=team, event_id=uuid.uuid4().hex, event_type="job.succeeded", job_id=old_job,
+            url="https://example.com/hook", body="{}", status="delivered",
+        )  # fmt: skip
+        s.add(delivery)
+        s.flush()
+        s.add(WebhookAttempt(delivery_id=delivery.id, attempt=1, latency_ms=5, outcome="delivered"))
     farm.age(old_batch, old_job, other_batch, old_upload)
 
     gone = farm.jobs(batch=old_batch) + farm.jobs(ids=[old_job])
@@ -223,6 +240,8 @@ def test_prune_deletes_exactly_what_is_past_retention_while_the_farm_renders(far
         ids = [j.id for j in gone]
         assert not s.scalar(select(func.count()).select_from(Job).where(Job.id.in_(ids)))
         assert not s.scalar(select(func.count()).where(JobEvent.job_id.in_(ids)))
+        assert s.get(WebhookDelivery, delivery.id) is None
+        assert not s.scalar(select(func.count()).where(WebhookAttempt.delivery_id == delivery.id))
         assert s.get(Batch, old_batch) is None and s.get(Upload, old_upload) is None
         assert s.get(Batch, other_batch) is not None and s.get(Upload, young_upload) is not None
     assert {j.id for j in farm.jobs(ids=[j.id for j in kept])} == {j.id for j in kept}
