@@ -148,3 +148,32 @@ def test_another_teams_ids_are_404(app, guarded, owned_ids, new_key) -> None:
             if answer.status_code != 404:
                 wrong.append((method, path, answer.status_code, answer.text[:200]))
     assert not wrong, wrong
+
+
+# Managing the team (its keys and webhooks) needs an admin key; everything else a member's.
+ADMIN_ONLY = re.compile(r"^/v1/keys|^/v1/webhooks(?!/deliveries)")
+
+
+def test_admin_scope_holds_on_exactly_the_management_routes(app, guarded, owned_ids) -> None:
+    """A member key (of a team of its own, so nothing of the owner's changes) gets 403 on
+    every management route and on no other."""
+    with TestClient(app) as c:
+        admin = auth(_admin_key(c))
+        member = c.post("/v1/keys", json={"scope": "member"}, headers=admin).json()["key"]
+        refused = {
+            (method, path)
+            for method, path in guarded
+            if c.request(method, _fill(path, owned_ids), headers=auth(member), json={}).status_code
+            == 403
+        }
+    expected = {(m, p) for m, p in guarded if ADMIN_ONLY.match(p)}
+    assert len(expected) >= 10
+    assert refused == expected, {"too open": expected - refused, "too closed": refused - expected}
+
+
+def _admin_key(c: TestClient) -> str:
+    from shared.db import session_scope
+    from shared.teams import create_api_key, ensure_team
+
+    with session_scope(c.app.state.session_factory) as s:  # type: ignore[attr-defined]
+        return create_api_key(s, ensure_team(s, f"guard-member-{uuid.uuid4().hex[:8]}"))
