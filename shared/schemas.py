@@ -364,6 +364,30 @@ class AttemptPublic(BaseModel):
     finished_at: datetime | None = Field(description="When it succeeded.")
 
 
+class ProvenancePublic(BaseModel):
+    """How a job's output was made and what the file says about it (from the worker)."""
+
+    model: str = Field(description="The model alias it rendered with.")
+    revision: str | None = Field(default=None, description="The model's weights revision.")
+    kind: str | None = Field(default=None, description="The model's kind (img2img, echo, ...).")
+    license: str | None = Field(default=None, description="The model's licence.")
+    commercial_use: bool | None = Field(
+        default=None, description="Whether that licence allows commercial use."
+    )
+    worker: str | None = Field(default=None, description="The worker that rendered it.")
+    device: str | None = Field(default=None, description="The device it rendered on.")
+    digital_source_type: str | None = Field(
+        default=None,
+        description="The IPTC digital source type written into the output's XMP (null: no "
+        "claim, as for echo, which only resizes the source).",
+    )
+    c2pa_signed: bool | None = Field(
+        default=None,
+        description="Whether the output carries a signed C2PA manifest (the team has a "
+        "certificate on the worker); null for outputs stored before this was recorded.",
+    )
+
+
 class JobPublic(BaseModel):
     id: uuid.UUID = Field(description="The job's id.")
     status: str = Field(description="queued, running, then succeeded, failed or canceled.")
@@ -404,6 +428,9 @@ class JobPublic(BaseModel):
         default=None, description="The id of the API key that approved or rejected it."
     )
     reviewed_at: datetime | None = Field(default=None, description="When it was decided.")
+    provenance: ProvenancePublic | None = Field(
+        default=None, description="How its output was made and labelled (null until it succeeds)."
+    )
     history: list[AttemptPublic] = Field(
         default_factory=list,
         description="Earlier attempts a rerender replaced, oldest first (empty: none).",

@@ -205,6 +205,10 @@ def test_a_batch_from_the_form_through_review_to_the_zip(farm, browser, tmp_path
     for img in (page.locator(".stage img.source"), page.locator(".stage img.output")):
         expect(img).to_have_js_property("complete", True)
         assert img.evaluate("i => i.naturalWidth") > 0
+    labels = page.locator("table.facts", has=page.locator("caption", has_text="Labels"))
+    expect(labels).to_contain_text("no AI claim")  # echo resizes: its XMP claims no AI type
+    expect(labels).to_contain_text("not signed (XMP only)")
+    expect(page.locator("table.facts", has_text="Provenance")).to_contain_text("echo")
     page.click("text=swipe")
     page.keyboard.press("r")  # the grid's keys work on the job page too
     expect(page.locator(".history")).to_contain_text("now: rejected by key")

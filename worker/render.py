@@ -46,7 +46,7 @@ from shared.storage import Storage, content_addressed, output_key
 from worker.canny import DEFAULT_HIGH, DEFAULT_LOW, canny_edges
 from worker.content_credentials import ContentCredentials, sign_output, source_ingredient
 from worker.fidelity import Fidelity, Thresholds, review_state, score
-from worker.labels import output_label, xmp_packet
+from worker.labels import digital_source_type, output_label, xmp_packet
 from worker.masks import keep_from_alpha, keep_mask, paste_kept, repaint_mask
 from worker.pipelines import LoadedModel, kind_inputs
 from worker.pixels import batch_in, images_out, masks_in, to_pixels
@@ -334,6 +334,10 @@ def store_output(
         "render_seconds": round(render_seconds, 4),
         "license": model.spec.license,
         "commercial_use": model.spec.commercial_use,
+        # What the file itself says (encode_output): its IPTC type in the XMP, and whether a
+        # C2PA manifest was signed for it (a team without a certificate gets the XMP only).
+        "digital_source_type": digital_source_type(model.spec.kind),
+        "c2pa_signed": credentials is not None and credentials.for_team(job.team_id) is not None,
     }
     round_ = len(job.history or [])  # a rerender stores anew: earlier rounds' objects stay
     key = output_key(job.team_id, job.id, round_, EXTENSIONS[params.output_format])

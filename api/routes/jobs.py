@@ -30,6 +30,7 @@ from shared.schemas import (
     JobPublic,
     JobsPublic,
     OutputPublic,
+    ProvenancePublic,
     RenderParams,
 )
 from shared.settings import Settings
@@ -67,7 +68,17 @@ def job_public(
         review_note=job.review_note,
         reviewed_by=job.reviewed_by,
         reviewed_at=job.reviewed_at,
+        provenance=provenance_public(job.provenance),
         history=[attempt_public(a, storage, expires_in) for a in job.history or []],
+    )
+
+
+def provenance_public(provenance: dict[str, Any] | None) -> ProvenancePublic | None:
+    """The stored provenance's public facts; the rest (params, timings) is shown elsewhere."""
+    if not provenance:
+        return None
+    return ProvenancePublic.model_validate(
+        {k: provenance[k] for k in ProvenancePublic.model_fields if k in provenance}
     )
 
 

@@ -185,6 +185,15 @@ def test_the_certified_team_gets_a_signed_manifest_the_other_xmp_only(
     read = exiftool_xmp(unsigned, tmp_path / "plain.png")
     assert read["XMP-iptcExt:DigitalSourceType"] == TRAINED_ALGORITHMIC_MEDIA
     assert read["XMP-imgfarm:JobId"] == plain_id and "XMP-imgfarm:BatchId" not in read
+    # GET /v1/jobs/{id} says what each file carries, and never the signer's material
+    assert plain_job["provenance"]["digital_source_type"] == TRAINED_ALGORITHMIC_MEDIA
+    assert (plain_job["provenance"]["c2pa_signed"], plain_job["provenance"]["model"]) == (
+        False,
+        "tiny",
+    )
+    signed_job = httpx.get(f"{api_url}/v1/jobs/{job['id']}", headers=headers).json()
+    assert signed_job["provenance"]["c2pa_signed"] is True
+    assert not {"certificate", "private_key", "key"} & set(signed_job["provenance"])
 
     url = f"{api_url}/v1/batches/{batch_id}/manifest"
     (item,) = httpx.get(url, headers=headers).json()["items"]

@@ -59,7 +59,8 @@ export async function jobPage(main, { id, signal }) {
       table("Fidelity", [["scores", scoresLine(job.fidelity)], ["review", job.review?.replace("_", " ")]]),
       table("Params", [["model", job.model], ["negative prompt", job.negative_prompt],
         ...Object.entries(job.params ?? {}).map(([k, v]) => [k.replaceAll("_", " "), flat(v)])]),
-      table("Provenance", Object.entries(job.provenance ?? job.labels ?? {}).map(([k, v]) => [k, flat(v)])),
+      table("Provenance", provenanceRows(job.provenance)),
+      table("Labels", labelRows(job.provenance)),
       table("Run", [["status", job.status], ["attempts", job.attempts], ["worker", job.worker],
         ["error", job.error], ["queue wait", job.durations?.queue_wait_seconds?.toFixed?.(2)],
         ["render", job.durations?.render_seconds?.toFixed?.(2)], ["finished", ago(job.finished_at)]]),
@@ -67,6 +68,24 @@ export async function jobPage(main, { id, signal }) {
     ),
     history(job),
   );
+}
+
+/** Which model, revision and licence made the output, and where it ran. */
+function provenanceRows(p) {
+  if (!p) return [];
+  const licence = p.license && `${p.license}${p.commercial_use === false ? " (no commercial use)" : ""}`;
+  return [["model", p.revision ? `${p.model} (rev ${p.revision.slice(0, 12)})` : p.model],
+    ["kind", p.kind], ["licence", licence], ["worker", p.worker], ["device", p.device]];
+}
+
+/** What the output file says about itself: the IPTC type in its XMP, a signed C2PA manifest
+ * (both recorded by the worker since c2pa_signed was: null for older outputs, shown as none). */
+function labelRows(p) {
+  if (!p || p.c2pa_signed == null) return [];
+  const iptc = p.digital_source_type
+    ? `IPTC ${p.digital_source_type.split("/").pop()} ✓` : "no AI claim (the source, resized)";
+  const c2pa = p.c2pa_signed ? "signed ✓" : "not signed (XMP only)";
+  return [["XMP", iptc], ["C2PA", c2pa]];
 }
 
 /** Source and output in one frame: side by side, swipe (a slider), overlay (opacity), mask. */
