@@ -130,6 +130,8 @@ def test_a_batch_from_the_form_through_review_to_the_zip(farm, browser, tmp_path
     expect(page.locator("#preview")).to_have_text("→ 2 images × 3 prompts × 1 variants = 6 jobs")
     expect(page.locator("#submit")).to_be_enabled(timeout=30_000)  # both uploads done
     expect(page.locator(".files progress").nth(0)).to_have_attribute("value", "100")
+    # the farm's own estimate (a dry run): nothing rendered yet, so no GPU figure to give
+    expect(page.locator("#estimate")).to_have_text("→ 6 jobs · GPU-s unknown yet")
     visit.shot("new-batch")
     submitted = time.monotonic()
     page.click("#submit")

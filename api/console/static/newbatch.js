@@ -2,7 +2,7 @@
 // prompts one per line as name=prompt, pick a model and variants, see the job count, submit.
 
 import { ApiError, api, getKey } from "./api.js";
-import { h, notice, num, replace } from "./dom.js";
+import { duration, h, notice, num, replace } from "./dom.js";
 import { go } from "./nav.js";
 
 /** "beach=on a beach" lines -> [{name, prompt}]; a line without "=" is a bare prompt. */
@@ -89,8 +89,37 @@ export async function newBatchPage(main, { signal }) {
   const strength = h("input", { id: "strength", type: "number", min: 0.01, max: 1, step: 0.01, placeholder: "model default" });
   const name = h("input", { id: "name", type: "text", maxlength: 200, placeholder: "Summer 2027 catalogue" });
   const preview = h("p", { id: "preview", class: "preview", "aria-live": "polite" });
+  const estimate = h("p", { id: "estimate", class: "preview muted", "aria-live": "polite" });
   const status = h("div", { id: "status", "aria-live": "polite" });
   const submit = h("button", { type: "submit", class: "primary", id: "submit" }, "Submit");
+
+  const body = () => ({
+    model: model.value,
+    images: files.map((f) => ({ image: f.upload.id, sku: f.sku })),
+    prompts: parsePrompts(prompts.value),
+    variants: Number(variants.value),
+  });
+  // The farm's own count, GPU cost and ETA (a dry run creates nothing), asked 400 ms after
+  // the last change; an older answer still on its way is dropped.
+  let timer = null;
+  let asking = null;
+  const estimateLater = (ready) => {
+    clearTimeout(timer);
+    asking?.abort();
+    estimate.textContent = "";
+    if (!ready) return;
+    timer = setTimeout(async () => {
+      asking = new AbortController();
+      try {
+        const e = await api("/v1/batches?dry_run=true", { method: "POST", body: body(), signal: asking.signal });
+        const gpu = e.estimated_gpu_seconds == null ? "GPU-s unknown yet" : `~${num(Math.round(e.estimated_gpu_seconds))} GPU-s`;
+        const eta = e.eta_seconds == null ? "" : ` · ETA ${duration(e.eta_seconds)}`;
+        estimate.textContent = `→ ${num(e.job_count)} jobs · ${gpu}${eta}`;
+      } catch (error) {
+        if (error.name !== "AbortError") estimate.textContent = `no estimate: ${error.message}`;
+      }
+    }, 400);
+  };
 
   const refresh = () => {
     const done = files.filter((f) => f.upload).length;
@@ -102,6 +131,7 @@ export async function newBatchPage(main, { signal }) {
     const n = files.length * p * v;
     preview.textContent = `→ ${files.length} images × ${p} prompts × ${v} variants = ${num(n)} jobs`;
     submit.disabled = !n || done < files.length || files.some((f) => f.error);
+    estimateLater(!submit.disabled);
   };
 
   const add = (chosen) => {
@@ -128,20 +158,16 @@ export async function newBatchPage(main, { signal }) {
     add([...e.dataTransfer.files].filter((f) => f.type.startsWith("image/") || !f.type));
   });
   for (const input of [prompts, variants]) input.addEventListener("input", refresh);
+  model.addEventListener("change", refresh);
 
   const send = async (event) => {
     event.preventDefault();
-    const body = {
-      model: model.value,
-      images: files.map((f) => ({ image: f.upload.id, sku: f.sku })),
-      prompts: parsePrompts(prompts.value),
-      variants: Number(variants.value),
-    };
-    if (strength.value) body.strength = Number(strength.value);
-    if (name.value.trim()) body.metadata = { name: name.value.trim() };
+    const batch = body();
+    if (strength.value) batch.strength = Number(strength.value);
+    if (name.value.trim()) batch.metadata = { name: name.value.trim() };
     submit.disabled = true;
     try {
-      const accepted = await api("/v1/batches", { method: "POST", body });
+      const accepted = await api("/v1/batches", { method: "POST", body: batch });
       go(`/batches/${accepted.id}`);
     } catch (error) {
       const fields = (error.body?.errors ?? []).map((e) => `${e.field}: ${e.message}`);
@@ -161,6 +187,6 @@ export async function newBatchPage(main, { signal }) {
         h("label", {}, "Model ", model),
         h("label", {}, "Strength ", strength),
         h("label", {}, "Name ", name)),
-      preview, status, submit));
+      preview, estimate, status, submit));
   refresh();
 }
