@@ -206,6 +206,38 @@ def running_services(
         yield farm
 
 
+BUSY_METRIC = "imgfarm_worker_device_busy_seconds"
+
+
+def start_worker(
+    farm: Farm, model: str, env: Mapping[str, str] | None = None, log: str | None = None
+) -> str:
+    """``imgfarm worker --model MODEL`` (plus ``env``), serving its metrics on a free port:
+    their URL, once the worker is ready and they answer."""
+    port = free_port()
+    metrics = {"IMGFARM_METRICS_PORT": str(port), "IMGFARM_METRICS_ADDRESS": "127.0.0.1"}
+    worker = farm.start("worker", ["worker", "--model", model], ready=" ready.",
+                        env={**(env or {}), **metrics}, log=log)  # fmt: skip
+    worker.wait_log(" ready.", timeout=120)
+    url = f"http://127.0.0.1:{port}/metrics"
+    wait_answers(url, 60, "the worker's metrics")
+    return url
+
+
+def device_busy_seconds(metrics_url: str, alias: str) -> float:
+    """The worker's ``imgfarm_worker_device_busy_seconds_total{model=alias}`` (0 before its
+    first pipeline call); an error if its metrics do not answer, never a silent 0."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = httpx.get(metrics_url, timeout=5)
+    response.raise_for_status()
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples if family.name == BUSY_METRIC else []:
+            if sample.name == f"{BUSY_METRIC}_total" and sample.labels.get("model") == alias:
+                return float(sample.value)
+    return 0.0
+
+
 def describe(farm: Farm, bench: str, details: str) -> None:
     """One line on what the run stood on: the figures mean little without it."""
     with farm.session_factory() as session:

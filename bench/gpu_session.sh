@@ -4,7 +4,7 @@
 # Within SESSION_S (540) seconds, each step under its own `timeout` so that a slow one still
 # leaves the others' results, everything written under $OUT as it goes:
 #   0. preflight: nvidia-smi, the carried wheels installed offline, imports and CUDA checked
-#   1. bench/pipeline_overlap.py --in-process --model sd15 --warm-plan: load_model and the
+#   1. bench/pipeline_overlap.py --warm-plan (SD1.5, in process): load_model and the
 #      batch-16 warm-up, the worker's own render task at pipeline depths 1 and 3 (2 rounds
 #      of 6 batches of 16: images/s, duty cycle, pipeline-only images/s), then the rest of
 #      the worker's warm plan while the time lasts (its start time); `nvidia-smi dmon`
@@ -168,9 +168,9 @@ fi
 
 # --- 1. the worker's start and render task on the real model, depth 1 against 3 ------------
 T=$(slot 360)
-say "1. bench/pipeline_overlap.py --in-process --model sd15 --warm-plan on $DEVICE (${T} s)"
+say "1. bench/pipeline_overlap.py --warm-plan on $DEVICE (${T} s)"
 TORCHINDUCTOR_CACHE_DIR="$WORK/inductor-1" timeout -k 10 "$T" "$PY" bench/pipeline_overlap.py \
-  --in-process --model sd15 --warm-plan --device "$DEVICE" "${STEP1[@]}" --depths 1,3 \
+  --warm-plan --device "$DEVICE" "${STEP1[@]}" --depths 1,3 \
   --workdir "$WORK" --json "$OUT/pipeline_overlap.json" >"$OUT/pipeline_overlap.log" 2>&1
 ended 1 $?
 

@@ -7,6 +7,8 @@ on time.
     TMPDIR=/dev/shm python bench/overhead.py --storage file --rounds 3   # objects in RAM
     python bench/overhead.py --source-size 1024 --rounds 2 \
         --compare-env IMGFARM_WORKER_PREPARED_CACHE_BYTES=0     # a worker setting's effect
+    IMGFARM_WORKER_PIPELINE_DEPTH=1 python bench/overhead.py --model gpu-sim --jobs 192 \
+        --rounds 2 --compare-env IMGFARM_WORKER_PIPELINE_DEPTH=3  # GPU duty cycle, depth 1 vs 3
 
 The farm runs on this machine (bench/farm.py) with ``imgfarm worker --model echo``, which
 renders nothing: a job costs only the farm's own work (api, dispatcher, Redis hand-over,
@@ -23,15 +25,22 @@ summary too: unlike jobs/s, they hardly move when other work shares the machine.
   raw Celery task, send → running.
 * ``--compare-env NAME=VALUE``: each round also runs the farm with the worker restarted with
   that variable ("farm B"), in alternating order (A B, B A, ...), on the same services.
+* duty cycle: the rise of the worker's device-busy metric over a run's wall time. With
+  ``--model gpu-sim`` (a GPU stand-in: an ``echo`` alias whose pipeline call holds the
+  device lane S s per image, asleep, as a GPU leaves the CPU to the other stages; S = 1 /
+  the farm's SD1.5 images/s on an H200, bench/results/) outputs are the photo-like source
+  at 512², so encoding costs what a render's does; 1 - duty cycle is the share off the GPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -51,14 +60,17 @@ from bench.farm import (  # noqa: E402
     cpu_snapshot,
     cpu_used,
     describe,
+    device_busy_seconds,
     run_batch,
     running_services,
+    start_worker,
     upload_image,
     wait_count,
 )
 from bench.harness import (  # noqa: E402
     missing_outputs,
     percentile,
+    photo_like,
     png_bytes,
     print_summary,
     status_counts,
@@ -69,18 +81,50 @@ from shared.models import Job  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from tests.services import ImgfarmProcess, wait_for  # noqa: E402
 
-MODEL = "echo"
+SIM_ALIAS = "gpu-sim"
+H200_RESULTS = ROOT / "bench" / "results" / "h200-2026-11-28.json"
 NOOP_TASK = "bench.noop"
 NOOP_QUEUE = "bench.noop"
 COUNTER_KEY = "bench:noop:done"
 STARTED_KEY = "bench:noop:started"
 
 
+def h200_seconds_per_image() -> float:
+    """1 / the farm path's SD1.5 images/s at batch 16 as measured on an H200."""
+    summary = json.loads(H200_RESULTS.read_text())["summary"]
+    return round(1 / summary["sd15"]["b_images_per_s"], 3)
+
+
+def sim_registry(seconds_per_image: float) -> str:
+    """``gpu-sim``: an ``echo`` alias at the H200 run's size and batch (its steps, strength
+    and guidance only keep the params honest: echo never denoises)."""
+    return f"""\
+[models.{SIM_ALIAS}]
+source = "builtin:echo"
+kind = "echo"
+device = "cpu"
+max_batch = 16
+width = 512
+height = 512
+steps = 1
+max_steps = 1
+strength = 1.0
+guidance_scale = 0.0
+options = {{ device_seconds_per_image = {seconds_per_image!r} }}
+"""
+
+
 @contextlib.contextmanager
 def running_farm(args: argparse.Namespace) -> Iterator[Farm]:
-    """The farm (bench/farm.py) with an ``echo`` worker and a no-op Celery worker beside it."""
-    with running_services(args.storage, args.logs) as farm:
-        farm.start("worker", ["worker", "--model", MODEL], ready=" ready.", timeout=120)
+    """The farm (bench/farm.py) with a no-op Celery worker beside it (and ``gpu-sim`` in
+    its registry); ``measure`` starts the model's worker."""
+    with contextlib.ExitStack() as stack:
+        env = {}
+        if args.model == SIM_ALIAS:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            (folder / "models.toml").write_text(sim_registry(args.sim_seconds_per_image))
+            env["IMGFARM_MODELS"] = str(folder / "models.toml")
+        farm = stack.enter_context(running_services(args.storage, args.logs, env))
         noop = NoopWorker([], {**os.environ, **farm.env}, farm.logs / "noop-worker.log")
         farm.adopt("noop worker", noop.start(), ready=" ready.", timeout=60)
         farm.wait_ready()
@@ -161,11 +205,13 @@ def raw_celery_latency(farm: Farm, probes: int, gap: float) -> list[float]:
 
 
 def farm_latency(
-    farm: Farm, client: httpx.Client, upload_id: str, probes: int, size: int, gap: float
+    farm: Farm, client: httpx.Client, upload_id: str, args: argparse.Namespace
 ) -> list[float]:
     """created_at → started_at of single jobs, one at a time, the worker idle in between."""
     seconds: list[float] = []
-    body = {"model": MODEL, "prompt": "latency", "image": upload_id, "width": size, "height": size}
+    probes, size, gap = args.latency_jobs, args.size, args.latency_gap
+    body: dict[str, Any] = {"model": args.model, "prompt": "latency", "image": upload_id}
+    body |= {"width": size, "height": size}
     for _ in range(probes):
         time.sleep(gap)
         response = client.post("/v1/jobs", json=body)
@@ -204,6 +250,7 @@ class Variant:
     env: dict[str, str]
     runs: list[tuple[int, float]] = field(default_factory=list)
     cpu: Counter[str] = field(default_factory=Counter)
+    busy: list[float] = field(default_factory=list)  # device-busy seconds of each run
 
 
 def variants(args: argparse.Namespace) -> list[Variant]:
@@ -214,15 +261,14 @@ def variants(args: argparse.Namespace) -> list[Variant]:
     return [Variant("farm", {}), Variant("farm B", {name: value})]
 
 
-def restart_worker(farm: Farm, variant: Variant, warm_up: Callable[[], object]) -> None:
-    """Replace the echo worker by one with ``variant``'s environment, ready and warm."""
+def restart_worker(farm: Farm, model: str, variant: Variant, warm_up: Callable[[], object]) -> str:
+    """Replace the worker by one with ``variant``'s environment, ready and warm; the URL
+    of its metrics."""
     farm.stop("worker")
     log = f"worker-{uuid.uuid4().hex[:6]}.log"  # its own log: the ready line is its own
-    worker = farm.start(
-        "worker", ["worker", "--model", MODEL], ready=" ready.", env=variant.env, log=log
-    )
-    worker.wait_log(" ready.", timeout=120)
+    url = start_worker(farm, model, variant.env, log)
     warm_up()
+    return url
 
 
 def measure(farm: Farm, args: argparse.Namespace) -> int:
@@ -231,13 +277,17 @@ def measure(farm: Farm, args: argparse.Namespace) -> int:
     configs = variants(args)
     raw = Variant("raw Celery", {})
     missing = 0
+    model, side = args.model, args.source_size
+    url = start_worker(farm, model)
     with httpx.Client(base_url=farm.api_url, headers=headers, timeout=30) as client:
-        # A flat source: echo only resizes and encodes it, the farm's own cost is the figure.
-        source = Image.new("RGB", (args.source_size, args.source_size), (200, 40, 40))
+        # echo: a flat source, echo only resizes and encodes it (the farm's own cost is the
+        # figure); gpu-sim: photo-like, so its outputs encode as a render's do.
+        flat = Image.new("RGB", (side, side), (200, 40, 40))
+        source = photo_like(side, side) if model == SIM_ALIAS else flat
         upload_id = upload_image(client, png_bytes(source))
 
         def warm_up() -> None:  # connections, imports and the first batch's plans
-            run_batch(farm, client, MODEL, upload_id, min(64, args.jobs), args.size, args.timeout)
+            run_batch(farm, client, model, upload_id, min(64, args.jobs), args.size, args.timeout)
 
         warm_up()
         raw_celery_round_trips(farm, min(64, args.jobs), args.timeout)
@@ -248,21 +298,20 @@ def measure(farm: Farm, args: argparse.Namespace) -> int:
             raw.cpu += cpu_used(before, cpu_snapshot(farm))
             for config in configs if round_ % 2 == 0 else configs[::-1]:
                 if config is not running:
-                    restart_worker(farm, config, warm_up)
+                    url = restart_worker(farm, model, config, warm_up)
                     running = config
-                before = cpu_snapshot(farm)
+                before, busy = cpu_snapshot(farm), device_busy_seconds(url, model)
                 batch_id, seconds = run_batch(
-                    farm, client, MODEL, upload_id, args.jobs, args.size, args.timeout
+                    farm, client, model, upload_id, args.jobs, args.size, args.timeout
                 )
                 config.cpu += cpu_used(before, cpu_snapshot(farm))
+                config.busy.append(device_busy_seconds(url, model) - busy)
                 done = status_counts(farm.session_factory, batch_id)["succeeded"]
                 config.runs.append((done, seconds))
                 missing += missing_outputs(farm.session_factory, farm.settings, batch_id)
         if running is not configs[0]:
-            restart_worker(farm, configs[0], warm_up)
-        farm_lat = farm_latency(
-            farm, client, upload_id, args.latency_jobs, args.size, args.latency_gap
-        )
+            restart_worker(farm, model, configs[0], warm_up)
+        farm_lat = farm_latency(farm, client, upload_id, args)
     raw_lat = raw_celery_latency(farm, args.latency_jobs, args.latency_gap)
     summary = summarize(args, [raw, *configs], missing)
     summary["latency_ms"] = {"farm": latency(farm_lat), "raw Celery": latency(raw_lat)}
@@ -290,6 +339,12 @@ def summarize(args: argparse.Namespace, ran: list[Variant], missing: int) -> dic
             v.name: {n: round(v.cpu[n] * 1000 / total, 2) for n in names if n in v.cpu} for v in ran
         },
         "missing_outputs": missing,
+        # The best run's device-busy seconds over its wall time (gpu-sim: the GPU's).
+        "duty_cycle": {
+            v.name: round(v.busy[v.runs.index(best[v.name])] / best[v.name][1], 4)
+            for v in ran
+            if v.busy
+        },
     }
     if "farm B" in rates:
         out["farm B / farm"] = round(rates["farm B"] / rates["farm"], 3)
@@ -303,8 +358,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=1, help="throughput runs of each (best shown)")
     p.add_argument("--latency-jobs", type=int, default=50, help="single jobs for the latency")
     p.add_argument("--latency-gap", type=float, default=0.1, help="idle seconds before each")
-    p.add_argument("--size", type=int, default=64, help="output width and height (multiple of 8)")
-    p.add_argument("--source-size", type=int, default=64, help="source image width and height")
+    p.add_argument("--model", choices=("echo", SIM_ALIAS), default="echo", help="see the header")
+    p.add_argument(
+        "--sim-seconds-per-image",
+        type=float,
+        help="gpu-sim's device seconds per image (default: the H200's, 0.084)",
+    )
+    p.add_argument("--size", type=int, help="output width and height (echo 64, gpu-sim 512)")
+    p.add_argument("--source-size", type=int, help="source width and height (as --size)")
     p.add_argument("--storage", choices=("s3", "file"), default="s3")
     p.add_argument("--timeout", type=float, default=600, help="give up on a run after this")
     p.add_argument("--logs", type=Path, help="keep the processes' logs in this folder")
@@ -320,6 +381,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--jobs must be 1..10,000 (one batch)")
     if args.compare_env is not None and "=" not in args.compare_env:
         p.error("--compare-env takes NAME=VALUE")
+    args.size = args.size or (512 if args.model == SIM_ALIAS else 64)
+    args.source_size = args.source_size or args.size
+    if args.sim_seconds_per_image is None:
+        args.sim_seconds_per_image = h200_seconds_per_image()
     return args
 
 
@@ -330,9 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with running_farm(args) as farm:
         depth = os.environ.get("IMGFARM_DISPATCH_DEPTH_PER_WORKER", "default")
-        describe(
-            farm, "overhead", f"model {MODEL}, {args.size}² png outputs, dispatch depth {depth}"
-        )
+        details = f"model {args.model}, {args.size}² png outputs, dispatch depth {depth}"
+        describe(farm, "overhead", details)
         return measure(farm, args)
 
 

@@ -1,43 +1,34 @@
-"""Pipeline overlap: how busy a render worker keeps its GPU, end to end, at pipeline depth 1
-(each batch stored before the next renders) against depth N (the next batch on the device
-while the last one's outputs are encoded and uploaded). Prints figures; never fails on time.
+"""Pipeline overlap, in process: how busy the worker's own render task keeps the device with
+a real model at pipeline depth 1 (each batch stored before the next renders) against depth N
+(the next batch on the device while the last one's outputs are stored), and the worker's
+start. Prints figures; never fails on time. (End to end on the services, with a GPU
+stand-in: ``bench/overhead.py --model gpu-sim``.)
 
-    python bench/pipeline_overlap.py                  # 192 jobs, depths 1 and 3, 2 rounds, S3
-    python bench/pipeline_overlap.py --storage file --depths 1,2,3,4 --json out.json
-    python bench/pipeline_overlap.py --smoke          # 32 jobs, 0.02 s/image, 1 round (tests)
-    python bench/pipeline_overlap.py --in-process --model sd15 --device cuda --jobs 96 --warm-plan
+    python bench/pipeline_overlap.py --device cuda --jobs 96 --warm-plan   # the GPU session
+    python bench/pipeline_overlap.py --smoke --jobs 7 --depths 1,3         # CPU, tiny model
 
-``gpu-sim`` (the default model) stands in for a GPU: an ``echo`` alias whose pipeline call
-holds the worker's device lane for S seconds per image, asleep, leaving the CPU to the other
-stages as a GPU does; S = 1 / the farm's SD1.5 images/s on an H200 (bench/results/). Its
-outputs are the photo-like source encoded as PNG, so encoding costs what a render's does.
-``sd15`` is SD1.5 with random weights (tiny with ``--smoke``), saved under ``--workdir``
-and loaded by ``worker.pipelines.load_model`` with a worker's spec (compiled on CUDA).
+SD1.5 with random weights (tiny with ``--smoke``), saved under ``--workdir`` and loaded by
+``worker.pipelines.load_model`` with a worker's spec (compiled on CUDA). No services (the GPU
+session, bench/gpu_session.sh): ``depth`` threads call the worker's render task as Celery's
+pool would, on SQLite and a local folder, the duty cycle read from its device lane. Each
+run: an untimed warm-up batch, then N jobs (1 source x 1 prompt x N variants: full batches;
+compiled, a short last one is padded to its bucket). The ideal is the images per
+device-busy second (the pipeline call alone), so 1 - the duty cycle at depth 1 is the
+task's share off the device (claim, fetch, encode, store, record). Depths alternate, their
+order flipped every other round, so drift hits each alike; outputs are checked in storage
+after the clock stops.
 
-By default jobs go through the api, Postgres, the dispatcher, Redis and a fresh ``imgfarm
-worker`` per run (bench/farm.py); the duty cycle is the rise of the worker's device-busy
-metric over the run's wall time (submit → last job finished). ``--in-process`` needs no
-services (the GPU session, bench/gpu_session.sh): ``depth`` threads call the worker's own
-render task as Celery's pool would, on SQLite and a local folder, the duty cycle read from
-its device lane. Each run: an untimed warm-up batch, then N jobs (1 source x 1 prompt x N
-variants: full batches; compiled, a short last one is padded to its bucket). The ideal is a
-device that never waits (1 / S; for a real model the images per device-busy second: the
-pipeline call alone), so 1 - the duty cycle at depth 1 is the task's share off the device
-(claim, fetch, encode, store, record). Depths alternate, their order flipped every other
-round, so drift hits each alike; outputs are checked in storage after the clock stops.
-
-In process, a real model also reports the worker's start: ``load_model`` seconds, each
-warm-up (the buckets the runs use first, then with ``--warm-plan`` the rest of the worker's
-plan: load + all is its start time) and the graphs torch.compile added during the timed runs
-(none if the warm-up covers them). On the CPU the farm never compiles; ``--smoke`` compiles
-the UNet with dynamo's ``eager`` backend (no code generation, same guards) to count them.
+It also reports the worker's start: ``load_model`` seconds, each warm-up (the buckets the
+runs use first, then with ``--warm-plan`` the rest of the worker's plan: load + all is its
+start time) and the graphs torch.compile added during the timed runs (none if the warm-up
+covers them). On the CPU the farm never compiles; ``--smoke`` compiles the UNet with
+dynamo's ``eager`` backend (no code generation, same guards) to count them.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import tempfile
@@ -70,57 +61,20 @@ from bench.harness import (  # noqa: E402
 )
 from shared.db import make_engine, make_session_factory, session_scope  # noqa: E402
 from shared.models import Base, Batch  # noqa: E402
-from shared.registry import ModelSpec, load_registry  # noqa: E402
+from shared.registry import ModelSpec  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.storage import source_key, storage_from_settings  # noqa: E402
 from shared.teams import ensure_team  # noqa: E402
 
-# What only the services need (httpx, bench.farm, tests.services: Postgres, Redis, moto) is
-# imported where it is used, so that --in-process runs with the GPU session's few wheels.
 if TYPE_CHECKING:
     from worker.context import WorkerContext
     from worker.pipelines import LoadedModel
 
-SIM_ALIAS = "gpu-sim"
-H200_RESULTS = ROOT / "bench" / "results" / "h200-2026-11-28.json"
-BUSY_METRIC = "imgfarm_worker_device_busy_seconds"
 SUMMARY = ("jobs", "images_per_second", "duty_cycle", "of_ideal", "device_idle_seconds")
 
 
-# --- the model: a GPU stand-in or SD1.5 --------------------------------------------------------
-
-
-def h200_seconds_per_image() -> float:
-    """1 / the farm path's SD1.5 images/s at batch 16 as measured on an H200."""
-    summary = json.loads(H200_RESULTS.read_text())["summary"]
-    return round(1 / summary["sd15"]["b_images_per_s"], 3)
-
-
-def registry_toml(args: argparse.Namespace) -> str:
-    """``gpu-sim``: an ``echo`` alias at the H200 run's size and batch, whose pipeline call
-    sleeps ``--device-seconds`` per image on the device lane."""
-    # echo never denoises: its steps, strength and guidance only keep the params honest.
-    return f"""\
-[models.{SIM_ALIAS}]
-source = "builtin:echo"
-kind = "echo"
-device = "cpu"
-max_batch = 16
-width = 512
-height = 512
-steps = 1
-max_steps = 1
-strength = 1.0
-guidance_scale = 0.0
-options = {{ device_seconds_per_image = {args.device_seconds!r} }}
-"""
-
-
 def model_spec(args: argparse.Namespace) -> ModelSpec:
-    """The alias the worker pins: gpu-sim as the farm's processes read it, or the random
-    SD1.5 checkpoint (built and saved on first use)."""
-    if args.model != "sd15":
-        return load_registry(args.registry)[SIM_ALIAS]
+    """The random SD1.5 checkpoint's spec (the checkpoint built and saved on first use)."""
     from bench.harness import saved_img2img, sd15_spec  # imports torch: only where needed
 
     spec = sd15_spec(Path(args.workdir), args.smoke, args.device, 4 if args.smoke else 16)
@@ -140,13 +94,12 @@ def chunk_sizes(jobs: int, max_batch: int) -> set[int]:
 # --- one run: one batch at one depth ----------------------------------------------------------
 
 
-def run_figures(spec: ModelSpec, run: dict[str, Any]) -> dict[str, Any]:
+def run_figures(run: dict[str, Any]) -> dict[str, Any]:
     """One timed batch's record, with images/s against a device that never waits: the
-    stand-in's 1 / S; for a real model, the run's images per device-busy second."""
-    per_image = float(spec.options.get("device_seconds_per_image", 0.0))
+    run's images per device-busy second."""
     busy, wall = run["device_busy_seconds"], run["seconds"]
     done = run["statuses"].get("succeeded", 0)
-    ideal = 1 / per_image if per_image > 0 else (done / busy if busy else 0)
+    ideal = done / busy if busy else 0
     return {
         **run,
         "unfinished": run["jobs"] - sum(run["statuses"].get(s, 0) for s in TERMINAL),
@@ -169,14 +122,14 @@ class Timed:
     after: Callable[[], None] = lambda: None
 
 
-def measure(timed: Timed, args: argparse.Namespace, spec: ModelSpec, report: Report) -> None:
+def measure(timed: Timed, args: argparse.Namespace, report: Report) -> None:
     """Every depth in every round, the order flipped every other round; the JSON rewritten
     after each run, so a run cut short by a timeout keeps the ones before."""
     factory = timed.session_factory
 
     def one(depth: int, round_no: int) -> None:
         batch_id, seconds, busy, graphs = timed.run(depth, round_no)
-        run = run_figures(spec, {
+        run = run_figures({
             "depth": depth, "round": round_no, "jobs": args.jobs, "seconds": seconds,
             "statuses": dict(status_counts(factory, batch_id)),
             "missing_outputs": missing_outputs(factory, timed.settings, batch_id),
@@ -241,67 +194,6 @@ def worker_start(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# --- on the services: a fresh worker process per run --------------------------------------------
-
-
-def device_busy_seconds(metrics_url: str, alias: str) -> float:
-    """The worker's ``imgfarm_worker_device_busy_seconds_total{model=alias}`` (0 before its
-    first pipeline call); an error if its metrics do not answer, never a silent 0."""
-    import httpx
-    from prometheus_client.parser import text_string_to_metric_families
-
-    response = httpx.get(metrics_url, timeout=5)
-    response.raise_for_status()
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples if family.name == BUSY_METRIC else []:
-            if sample.name == f"{BUSY_METRIC}_total" and sample.labels.get("model") == alias:
-                return float(sample.value)
-    return 0.0
-
-
-@contextlib.contextmanager
-def on_services(spec: ModelSpec, args: argparse.Namespace, _report: Report) -> Iterator[Timed]:
-    """The farm on this machine's services (bench/farm.py), a fresh worker for each run."""
-    import httpx
-
-    from bench.farm import describe, run_batch, running_services, upload_image
-    from tests.services import free_port, wait_answers
-
-    with running_services(args.storage, args.logs, {"IMGFARM_MODELS": str(args.registry)}) as farm:
-        farm.wait_ready()
-        describe(farm, "pipeline overlap", f"model {spec.alias}, {spec.width}² png outputs")
-        headers = {"Authorization": f"Bearer {farm.api_key}"}
-        with httpx.Client(base_url=farm.api_url, headers=headers, timeout=30) as client:
-            model = (spec.alias, upload_image(client, source_png(args)))
-
-            def run_one(depth: int, round_no: int) -> tuple[uuid.UUID, float, float, None]:
-                port = free_port()
-                env = {
-                    "IMGFARM_WORKER_PIPELINE_DEPTH": str(depth),
-                    "IMGFARM_METRICS_PORT": str(port),
-                    "IMGFARM_METRICS_ADDRESS": "127.0.0.1",
-                }
-                log_name = f"worker-depth{depth}-round{round_no}.log"
-                command = ["worker", "--model", spec.alias]
-                farm.start("worker", command, ready=" ready.", env=env, log=log_name)
-                url = f"http://127.0.0.1:{port}/metrics"
-                try:
-                    farm.wait_ready()
-                    wait_answers(url, 60, "the worker's metrics")
-                    # Warm-up: the worker's connections (database, storage), first encodes.
-                    run_batch(farm, client, *model, args.warmup_jobs, spec.width, args.timeout)
-                    busy = device_busy_seconds(url, spec.alias)
-                    batch_id, seconds = run_batch(
-                        farm, client, *model, args.jobs, spec.width, args.timeout
-                    )
-                    busy = device_busy_seconds(url, spec.alias) - busy
-                finally:
-                    farm.stop("worker")
-                return batch_id, seconds, busy, None
-
-            yield Timed(run_one, farm.session_factory, farm.settings)
-
-
 # --- in process: the worker's render task without services ------------------------------------
 
 
@@ -364,7 +256,6 @@ def in_process(spec: ModelSpec, args: argparse.Namespace, report: Report) -> Ite
             data_dir=root,
             database_url=f"sqlite:///{root / 'bench.db'}",
             storage_url=(root / "objects").as_uri(),
-            models=args.registry,
         )
         engine = make_engine(settings.database_url)
         Base.metadata.create_all(engine)
@@ -461,61 +352,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, help="jobs per timed batch (default 192; smoke 32)")
     p.add_argument("--depths", default="1,3", type=depth_list, help="the first is the baseline")
     p.add_argument("--rounds", type=int, help="runs of each depth (default 2; smoke 1)")
-    p.add_argument(
-        "--device-seconds",
-        type=float,
-        help="gpu-sim device seconds per image (default: the H200's, 0.084; smoke 0.02)",
-    )
-    p.add_argument("--model", default="gpu-sim", choices=("gpu-sim", "sd15"))
-    p.add_argument("--device", default="auto", help="sd15's device: auto, cpu or cuda[:N]")
-    p.add_argument("--in-process", action="store_true", help="no services: see the header")
-    p.add_argument("--warm-plan", action="store_true", help="in process: warm the whole plan")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--warm-plan", action="store_true", help="warm the whole plan: its start")
     p.add_argument("--workdir", default="/tmp/imgfarm-bench-sd15", help="sd15's checkpoint")
     p.add_argument("--warmup-jobs", type=int, help="untimed jobs before each run (2 batches)")
     p.add_argument("--source-size", type=int, default=512, help="source width and height")
-    p.add_argument("--storage", choices=("s3", "file"), default="s3")
-    p.add_argument("--timeout", type=float, default=600, help="give up on a batch after this")
     p.add_argument("--json", type=Path, help="also write the figures to this file (each run)")
-    p.add_argument("--logs", type=Path, help="keep the processes' logs in this folder")
     p.add_argument("--smoke", action="store_true", help="small and fast, for tests")
     args = p.parse_args(argv)
     args.jobs = args.jobs or (32 if args.smoke else 192)
     args.rounds = args.rounds or (1 if args.smoke else 2)
-    if args.device_seconds is None:
-        args.device_seconds = 0.02 if args.smoke else h200_seconds_per_image()
     if not args.depths or not all(1 <= d <= 16 for d in args.depths):
         p.error("--depths must be 1..16 each")
-    if args.model == "sd15" and not args.in_process:
-        p.error("--model sd15 runs --in-process only (the services farm serves gpu-sim)")
     if not 1 <= args.jobs <= 10_000:
         p.error("--jobs must be 1..10,000 (one batch)")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.model == "sd15":
-        from worker.accel import resolve_device
+    from worker.accel import resolve_device
 
-        args.device = resolve_device(args.device)
-    with tempfile.TemporaryDirectory(prefix="imgfarm-bench-models-") as folder:
-        args.registry = Path(folder) / "models.toml"
-        args.registry.write_text(registry_toml(args))
-        log("== environment ==")
-        report = Report(
-            args.json,
-            summarize=lambda data: summarize(data, args.depths),
-            env=environment(args.device if args.model == "sd15" else "cpu"),
-            args=vars(args),
-            runs=[],
-        )
-        spec = model_spec(args)
-        report.data.update(model=spec.alias, kind=spec.kind, max_batch=spec.max_batch)
-        # Two full batches: every stage has run at least once before the clock starts.
-        args.warmup_jobs = args.warmup_jobs or 2 * spec.max_batch
-        farm = in_process if args.in_process else on_services
-        with farm(spec, args, report) as timed:
-            measure(timed, args, spec, report)
+    args = parse_args(argv)
+    args.device = resolve_device(args.device)
+    log("== environment ==")
+    report = Report(
+        args.json,
+        summarize=lambda data: summarize(data, args.depths),
+        env=environment(args.device),
+        args=vars(args),
+        runs=[],
+    )
+    spec = model_spec(args)
+    report.data.update(model=spec.alias, kind=spec.kind, max_batch=spec.max_batch)
+    # Two full batches: every stage has run at least once before the clock starts.
+    args.warmup_jobs = args.warmup_jobs or 2 * spec.max_batch
+    with in_process(spec, args, report) as timed:
+        measure(timed, args, report)
     report.dump()
     print_summary("pipeline_overlap", report.data)
     return 1 if report.data["errors"] or not report.data["runs"] else 0

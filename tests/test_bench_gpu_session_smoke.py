@@ -1,5 +1,5 @@
 """bench/gpu_session.sh --cpu-smoke: the device run's steps, flags and summary, on the CPU
-with the tiny model. Its first step is also the smoke of pipeline_overlap.py --in-process
+with the tiny model. Its first step is also the smoke of pipeline_overlap.py (in process)
 with a real model: the worker's load, warm-ups and render task, depth 1 against 3."""
 
 from __future__ import annotations
