@@ -367,7 +367,7 @@ class AttemptPublic(BaseModel):
 class ProvenancePublic(BaseModel):
     """How a job's output was made and what the file says about it (from the worker)."""
 
-    model: str = Field(description="The model alias it rendered with.")
+    model: str | None = Field(default=None, description="The model alias it rendered with.")
     revision: str | None = Field(default=None, description="The model's weights revision.")
     kind: str | None = Field(default=None, description="The model's kind (img2img, echo, ...).")
     license: str | None = Field(default=None, description="The model's licence.")
