@@ -183,7 +183,7 @@ def generator(device: torch.device) -> torch.Generator:
 
 
 def summarize(results: list[Measurement]) -> dict[str, Any]:
-    """Plain against the best farm step (the keys bench/results/ and pipeline_overlap.py
+    """Plain against the best farm step (the keys bench/results/ and overhead.py --model gpu-sim
     read), and each variant against off."""
     by_step = {m.step: m for m in results}
     farm = [m for m in results if m.step != PLAIN]

@@ -28,15 +28,14 @@ dynamo's ``eager`` backend (no code generation, same guards) to count them.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,10 +81,6 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
     return spec
 
 
-def source_png(args: argparse.Namespace) -> bytes:
-    return png_bytes(photo_like(args.source_size, args.source_size))
-
-
 def chunk_sizes(jobs: int, max_batch: int) -> set[int]:
     """The batch sizes the dispatcher sends for one batch of ``jobs``."""
     return {min(max_batch, jobs - start) for start in range(0, jobs, max_batch)}
@@ -111,28 +106,23 @@ def run_figures(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@dataclass
-class Timed:
-    """What a farm yields: ``run(depth, round)`` times one batch, (batch id, wall seconds,
-    device-busy seconds, graphs compiled or None); ``after`` runs once all runs are done."""
-
-    run: Callable[[int, int], tuple[uuid.UUID, float, float, int | None]]
-    session_factory: sessionmaker[Session]
-    settings: Settings
-    after: Callable[[], None] = lambda: None
-
-
-def measure(timed: Timed, args: argparse.Namespace, report: Report) -> None:
-    """Every depth in every round, the order flipped every other round; the JSON rewritten
-    after each run, so a run cut short by a timeout keeps the ones before."""
-    factory = timed.session_factory
+def measure(
+    run_one: Callable[[int], tuple[uuid.UUID, float, float, int]],
+    factory: sessionmaker[Session],
+    settings: Settings,
+    args: argparse.Namespace,
+    report: Report,
+) -> None:
+    """Every depth in every round, the order flipped every other round; ``run_one(depth)``
+    times one batch: (batch id, wall seconds, device-busy seconds, graphs compiled). The
+    JSON is rewritten after each run, so a run cut short by a timeout keeps the ones before."""
 
     def one(depth: int, round_no: int) -> None:
-        batch_id, seconds, busy, graphs = timed.run(depth, round_no)
+        batch_id, seconds, busy, graphs = run_one(depth)
         run = run_figures({
             "depth": depth, "round": round_no, "jobs": args.jobs, "seconds": seconds,
             "statuses": dict(status_counts(factory, batch_id)),
-            "missing_outputs": missing_outputs(factory, timed.settings, batch_id),
+            "missing_outputs": missing_outputs(factory, settings, batch_id),
             "device_busy_seconds": busy, "graphs_compiled": graphs,
         })  # fmt: skip
         log(
@@ -146,12 +136,11 @@ def measure(timed: Timed, args: argparse.Namespace, report: Report) -> None:
     for round_no in range(1, args.rounds + 1):
         for depth in args.depths if round_no % 2 else args.depths[::-1]:
             report.step(f"round {round_no}, depth {depth}", lambda d=depth, r=round_no: one(d, r))
-    timed.after()
 
 
 def summarize(data: dict[str, Any], depths: list[int]) -> dict[str, Any]:
     """The best run of each depth (most succeeded, then least time), their images/s against
-    the first depth's, every run's job outcomes, and in process the worker's start."""
+    the first depth's, every run's job outcomes, and the worker's start."""
     runs, base = data["runs"], depths[0]
     best = {
         d: max(rs, key=lambda r: (r["statuses"].get("succeeded", 0), -r["seconds"]))
@@ -180,7 +169,6 @@ def worker_start(data: dict[str, Any]) -> dict[str, Any]:
     warm = data["warmup"]
     missing = {tuple(e) for e in data["warm_plan"]} - {(w["bucket"], w["guidance"]) for w in warm}
     start = data["load_model_s"] + sum(w["seconds"] for w in warm)
-    runs = [r["graphs_compiled"] for r in data["runs"] if r["graphs_compiled"] is not None]
     return {
         "load_model_s": data["load_model_s"],
         "warmup_s_by_bucket": {
@@ -190,11 +178,11 @@ def worker_start(data: dict[str, Any]) -> dict[str, Any]:
         },
         "worker_start_s": None if missing or not data["warm_plan"] else round(start, 1),
         "buckets_not_warmed": sorted(missing),
-        "graphs_compiled_while_timing": sum(runs) if runs else None,
+        "graphs_compiled_while_timing": sum(r["graphs_compiled"] for r in data["runs"]),
     }
 
 
-# --- in process: the worker's render task without services ------------------------------------
+# --- the worker's render task, in process -----------------------------------------------------
 
 
 def compile_eager_backend(model: LoadedModel) -> LoadedModel:
@@ -216,8 +204,6 @@ def load_and_warm(
 
     t = time.perf_counter()
     model = lane.run(load_model, spec, settings, warm=False)
-    if model.pipe is None:
-        return model, lambda _: None
     if args.smoke and model.device == "cpu":
         model = compile_eager_backend(model)
     plan = warm_plan(model.buckets, spec.guidance_scale) if model.compiled else []
@@ -240,10 +226,10 @@ def load_and_warm(
     return model, warm
 
 
-@contextlib.contextmanager
-def in_process(spec: ModelSpec, args: argparse.Namespace, report: Report) -> Iterator[Timed]:
+def in_process(spec: ModelSpec, args: argparse.Namespace, report: Report) -> None:
     """A worker's context as worker/boot.py builds it (minus Celery and metrics), on SQLite
-    and a local folder; the model loaded and the buckets the runs use warmed."""
+    and a local folder; the model loaded, the buckets the runs use warmed, then the runs and
+    with ``--warm-plan`` the rest of the worker's plan (its start time)."""
     from bench.harness import graph_count
     from worker.context import WorkerContext
     from worker.device import DeviceLane
@@ -274,7 +260,6 @@ def in_process(spec: ModelSpec, args: argparse.Namespace, report: Report) -> Ite
             io=ThreadPoolExecutor(settings.worker_io_threads, thread_name_prefix="imgfarm-io"),
             prepared=PreparedCache(settings.worker_prepared_cache_bytes),
         )
-        graphs = graph_count if model.pipe is not None else lambda: None
         try:
             log(
                 f"imgfarm pipeline overlap, in process: SQLite, local folder; model {spec.alias}"
@@ -284,24 +269,19 @@ def in_process(spec: ModelSpec, args: argparse.Namespace, report: Report) -> Ite
             with session_scope(ctx.session_factory) as session:
                 team_id = ensure_team(session, "bench").id
             key = source_key(team_id, "bench")
-            ctx.storage.put(key, source_png(args), "image/png")
+            ctx.storage.put(key, png_bytes(photo_like(512, 512)), "image/png")
             render_jobs(ctx, spec, team_id, key, args.warmup_jobs, 1)
 
-            def run_one(depth: int, _round: int) -> tuple[uuid.UUID, float, float, int | None]:
-                busy, g0 = ctx.device.busy_seconds, graphs()
+            def run_one(depth: int) -> tuple[uuid.UUID, float, float, int]:
+                busy, g0 = ctx.device.busy_seconds, graph_count()
                 batch_id, seconds = render_jobs(ctx, spec, team_id, key, args.jobs, depth)
-                g1 = graphs()
-                added = None if g0 is None or g1 is None else g1 - g0
-                return batch_id, seconds, ctx.device.busy_seconds - busy, added
+                return batch_id, seconds, ctx.device.busy_seconds - busy, graph_count() - g0
 
-            def rest_of_plan() -> None:
-                """The worker's warm plan past what the runs needed: its start time."""
-                warmed = {(w["bucket"], w["guidance"]) for w in report.data.get("warmup", [])}
-                for b, g in report.data.get("warm_plan", []) if args.warm_plan else []:
-                    if (b, g) not in warmed:
-                        report.step(f"warm-up batch {b} guidance {g}", lambda e=(b, g): warm(e))
-
-            yield Timed(run_one, ctx.session_factory, settings, rest_of_plan)
+            measure(run_one, ctx.session_factory, settings, args, report)
+            warmed = {(w["bucket"], w["guidance"]) for w in report.data["warmup"]}
+            for b, g in report.data["warm_plan"] if args.warm_plan else []:
+                if (b, g) not in warmed:
+                    report.step(f"warm-up batch {b} guidance {g}", lambda e=(b, g): warm(e))
         finally:
             ctx.close()
             engine.dispose()
@@ -356,7 +336,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warm-plan", action="store_true", help="warm the whole plan: its start")
     p.add_argument("--workdir", default="/tmp/imgfarm-bench-sd15", help="sd15's checkpoint")
     p.add_argument("--warmup-jobs", type=int, help="untimed jobs before each run (2 batches)")
-    p.add_argument("--source-size", type=int, default=512, help="source width and height")
     p.add_argument("--json", type=Path, help="also write the figures to this file (each run)")
     p.add_argument("--smoke", action="store_true", help="small and fast, for tests")
     args = p.parse_args(argv)
@@ -386,8 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     report.data.update(model=spec.alias, kind=spec.kind, max_batch=spec.max_batch)
     # Two full batches: every stage has run at least once before the clock starts.
     args.warmup_jobs = args.warmup_jobs or 2 * spec.max_batch
-    with in_process(spec, args, report) as timed:
-        measure(timed, args, report)
+    in_process(spec, args, report)
     report.dump()
     print_summary("pipeline_overlap", report.data)
     return 1 if report.data["errors"] or not report.data["runs"] else 0
