@@ -272,7 +272,8 @@ def restart_worker(farm: Farm, model: str, variant: Variant, warm_up: Callable[[
 
 
 def measure(farm: Farm, args: argparse.Namespace) -> int:
-    """Warm-ups, then each round (raw Celery, then the farm's variants), then latency."""
+    """Warm-ups, the farm's latency, each round (raw Celery, then the farm's variants), then
+    raw Celery's latency."""
     headers = {"Authorization": f"Bearer {farm.api_key}"}
     configs = variants(args)
     raw = Variant("raw Celery", {})
@@ -291,6 +292,8 @@ def measure(farm: Farm, args: argparse.Namespace) -> int:
 
         warm_up()
         raw_celery_round_trips(farm, min(64, args.jobs), args.timeout)
+        # Latency first, with the worker as configured (farm A) warm and idle.
+        farm_lat = farm_latency(farm, client, upload_id, args)
         running = configs[0]
         for round_ in range(args.rounds):
             before = cpu_snapshot(farm)
@@ -309,9 +312,6 @@ def measure(farm: Farm, args: argparse.Namespace) -> int:
                 done = status_counts(farm.session_factory, batch_id)["succeeded"]
                 config.runs.append((done, seconds))
                 missing += missing_outputs(farm.session_factory, farm.settings, batch_id)
-        if running is not configs[0]:
-            restart_worker(farm, model, configs[0], warm_up)
-        farm_lat = farm_latency(farm, client, upload_id, args)
     raw_lat = raw_celery_latency(farm, args.latency_jobs, args.latency_gap)
     summary = summarize(args, [raw, *configs], missing)
     summary["latency_ms"] = {"farm": latency(farm_lat), "raw Celery": latency(raw_lat)}

@@ -27,7 +27,7 @@ def test_gpu_sim_reports_rate_and_duty_cycle_per_depth(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "overhead.py"), "--model", "gpu-sim",
          "--sim-seconds-per-image", "0.02", "--jobs", "16", "--latency-jobs", "1",
-         "--compare-env", "IMGFARM_WORKER_PIPELINE_DEPTH=3", "--json", out],
+         "--compare-env", "IMGFARM_WORKER_PIPELINE_DEPTH=3", "--storage", "file", "--json", out],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=150,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
