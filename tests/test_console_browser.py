@@ -1,8 +1,9 @@
 """The console in headless Chromium on the embedded stack (SQLite, local storage, the echo
-model): sign in (a wrong key first), a batch made through the form from two photos (one
+and tiny models): sign in (a wrong key first), a batch made through the form from two photos (one
 dropped, one picked) and three prompts, thumbnails arriving live, review by keyboard, a
 rerender, a job page, the zip, an XSS prompt shown as text, nothing fetched from outside,
-another team's batch as not-found. Screenshots: test-artifacts/console-*.png.
+another team's batch as not-found, and tiny's noise outputs flagged for review.
+Screenshots: test-artifacts/console-*.png.
 """
 
 from __future__ import annotations
@@ -39,11 +40,12 @@ def photo(path: Path, pixels) -> Path:  # noqa: ANN001 - a numpy array
 
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory: pytest.TempPathFactory):
-    """api, dispatcher and an echo worker as processes, on SQLite and a local folder."""
+    """api, dispatcher, an echo and a tiny worker as processes, on SQLite and a local folder
+    (tiny loads while the echo flow runs)."""
     with pytest.MonkeyPatch.context() as env:
         for name in [k for k in os.environ if k.startswith("IMGFARM_")]:
             env.delenv(name)
-        stack = EmbeddedStack(tmp_path_factory.mktemp("console") / "farm", models=("echo",))
+        stack = EmbeddedStack(tmp_path_factory.mktemp("console") / "farm", models=("echo", "tiny"))
         stack.webhooks = False
         with stack:
             yield stack
@@ -225,6 +227,50 @@ def test_a_batch_from_the_form_through_review_to_the_zip(farm, browser, tmp_path
 
     assert visit.dialogs == []  # the markup never ran
     assert visit.outside() == [], visit.outside()  # nothing from outside the farm
+    visit.context.close()
+
+
+def upload_photo(farm: EmbeddedStack, key: str, pixels) -> str:  # noqa: ANN001 - numpy
+    image = io.BytesIO()
+    Image.fromarray(pixels).resize((64, 64)).save(image, "PNG")
+    answer = httpx.post(
+        f"{farm.url}/v1/uploads",
+        headers={"Authorization": f"Bearer {key}"},
+        files={"files": ("a.png", image.getvalue())},
+    )
+    return answer.json()["uploads"][0]["id"]
+
+
+def test_tiny_noise_is_flagged_for_review_and_kept_out_of_approve_all_passed(farm, browser):
+    """The random-weight model's outputs drift from their source: the grid marks them
+    needs review with their scores in the tooltip, and "Approve all passed" leaves them."""
+    from playwright.sync_api import expect
+
+    headers = {"Authorization": f"Bearer {farm.api_key}"}
+    body = {
+        "model": "tiny",
+        "images": [upload_photo(farm, farm.api_key, skimage.data.chelsea())],
+        "prompts": ["a cat on a beach"],
+        "variants": 2,
+        "metadata": {"name": "Noise check"},
+    }
+    batch = httpx.post(f"{farm.url}/v1/batches", headers=headers, json=body)
+    assert batch.status_code == 202, batch.text
+    visit = Visit(browser, farm)
+    page = visit.page
+    page.goto(f"{farm.url}/batches/{batch.json()['id']}")
+    visit.sign_in(farm.api_key)
+    flagged = page.locator("a.cell[data-state=needs_review]")
+    expect(flagged).to_have_count(2, timeout=120_000)  # tiny may still be loading
+    expect(page.locator("#counts [data-state=needs_review] b")).to_have_text("2")
+    assert "structure" in (flagged.first.get_attribute("title") or "")
+    with page.expect_response(lambda r: r.url.endswith("/review")) as answer:
+        page.click("#approve-passed")
+    assert answer.value.ok
+    expect(page.locator("#counts [data-state=approved]")).to_have_count(0)
+    expect(flagged).to_have_count(2)
+    visit.shot("batch-needs-review")
+    assert visit.dialogs == [] and visit.outside() == []
     visit.context.close()
 
 
