@@ -11,6 +11,7 @@ import io
 
 from PIL import Image, ImageOps
 
+from shared.canny import canny_edges
 from shared.storage import Storage, thumbnail_key
 
 __all__ = ["cached_thumbnail", "make_thumbnail", "thumbnail_key"]
@@ -20,11 +21,14 @@ THUMBNAIL_TYPE = "image/webp"
 THUMBNAIL_QUALITY = 80  # webp: about 10 KB at 256 px, no visible loss at cell size
 
 
-def make_thumbnail(data: bytes, size: int = THUMBNAIL_PX) -> bytes:
-    """``data`` (any image Pillow opens) upright and fitted into ``size`` x ``size``, as webp."""
+def make_thumbnail(data: bytes, size: int = THUMBNAIL_PX, edges: bool = False) -> bytes:
+    """``data`` (any image Pillow opens) upright and fitted into ``size`` x ``size``, as webp;
+    with ``edges``, its canny edges at that size (the ones a ControlNet would be given)."""
     with Image.open(io.BytesIO(data)) as opened:
         image = ImageOps.exif_transpose(opened)
         image.thumbnail((size, size), Image.Resampling.LANCZOS)
+        if edges:
+            image = canny_edges(image)
         if image.mode not in ("RGB", "RGBA"):
             image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
         out = io.BytesIO()
@@ -32,11 +36,13 @@ def make_thumbnail(data: bytes, size: int = THUMBNAIL_PX) -> bytes:
         return out.getvalue()
 
 
-def cached_thumbnail(storage: Storage, thumb_key: str, source_key: str, size: int) -> bytes:
+def cached_thumbnail(
+    storage: Storage, thumb_key: str, source_key: str, size: int, edges: bool = False
+) -> bytes:
     """The stored thumbnail at ``thumb_key``, made from ``source_key`` the first time."""
     if storage.exists(thumb_key):
         return storage.get(thumb_key)
-    data = make_thumbnail(storage.get(source_key), size)
+    data = make_thumbnail(storage.get(source_key), size, edges)
     # Two requests racing here write the same bytes to the same key: harmless.
     storage.put(thumb_key, data, THUMBNAIL_TYPE)
     return data

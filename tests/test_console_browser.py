@@ -213,6 +213,10 @@ def test_a_batch_from_the_form_through_review_to_the_zip(farm, browser, tmp_path
     expect(labels).to_contain_text("no AI claim")  # echo resizes: its XMP claims no AI type
     expect(labels).to_contain_text("not signed (XMP only)")
     expect(page.locator("table.facts", has_text="Provenance")).to_contain_text("echo")
+    source_img = page.locator(".stage img.source")
+    photo_src = source_img.get_attribute("src")
+    page.click("button:has-text('edges')")  # the source's canny edges in its place
+    expect(source_img).not_to_have_attribute("src", photo_src or "")
     page.click("text=swipe")
     page.keyboard.press("r")  # the grid's keys work on the job page too
     expect(page.locator(".history")).to_contain_text("now: rejected by key")

@@ -33,7 +33,7 @@ from skimage.metrics import structural_similarity
 from shared.review_status import ReviewState
 
 # Canny's hysteresis thresholds on the luminance gradient (OpenCV's 3x3 Sobel): 100 and 200
-# are OpenCV's own example values, the ones worker/canny.py feeds ControlNets. They keep
+# are OpenCV's own example values, the ones shared/canny.py feeds ControlNets. They keep
 # outlines and strong texture and drop the weak gradients a JPEG re-encode adds.
 CANNY_LOW, CANNY_HIGH = 100, 200
 # Luminance is smoothed first (Canny's own first step, which cv2.Canny leaves out): without

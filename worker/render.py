@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from shared.canny import DEFAULT_HIGH, DEFAULT_LOW, canny_edges
 from shared.errors import PermanentRenderError
 from shared.images import (
     CONTENT_TYPES,
@@ -43,7 +44,6 @@ from shared.models import Job
 from shared.registry import ModelSpec
 from shared.schemas import REVIEW_THRESHOLDS, RenderParams
 from shared.storage import Storage, content_addressed, output_key
-from worker.canny import DEFAULT_HIGH, DEFAULT_LOW, canny_edges
 from worker.content_credentials import ContentCredentials, sign_output, source_ingredient
 from worker.fidelity import Fidelity, Thresholds, review_state, score
 from worker.labels import digital_source_type, output_label, xmp_packet

@@ -1,4 +1,5 @@
-"""``GET /v1/jobs/{id}/thumbnail``: a job's output, source or mask, small, for grids."""
+"""``GET /v1/jobs/{id}/thumbnail``: a job's output, source, mask or the source's edges, small,
+for grids and the job page's comparisons."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from shared.models import Job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=KEYED_ERRORS)
 
-Of = Literal["output", "source", "mask"]
+Of = Literal["output", "source", "mask", "edges"]
 # Two sizes, not any: each size asked for is an object kept in storage.
 SIZES = (256, 1024)
 # Private: the answer needs a team's key, so no shared cache may keep it. The console asks
@@ -37,7 +38,11 @@ def get_thumbnail(
     session: SessionDep,
     storage: StorageDep,
     of: Annotated[
-        Of, Query(description="output (once it succeeded), source, or mask (inpaint).")
+        Of,
+        Query(
+            description="output (once it succeeded), source, mask (inpaint), or edges: the "
+            "source's canny edges (OpenCV's, as a ControlNet is given them)."
+        ),
     ] = "output",
     size: Annotated[
         int, Query(description="Longest side in pixels: 256 for grids, 1024 to compare.")
@@ -59,14 +64,14 @@ def get_thumbnail(
     session.close()  # the rest waits on storage (and Pillow), not on the database
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
-    data = cached_thumbnail(storage, thumb_key, key, size)
+    data = cached_thumbnail(storage, thumb_key, key, size, edges=of == "edges")
     return Response(data, media_type=THUMBNAIL_TYPE, headers=headers)
 
 
 def _object_of(job: Job, of: Of) -> tuple[str, str]:
     """The key of the image asked for and the version that wrote it."""
-    if of == "source":
-        return job.source_key, "source"  # content-addressed: the key is the version
+    if of in ("source", "edges"):
+        return job.source_key, of  # content-addressed: the key is the version
     if of == "mask":
         if job.mask_key is None:
             raise NotFound(f"job {job.id} has no mask")

@@ -86,3 +86,34 @@ def test_thumbnails_are_keyed_small_cached_and_team_scoped(client, new_key, app,
     # ... and a browser holding it revalidates for nothing.
     again = client.get(path, headers={**auth(key), "If-None-Match": output.headers["etag"]})
     assert again.status_code == 304 and again.content == b""
+
+
+def test_the_edges_view_is_the_sources_canny_edges(client, new_key):
+    """of=edges: the source's OpenCV canny edges at the thumbnail's size (white on black),
+    the edges the structure score compares, kept apart from the source's own thumbnail."""
+    import numpy as np
+    import skimage.data
+
+    from shared.canny import canny_edges
+
+    key = new_key()
+    photo = io.BytesIO()
+    Image.fromarray(skimage.data.chelsea()).save(photo, "PNG")
+    body = batch_body(model="echo", images=[data_url(photo.getvalue())], prompts=["p"])
+    batch = client.post("/v1/batches", json=body, headers=auth(key)).json()
+    job = client.get(f"/v1/batches/{batch['id']}/jobs", headers=auth(key)).json()["jobs"][0]
+    path = f"/v1/jobs/{job['id']}/thumbnail"
+
+    def grey(of: str) -> np.ndarray:
+        answer = client.get(path, params={"of": of}, headers=auth(key))
+        assert answer.status_code == 200, answer.text
+        return np.asarray(Image.open(io.BytesIO(answer.content)).convert("L"), dtype=float)
+
+    source, edges = grey("source"), grey("edges")
+    assert source.shape == edges.shape == (256 * 300 // 451, 256)
+    expected = np.asarray(canny_edges(Image.fromarray(source.astype(np.uint8))).convert("L"))
+    white = edges > 128
+    assert 0.01 < white.mean() < 0.3  # thin lines, not a photo
+    # The same edges as OpenCV finds in the source thumbnail (up to the webp round trips).
+    assert (white == (expected > 128)).mean() > 0.9
+    assert (source > 128).mean() > 0.3

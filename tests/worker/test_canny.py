@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from skimage import data as photos
 
+from shared.canny import canny_edges
 from shared.registry import BUILTINS
 from shared.schemas import RenderParams
-from worker.canny import canny_edges
 from worker.render import build_inputs, canny_thresholds
 
 # Photos that ship inside scikit-image's wheel: a portrait, food, fur, a night sky and metal.

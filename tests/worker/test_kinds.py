@@ -13,6 +13,7 @@ import torch
 from PIL import Image, ImageDraw
 from sqlalchemy import select
 
+from shared.canny import canny_edges
 from shared.db import session_scope
 from shared.images import flatten, open_rgba, resize_image
 from shared.models import Job
@@ -21,7 +22,6 @@ from shared.settings import Settings
 from shared.storage import LocalStorage, storage_from_settings
 from shared.teams import ensure_team
 from worker import accel
-from worker.canny import canny_edges
 from worker.context import WorkerContext
 from worker.masks import paste_kept, repaint_mask
 from worker.pipelines import (

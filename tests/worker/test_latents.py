@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from shared.canny import canny_edges
 from shared.models import Job
 from shared.registry import BUILTINS
 from shared.schemas import RenderParams
 from shared.settings import Settings
-from worker.canny import canny_edges
 from worker.latents import batch_vae_encode
 from worker.pipelines import load_model
 from worker.render import RenderItem, run_pipeline

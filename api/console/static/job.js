@@ -41,17 +41,18 @@ export async function jobPage(main, { id, signal }) {
   }
   const label = job.sku ? jobLabel(job) : `Job ${job.id.slice(0, 8)}`;
   const output = job.outputs?.[0];
-  const [sourceUrl, outputUrl, maskUrl] = await Promise.all([
+  const [sourceUrl, outputUrl, maskUrl, edgesUrl] = await Promise.all([
     objectUrl(thumbPath(job, "source", COMPARE_PX)),
     output ? objectUrl(thumbPath(job, "output", COMPARE_PX)) : null,
     objectUrl(thumbPath(job, "mask", COMPARE_PX)),
+    objectUrl(thumbPath(job, "edges", COMPARE_PX)),
   ]);
   const status = h("div", { id: "status", "aria-live": "polite" });
   replace(main,
     h("p", { class: "crumbs" }, job.batch_id ? h("a", { href: `/batches/${job.batch_id}` }, "← batch") : h("a", { href: "/" }, "← batches")),
     h("h1", {}, label),
     h("p", { class: "prompt" }, "“", job.prompt, "”", job.params?.seed != null ? ` · seed ${job.params.seed}` : ""),
-    compare(job, sourceUrl, outputUrl, maskUrl),
+    compare(job, sourceUrl, outputUrl, maskUrl, edgesUrl),
     output ? h("p", {}, h("a", { href: output.url, target: "_blank", rel: "noopener noreferrer" }, `Full size (${output.width}×${output.height}, ${output.content_type})`)) : null,
     review(job, status, signal),
     status,
@@ -88,8 +89,9 @@ function labelRows(p) {
   return [["XMP", iptc], ["C2PA", c2pa]];
 }
 
-/** Source and output in one frame: side by side, swipe (a slider), overlay (opacity), mask. */
-function compare(job, sourceUrl, outputUrl, maskUrl) {
+/** Source and output in one frame: side by side, swipe (a slider), overlay (opacity), mask,
+ * edges (the source's canny edges beside the output: what "structure" is scored on). */
+function compare(job, sourceUrl, outputUrl, maskUrl, edgesUrl) {
   const alt = job.sku ? `${jobLabel(job)}: ${job.prompt}` : job.prompt;
   const source = h("img", { src: sourceUrl, alt: `${job.sku ?? "job"}: source`, class: "source" });
   const output = outputUrl ? h("img", { src: outputUrl, alt, class: "output" }) : h("p", { class: "muted" }, `no output (${job.status})`);
@@ -101,7 +103,7 @@ function compare(job, sourceUrl, outputUrl, maskUrl) {
   const stage = h("div", { class: "stage side" }, h("figure", {}, source, h("figcaption", {}, "source")),
     h("figure", {}, output, h("figcaption", {}, "output")));
   const slider = h("input", { type: "range", min: 0, max: 100, value: 50, "aria-label": "Swipe position", hidden: true });
-  const modes = ["side by side", "swipe", "overlay", ...(maskUrl ? ["mask"] : [])];
+  const modes = ["side by side", "swipe", "overlay", ...(maskUrl ? ["mask"] : []), ...(edgesUrl ? ["edges"] : [])];
   let mode = "side by side";
   const apply = () => {
     stage.className = `stage ${mode.split(" ")[0]}`;
@@ -111,6 +113,7 @@ function compare(job, sourceUrl, outputUrl, maskUrl) {
     output.style.clipPath = mode === "swipe" ? `inset(0 0 0 ${at}%)` : "";
     output.style.opacity = mode === "overlay" ? String(at / 100) : "";
     if (mode === "mask" && maskUrl) source.src = maskUrl;
+    else if (mode === "edges" && edgesUrl) source.src = edgesUrl;
     else source.src = sourceUrl;
   };
   slider.addEventListener("input", apply);

@@ -1,4 +1,5 @@
-"""Canny edges: what a ``controlnet-canny`` model is conditioned on, by OpenCV itself.
+"""Canny edges: what a ``controlnet-canny`` model is conditioned on, by OpenCV itself; the
+console's edges view shows the same edges of a source (api/thumbnails.py).
 
 ControlNet's canny weights were trained on ``cv2.Canny`` of the RGB array, as its annotator,
 controlnet_aux and diffusers' examples all call it. A hand-written numpy lookalike disagreed
@@ -22,8 +23,7 @@ def canny_edges(img: Image.Image, low: int = DEFAULT_LOW, high: int = DEFAULT_HI
     # OpenCV would silently swap them: a registry typo must not mean other edges.
     if not 0 <= low <= high:
         raise ValueError(f"canny thresholds need 0 <= low <= high, got low={low} high={high}")
-    # Imported here: only controlnet-canny workers need OpenCV (a ~60 MB wheel), so an
-    # img2img worker, the dispatcher and the benches' device run start without it.
+    # Imported here: the dispatcher and the api's other routes never load OpenCV.
     import cv2
 
     edges = cv2.Canny(np.asarray(img.convert("RGB")), low, high)
