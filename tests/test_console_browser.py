@@ -128,6 +128,7 @@ def test_a_batch_from_the_form_through_review_to_the_zip(farm, browser, tmp_path
     page.set_input_files("#files", str(photo(tmp_path / "CAT-1.jpg", skimage.data.chelsea())))
     page.fill("#prompts", PROMPTS)
     page.select_option("#model", "echo")
+    page.select_option("#size", "768x768")  # the model's allowed sizes, its default first
     page.fill("#name", "Summer catalogue")
     expect(page.locator("#preview")).to_have_text("→ 2 images × 3 prompts × 1 variants = 6 jobs")
     expect(page.locator("#submit")).to_be_enabled(timeout=30_000)  # both uploads done
@@ -205,6 +206,7 @@ def test_a_batch_from_the_form_through_review_to_the_zip(farm, browser, tmp_path
     page.keyboard.press("Enter")
     expect(page).to_have_url(re.compile(rf"{farm.url}/jobs/[0-9a-f-]{{36}}$"))
     expect(page.locator(".prompt")).to_contain_text(XSS)
+    expect(page.get_by_text("Full size (768×768, image/png)")).to_be_visible()  # the form's size
     assert page.locator("img[src='x']").count() == 0
     for img in (page.locator(".stage img.source"), page.locator(".stage img.output")):
         expect(img).to_have_js_property("complete", True)

@@ -87,18 +87,36 @@ export async function newBatchPage(main, { signal }) {
     h("option", { value: m.alias },
       `${m.alias}${m.kind !== m.alias ? ` (${m.kind})` : ""}${m.warning ? " — no worker online" : ""}`)));
   const strength = h("input", { id: "strength", type: "number", min: 0.01, max: 1, step: 0.01, placeholder: "model default" });
+  // Output sizes the chosen model allows (GET /v1/models: limits), its default first.
+  const outSize = h("select", { id: "size" });
+  const sizes = () => {
+    const m = models.find((x) => x.alias === model.value);
+    const lo = m?.limits?.min_size ?? 0, hi = m?.limits?.max_size ?? Infinity;
+    const fits = ([w, h2]) => w >= lo && h2 >= lo && w <= hi && h2 <= hi;
+    const all = [[512, 512], [768, 768], [1024, 1024], [768, 1024], [1024, 768], [1080, 1352], [1920, 1080]];
+    const def = m?.defaults?.width ? `model default (${m.defaults.width}×${m.defaults.height})` : "model default";
+    replace(outSize, h("option", { value: "" }, def),
+      ...all.filter(fits).map(([w, h2]) => h("option", { value: `${w}x${h2}` }, `${w}×${h2}`)));
+  };
+  const format = h("select", { id: "format" }, ["png", "jpeg", "webp"].map((f) => h("option", { value: f }, f)));
   const name = h("input", { id: "name", type: "text", maxlength: 200, placeholder: "Summer 2027 catalogue" });
   const preview = h("p", { id: "preview", class: "preview", "aria-live": "polite" });
   const estimate = h("p", { id: "estimate", class: "preview muted", "aria-live": "polite" });
   const status = h("div", { id: "status", "aria-live": "polite" });
   const submit = h("button", { type: "submit", class: "primary", id: "submit" }, "Submit");
 
-  const body = () => ({
-    model: model.value,
-    images: files.map((f) => ({ image: f.upload.id, sku: f.sku })),
-    prompts: parsePrompts(prompts.value),
-    variants: Number(variants.value),
-  });
+  const body = () => {
+    const batch = {
+      model: model.value,
+      images: files.map((f) => ({ image: f.upload.id, sku: f.sku })),
+      prompts: parsePrompts(prompts.value),
+      variants: Number(variants.value),
+      output_format: format.value,
+    };
+    if (outSize.value) [batch.width, batch.height] = outSize.value.split("x").map(Number);
+    if (strength.value) batch.strength = Number(strength.value);
+    return batch;
+  };
   // The farm's own count, GPU cost and ETA (a dry run creates nothing), asked 400 ms after
   // the last change; an older answer still on its way is dropped.
   let timer = null;
@@ -158,12 +176,13 @@ export async function newBatchPage(main, { signal }) {
     add([...e.dataTransfer.files].filter((f) => f.type.startsWith("image/") || !f.type));
   });
   for (const input of [prompts, variants]) input.addEventListener("input", refresh);
-  model.addEventListener("change", refresh);
+  model.addEventListener("change", () => { sizes(); refresh(); });
+  for (const input of [outSize, format]) input.addEventListener("change", refresh);
+  strength.addEventListener("input", refresh);
 
   const send = async (event) => {
     event.preventDefault();
     const batch = body();
-    if (strength.value) batch.strength = Number(strength.value);
     if (name.value.trim()) batch.metadata = { name: name.value.trim() };
     submit.disabled = true;
     try {
@@ -185,8 +204,11 @@ export async function newBatchPage(main, { signal }) {
       h("div", { class: "row" },
         h("label", {}, "Variants ", variants),
         h("label", {}, "Model ", model),
+        h("label", {}, "Size ", outSize),
         h("label", {}, "Strength ", strength),
+        h("label", {}, "Format ", format),
         h("label", {}, "Name ", name)),
       preview, estimate, status, submit));
+  sizes();
   refresh();
 }
