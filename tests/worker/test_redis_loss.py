@@ -32,7 +32,7 @@ def test_messages_lost_after_hand_over_still_render_once(
 ):
     from tests.services import launch_dispatcher, launch_worker
 
-    launch_dispatcher(spawn, env=REDISPATCH)
+    dispatcher = launch_dispatcher(spawn, env=REDISPATCH)
     worker = launch_worker(spawn, "echo")
     # Freeze the worker so the hand-over sits in Redis, as with a busy farm.
     os.kill(worker.proc.pid, signal.SIGSTOP)
@@ -50,6 +50,9 @@ def test_messages_lost_after_hand_over_still_render_once(
             "the dispatcher to hand jobs to Redis",
         )
         started = time.monotonic()
+        # Frozen too while Redis loses them: on a loaded machine the loss can take longer
+        # than REDISPATCH, and a re-arm before the check below would hide the loss.
+        os.kill(dispatcher.proc.pid, signal.SIGSTOP)
         if loss == "flushall":
             redis_lib.Redis.from_url(redis_url).flushall()
         else:
@@ -57,6 +60,7 @@ def test_messages_lost_after_hand_over_still_render_once(
             redis.start()
         assert _queued_in_redis(redis_url, "render.echo") == 0
     finally:
+        os.kill(dispatcher.proc.pid, signal.SIGCONT)
         os.kill(worker.proc.pid, signal.SIGCONT)
     counts = wait_final(session_factory, ids, timeout=120)
     objects = output_objects(s3_client, ids)
