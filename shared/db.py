@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Engine, create_engine, delete, event, make_url, select
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -58,3 +58,21 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def delete_oldest(session: Session, model: Any, older_than: Any, limit: int) -> int:
+    """Delete up to ``limit`` rows of ``model`` created before ``older_than``, oldest first
+    (``model`` has ``id`` and an indexed ``created_at``); returns how many. Bounded, so a
+    housekeeping loop deletes in chunks that never hold locks for long."""
+    oldest = (
+        select(model.id)
+        .where(model.created_at < older_than)
+        .order_by(model.created_at)
+        .limit(limit)
+    )
+    result = session.execute(
+        delete(model)
+        .where(model.id.in_(oldest.scalar_subquery()))
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount  # type: ignore[attr-defined, no-any-return]

@@ -270,6 +270,25 @@ def _batch_urls(session: Session, batch_ids: set[Any]) -> dict[Any, str | None]:
 # --- batch events ---------------------------------------------------------------------------
 
 
+def _locked_batch(session: Session, batch_id: uuid.UUID, *extra: Any) -> Any:
+    """The batch's row as its events need it, locked ``FOR UPDATE``: whoever settles the
+    batch waits here for the others to commit, so the last one sees every job final."""
+    return session.execute(
+        select(
+            Batch.id,
+            Batch.team_id,
+            Batch.webhook_url,
+            Batch.job_count,
+            Batch.meta,
+            Batch.created_at,
+            Batch.completed_at,
+            *extra,
+        )
+        .where(Batch.id == batch_id)
+        .with_for_update()
+    ).one_or_none()
+
+
 def settle_batch(
     session: Session,
     batch_id: uuid.UUID,
@@ -282,20 +301,7 @@ def settle_batch(
     now = now or utcnow()
     # 1. lock the batch row: whoever finishes a job of this batch waits here for the others
     # to commit, so the last one to check sees every other job final.
-    batch = session.execute(
-        select(
-            Batch.id,
-            Batch.team_id,
-            Batch.webhook_url,
-            Batch.job_count,
-            Batch.meta,
-            Batch.created_at,
-            Batch.completed_at,
-            Batch.progress_sent_at,
-        )
-        .where(Batch.id == batch_id)
-        .with_for_update()
-    ).one_or_none()
+    batch = _locked_batch(session, batch_id, Batch.progress_sent_at)
     if batch is None or batch.completed_at is not None:
         return 0
     # 2. any job left? (an index probe that stops at the first hit)
@@ -420,20 +426,7 @@ def settle_review(session: Session, batch_id: uuid.UUID, now: datetime | None = 
     job left to render), exactly once per round, as batch.completed is (the batch row
     locked, then a conditional UPDATE on ``reviewed_at``). Returns rows written."""
     now = now or utcnow()
-    batch = session.execute(
-        select(
-            Batch.id,
-            Batch.team_id,
-            Batch.webhook_url,
-            Batch.job_count,
-            Batch.meta,
-            Batch.created_at,
-            Batch.completed_at,
-            Batch.reviewed_at,
-        )
-        .where(Batch.id == batch_id)
-        .with_for_update()
-    ).one_or_none()
+    batch = _locked_batch(session, batch_id, Batch.reviewed_at)
     if batch is None or batch.completed_at is None or batch.reviewed_at is not None:
         return 0
     unsettled = (Job.status == JobStatus.SUCCEEDED.value) & (

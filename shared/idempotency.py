@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from shared.db import delete_oldest
 from shared.models import IdempotencyKey, utcnow
 
 # A key replays for 24 h, the window clients are used to (Stripe's): long enough to outlast
@@ -34,15 +34,4 @@ def prune_idempotency_keys(session: Session, older_than: datetime, limit: int = 
     Safe beside live requests: an expired key is already treated as new, so deleting it
     changes no answer, and a key still being claimed is not visible here until it commits.
     """
-    oldest = (
-        select(IdempotencyKey.id)
-        .where(IdempotencyKey.created_at < older_than)
-        .order_by(IdempotencyKey.created_at)
-        .limit(limit)
-    )
-    result = session.execute(
-        delete(IdempotencyKey)
-        .where(IdempotencyKey.id.in_(oldest.scalar_subquery()))
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount  # type: ignore[attr-defined, no-any-return]
+    return delete_oldest(session, IdempotencyKey, older_than, limit)

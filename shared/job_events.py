@@ -29,7 +29,6 @@ from sqlalchemy import (
     Text,
     bindparam,
     cast,
-    delete,
     func,
     insert,
     literal,
@@ -41,6 +40,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 from sqlalchemy.types import Uuid
 
+from shared.db import delete_oldest
 from shared.job_status import JobStatus
 from shared.models import Job, JobEvent, utcnow
 
@@ -138,15 +138,4 @@ def notify(session: Session, changed: set[tuple[uuid.UUID, uuid.UUID | None]]) -
 def prune_job_events(session: Session, older_than: datetime, limit: int = PRUNE_BATCH) -> int:
     """Delete up to ``limit`` events logged before ``older_than``, oldest first; returns how
     many (the dispatcher's housekeeping calls it until a chunk comes back short)."""
-    oldest = (
-        select(JobEvent.id)
-        .where(JobEvent.created_at < older_than)
-        .order_by(JobEvent.created_at)
-        .limit(limit)
-    )
-    result = session.execute(
-        delete(JobEvent)
-        .where(JobEvent.id.in_(oldest.scalar_subquery()))
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount  # type: ignore[attr-defined, no-any-return]
+    return delete_oldest(session, JobEvent, older_than, limit)
