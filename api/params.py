@@ -64,6 +64,8 @@ def resolve_params(spec: ModelSpec, body: RenderKnobs) -> RenderParams:
         height=height,
         output_format=body.output_format,
         resize_mode=body.resize_mode,
+        upscale=body.upscale,
+        presets=list(dict.fromkeys(body.preset)),  # each preset once, in the order asked
     )
 
 

@@ -28,6 +28,14 @@ MAX_METADATA_BYTES = 8 * 1024
 MAX_SEED = 2**63 - 1
 # Scheduling classes, most urgent first (dispatch/fair_share.py).
 Priority = Literal["interactive", "standard", "bulk"]
+# The product-photo workflow (issue 18). ``mask: "auto"``: the worker finds the product's
+# keep mask itself (worker/cutout.py), by one of these methods.
+MASK_AUTO = "auto"
+CutoutMethod = Literal["studio", "segmentation"]
+# Post-render enlargement factors (worker/upscale.py).
+UpscaleFactor = Literal[2, 4]
+MAX_PRESETS = 8
+MAX_ADAPTERS = 4
 
 
 class RequestBody(BaseModel):
@@ -103,6 +111,15 @@ def first_bad_text(value: Any) -> tuple[Path, str] | None:
             elif isinstance(child, dict | list | tuple):
                 stack.append(((*path, step), child))
     return None
+
+
+class AdapterRef(RequestBody):
+    """One brand style adapter (LoRA) a render applies, by its registered name."""
+
+    name: str = Field(min_length=1, max_length=100, description="The adapter's name.")
+    scale: float = Field(
+        default=1.0, ge=-2, le=2, description="How strongly it applies (default 1)."
+    )
 
 
 class RenderKnobs(RequestBody):
@@ -202,6 +219,37 @@ class RenderKnobs(RequestBody):
             "every 4 hand-overs."
         ),
     )
+    preset: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_PRESETS,
+        description=(
+            "Marketplace presets (`GET /v1/presets`), one name or a list: each gives one more "
+            "output brought to that channel's rules (size, background, format), e.g. "
+            "`amazon-main`, `instagram-portrait`."
+        ),
+    )
+    upscale: UpscaleFactor | None = Field(
+        default=None,
+        description="2 or 4: the output enlarged that many times after rendering.",
+    )
+    cutout: CutoutMethod | None = Field(
+        default=None,
+        description=(
+            'With `mask: "auto"`: how the product is found, `studio` (a product on a plain '
+            "light background) or `segmentation` (a segmentation network); omitted → the "
+            "model's."
+        ),
+    )
+    adapters: list[AdapterRef] = Field(
+        default_factory=list,
+        max_length=MAX_ADAPTERS,
+        description="Brand style adapters (LoRA) registered by the team (`GET /v1/adapters`).",
+    )
+
+    @field_validator("preset", mode="before")
+    @classmethod
+    def _preset_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
     @field_validator("metadata")
     @classmethod
@@ -219,8 +267,8 @@ IMAGE_DESCRIPTION = (
 )
 MASK_DESCRIPTION = (
     "Inpaint models only: white repaints, black keeps (bit-identical). Same forms as image "
-    "and the source's size. Omitted: a source PNG's transparent pixels are repainted and its "
-    "fully opaque ones kept."
+    'and the source\'s size, or `"auto"`: the worker cuts the product out itself (`cutout`). '
+    "Omitted: a source PNG's transparent pixels are repainted and its fully opaque ones kept."
 )
 
 
@@ -254,6 +302,15 @@ class JobCreate(RenderKnobs):
     mask: str | None = Field(default=None, min_length=1, description=MASK_DESCRIPTION)
 
 
+class AdapterUse(BaseModel):
+    """An adapter as a job renders it: pinned to the weights' digest when it was accepted,
+    so re-registering a name never changes what a queued job renders."""
+
+    name: str = Field(description="The adapter's name.")
+    scale: float = Field(description="How strongly it applied.")
+    sha256: str = Field(description="SHA-256 of its safetensors file.")
+
+
 class RenderParams(BaseModel):
     """Parameters after defaults are filled in: exactly what the worker renders."""
 
@@ -268,6 +325,18 @@ class RenderParams(BaseModel):
     resize_mode: ResizeMode = Field(
         default="crop",
         description="How the source was brought to width x height: fit, crop or pad.",
+    )
+    # The product-photo workflow (issue 18); the defaults are what jobs stored before it mean.
+    cutout: CutoutMethod | None = Field(
+        default=None,
+        description='How its keep mask was found (`mask: "auto"`); null: given or none.',
+    )
+    upscale: int | None = Field(default=None, description="Enlargement after rendering.")
+    presets: list[str] = Field(
+        default_factory=list, description="Marketplace presets: one more output each."
+    )
+    adapters: list[AdapterUse] = Field(
+        default_factory=list, description="Brand style adapters (LoRA) it rendered with."
     )
 
 
@@ -320,6 +389,9 @@ class OutputPublic(BaseModel):
     width: int = Field(description="Width in pixels.")
     height: int = Field(description="Height in pixels.")
     content_type: str = Field(description="image/png, image/jpeg or image/webp.")
+    preset: str | None = Field(
+        default=None, description="The marketplace preset it was made for; null: the render."
+    )
 
 
 # The scores of worker/fidelity.py, as JSON answers, webhooks and the manifest name them.
@@ -434,6 +506,13 @@ class JobPublic(BaseModel):
     history: list[AttemptPublic] = Field(
         default_factory=list,
         description="Earlier attempts a rerender replaced, oldest first (empty: none).",
+    )
+    mask_url: str | None = Field(
+        default=None,
+        description=(
+            "Where to download its mask (white = repaint, black = keep): the one given, or "
+            'for `mask: "auto"` the one the worker found, once rendered; null: none.'
+        ),
     )
 
 
@@ -578,6 +657,16 @@ class ReviewThresholds(RequestBody):
     )
 
 
+Pairing = Literal["cross", "zip"]
+
+
+class PairRef(RequestBody):
+    """One (image, prompt) job of an explicitly paired batch, by their indexes."""
+
+    image: int = Field(ge=0, description="Index into images.")
+    prompt: int = Field(ge=0, description="Index into prompts.")
+
+
 class BatchCreate(RenderKnobs):
     """``POST /v1/batches``: every image x every prompt x ``variants`` seeds, one job each.
 
@@ -622,6 +711,13 @@ class BatchCreate(RenderKnobs):
         default=None,
         description="This batch's own fidelity thresholds for passing an output without a "
         "person; each one left out is the model's (GET /v1/models).",
+    )
+    pairing: Pairing | list[PairRef] = Field(
+        default="cross",
+        description=(
+            "`cross` (default): every image x every prompt; `zip`: image i with prompt i "
+            "(as many of each); or a list of `{image, prompt}` index pairs. x `variants` seeds."
+        ),
     )
     deadline: AwareDatetime | None = Field(
         default=None,

@@ -43,6 +43,10 @@ def test_submit_answers_202_and_stores_resolved_params(client, new_key, session_
         "height": 64,
         "output_format": "webp",
         "resize_mode": "crop",
+        "cutout": None,
+        "upscale": None,
+        "presets": [],
+        "adapters": [],
     }
     assert job["outputs"] == [] and job["attempts"] == 0
 

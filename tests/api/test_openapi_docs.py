@@ -189,6 +189,10 @@ TABLE_FIELDS = [
     "webhook_url",
     "priority",
     "require_commercial_use",
+    "preset",
+    "upscale",
+    "cutout",
+    "adapters",
 ]
 
 
