@@ -174,6 +174,13 @@ class Job(Base):
             postgresql_where=text("batch_id IS NOT NULL"),
             sqlite_where=text("batch_id IS NOT NULL"),
         ),
+        # A team's queued and running jobs, counted by its quotas at intake (migration 0012).
+        Index(
+            "ix_jobs_team_unfinished",
+            "team_id",
+            postgresql_where=text("status IN ('queued', 'running')"),
+            sqlite_where=text("status IN ('queued', 'running')"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
