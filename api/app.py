@@ -13,7 +13,7 @@ from api.errors import register_error_handlers
 from api.fetch_slots import FetchSlots
 from api.live import EventHub
 from api.metrics import install_api_metrics
-from api.routes import batches, files, health, jobs, models, review, uploads, webhooks
+from api.routes import batches, files, health, jobs, models, presets, review, uploads, webhooks
 from api.routes import events as event_routes
 from api.routes import keys as key_routes
 from api.routes import thumbnails as thumbnail_routes
@@ -79,7 +79,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(key_routes.router)
     app.include_router(usage_routes.router)
-    for module in (jobs, batches, review, uploads, models, files, webhooks):
+    for module in (jobs, batches, review, uploads, models, presets, files, webhooks):
         app.include_router(module.router)  # each router lists its own error answers
     app.include_router(event_routes.router)
     app.include_router(thumbnail_routes.router)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from shared.errors import ConfigError
+from shared.presets import load_presets
 
 # img2img: restyle the whole source. inpaint: repaint only where the mask (or the source's
 # transparency) says, keeping the rest bit-identical. controlnet-canny: img2img conditioned on
@@ -248,4 +249,7 @@ def load_registry(path: Path | None) -> dict[str, ModelSpec]:
         raise ConfigError(f"cannot read model registry {path}: {e}") from e
     for alias, table in data.get("models", {}).items():
         registry[alias] = _spec_from_table(alias, table)
+    # The same file's [presets.*] (shared/presets.py): every process that reads the
+    # registry refuses a bad preset at start, not at the first job that names it.
+    load_presets(path)
     return registry
