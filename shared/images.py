@@ -327,11 +327,12 @@ def encode_image(
     fmt: OutputFormat,
     png_compress_level: int = PNG_COMPRESS_LEVEL,
     xmp: bytes | None = None,
+    quality: int = 92,
 ) -> bytes:
     """``img`` (sRGB pixels) in ``fmt``, saying it is sRGB: PNG's sRGB chunk, an embedded
     sRGB ICC profile in JPEG and WebP. Nothing else of any input's metadata is written, but
     ``xmp`` (a packet, worker/labels.py): PNG's iTXt ``XML:com.adobe.xmp``, JPEG's APP1,
-    WebP's XMP chunk."""
+    WebP's XMP chunk. ``quality``: JPEG's and WebP's (a marketplace preset's, else 92)."""
     buf = io.BytesIO()
     if fmt == "png":
         chunks = PngImagePlugin.PngInfo()
@@ -344,8 +345,8 @@ def encode_image(
         )
     elif fmt == "jpeg":
         img.convert("RGB").save(
-            buf, format="JPEG", quality=92, icc_profile=SRGB_ICC, xmp=xmp or b""
+            buf, format="JPEG", quality=quality, icc_profile=SRGB_ICC, xmp=xmp or b""
         )
     else:
-        img.save(buf, format="WEBP", quality=92, icc_profile=SRGB_ICC, xmp=xmp or b"")
+        img.save(buf, format="WEBP", quality=quality, icc_profile=SRGB_ICC, xmp=xmp or b"")
     return buf.getvalue()
