@@ -1,5 +1,6 @@
-"""Batches: images x prompts x variants jobs created in one transaction, then followed,
-canceled and retried. Their manifest and archive stream from api/archive.py.
+"""Batches: images x prompts (or as ``pairing`` pairs them, api/pairing.py) x variants jobs
+created in one transaction, then followed, canceled and retried. Their manifest and archive
+stream from api/archive.py.
 
 A batch's jobs are checked by the job path itself (api/submit.py ``check_jobs``, one
 source per image), then inserted in one bulk INSERT. The api never talks to the broker
@@ -20,6 +21,7 @@ from datetime import UTC, datetime
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
+from api import pairing
 from api.fetch_slots import FetchSlots
 from api.owned import owned_row
 from api.pagination import decode_cursor, encode_cursor, newest_first_page
@@ -68,13 +70,13 @@ def derive_seed(batch_seed: int, sku: str, prompt_name: str, variant: int) -> in
 
 
 def check_job_count(body: BatchCreate) -> None:
-    """Refuse a grid larger than the limit (413), naming the three factors."""
-    count = body.job_count
-    if count > MAX_BATCH_JOBS:
+    """Refuse a batch larger than the limit (413), naming its pairing's factors."""
+    if body.job_count > MAX_BATCH_JOBS:
+        factors, product = pairing.arithmetic(body)
         raise InvalidRequest(
-            "images x prompts x variants",
-            f"{len(body.images)} x {len(body.prompts)} x {body.variants} = {count:,} jobs; "
-            f"a batch holds at most {MAX_BATCH_JOBS:,} jobs: split it into several batches",
+            factors,
+            f"{product}; a batch holds at most {MAX_BATCH_JOBS:,} jobs: split it into "
+            "several batches",
             status_code=413,
         )
 
@@ -145,7 +147,9 @@ def check_batch(
     spool: SourceSpool,
 ) -> CheckedBatch:
     """Validate ``body`` fully, every image included; writes nothing (4xx naming the field)."""
-    # 1. the batch's own cheap checks: an oversized grid or clashing names cost no fetch
+    # 1. the batch's own cheap checks: a bad pairing, an oversized grid or clashing names
+    # cost no fetch
+    pairing.check_pairing(body)
     check_job_count(body)
     skus = image_names(body.images)
     names = prompt_names(body.prompts)
@@ -179,7 +183,7 @@ def create_batch(session: Session, team: Team, body: BatchCreate, checked: Check
         team_id=team.id,
         model=spec.alias,
         seed=batch_seed,
-        params=params,
+        params={**params, "pairing": pairing.mode(body)},  # the batch's, not its jobs'
         image_count=len(body.images),
         prompt_count=len(body.prompts),
         variants=body.variants,
@@ -214,9 +218,11 @@ def create_batch(session: Session, team: Team, body: BatchCreate, checked: Check
             "created_at": now,
             "priority": body.priority,
         }
-        for sku, sources in zip(checked.skus, checked.jobs.sources, strict=True)
-        for prompt, name in zip(body.prompts, checked.names, strict=True)
-        for variant in range(1, body.variants + 1)
+        for (sku, sources), (prompt, name), variant in pairing.paired(
+            body,
+            list(zip(checked.skus, checked.jobs.sources, strict=True)),
+            list(zip(body.prompts, checked.names, strict=True)),
+        )
     ]
     session.execute(insert(Job), rows)
     log_batch_events(session, batch.id, "job.queued")  # the live streams' log, one statement
@@ -320,10 +326,11 @@ def batch_public(
         review_counts=ReviewCounts(**(reviews or {})),
         progress=round(final / batch.job_count, 4) if batch.job_count else 1.0,
         seed=batch.seed,
-        params=batch.params,
+        params={k: v for k, v in batch.params.items() if k != "pairing"},
         image_count=batch.image_count,
         prompt_count=batch.prompt_count,
         variants=batch.variants,
+        pairing=batch.params.get("pairing", "cross"),  # batches before pairing crossed
         metadata=batch.meta,
         created_at=_aware(batch.created_at) or batch.created_at,
         started_at=started,

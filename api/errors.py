@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,6 +22,9 @@ from shared.errors import (
 )
 
 log = logging.getLogger(__name__)
+# Pydantic names which member of a union failed in the location (``pairing.list[PairRef][0]``
+# for ``"cross" | list[PairRef]``); fields never carry brackets in their names.
+UNION_MEMBER = re.compile(r"[a-z-]+\[.*\]")
 
 
 class Unauthorized(ImgfarmError):
@@ -104,6 +108,8 @@ def _field_name(loc: tuple[object, ...]) -> str:
         loc = loc[1:]  # where it came from, not which field
     name = ""
     for part in loc:
+        if isinstance(part, str) and UNION_MEMBER.fullmatch(part):
+            continue
         if isinstance(part, int):
             name += f"[{part}]"
         else:

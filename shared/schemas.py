@@ -668,7 +668,8 @@ class PairRef(RequestBody):
 
 
 class BatchCreate(RenderKnobs):
-    """``POST /v1/batches``: every image x every prompt x ``variants`` seeds, one job each.
+    """``POST /v1/batches``: every image x every prompt (or the pairs ``pairing`` names) x
+    ``variants`` seeds, one job each.
 
     Images and prompts may be plain strings or objects naming them; an image object may
     carry its own ``mask`` (inpaint models). The knobs (RenderKnobs) are the batch's, for
@@ -751,12 +752,21 @@ class BatchCreate(RenderKnobs):
 
     @property
     def job_count(self) -> int:
-        return len(self.images) * len(self.prompts) * self.variants
+        """Jobs it makes: its pairs x variants (api/pairing.py says which pairs)."""
+        if self.pairing == "cross":
+            pairs = len(self.images) * len(self.prompts)
+        elif self.pairing == "zip":  # equal counts, or api/pairing.py refuses it
+            pairs = min(len(self.images), len(self.prompts))
+        else:
+            pairs = len(self.pairing)
+        return pairs * self.variants
 
 
 class BatchAccepted(BaseModel):
     id: uuid.UUID = Field(description="The batch's id: follow it with GET /v1/batches/{id}.")
-    job_count: int = Field(description="Jobs created: images x prompts x variants.")
+    job_count: int = Field(
+        description="Jobs created: images x prompts x variants (cross), or pairs x variants."
+    )
     seed: int = Field(
         description="The batch seed every job's seed derives from (drawn if omitted)."
     )
@@ -770,7 +780,10 @@ class BatchAccepted(BaseModel):
 class BatchEstimate(BaseModel):
     """``POST /v1/batches?dry_run=true``: what the batch would cost; nothing was created."""
 
-    job_count: int = Field(description="Jobs it would create: images x prompts x variants.")
+    job_count: int = Field(
+        description="Jobs it would create: images x prompts x variants (cross), or pairs x "
+        "variants."
+    )
     estimated_gpu_seconds: float | None = Field(
         description="Its jobs x the model's observed GPU seconds per job (null: none rendered "
         "in the last 10 minutes)."
@@ -818,6 +831,11 @@ class BatchPublic(BaseModel):
     image_count: int = Field(description="Source images.")
     prompt_count: int = Field(description="Prompts.")
     variants: int = Field(description="Seeds per image x prompt.")
+    pairing: str = Field(
+        default="cross",
+        description="How its images met its prompts: cross, zip or pairs (an explicit list; "
+        "its jobs' sku and prompt_name say which).",
+    )
     metadata: dict[str, Any] | None = Field(description="Your JSON, as sent.")
     created_at: datetime = Field(description="When it was accepted.")
     started_at: datetime | None = Field(description="When its first job started.")

@@ -68,6 +68,9 @@ class Hostile:
     prompt: str | None = None
     metadata: dict[str, Any] | None = None
     skus: tuple[str, ...] | None = None  # batches: the skus of that many copies of one image
+    pairing: Any = None  # batches: their pairing, over ``prompts`` prompts
+    prompts: int = 1
+    named: str = ""  # the field the error names, when the case says it outright
     bad_sku: int = 0  # which sku the error names
     filename: str | None = None  # uploads
     extra: dict[str, Any] | None = None  # top-level JSON fields
@@ -82,6 +85,7 @@ NO_PROMPT = "uploads take files only: no prompt"
 NO_NAMES = "only a batch names its images (sku)"
 NO_REFS = "uploads take file bytes, not an image reference"
 NO_FILENAME = "JSON bodies carry no file name"
+NO_PAIRING = "only a batch pairs images with prompts"
 JSON_ONLY = "multipart has no JSON body"
 
 CASES = [
@@ -129,6 +133,55 @@ CASES = [
         for i, sku in enumerate(
             ["CON", "lpt1.txt", "C:", "a<b", "trailing.", "   ", "\U0001f600" * 64]
         )
+    ),
+    *(
+        Hostile(
+            f"pairing-{name}",
+            skus=("A", "B"),
+            pairing=pairing,
+            prompts=prompts,
+            named=named,
+            not_for={"jobs": NO_PAIRING, "uploads": NO_PAIRING},
+        )
+        for name, pairing, prompts, named in [
+            ("zip-of-2-images-and-1-prompt", "zip", 1, "pairing"),
+            ("unknown-mode", "diagonal", 1, "pairing"),
+            ("negative-index", [{"image": -1, "prompt": 0}], 1, "pairing[0].image"),
+            (
+                "image-out-of-range",
+                [{"image": 0, "prompt": 0}, {"image": 2, "prompt": 0}],
+                1,
+                "pairing[1].image",
+            ),
+            (
+                "prompt-out-of-range",
+                [{"image": 0, "prompt": 0}, {"image": 1, "prompt": 1}],
+                1,
+                "pairing[1].prompt",
+            ),
+            (
+                "pair-twice",
+                [{"image": 0, "prompt": 0}, {"image": 1, "prompt": 0}, {"image": 0, "prompt": 0}],
+                1,
+                "pairing[2]",
+            ),
+            ("image-no-pair-uses", [{"image": 0, "prompt": 0}], 1, "images[1]"),
+            (
+                "prompt-no-pair-uses",
+                [{"image": 0, "prompt": 0}, {"image": 1, "prompt": 0}],
+                2,
+                "prompts[1]",
+            ),
+        ]
+    ),
+    Hostile(
+        "upscale-not-2-or-4", extra={"upscale": 3}, named="upscale", not_for={"uploads": JSON_ONLY}
+    ),
+    Hostile(
+        "upscale-past-4096-px",  # echo allows 1032 px; x4 would be 4128
+        extra={"upscale": 4, "width": 1032},
+        named="upscale",
+        not_for={"uploads": JSON_ONLY},
     ),
     Hostile("undecodable-image", image=b"\x89PNG\r\n\x1a\n" + b"\xde\xad" * 40),
     Hostile("empty-image", image=b""),
@@ -225,7 +278,10 @@ def batch_request(case: Hostile) -> tuple[Request, str]:
 
 
 def _batch_body(case: Hostile, images: list[dict[str, str]]) -> dict[str, Any]:
-    body = {"model": "echo", "images": images, "prompts": [case.prompt or "a shoe"]}
+    prompts = [case.prompt or "a shoe", *(f"scene {n}" for n in range(1, case.prompts))]
+    body: dict[str, Any] = {"model": "echo", "images": images, "prompts": prompts}
+    if case.pairing is not None:
+        body["pairing"] = case.pairing
     return body | _text_fields(case)
 
 
@@ -237,6 +293,8 @@ def upload_request(case: Hostile) -> tuple[Request, str]:
 
 
 def _json_field(case: Hostile, *, image: str, prompt: str, sku: str = "") -> str:
+    if case.named:
+        return case.named
     if case.metadata is not None:
         return f"metadata.{case.subfield}"
     if case.extra is not None:
