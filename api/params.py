@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping, Sequence
 from typing import cast
 
 from shared.errors import InvalidRequest
 from shared.images import has_transparency, open_rgb, open_rgba
+from shared.presets import Preset
 from shared.registry import ModelSpec
 from shared.schemas import RenderKnobs, RenderParams
 
@@ -111,3 +113,28 @@ def check_inpaint_inputs(
     _, brightest = cast(tuple[int, int], decoded.convert("L").getextrema())
     if brightest < 128:
         raise InvalidRequest(field, "is all black: nothing to repaint (white = repaint)")
+
+
+def check_presets(presets: Mapping[str, Preset], names: Sequence[str]) -> list[Preset]:
+    """The presets ``names`` asks for (shared/presets.py), each once, in order; an unknown
+    one is refused naming it (``preset``, or ``preset[1]`` in a list) and the known ones."""
+    for index, name in enumerate(names):
+        if name not in presets:
+            field = "preset" if len(names) == 1 else f"preset[{index}]"
+            known = ", ".join(sorted(presets))
+            raise InvalidRequest(field, f"unknown preset {name!r}; known presets: {known}")
+    return [presets[name] for name in dict.fromkeys(names)]
+
+
+def check_preset_cutout(presets: Sequence[Preset], source: bytes, image_field: str) -> None:
+    """A preset made of the product alone (``amazon-main``: the product on white) needs a
+    cut-out. An inpaint job always has one (its kept pixels); for other kinds the source
+    must be transparent around the product. Checked only when such a preset is asked."""
+    needing = [p.name for p in presets if p.needs_cutout]
+    if needing and not has_transparency(open_rgba(source)):
+        raise InvalidRequest(
+            "preset",
+            f"{', '.join(needing)} is the product alone on white, and {image_field} has no "
+            'cut-out: use an inpaint model with mask "auto" (the product found on a plain '
+            "background) or a mask, or give a transparent PNG of the product",
+        )

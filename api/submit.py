@@ -24,6 +24,8 @@ from api.params import (
     check_commercial_use,
     check_inpaint_inputs,
     check_mask_given,
+    check_preset_cutout,
+    check_presets,
     model_spec,
     resolve_params,
 )
@@ -32,6 +34,7 @@ from api.sources import SourceSpool, check_sources, check_webhook_url, upload_ke
 from shared.dispatch import nudge
 from shared.job_events import log_events
 from shared.models import Job, Team
+from shared.presets import load_presets
 from shared.registry import ModelSpec
 from shared.schemas import JobCreate, RenderKnobs, RenderParams
 from shared.settings import Settings
@@ -96,6 +99,7 @@ def check_jobs(
     webhook_url = None
     if knobs.webhook_url is not None:
         webhook_url = check_webhook_url(knobs.webhook_url, "webhook_url", settings)
+    presets = check_presets(load_presets(settings.models), knobs.preset)
     # the team's limits, before any fetch; passing spends its rate tokens (api/quotas.py)
     job_count = len(refs) if batch_jobs is None else batch_jobs
     check_quotas(session, team, job_count, is_batch=batch_jobs is not None)
@@ -121,6 +125,13 @@ def check_jobs(
                 spool.read(sources.source_key, storage),
                 None if sources.mask_key is None else spool.read(sources.mask_key, storage),
                 ref.field("mask"),
+            )
+    # 5. a preset made of the product alone needs a cut-out: an inpaint job keeps one, other
+    # kinds take it from a transparent source
+    if not spec.takes_mask and any(p.needs_cutout for p in presets):
+        for ref, sources in zip(refs, checked, strict=True):
+            check_preset_cutout(
+                presets, spool.read(sources.source_key, storage), ref.field("image")
             )
     return CheckedJobs(spec, params, webhook_url, checked)
 

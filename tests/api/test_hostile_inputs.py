@@ -74,6 +74,7 @@ class Hostile:
     bad_sku: int = 0  # which sku the error names
     filename: str | None = None  # uploads
     extra: dict[str, Any] | None = None  # top-level JSON fields
+    knobs: dict[str, Any] | None = None  # render knobs (e.g. preset): a job's and a batch's
     status: int = 422
     # The field path inside the hostile part, e.g. "note" for metadata {"note": ...}.
     subfield: str = ""
@@ -87,6 +88,7 @@ NO_REFS = "uploads take file bytes, not an image reference"
 NO_FILENAME = "JSON bodies carry no file name"
 NO_PAIRING = "only a batch pairs images with prompts"
 JSON_ONLY = "multipart has no JSON body"
+NO_KNOBS = "uploads take files only: no render knobs"
 
 CASES = [
     Hostile(
@@ -183,6 +185,22 @@ CASES = [
         named="upscale",
         not_for={"uploads": JSON_ONLY},
     ),
+    *(
+        Hostile(
+            f"preset-{name}",
+            knobs={"preset": preset},
+            subfield=named,
+            not_for={"uploads": NO_KNOBS},
+        )
+        for name, preset, named in [
+            ("unknown", "ebay-main", "preset"),
+            ("unknown-second-in-list", ["amazon-lifestyle", "ebay-main"], "preset[1]"),
+            ("more-than-8", ["web-hero"] * 9, "preset"),
+            ("not-a-name", [{"name": "web-hero"}], "preset[0]"),
+            # The product alone on white, from an opaque source on an img2img-like model.
+            ("amazon-main-without-a-cutout", "amazon-main", "preset"),
+        ]
+    ),
     Hostile("undecodable-image", image=b"\x89PNG\r\n\x1a\n" + b"\xde\xad" * 40),
     Hostile("empty-image", image=b""),
     Hostile("truncated-png", image=GOOD_PNG[: len(GOOD_PNG) // 2]),
@@ -249,6 +267,7 @@ def _text_fields(case: Hostile) -> dict[str, Any]:
     fields = dict(case.extra or {})
     if case.metadata is not None:
         fields["metadata"] = case.metadata
+    fields |= case.knobs or {}
     return fields
 
 
@@ -299,6 +318,8 @@ def _json_field(case: Hostile, *, image: str, prompt: str, sku: str = "") -> str
         return f"metadata.{case.subfield}"
     if case.extra is not None:
         return "body"  # a key that cannot be encoded cannot be named either
+    if case.knobs is not None:
+        return case.subfield
     if case.prompt is not None:
         return prompt
     if case.skus is not None:
