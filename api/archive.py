@@ -2,6 +2,11 @@
 
 Rows are read a page at a time, each page its own short query, so a slow download holds
 neither a transaction nor more than one output in memory.
+
+A job's render sits at ``{sku}/{prompt}/{variant}.{ext}``; each marketplace preset's output
+of it (an output dict with ``"preset"``) in the folder beside it,
+``{sku}/{prompt}/{variant}/{preset}.{ext}``. The manifest has one row per output: the
+render's (``preset`` null), then each preset's; a job without outputs has one row.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.errors import StorageError, TransientError
 from shared.models import Job, utcnow
+from shared.names import is_portable
 from shared.schemas import FIDELITY_SCORES, ManifestItem
 from shared.storage import Storage
 
@@ -45,11 +51,23 @@ class Row:
     provenance: dict[str, Any] | None
 
 
-def output_path(sku: str, prompt_name: str, variant: int, key: str, index: int = 0) -> str:
-    """Where an output sits in the archive and the CLI's download tree."""
+def output_path(
+    sku: str, prompt_name: str, variant: int, key: str, index: int = 0, preset: str | None = None
+) -> str:
+    """Where an output sits in the archive and the CLI's download tree: the render as
+    ``{variant}.{ext}``, a preset's output as ``{variant}/{preset}.{ext}``."""
     ext = key.rsplit(".", 1)[-1]
+    if preset is not None:
+        return f"{sku}/{prompt_name}/{variant}/{preset_stem(preset, ext)}.{ext}"
     stem = str(variant) if index == 0 else f"{variant}-{index}"
     return f"{sku}/{prompt_name}/{stem}.{ext}"
+
+
+def preset_stem(preset: str, ext: str) -> str:
+    """The file name stem of a preset's output. Preset names are lowercase slugs
+    (shared/presets.py), but a slug can still be a Windows device name (``con``, ``aux``,
+    ``lpt1``, reserved with any extension): such a name gets a ``preset-`` prefix."""
+    return preset if is_portable(f"{preset}.{ext}") else f"preset-{preset}"
 
 
 def iter_rows(
@@ -96,25 +114,36 @@ def iter_rows(
 def manifest_items(
     rows: Iterable[Row], storage: Storage, expires_in: int
 ) -> Iterator[ManifestItem]:
-    """One manifest item per row, with its archive path and a URL when it has an output."""
+    """Manifest items of each row: its render's (or, before it rendered, its job's alone),
+    then one per preset output, each with its archive path and URL."""
     for row in rows:
-        first = row.outputs[0] if row.outputs else None
-        yield ManifestItem(
-            job_id=row.id,
-            sku=row.sku,
-            prompt_name=row.prompt_name,
-            variant=row.variant,
-            seed=row.params["seed"],
-            status=row.status,
-            error=row.error,
-            review=row.review,
+        outputs = row.outputs or []
+        first = outputs[0] if outputs else None
+        job = {
+            "job_id": row.id,
+            "sku": row.sku,
+            "prompt_name": row.prompt_name,
+            "variant": row.variant,
+            "seed": row.params["seed"],
+            "status": row.status,
+            "error": row.error,
+            "review": row.review,
             **fidelity_columns(row.fidelity),
-            path=output_path(row.sku, row.prompt_name, row.variant, first["key"])
-            if first
-            else None,
-            output_url=storage.url(first["key"], expires_in) if first else None,
             **licence_of(row.provenance),
-        )
+        }
+        for output in [first, *(o for o in outputs[1:] if o.get("preset"))]:
+            preset = None if output is None else output.get("preset")
+            key = None if output is None else output["key"]
+            yield ManifestItem(
+                **job,
+                preset=preset,
+                path=None if key is None else _path_of(row, key, preset),
+                output_url=None if key is None else storage.url(key, expires_in),
+            )
+
+
+def _path_of(row: Row, key: str, preset: str | None, index: int = 0) -> str:
+    return output_path(row.sku, row.prompt_name, row.variant, key, index, preset)
 
 
 def licence_of(provenance: dict[str, Any] | None) -> dict[str, Any]:
@@ -228,7 +257,7 @@ def archive_entries(rows: Iterable[Row]) -> Iterator[ArchiveEntry]:
     """Every output of ``rows``, named where it sits in the archive."""
     for row in rows:
         for index, output in enumerate(row.outputs or []):
-            path = output_path(row.sku, row.prompt_name, row.variant, output["key"], index)
+            path = _path_of(row, output["key"], output.get("preset"), index)
             yield ArchiveEntry(path, output["key"], row.finished_at)
 
 

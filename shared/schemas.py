@@ -908,6 +908,10 @@ class ManifestItem(BaseModel):
     fidelity_kept_pixels_changed: int | None = Field(
         default=None, description="Inpaint: kept pixels that changed (null for other kinds)."
     )
+    preset: str | None = Field(
+        default=None,
+        description="The marketplace preset this row's output was made for (null: the render).",
+    )
     path: str | None = Field(description="Where the output sits in the archive (if succeeded).")
     output_url: str | None = Field(description="Its output's URL (expires).")
     license: str | None = Field(

@@ -618,6 +618,52 @@ def test_archive_holds_every_succeeded_output_by_sku_prompt_variant(
         assert Image.open(io.BytesIO(archive.read(name))).size == (64, 64)
 
 
+def test_preset_outputs_sit_beside_the_render_and_each_has_its_manifest_row(
+    client, key, session_factory, storage
+):
+    batch_id = submit(client, key, images=batch_body()["images"][:1], prompts=["p"], variants=1)
+    (job,) = batch_jobs(session_factory, batch_id)
+    finish_jobs(session_factory, storage, [job.id], "succeeded")
+    (job,) = batch_jobs(session_factory, batch_id)
+    outputs = [*job.outputs]
+    # "con" is a slug and a Windows device name (CON.jpg too): it must not name a file.
+    for preset, ext in (("amazon-main", "jpg"), ("web-hero", "webp"), ("con", "jpg")):
+        key_ = f"outputs/{job.team_id}/{job.id}/0-{preset}.{ext}"
+        storage.put(key_, preset.encode(), "image/jpeg")
+        outputs.append(
+            {"key": key_, "width": 8, "height": 8, "content_type": "x", "preset": preset}
+        )
+    with session_factory() as s:
+        s.execute(update(Job).where(Job.id == job.id).values(outputs=outputs))
+        s.commit()
+
+    response = client.get(f"/v1/batches/{batch_id}/archive", headers=auth(key))
+    archive = zipfile.ZipFile(io.BytesIO(response.content))
+    assert sorted(archive.namelist()) == [
+        "SKU-RED/p/1.png",
+        "SKU-RED/p/1/amazon-main.jpg",
+        "SKU-RED/p/1/preset-con.jpg",
+        "SKU-RED/p/1/web-hero.webp",
+    ]
+    assert archive.read("SKU-RED/p/1/web-hero.webp") == b"web-hero"
+    url = f"/v1/batches/{batch_id}/manifest"
+    items = client.get(url, headers=auth(key)).json()["items"]
+    rows = list(
+        csv.DictReader(
+            io.StringIO(client.get(url, params={"format": "csv"}, headers=auth(key)).text)
+        )
+    )
+    for listed in (items, rows):
+        assert [(i["preset"] or None, i["path"]) for i in listed] == [
+            (None, "SKU-RED/p/1.png"),
+            ("amazon-main", "SKU-RED/p/1/amazon-main.jpg"),
+            ("web-hero", "SKU-RED/p/1/web-hero.webp"),
+            ("con", "SKU-RED/p/1/preset-con.jpg"),
+        ]
+    assert httpx.get(items[2]["output_url"], timeout=10).content == b"web-hero"
+    assert {i["job_id"] for i in items} == {str(job.id)} and items[3]["seed"] == items[0]["seed"]
+
+
 class CountingStorage:
     """Serves made-up outputs and records when each was fetched."""
 
