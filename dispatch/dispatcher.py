@@ -46,7 +46,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatch.fair_share import FairShare
-from dispatch.pick import pick
+from dispatch.pick import Waiting, pick
 from dispatch.urgency import DeadlineWatch
 from shared.batching import compatibility_key, group_compatible
 from shared.broker import BROKER_UNAVAILABLE, send_render
@@ -137,6 +137,8 @@ class Dispatcher:
         self._retention_pruned_at = time.monotonic()
         # Per model: the teams' virtual times (in memory: a restart starts them even).
         self.shares: dict[str, FairShare] = defaultdict(FairShare)
+        # Per model: the teams with jobs waiting, kept between ticks (dispatch/pick.py).
+        self.waiting: dict[str, Waiting] = defaultdict(Waiting)
         self.deadlines = DeadlineWatch()
 
     def tick(self) -> TickStats:
@@ -291,7 +293,8 @@ class Dispatcher:
                 # jit_above_cost: compiling then takes ~20 ms for a query that runs in ~1 ms.
                 session.execute(text("SET LOCAL jit = off"))
             urgent = self.deadlines.urgent(session, model, now)
-            rows = pick(session, self.shares[model], model, room, now, urgent)
+            share, waiting = self.shares[model], self.waiting[model]
+            rows = pick(session, share, model, room, now, urgent, waiting=waiting)
             # 3. send compatible groups; mark exactly what reached the broker
             valid = self._drop_malformed(session, rows)
             sent: list[uuid.UUID] = []

@@ -4,9 +4,14 @@ The order is dispatch/fair_share.py's (weighted fair share between teams, then e
 own priority and age, with the bounded interactive lane). This module reads just enough of
 the backlog to apply it, however big the backlog is:
 
-1. the teams with jobs waiting for the model, with their weights (a loose index scan of
-   ix_jobs_waiting: one probe per such team), and those with interactive jobs waiting (the
-   same over the small ix_jobs_waiting_interactive);
+1. the teams with jobs waiting for the model, with their weights, and those with
+   interactive jobs waiting (``Waiting``): read in full on a dispatcher's first tick (a
+   loose index scan of ix_jobs_waiting, one probe per such team, and the same over the
+   small ix_jobs_waiting_interactive), then kept: each tick re-reads the next
+   ``SWEEP_TEAMS`` of them round the uuid order (so any change, a re-armed job, a new
+   weight, is seen within a lap) and adds the teams with jobs submitted since the last
+   tick; a team whose line reads empty is dropped until a sweep finds it again. At 1,000
+   waiting teams the full read costs ~20 ms, a tick's ~2 ms;
 2. how many slots each team would get (``FairShare.plan``, a heap, no database);
 3. that many of each planned team's jobs (interactive teams: enough to use the fast lane):
    Postgres reads them with one LATERAL probe per team and class, each a range scan of
@@ -21,18 +26,24 @@ the backlog to apply it, however big the backlog is:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Mapping
-from datetime import datetime
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CTE, ColumnElement, ScalarSelect, case, or_, select, text
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import ColumnElement, case, or_, select, text
+from sqlalchemy.orm import Session
 
 from dispatch.fair_share import PRIORITIES, RANK, Candidate, FairShare
 from shared.jobs import JobStatus
 from shared.models import Job, Team
 
 ROUNDS = 3
+# Waiting teams a tick re-reads (after the first tick, which reads them all).
+SWEEP_TEAMS = 100
+# Jobs created this long before the last tick still count as new at this one: created_at is
+# the api's clock when it wrote the row, which commits (and becomes visible) a little later.
+ARRIVAL_MARGIN = timedelta(seconds=10)
 
 _PROBE = " UNION ALL ".join(
     f"""(SELECT j.id, j.team_id, j.batch_id, {rank} AS rank, j.created_at FROM jobs j
@@ -50,6 +61,33 @@ LINES = text(
     " unnest(CAST(:teams AS uuid[]), CAST(:limits AS int[])) AS w(team_id, n)"
     f" CROSS JOIN LATERAL ({_PROBE}) c"
 )
+_WAITING = "j.model = :model AND j.status = 'queued' AND j.enqueued_at IS NULL"
+# Postgres, one round trip: the first :limit teams from :first on (uuid order) with jobs
+# waiting, by a loose scan of ix_jobs_waiting (one probe per team, however many teams the
+# farm has: reading ``teams`` instead costs a probe per team in the farm, ~1 s a tick at
+# 20,000), and the teams with jobs created since :since (ix_jobs_dispatch: only those
+# rows); each with its weight and whether it has interactive jobs waiting (one probe of
+# ix_jobs_waiting_interactive). ORDER BY ... LIMIT 1, not min(): Postgres has no min() on uuid.
+TEAMS = text(
+    f"""
+    WITH RECURSIVE swept(team_id, n) AS (
+        SELECT (SELECT j.team_id FROM jobs j WHERE {_WAITING} AND j.team_id >= :first
+                ORDER BY j.team_id LIMIT 1), 1
+        UNION ALL
+        SELECT (SELECT j.team_id FROM jobs j WHERE {_WAITING} AND j.team_id > s.team_id
+                ORDER BY j.team_id LIMIT 1), s.n + 1
+        FROM swept s WHERE s.team_id IS NOT NULL AND s.n < :limit
+    ), found(team_id, swept) AS (
+        SELECT team_id, true FROM swept WHERE team_id IS NOT NULL
+        UNION ALL
+        SELECT DISTINCT j.team_id, false FROM jobs j WHERE {_WAITING} AND j.created_at >= :since
+    )
+    SELECT t.id, t.weight, f.swept, EXISTS (
+        SELECT FROM jobs j WHERE {_WAITING} AND j.team_id = t.id
+          AND j.priority = '{PRIORITIES[0]}') AS fast
+    FROM found f JOIN teams t ON t.id = f.team_id
+    """
+)
 
 
 def waiting_clauses(jobs: type[Job], model: str, now: datetime) -> list[ColumnElement[bool]]:
@@ -62,6 +100,66 @@ def waiting_clauses(jobs: type[Job], model: str, now: datetime) -> list[ColumnEl
     ]
 
 
+@dataclass
+class Waiting:
+    """The teams with jobs waiting for one model as a dispatcher last read them (see the
+    module: read in full once, then swept ``SWEEP_TEAMS`` a tick from ``cursor``).
+
+    Between sweeps it may name a team whose jobs are gone (its line then reads empty and it
+    is dropped) or miss one whose only jobs came back (re-armed, retried): that team waits
+    at most a lap of the sweep, which is the tick itself while ``SWEEP_TEAMS`` or fewer
+    teams wait."""
+
+    weights: dict[uuid.UUID, float] = field(default_factory=dict)
+    fast: set[uuid.UUID] = field(default_factory=set)  # those with interactive jobs waiting
+    cursor: uuid.UUID | None = None  # the next sweep reads the teams after this one
+    read_at: datetime | None = None  # the last tick's time; None: never read
+
+    def refresh(self, session: Session, model: str, now: datetime, postgres: bool) -> None:
+        if not postgres:  # SQLite: embedded, small backlogs: read in full every tick
+            self.weights = teams_waiting(session, model)
+            self.fast = set(teams_waiting(session, model, interactive=True))
+        elif self.read_at is None:
+            self._read(session, model, None, None, None)
+        else:
+            self._read(session, model, self.cursor, SWEEP_TEAMS, self.read_at - ARRIVAL_MARGIN)
+        self.read_at = now
+
+    def drop(self, teams: Iterable[uuid.UUID]) -> None:
+        for team in teams:
+            self.weights.pop(team, None)
+            self.fast.discard(team)
+
+    def _read(
+        self,
+        session: Session,
+        model: str,
+        after: uuid.UUID | None,
+        limit: int | None,
+        since: datetime | None,
+    ) -> None:
+        """Sweep the ``limit`` waiting teams after ``after`` (all of them: None) and add
+        those with jobs created since ``since``."""
+        first = uuid.UUID(int=0 if after is None else after.int + 1)
+        params = {"model": model, "first": first, "limit": limit or 2**31 - 1, "since": since}
+        rows = session.execute(TEAMS, params).tuples().all()
+        swept = [team for team, _, is_swept, _ in rows if is_swept]
+        # A full segment ends at its last team; a short one reaches the end of the order.
+        upto = max(swept) if limit is not None and len(swept) == limit else None
+        if after is None and upto is None:
+            self.weights, self.fast = {}, set()
+        else:
+            gone = [t for t in self.weights if t >= first and (upto is None or t <= upto)]
+            self.drop(gone)
+        for team, weight, _, fast in rows:
+            self.weights[team] = weight
+            if fast:
+                self.fast.add(team)
+            else:
+                self.fast.discard(team)
+        self.cursor = upto
+
+
 def pick(
     session: Session,
     share: FairShare,
@@ -71,58 +169,38 @@ def pick(
     urgent: Collection[uuid.UUID] = (),
     *,
     lateral: bool | None = None,
+    waiting: Waiting | None = None,
 ) -> list[tuple[uuid.UUID, dict[str, Any]]]:
     """Lock and return (id, params) of up to ``room`` waiting jobs of ``model`` in the order
     they are handed over; ``urgent`` batches' jobs count one priority class up. ``lateral``
-    (default: on Postgres) reads with the loose scans and LATERAL probes."""
+    (default: on Postgres) reads with the loose scans and LATERAL probes. ``waiting``: the
+    dispatcher's kept view of the waiting teams (default: one read in full for this pick)."""
     postgres = session.get_bind().dialect.name == "postgresql" if lateral is None else lateral
-    weights = teams_waiting(session, model, postgres)
-    if not weights:
+    waiting = Waiting() if waiting is None else waiting
+    waiting.refresh(session, model, now, postgres)
+    if not waiting.weights:
         return []
-    fast = teams_waiting(session, model, postgres, interactive=True).keys()
-    lines = read_lines(session, share, model, room, now, weights, fast, urgent, postgres)
-    order = share.order(weights, lines, room)
+    lines = read_lines(
+        session, share, model, room, now, waiting.weights, waiting.fast, urgent, postgres
+    )
+    waiting.drop(t for t, line in lines.items() if not line)
+    order = share.order(waiting.weights, lines, room)
     return lock(session, model, now, [c.id for c in order])
 
 
 def teams_waiting(
-    session: Session, model: str, postgres: bool, *, interactive: bool = False
+    session: Session, model: str, *, interactive: bool = False
 ) -> dict[uuid.UUID, float]:
-    """Team id -> weight of the teams with jobs (interactive ones only, if asked) waiting."""
-    if not postgres:
-        query = select(Job.team_id).where(
-            Job.model == model, Job.status == JobStatus.QUEUED.value, Job.enqueued_at.is_(None)
-        )
-        if interactive:
-            query = query.where(Job.priority == PRIORITIES[0])
-        found: Any = query.distinct().subquery()
-    else:
-        found = _loose_scan(model, interactive)
+    """Team id -> weight of the teams with jobs (interactive ones only, if asked) waiting:
+    the plain query the embedded SQLite reads (Postgres reads ``TEAMS``)."""
+    query = select(Job.team_id).where(
+        Job.model == model, Job.status == JobStatus.QUEUED.value, Job.enqueued_at.is_(None)
+    )
+    if interactive:
+        query = query.where(Job.priority == PRIORITIES[0])
+    found = query.distinct().subquery()
     rows = session.execute(select(Team.id, Team.weight).join(found, found.c.team_id == Team.id))
     return dict(rows.tuples().all())
-
-
-def _loose_scan(model: str, interactive: bool) -> CTE:
-    """The teams with jobs waiting for ``model`` (column ``team_id``): one probe of the
-    waiting index per such team, however many teams exist. Reading the ``teams`` table
-    instead costs a probe per team in the farm (20,000 teams: ~1 s a tick)."""
-
-    def next_team(after: ColumnElement[Any] | None) -> ScalarSelect[Any]:
-        jobs = aliased(Job)
-        query = select(jobs.team_id).where(
-            jobs.model == model,
-            jobs.status == JobStatus.QUEUED.value,
-            jobs.enqueued_at.is_(None),
-        )
-        if interactive:
-            query = query.where(jobs.priority == PRIORITIES[0])
-        if after is not None:
-            query = query.where(jobs.team_id > after)
-        # ORDER BY ... LIMIT 1, not min(): Postgres has no min() over uuid.
-        return query.order_by(jobs.team_id).limit(1).scalar_subquery()
-
-    teams = select(next_team(None).label("team_id")).cte("teams_waiting", recursive=True)
-    return teams.union_all(select(next_team(teams.c.team_id)).where(teams.c.team_id.is_not(None)))
 
 
 def read_lines(

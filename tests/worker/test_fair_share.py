@@ -22,13 +22,14 @@ import redis as redis_lib
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from dispatch import pick as pick_module
 from dispatch.dispatcher import Dispatcher
 from dispatch.fair_share import FairShare
-from dispatch.pick import pick
+from dispatch.pick import Waiting, pick
 from shared.broker import make_celery, render_queue
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.migrate import upgrade
-from shared.models import Job, utcnow
+from shared.models import Job, Team, utcnow
 from shared.registry import ModelSpec
 from shared.settings import Settings
 from shared.teams import ensure_team, set_team_limits
@@ -393,3 +394,41 @@ def test_a_batch_near_its_deadline_goes_one_class_up(farm):
         "bulk raised to standard, older"
     )
     assert not handed_over(farm.session_factory, farm.model) & set(standard)
+
+
+def test_the_kept_view_of_waiting_teams_sweeps_a_lap_and_sees_new_jobs_at_once(farm, monkeypatch):
+    """After its first tick (every waiting team read) a dispatcher re-reads SWEEP_TEAMS
+    teams a tick round the uuid order, and at once the teams with jobs just submitted: a
+    team whose old jobs came back is seen within a lap, one whose jobs went is dropped."""
+    monkeypatch.setattr(pick_module, "SWEEP_TEAMS", 2)
+    base = utcnow() - timedelta(hours=1)
+    # Teams in a known uuid order: t1 < t2 < t3 < t4 < t5 < rearmed < newcomer.
+    t1, t2, t3, t4, t5, rearmed, newcomer = (
+        uuid.UUID(int=(k << 124) | uuid.uuid4().int >> 8) for k in range(1, 8)
+    )
+    with session_scope(farm.session_factory) as s:
+        for team in (t1, t2, t3, t4, t5, rearmed, newcomer):
+            s.add(Team(id=team, name=f"kept-{team.hex[:10]}"))
+    for team in (t1, t2, t3, t4, t5):
+        add_jobs(farm.session_factory, farm.model, team, 3, base)
+    back = add_jobs(farm.session_factory, farm.model, rearmed, 3, base, enqueued_at=base)
+    waiting, share = Waiting(), FairShare()
+
+    def tick() -> set[uuid.UUID]:
+        with farm.session_factory() as s:  # rolled back: only the kept view moves
+            assert len(pick(s, share, farm.model, 1, utcnow(), waiting=waiting)) == 1
+            s.rollback()
+        return set(waiting.weights)
+
+    assert tick() == {t1, t2, t3, t4, t5}, "the first tick reads every waiting team"
+    with session_scope(farm.session_factory) as s:
+        s.execute(update(Job).where(Job.team_id == t5).values(enqueued_at=utcnow()))
+        s.execute(update(Job).where(Job.id.in_(back)).values(enqueued_at=None))
+    add_jobs(farm.session_factory, farm.model, newcomer, 1, utcnow())
+
+    assert tick() == {t1, t2, t3, t4, t5, newcomer}, "new jobs at once; the sweep read t1, t2"
+    assert tick() == {t1, t2, t3, t4, t5, newcomer}, "the sweep read t3, t4"
+    assert tick() == {t1, t2, t3, t4, rearmed, newcomer}, "then t5 (gone) to newcomer"
+    assert waiting.cursor == newcomer
+    tick()
+    assert waiting.cursor is None, "past the last team: the next sweep starts a new lap"
