@@ -3,7 +3,7 @@ created in one transaction, then followed, canceled and retried. Their manifest 
 stream from api/archive.py.
 
 A batch's jobs are checked by the job path itself (api/submit.py ``check_jobs``, one
-source per image), then inserted in one bulk INSERT. The api never talks to the broker
+source per image), then inserted in one COPY. The api never talks to the broker
 for batches: it commits queued jobs and nudges the dispatcher (shared/dispatch.py), which
 hands them to Redis in compatible groups.
 """
@@ -18,15 +18,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api import pairing
 from api.fetch_slots import FetchSlots
+from api.metrics import count_inserted_jobs
 from api.owned import owned_row
 from api.pagination import decode_cursor, encode_cursor, newest_first_page
 from api.sources import SourceSpool
 from api.submit import CheckedJobs, SourceRefs, check_jobs
+from shared.bulk import insert_rows
 from shared.dispatch import nudge
 from shared.errors import InvalidRequest
 from shared.job_events import log_batch_events
@@ -176,7 +178,7 @@ def create_batch(session: Session, team: Team, body: BatchCreate, checked: Check
     review = None if body.review is None else body.review.model_dump(exclude_none=True)
     if review:  # each job carries them to the worker, which then needs no batch lookup
         params[REVIEW_THRESHOLDS] = review
-    # 3. the batch, then every job in one bulk INSERT (no per-job round trip)
+    # 3. the batch, then every job in one COPY (no per-job round trip)
     now = utcnow()
     batch = Batch(
         id=uuid.uuid4(),
@@ -224,7 +226,8 @@ def create_batch(session: Session, team: Team, body: BatchCreate, checked: Check
             list(zip(body.prompts, checked.names, strict=True)),
         )
     ]
-    session.execute(insert(Job), rows)
+    insert_rows(session, Job, rows)  # one COPY (shared/bulk.py), not 10,000 INSERTs
+    count_inserted_jobs(session, spec.alias, team.id, len(rows))  # the ORM never saw them
     log_batch_events(session, batch.id, "job.queued")  # the live streams' log, one statement
     # 4. wake the dispatcher; the NOTIFY is delivered at commit, with the rows visible
     nudge(session)

@@ -121,15 +121,21 @@ def _team_label(session: Session, team_id: Any) -> str:
     return str(name) if name else str(team_id)
 
 
-def _pending(session: Session) -> list[tuple[str, str]]:
+def _pending(session: Session) -> list[tuple[str, str, int]]:
     return session.info.setdefault(_PENDING, [])  # type: ignore[no-any-return]
+
+
+def count_inserted_jobs(session: Session, model: str, team_id: Any, count: int) -> None:
+    """Count ``count`` jobs of ``model`` for the team at this session's commit: for rows the
+    ORM never sees (a batch's COPY, shared/bulk.py)."""
+    _pending(session).append((model, _team_label(session, team_id), count))
 
 
 def _collect_flushed_jobs(session: Session, _flush_context: Any) -> None:
     # after_flush still shows the flushed objects in session.new.
     for obj in session.new:
         if isinstance(obj, Job):
-            _pending(session).append((obj.model, _team_label(session, obj.team_id)))
+            _pending(session).append((obj.model, _team_label(session, obj.team_id), 1))
 
 
 def _collect_bulk_inserted_jobs(state: ORMExecuteState) -> None:
@@ -141,12 +147,12 @@ def _collect_bulk_inserted_jobs(state: ORMExecuteState) -> None:
     for row in rows:
         if isinstance(row, dict) and "model" in row:
             team = _team_label(state.session, row.get("team_id"))
-            _pending(state.session).append((str(row["model"]), team))
+            _pending(state.session).append((str(row["model"]), team, 1))
 
 
 def _count_committed_jobs(session: Session) -> None:
-    for model, team in session.info.pop(_PENDING, []):
-        JOBS_SUBMITTED.labels(model, team).inc()
+    for model, team, count in session.info.pop(_PENDING, []):
+        JOBS_SUBMITTED.labels(model, team).inc(count)
 
 
 def _forget_rolled_back_jobs(session: Session, _previous_transaction: Any = None) -> None:

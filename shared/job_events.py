@@ -112,12 +112,21 @@ def _log_where(session: Session, where: ColumnElement[bool], event_type: str) ->
         txid_now() if postgres else null(),
     ).where(where)
     columns = ["team_id", "batch_id", "job_id", "type", "data", "created_at", "txid"]
-    logged = session.execute(
-        insert(JobEvent).from_select(columns, rows).returning(JobEvent.team_id, JobEvent.batch_id)
-    ).all()
-    if logged:
+    logging = insert(JobEvent).from_select(columns, rows)
+    if not postgres:  # SQLite: no INSERT inside a WITH
+        logged = session.execute(logging.returning(JobEvent.team_id, JobEvent.batch_id)).all()
         notify(session, {(team, batch) for team, batch in logged})
-    return len(logged)
+        return len(logged)
+    # Postgres counts what it wrote per (team, batch): a 10,000-job change sends back one
+    # row per batch, not 10,000 for Python to fold.
+    written = logging.returning(JobEvent.team_id, JobEvent.batch_id).cte("written")
+    per_batch = session.execute(
+        select(written.c.team_id, written.c.batch_id, func.count()).group_by(
+            written.c.team_id, written.c.batch_id
+        )
+    ).all()
+    notify(session, {(team, batch) for team, batch, _ in per_batch})
+    return sum(n for _, _, n in per_batch)
 
 
 def notify(session: Session, changed: set[tuple[uuid.UUID, uuid.UUID | None]]) -> None:
