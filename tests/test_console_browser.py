@@ -2,7 +2,8 @@
 and tiny models): sign in (a wrong key first), a batch made through the form from two photos (one
 dropped, one picked) and three prompts, thumbnails arriving live, review by keyboard, a
 rerender, a job page, the zip, an XSS prompt shown as text, nothing fetched from outside,
-another team's batch as not-found, and tiny's noise outputs flagged for review.
+another team's batch as not-found, tiny's noise outputs flagged for review, and a job page
+with its found mask and a marketplace preset output.
 Screenshots: test-artifacts/console-*.png.
 """
 
@@ -14,6 +15,7 @@ import os
 import re
 import shutil
 import time
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from PIL import Image
 
 from imgfarm.embedded import EmbeddedStack, issue_key
 from shared.settings import Settings
+from tests.services import wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -131,6 +134,16 @@ def test_a_batch_from_the_form_through_review_to_the_zip(farm, browser, tmp_path
     page.select_option("#size", "768x768")  # the model's allowed sizes, its default first
     page.fill("#name", "Summer catalogue")
     expect(page.locator("#preview")).to_have_text("→ 2 images × 3 prompts × 1 variants = 6 jobs")
+    # zip pairs image i with prompt i: 2 images and 3 prompts cannot be sent that way
+    page.select_option("#pairing", "zip")
+    expect(page.locator("#preview")).to_contain_text("needs as many images as prompts")
+    expect(page.locator("#submit")).to_be_disabled()
+    page.select_option("#pairing", "cross")
+    page.check("#preset-instagram-portrait")  # presets from GET /v1/presets
+    expect(page.locator("#preview")).to_have_text(
+        "→ 2 images × 3 prompts × 1 variants = 6 jobs (+ 1 preset outputs each)"
+    )
+    page.uncheck("#preset-instagram-portrait")
     expect(page.locator("#submit")).to_be_enabled(timeout=30_000)  # both uploads done
     expect(page.locator(".files progress").nth(0)).to_have_attribute("value", "100")
     # the farm's own estimate (a dry run): nothing rendered yet, so no GPU figure to give
@@ -276,6 +289,79 @@ def test_tiny_noise_is_flagged_for_review_and_kept_out_of_approve_all_passed(far
     expect(page.locator("#counts [data-state=approved]")).to_have_count(0)
     expect(flagged).to_have_count(2)
     visit.shot("batch-needs-review")
+    assert visit.dialogs == [] and visit.outside() == []
+    visit.context.close()
+
+
+def test_the_job_page_shows_the_found_mask_and_each_preset_output(farm, browser):
+    """An echo job rendered for real; then the worker's part of a cut-out job is played on
+    its row (as tests/factories.py finish_jobs does): a mask it found (params.cutout) and an
+    instagram-portrait output stored beside the render. The page shows both, named."""
+    from playwright.sync_api import expect
+    from sqlalchemy import update
+
+    from shared.db import make_engine, make_session_factory
+    from shared.models import Job
+    from shared.storage import storage_from_settings
+
+    headers = {"Authorization": f"Bearer {farm.api_key}"}
+    body = {
+        "model": "echo",
+        "prompt": "a mug",
+        "image": upload_photo(farm, farm.api_key, skimage.data.coffee()),
+    }
+    job_id = httpx.post(f"{farm.url}/v1/jobs", headers=headers, json=body).json()["id"]
+    wait_for(
+        lambda: (
+            httpx.get(f"{farm.url}/v1/jobs/{job_id}", headers=headers).json()["status"]
+            == "succeeded"
+        ),
+        60,
+        "the echo job",
+    )
+    settings = Settings(data_dir=farm.data_dir, public_url=farm.url)
+    storage = storage_from_settings(settings)
+    mask, portrait = io.BytesIO(), io.BytesIO()
+    found = Image.new("L", (64, 64), 255)  # white: repaint
+    found.paste(0, (16, 16, 48, 48))  # black: the product, kept
+    found.save(mask, "PNG")
+    Image.new("RGB", (108, 135), (200, 120, 40)).save(portrait, "JPEG")
+    engine = make_engine(settings.database_url)
+    with make_session_factory(engine)() as s:
+        job = s.get(Job, uuid.UUID(job_id))
+        mask_key = f"sources/{job.team_id}/found-mask.png"
+        preset_key = f"outputs/{job.team_id}/{job.id}/0-instagram-portrait.jpg"
+        storage.put(mask_key, mask.getvalue(), "image/png")
+        storage.put(preset_key, portrait.getvalue(), "image/jpeg")
+        made = {"key": preset_key, "width": 108, "height": 135, "content_type": "image/jpeg"}
+        s.execute(
+            update(Job)
+            .where(Job.id == job.id)
+            .values(
+                mask_key=mask_key,
+                params={**job.params, "cutout": "studio"},
+                outputs=[*job.outputs, {**made, "preset": "instagram-portrait"}],
+            )
+        )
+        s.commit()
+    engine.dispose()
+
+    visit = Visit(browser, farm)
+    page = visit.page
+    page.goto(f"{farm.url}/jobs/{job_id}")
+    visit.sign_in(farm.api_key)
+    caption = page.locator(".mask-block figcaption")
+    expect(caption).to_contain_text("Mask found automatically (studio cut-out)")
+    mask_img = page.locator(".mask-block img")
+    expect(mask_img).to_have_js_property("complete", True)
+    assert mask_img.evaluate("i => i.naturalWidth") == 64
+    assert caption.locator("a").get_attribute("href").startswith(f"{farm.url}/v1/files/")
+    made_fig = page.locator(".presets figure[data-preset=instagram-portrait]")
+    expect(made_fig.locator("figcaption")).to_have_text("instagram-portrait 108×135 · image/jpeg")
+    expect(made_fig.locator("img")).to_have_js_property("complete", True)
+    assert made_fig.locator("img").evaluate("i => i.naturalWidth") == 108
+    expect(page.locator(".compare button", has_text="mask")).to_have_count(1)
+    visit.shot("job-mask-presets")
     assert visit.dialogs == [] and visit.outside() == []
     visit.context.close()
 

@@ -1,5 +1,6 @@
-// One job: its output beside its source (side by side, swipe, overlay, mask), then what
-// made it (params, provenance), how faithful it is (scores) and who decided what (review).
+// One job: its output beside its source (side by side, swipe, overlay, mask), its mask (given
+// or found by the worker), its marketplace preset outputs, then what made it (params,
+// provenance), how faithful it is (scores) and who decided what (review).
 
 import { ApiError, api, blob } from "./api.js";
 import { ago, h, notice, replace } from "./dom.js";
@@ -54,6 +55,8 @@ export async function jobPage(main, { id, signal }) {
     h("p", { class: "prompt" }, "“", job.prompt, "”", job.params?.seed != null ? ` · seed ${job.params.seed}` : ""),
     compare(job, sourceUrl, outputUrl, maskUrl, edgesUrl),
     output ? h("p", {}, h("a", { href: output.url, target: "_blank", rel: "noopener noreferrer" }, `Full size (${output.width}×${output.height}, ${output.content_type})`)) : null,
+    maskBlock(job, maskUrl),
+    presetOutputs(job),
     review(job, status, signal),
     status,
     h("div", { class: "fact-grid" },
@@ -69,6 +72,33 @@ export async function jobPage(main, { id, signal }) {
     ),
     history(job),
   );
+}
+
+/** The mask the job rendered with, and where it came from: given with the job, or found by
+ * the worker (``mask: "auto"``, params.cutout names the method), so a person can check it
+ * and, if it is wrong, download it, fix it and send it as the job's mask. */
+function maskBlock(job, maskUrl) {
+  if (!maskUrl) return null;
+  const how = job.params?.cutout
+    ? `found automatically (${job.params.cutout} cut-out)` : "given with the job";
+  return h("section", { class: "mask-block", "aria-label": "Mask" },
+    h("figure", {},
+      h("img", { src: maskUrl, alt: `${job.sku ?? "job"}: mask` }),
+      h("figcaption", {}, `Mask ${how}: white is repainted, black kept`,
+        job.mask_url ? [" · ", h("a", { href: job.mask_url, target: "_blank", rel: "noopener noreferrer" }, "download")] : null)));
+}
+
+/** Each marketplace preset's output (an output with ``preset``), with its name and size. */
+function presetOutputs(job) {
+  const made = (job.outputs ?? []).filter((o) => o.preset);
+  if (!made.length) return null;
+  return h("section", { class: "presets", "aria-label": "Preset outputs" },
+    h("h2", {}, "Preset outputs"),
+    h("div", { class: "preset-grid" }, made.map((o) =>
+      h("figure", { "data-preset": o.preset },
+        h("a", { href: o.url, target: "_blank", rel: "noopener noreferrer" },
+          h("img", { src: o.url, alt: `${job.sku ?? "job"}: ${o.preset}`, loading: "lazy" })),
+        h("figcaption", {}, h("b", {}, o.preset), ` ${o.width}×${o.height} · ${o.content_type}`)))));
 }
 
 /** Which model, revision and licence made the output, and where it ran. */

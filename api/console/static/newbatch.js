@@ -1,5 +1,7 @@
 // A new batch: drop photos (each uploaded as it lands, with its own progress bar), write
-// prompts one per line as name=prompt, pick a model and variants, see the job count, submit.
+// prompts one per line as name=prompt, pick a model, variants, how images meet prompts
+// (every image × every prompt, or image i with prompt i) and marketplace presets, see the
+// job count, submit.
 
 import { ApiError, api, getKey } from "./api.js";
 import { duration, h, notice, num, replace } from "./dom.js";
@@ -72,8 +74,30 @@ async function upload(file, onProgress) {
   return uploadMultipart(file, onProgress);
 }
 
+/** The farm's marketplace presets (GET /v1/presets); none when it has no such route, so the
+ * form still works without them. */
+async function presetList(signal) {
+  try {
+    return (await api("/v1/presets", { signal })).presets;
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 404) return [];
+    throw error;
+  }
+}
+
+/** How many jobs: every image × every prompt, or (zip) image i with prompt i, × variants;
+ * and why it cannot be sent, if so. */
+export function jobCount(images, prompts, variants, pairing) {
+  if (pairing !== "zip") {
+    return { n: images * prompts * variants, text: `${images} images × ${prompts} prompts × ${variants} variants` };
+  }
+  const text = `${images} images paired with ${prompts} prompts × ${variants} variants`;
+  if (images !== prompts) return { n: 0, text, problem: "pairing image i with prompt i needs as many images as prompts" };
+  return { n: images * variants, text };
+}
+
 export async function newBatchPage(main, { signal }) {
-  const { models } = await api("/v1/models", { signal });
+  const [{ models }, presets] = await Promise.all([api("/v1/models", { signal }), presetList(signal)]);
   const files = []; // {file, sku, upload, error, bar}
   const list = h("ul", { class: "files", "aria-label": "Images" });
   const picker = h("input", { type: "file", id: "files", multiple: true, accept: "image/*", class: "sr" });
@@ -100,6 +124,15 @@ export async function newBatchPage(main, { signal }) {
   };
   const format = h("select", { id: "format" }, ["png", "jpeg", "webp"].map((f) => h("option", { value: f }, f)));
   const name = h("input", { id: "name", type: "text", maxlength: 200, placeholder: "Summer 2027 catalogue" });
+  const pairing = h("select", { id: "pairing" },
+    h("option", { value: "cross" }, "every image × every prompt"),
+    h("option", { value: "zip" }, "image 1 with prompt 1, 2 with 2, …"));
+  // One more output per job for each preset ticked, brought to that channel's rules.
+  const presetBoxes = presets.map((p) =>
+    h("input", { type: "checkbox", name: "preset", value: p.name, id: `preset-${p.name}` }));
+  const presetSet = presets.length ? h("fieldset", { class: "presets-pick" }, h("legend", {}, "Marketplace presets"),
+    presets.map((p, i) => h("label", { for: `preset-${p.name}`, title: p.source },
+      presetBoxes[i], `${p.label} (${p.width}×${p.height} ${p.format})`))) : null;
   const preview = h("p", { id: "preview", class: "preview", "aria-live": "polite" });
   const estimate = h("p", { id: "estimate", class: "preview muted", "aria-live": "polite" });
   const status = h("div", { id: "status", "aria-live": "polite" });
@@ -112,7 +145,10 @@ export async function newBatchPage(main, { signal }) {
       prompts: parsePrompts(prompts.value),
       variants: Number(variants.value),
       output_format: format.value,
+      pairing: pairing.value,
     };
+    const chosen = presetBoxes.filter((b) => b.checked).map((b) => b.value);
+    if (chosen.length) batch.preset = chosen;
     if (outSize.value) [batch.width, batch.height] = outSize.value.split("x").map(Number);
     if (strength.value) batch.strength = Number(strength.value);
     return batch;
@@ -146,8 +182,10 @@ export async function newBatchPage(main, { signal }) {
       ? `${files.length} files · ${size(bytes)} · uploaded ${done}/${files.length}` : "";
     const p = parsePrompts(prompts.value).length;
     const v = Number(variants.value) || 0;
-    const n = files.length * p * v;
-    preview.textContent = `→ ${files.length} images × ${p} prompts × ${v} variants = ${num(n)} jobs`;
+    const { n, text, problem } = jobCount(files.length, p, v, pairing.value);
+    const extra = presetBoxes.filter((b) => b.checked).length;
+    preview.textContent = problem ? `→ ${text}: ${problem}`
+      : `→ ${text} = ${num(n)} jobs${extra ? ` (+ ${extra} preset outputs each)` : ""}`;
     submit.disabled = !n || done < files.length || files.some((f) => f.error);
     estimateLater(!submit.disabled);
   };
@@ -177,7 +215,7 @@ export async function newBatchPage(main, { signal }) {
   });
   for (const input of [prompts, variants]) input.addEventListener("input", refresh);
   model.addEventListener("change", () => { sizes(); refresh(); });
-  for (const input of [outSize, format]) input.addEventListener("change", refresh);
+  for (const input of [outSize, format, pairing, ...presetBoxes]) input.addEventListener("change", refresh);
   strength.addEventListener("input", refresh);
 
   const send = async (event) => {
@@ -207,7 +245,9 @@ export async function newBatchPage(main, { signal }) {
         h("label", {}, "Size ", outSize),
         h("label", {}, "Strength ", strength),
         h("label", {}, "Format ", format),
-        h("label", {}, "Name ", name)),
+        h("label", {}, "Name ", name),
+        h("label", {}, "Pairing ", pairing)),
+      presetSet,
       preview, estimate, status, submit));
   sizes();
   refresh();
