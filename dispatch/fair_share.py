@@ -25,7 +25,7 @@ from __future__ import annotations
 import heapq
 import uuid
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -62,16 +62,23 @@ class FairShare:
         """The team's virtual time, not below the clock (no credit for idle time)."""
         return max(self.vtime.get(team, self.clock), self.clock)
 
-    def plan(self, weights: Mapping[uuid.UUID, float], room: int) -> dict[uuid.UUID, int]:
-        """How many of ``room`` slots each team would get if none ran out of jobs (a heap:
-        cheap with a thousand teams waiting)."""
-        heap = [(self.start(t), t) for t in weights]
-        heapq.heapify(heap)
+    def plan(
+        self,
+        weights: Mapping[uuid.UUID, float],
+        room: int,
+        teams: Iterable[uuid.UUID] | None = None,
+    ) -> dict[uuid.UUID, int]:
+        """How many of ``room`` slots each of ``teams`` (default: all of ``weights``) would
+        get if none ran out of jobs (a heap of the ``room`` least-served teams: only they
+        can be given a slot)."""
+        vtime, clock = self.vtime, self.clock  # vtime holds only times past the clock
+        entries = ((vtime.get(t, clock), t.int, t) for t in (weights if teams is None else teams))
+        heap = heapq.nsmallest(room, entries)
         counts: dict[uuid.UUID, int] = {}
         for _ in range(room if heap else 0):
-            v, team = heapq.heappop(heap)
+            v, key, team = heapq.heappop(heap)
             counts[team] = counts.get(team, 0) + 1
-            heapq.heappush(heap, (v + 1 / max(weights[team], MIN_WEIGHT), team))
+            heapq.heappush(heap, (v + 1 / max(weights[team], MIN_WEIGHT), key, team))
         return counts
 
     @staticmethod
@@ -91,32 +98,59 @@ class FairShare:
         ``weights`` names every team with jobs waiting, ``lines`` those read this tick: the
         clock moves to the least-served waiting team, read or not.
         """
-        vt = {t: self.start(t) for t in weights}
+        vt = {t: self.start(t) for t in lines}
         heads = {t: 0 for t, line in lines.items() if line}
+        # The next fair turn: least served, then oldest head; the next fast-lane turn: the
+        # least-served team with an interactive job at its head. Entries of a team that has
+        # moved on since are skipped when they come up.
+        fair = [(vt[t], lines[t][0].created_at, lines[t][0].id, t) for t in heads]
+        lane = [(vt[t], t.int, t) for t in heads if lines[t][0].rank == 0]
+        heapq.heapify(fair)
+        heapq.heapify(lane)
+
+        def _head(team: uuid.UUID) -> Candidate:
+            return lines[team][heads[team]]
+
         picked: list[Candidate] = []
-        while heads and len(picked) < room:
-            fair = min(heads, key=lambda t: (vt[t], lines[t][heads[t]].order[1:], t))
-            team, jumped = fair, False
-            if lines[fair][heads[fair]].rank > 0 and self._may_jump():
-                urgent = [t for t in heads if lines[t][heads[t]].rank == 0]
-                if urgent:
-                    team, jumped = min(urgent, key=lambda t: (vt[t], t)), True
-            picked.append(lines[team][heads[team]])
+        while len(picked) < room:
+            while fair and not (fair[0][3] in heads and fair[0][2] == _head(fair[0][3]).id):
+                heapq.heappop(fair)  # that team moved on (or ran out) since
+            if not fair:
+                break
+            team, jumped = fair[0][3], False
+            if _head(team).rank > 0 and self._may_jump():
+                while lane and not (
+                    lane[0][2] in heads
+                    and vt[lane[0][2]] == lane[0][0]
+                    and _head(lane[0][2]).rank == 0
+                ):
+                    heapq.heappop(lane)
+                if lane:
+                    team, jumped = lane[0][2], True
+            line = lines[team]
+            picked.append(line[heads[team]])
             self.recent.append(jumped)
             vt[team] += 1 / max(weights.get(team, 1.0), MIN_WEIGHT)
             heads[team] += 1
-            if heads[team] == len(lines[team]):
+            if heads[team] == len(line):
                 del heads[team]
-        self._settle(vt)
+            else:
+                head = line[heads[team]]
+                heapq.heappush(fair, (vt[team], head.created_at, head.id, team))
+                if head.rank == 0:
+                    heapq.heappush(lane, (vt[team], team.int, team))
+        self._settle(vt, weights)
         return picked
 
     def _may_jump(self) -> bool:
         # Counting this slot, at most INTERACTIVE_SLOTS jumps in the last WINDOW slots.
         return sum(list(self.recent)[-(WINDOW - 1) :]) < INTERACTIVE_SLOTS
 
-    def _settle(self, served: dict[uuid.UUID, float]) -> None:
-        self.vtime.update(served)
-        if served:
-            self.clock = max(self.clock, min(served.values()))
-        # A team at or behind the clock re-enters at the clock anyway: forget it.
-        self.vtime = {t: v for t, v in self.vtime.items() if v > self.clock}
+    def _settle(self, read: dict[uuid.UUID, float], weights: Mapping[uuid.UUID, float]) -> None:
+        # Only times past the clock are kept: a team at or behind it re-enters at the clock.
+        self.vtime.update((t, v) for t, v in read.items() if v > self.clock)
+        # The clock moves to the least-served waiting team: it stays while any waiting team
+        # is at the clock (has no time kept), which ends the scan at once on most ticks.
+        if weights and all(t in self.vtime for t in weights):
+            self.clock = max(self.clock, min(self.vtime[t] for t in weights))
+            self.vtime = {t: v for t, v in self.vtime.items() if v > self.clock}

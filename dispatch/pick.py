@@ -53,15 +53,21 @@ _PROBE = " UNION ALL ".join(
         ORDER BY j.created_at LIMIT w.n)"""
     for rank, name in enumerate(PRIORITIES)
 )
-# Postgres: each wanted team's first n jobs of each class, one index range scan each.
+# Postgres: each wanted team's first n jobs, class by class, one index range scan each; the
+# outer LIMIT stops the Append once n came, so the classes after are not probed at all.
 # (ORDER BY created_at alone: a batch's jobs share it, and an id tie-break would make every
 # probe sort the whole batch; ties are ordered by id in Python.)
 LINES = text(
     "SELECT c.id, c.team_id, c.batch_id, c.rank, c.created_at FROM"
     " unnest(CAST(:teams AS uuid[]), CAST(:limits AS int[])) AS w(team_id, n)"
-    f" CROSS JOIN LATERAL ({_PROBE}) c"
+    f" CROSS JOIN LATERAL (SELECT * FROM ({_PROBE}) p LIMIT w.n) c"
 )
 _WAITING = "j.model = :model AND j.status = 'queued' AND j.enqueued_at IS NULL"
+# Postgres: ``lock`` as one prebuilt statement (the ORM's IN list costs ~1.5 ms a tick).
+LOCK = text(
+    f"SELECT j.id, j.params FROM jobs j WHERE j.id = ANY(CAST(:ids AS uuid[])) AND {_WAITING}"
+    " AND (j.not_before IS NULL OR j.not_before <= :now) FOR UPDATE SKIP LOCKED"
+)
 # Postgres, one round trip: the first :limit teams from :first on (uuid order) with jobs
 # waiting, by a loose scan of ix_jobs_waiting (one probe per team, however many teams the
 # farm has: reading ``teams`` instead costs a probe per team in the farm, ~1 s a tick at
@@ -220,10 +226,12 @@ def read_lines(
     done: set[uuid.UUID] = set()  # teams whose whole line is read
     for _ in range(ROUNDS):
         left = room - sum(len(lines[t]) for t in done)
-        plan = share.plan({t: w for t, w in weights.items() if t not in done}, left)
+        # (No copies of the 1,000-team maps while no team ran out: the first round.)
+        plan = share.plan(weights, left, [t for t in weights if t not in done] if done else None)
         # Interactive teams also get what the fast lane would give them (at most ``lane``
         # slots in all, shared by their virtual times).
-        for team, n in share.plan({t: weights[t] for t in fast if t not in done}, lane).items():
+        lane_teams = [t for t in fast if t not in done] if done else fast
+        for team, n in share.plan(weights, lane, lane_teams).items():
             plan[team] = max(plan.get(team, 0), n)
         wanted = {t: n for t, n in plan.items() if n > len(lines.get(t, ()))}
         if not wanted:
@@ -323,10 +331,13 @@ def lock(
     the order given."""
     if not ids:
         return []
-    rows = session.execute(
-        select(Job.id, Job.params)
-        .where(Job.id.in_(ids), *waiting_clauses(Job, model, now))
-        .with_for_update(skip_locked=True)
-    ).tuples()
+    if session.get_bind().dialect.name == "postgresql":  # one array parameter, prebuilt
+        rows: Any = session.execute(LOCK, {"ids": ids, "model": model, "now": now}).tuples()
+    else:
+        rows = session.execute(
+            select(Job.id, Job.params)
+            .where(Job.id.in_(ids), *waiting_clauses(Job, model, now))
+            .with_for_update(skip_locked=True)
+        ).tuples()
     params: dict[uuid.UUID, dict[str, Any]] = dict(rows.all())
     return [(i, params[i]) for i in ids if i in params]
