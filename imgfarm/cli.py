@@ -471,6 +471,21 @@ def demo(out: Path, timeout: float) -> None:
     show_default=True,
 )
 @click.option("--seed", type=click.IntRange(0), help="Batch seed [default: drawn by the farm].")
+@click.option(
+    "--pairing",
+    type=click.Choice(["cross", "zip"]),
+    default="cross",
+    show_default=True,
+    help="cross: every image x every prompt; zip: the i-th image (file-name or CSV row "
+    "order) with the i-th prompt.",
+)
+@click.option(
+    "--preset",
+    "presets",
+    multiple=True,
+    help="A marketplace preset (GET /v1/presets), e.g. amazon-main: one more output per job, "
+    "downloaded as OUT/{sku}/{prompt}/{variant}/{preset}.{ext}. Repeatable.",
+)
 @click.option("--metadata", help="JSON object stored with the batch.")
 @click.option("--wait", is_flag=True, help="Follow the batch, then download its outputs.")
 @click.option(
@@ -508,6 +523,8 @@ def submit(
     negative_prompt: str | None,
     output_format: str,
     seed: int | None,
+    pairing: str,
+    presets: tuple[str, ...],
     metadata: str | None,
     wait: bool,
     out: Path,
@@ -551,6 +568,9 @@ def submit(
         "negative_prompt": negative_prompt,
         "output_format": output_format,
         "seed": seed,
+        # left out when not asked for: the same inputs as before keep their batch (the key)
+        "pairing": None if pairing == "cross" else pairing,
+        "preset": list(presets) or None,
     }
     try:
         meta = json.loads(metadata) if metadata else None

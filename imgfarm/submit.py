@@ -2,6 +2,10 @@
 
 1. read the inputs   2. upload what is not uploaded yet   3. submit the batch (idempotent)
 4. follow it with a progress bar   5. download into ``OUT/{sku}/{prompt}/{variant}.{ext}``
+   (each marketplace preset's output beside it, ``{variant}/{preset}.{ext}``)
+
+``--pairing zip`` pairs the i-th image (by file name in a folder, by row in a CSV) with the
+i-th prompt instead of every image with every prompt.
 
 Running it again with the same inputs submits nothing new: the ``Idempotency-Key`` is
 derived from the inputs, and the upload ids of the first run are kept in a small state file
@@ -88,6 +92,15 @@ class SubmitRequest:
     def idempotency_key(self) -> str:
         """Same inputs (file contents, names, prompts, knobs) → same key."""
         return "imgfarm-submit-" + hashlib.sha256(self.canonical().encode()).hexdigest()[:40]
+
+    def check_pairing(self) -> None:
+        """Refuse, before anything is uploaded, a zip of unequal counts (the api would)."""
+        if self.params.get("pairing") == "zip" and len(self.images) != len(self.prompts):
+            raise SubmitError(
+                f"--pairing zip pairs the i-th image with the i-th prompt, so it needs as many "
+                f"of each: {len(self.images)} images (in file-name or CSV row order) and "
+                f"{len(self.prompts)} prompts"
+            )
 
     def batch_body(self, upload_ids: dict[str, str]) -> dict[str, Any]:
         return {
@@ -312,6 +325,7 @@ def _upload_presigned(
 
 def submit_batch(client: Client, request: SubmitRequest, out: Path, console: Console) -> dict:
     """Upload what is missing and submit; the same inputs always give the same batch."""
+    request.check_pairing()
     out.mkdir(parents=True, exist_ok=True)
     state = State.load(out)
     upload_ids = upload_images(client, request.images, state, console)

@@ -11,9 +11,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 from sqlalchemy import func, select
 
+from imgfarm.cli import main
 from imgfarm.embedded import EmbeddedStack
 from imgfarm.submit import SubmitError, SubmitRequest, parse_prompt, read_images, read_prompts
 from shared.models import Batch, Job
@@ -157,7 +159,35 @@ def test_idempotency_key_follows_the_inputs_not_where_they_live(tmp_path):
     assert key(folder) != key(copy), "changed pixels are another batch"
 
 
+def test_zip_of_unequal_counts_is_refused_before_any_upload(tmp_path):
+    request = SubmitRequest(
+        images=read_images(photo_folder(tmp_path)),
+        prompts=[{"prompt": "snow"}],
+        model="tiny",
+        params={"pairing": "zip"},
+    )
+    with pytest.raises(SubmitError, match="2 images .* and 1 prompts"):
+        request.check_pairing()
+    request.params = {}  # cross: any counts
+    request.check_pairing()
+
+
 # --- real runs ------------------------------------------------------------------------------
+
+
+def test_pairing_zip_and_presets_reach_the_batch(api_server, new_key, session_factory, tmp_path):
+    folder = photo_folder(tmp_path)  # blue-mug, red-shoe by file name
+    args = [str(folder), "--prompt", "mug=on a desk", "--prompt", "shoe=on a trail"]
+    args += ["--out", str(tmp_path / "out")]
+    args += ["--pairing", "zip", "--preset", "instagram-portrait", "--preset", "web-hero"]
+    env = {"IMGFARM_API_URL": api_server, "IMGFARM_API_KEY": new_key()}
+    result = CliRunner().invoke(main, ["submit", *args], env=env)  # in process: no start-up
+    assert result.exit_code == 0, result.output
+    batch_id = uuid.UUID(result.stdout.strip().splitlines()[-1])
+    with session_factory() as s:
+        jobs = list(s.scalars(select(Job).where(Job.batch_id == batch_id)))
+    assert {(j.sku, j.prompt_name) for j in jobs} == {("blue-mug", "mug"), ("red-shoe", "shoe")}
+    assert all(j.params["presets"] == ["instagram-portrait", "web-hero"] for j in jobs)
 
 
 def test_rerun_submits_once_then_wait_downloads_the_tree_and_resumes(
