@@ -57,9 +57,13 @@ def content_addressed(key: str) -> bool:
     return key.startswith(SOURCES_PREFIX)
 
 
-def output_key(team_id: uuid.UUID, job_id: uuid.UUID, index: int, ext: str) -> str:
-    """Deterministic per job: a job rendered twice by a race overwrites, never duplicates."""
-    return f"outputs/{team_id}/{job_id}/{index}.{ext}"
+def output_key(
+    team_id: uuid.UUID, job_id: uuid.UUID, index: int, ext: str, preset: str | None = None
+) -> str:
+    """Deterministic per job: a job rendered twice by a race overwrites, never duplicates.
+    A marketplace preset's output sits beside its round's render: ``{index}-{preset}``."""
+    suffix = "" if preset is None else f"-{preset}"
+    return f"outputs/{team_id}/{job_id}/{index}{suffix}.{ext}"
 
 
 def sha256_hex(data: bytes) -> str:

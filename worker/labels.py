@@ -92,6 +92,18 @@ def output_label(spec: ModelSpec, revision: str, job: Job, params: RenderParams)
     return Label(digital_source_type(spec.kind), provenance)
 
 
+def preset_label(label: Label, preset: str, *, cutout: bool) -> Label:
+    """The label of a marketplace preset's output (worker/presets.py), from its render's
+    ``label``. A scene preset is the render reframed: the render's claim, and the preset.
+    A cut-out preset (``amazon-main``) is the product's own source pixels on white, no pixel
+    of it generated: it claims no AI source type (as ``echo``: the farm cannot know how
+    the source itself was made) and says what it is."""
+    provenance = {**label.provenance, "preset": preset}
+    if cutout:
+        return Label(None, {**provenance, "madeOf": "the source's product cut out, on white"})
+    return Label(label.digital_source_type, provenance)
+
+
 def xmp_packet(label: Label) -> bytes:
     """``label`` as an XMP packet (UTF-8). Built with ElementTree, so every value is escaped
     as XML text whatever it holds."""

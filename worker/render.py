@@ -18,7 +18,7 @@ import io
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -41,12 +41,14 @@ from shared.images import (
 )
 from shared.jobs import Success
 from shared.models import Job
+from shared.presets import Preset, builtin_presets
 from shared.registry import ModelSpec
 from shared.schemas import REVIEW_THRESHOLDS, RenderParams
 from shared.storage import Storage, content_addressed, output_key
+from worker import presets as marketplace
 from worker.content_credentials import ContentCredentials, sign_output, source_ingredient
 from worker.fidelity import Fidelity, Thresholds, review_state, score
-from worker.labels import digital_source_type, output_label, xmp_packet
+from worker.labels import digital_source_type, output_label, preset_label, xmp_packet
 from worker.masks import keep_from_alpha, keep_mask, paste_kept, repaint_mask
 from worker.pipelines import LoadedModel, kind_inputs
 from worker.pixels import batch_in, images_out, masks_in, to_pixels
@@ -318,8 +320,9 @@ def store_output(
     render_seconds: float,
     png_compress_level: int = PNG_COMPRESS_LEVEL,
     credentials: ContentCredentials | None = None,
+    presets: Mapping[str, Preset] | None = None,
 ) -> RenderResult:
-    """Steps 4 and 5 for one item."""
+    """Steps 4 and 5 for one item (and one more output per preset it asks for)."""
     job, params = item.job, item.params
     data = encode_output(model, storage, item, image, png_compress_level, credentials)
     provenance = {
@@ -352,8 +355,15 @@ def store_output(
         "height": image.height,
         "content_type": content_type,
     }
+    extra = store_preset_outputs(
+        model, storage, item, image, presets, round_, provenance, credentials
+    )
     return RenderResult(
-        job_id=job.id, outputs=[output], provenance=provenance, fidelity=fidelity, review=review
+        job_id=job.id,
+        outputs=[output, *extra],
+        provenance=provenance,
+        fidelity=fidelity,
+        review=review,
     )
 
 
@@ -406,6 +416,72 @@ def encode_output(
         return sign_output(data, params.output_format, label, source, credential)
     except c2pa.C2paError as e:  # e.g. an expired certificate: say so, never ship unsigned
         raise PermanentRenderError(f"C2PA signing for team {credential.team!r} failed: {e}") from e
+
+
+def store_preset_outputs(
+    model: LoadedModel,
+    storage: Storage,
+    item: RenderItem,
+    image: Image.Image,
+    presets: Mapping[str, Preset] | None,
+    round_: int,
+    provenance: dict[str, Any],
+    credentials: ContentCredentials | None = None,
+) -> list[dict[str, Any]]:
+    """One more output per preset the job asks for (worker/presets.py), stored beside the
+    main one (``{round}-{preset}.{ext}``), labelled as what it is. ``presets``: the worker's
+    (built-ins and its registry file's); None: the built-ins alone. Lanczos enlarges here,
+    on the io pool: a learned upscaler runs on the device lane only (worker/upscale.py), so
+    a job that wants its detail asks ``upscale`` too, and the preset starts from that."""
+    known = builtin_presets() if presets is None else presets
+    job, params = item.job, item.params
+    base = output_label(model.spec, model.revision, job, params)
+    credential = None if credentials is None else credentials.for_team(job.team_id)
+    outputs = []
+    for name in params.presets:
+        preset = known.get(name)
+        if preset is None:  # the registry lost it since the api accepted the job
+            raise PermanentRenderError(f"unknown preset {name!r} on this worker")
+        framed = marketplace.apply(preset, image, cutout_of(item, image))
+        label = preset_label(base, name, cutout=preset.needs_cutout)
+        data = marketplace.encode(preset, framed, xmp_packet(label))
+        if credential is not None:  # signed like the main output (encode_output)
+            import c2pa
+
+            source = source_ingredient(job.source_key, storage.get(job.source_key), item.source)
+            try:
+                data = sign_output(data, preset.format, label, source, credential)
+            except c2pa.C2paError as e:
+                raise PermanentRenderError(f"C2PA signing of preset {name!r} failed: {e}") from e
+        key = output_key(job.team_id, job.id, round_, preset.extension, preset=name)
+        content_type = CONTENT_TYPES[preset.format]
+        metadata = {**object_metadata(job.id, provenance), "preset": name}
+        storage.put(key, data, content_type, metadata=metadata)
+        outputs.append(
+            {
+                "key": key,
+                "width": framed.width,
+                "height": framed.height,
+                "content_type": content_type,
+                "preset": name,
+            }
+        )
+    return outputs
+
+
+def cutout_of(item: RenderItem, image: Image.Image) -> marketplace.Cutout | None:
+    """The product alone, for a preset made of it: an inpaint job's kept pixels (the render
+    kept the source's, bit for bit, so the output at its final size serves, upscaled
+    included), else a transparent source's opaque pixels (the source, not the render: an
+    img2img render restyled the product too); None: the job has no cut-out."""
+    if item.keep is not None:
+        keep = item.keep
+        if keep.size != image.size:
+            keep = keep.resize(image.size, Image.Resampling.BILINEAR)
+        return marketplace.Cutout(image, keep)
+    if item.product is not None:
+        return marketplace.Cutout(item.source, item.product)
+    return None
 
 
 def discard_outputs(storage: Storage, results: list[RenderResult]) -> None:

@@ -39,6 +39,7 @@ from shared.jobs import (
     requeue,
 )
 from shared.models import Job, utcnow
+from shared.presets import load_presets
 from shared.usage import add_usage
 from worker.context import WorkerContext
 from worker.failures import Failure, decide_failure
@@ -298,6 +299,7 @@ def _store_later(
         render_seconds=rendered.seconds,
         png_compress_level=ctx.settings.worker_png_compress_level,
         credentials=ctx.credentials,
+        presets=load_presets(ctx.settings.models),  # read once per process (cached)
     )
 
 

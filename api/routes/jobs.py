@@ -99,6 +99,7 @@ def outputs_public(
             width=o["width"],
             height=o["height"],
             content_type=o["content_type"],
+            preset=o.get("preset"),
         )
         for o in outputs
     ]

@@ -11,7 +11,7 @@ import uuid
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 from skimage import data
 from sqlalchemy import select
 
@@ -256,3 +256,35 @@ def png_bytes_of(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_presets_add_one_output_each_at_their_size(farm, s3_client):
+    """A cut-out (transparent PNG) rendered by tiny with two presets: the render, then
+    amazon-main (the product's own pixels on pure white, 1600²) and instagram-portrait
+    (the render, 1080x1350), each stored beside the render and downloadable."""
+    client, _ = farm
+    cutout = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    ImageDraw.Draw(cutout).ellipse((20, 8, 44, 56), fill=(230, 120, 20, 255))
+    body = job_body(
+        image=data_url(png_bytes_of(cutout)), preset=["amazon-main", "instagram-portrait"]
+    )
+    job = client.wait(client.submit_job(**body)["id"], timeout=120)
+    assert job["status"] == "succeeded", job
+    render, main, portrait = job["outputs"]
+    assert [o["preset"] for o in job["outputs"]] == [None, "amazon-main", "instagram-portrait"]
+    assert (main["width"], main["height"], main["content_type"]) == (1600, 1600, "image/jpeg")
+    assert (portrait["width"], portrait["height"]) == (1080, 1350)
+    listing = s3_client.list_objects_v2(Bucket="imgfarm-test", Prefix="objects/outputs/")
+    keys = {o["Key"].rsplit("/", 1)[1] for o in listing["Contents"] if job["id"] in o["Key"]}
+    assert keys == {"0.png", "0-amazon-main.jpg", "0-instagram-portrait.jpg"}
+    got = {
+        o["preset"]: Image.open(io.BytesIO(httpx.get(o["url"], timeout=30).content))
+        for o in (main, portrait)
+    }
+    assert got["instagram-portrait"].size == (1080, 1350)
+    white = pixels(httpx.get(main["url"], timeout=30).content)
+    assert got["amazon-main"].size == (1600, 1600)
+    product = np.abs(white.astype(int) - (230, 120, 20)).sum(-1) < 60
+    rows, cols = np.nonzero(product)
+    assert (rows.max() - rows.min() + 1) / 1600 >= 0.85  # the product spans the frame's height
+    assert (white[:, : cols.min() - 16] == 255).all() and (white[:, cols.max() + 17 :] == 255).all()
