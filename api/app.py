@@ -13,6 +13,7 @@ from api.errors import register_error_handlers
 from api.fetch_slots import FetchSlots
 from api.live import EventHub
 from api.metrics import install_api_metrics
+from api.routes import adapters as adapter_routes
 from api.routes import batches, files, health, jobs, models, presets, review, uploads, webhooks
 from api.routes import events as event_routes
 from api.routes import keys as key_routes
@@ -72,7 +73,7 @@ def create_app(
         BodyLimitMiddleware,
         limit=settings.body_limit_bytes,
         multipart_limit=settings.multipart_body_limit_bytes,
-        multipart_paths=(uploads.MULTIPART_PATH,),
+        multipart_paths=(uploads.MULTIPART_PATH, adapter_routes.MULTIPART_PATH),
     )
     app.add_middleware(LogContextMiddleware)
     install_api_metrics(app, settings, listen_host)
@@ -82,6 +83,7 @@ def create_app(
     for module in (jobs, batches, review, uploads, models, presets, files, webhooks):
         app.include_router(module.router)  # each router lists its own error answers
     app.include_router(event_routes.router)
+    app.include_router(adapter_routes.router)
     app.include_router(thumbnail_routes.router)
     install_console(app, app.state.storage)  # last: its routes are the catch-all views
     return app

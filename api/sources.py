@@ -111,9 +111,10 @@ class SourceSpool:
         self.close()
 
 
-def fetch_url(url: str, field: str, settings: Settings) -> bytes:
-    """GET a public URL with a size cap and one deadline (``fetch_timeout_seconds``, for
-    every redirect hop together), re-checking every hop against SSRF."""
+def fetch_url(url: str, field: str, settings: Settings, limit_bytes: int | None = None) -> bytes:
+    """GET a public URL with a size cap (``limit_bytes``, default ``max_upload_bytes``) and
+    one deadline (``fetch_timeout_seconds``, for every redirect hop together), re-checking
+    every hop against SSRF."""
     allowed = parse_networks(settings.private_networks)
     limit = settings.fetch_timeout_seconds
     # guarded_client checks again at connect time, against the address it dials (a DNS
@@ -132,7 +133,8 @@ def fetch_url(url: str, field: str, settings: Settings) -> bytes:
                         raise InvalidRequest(
                             field, f"fetching the URL answered {response.status_code}"
                         )
-                    return _read_capped(response, field, settings.max_upload_bytes)
+                    cap = settings.max_upload_bytes if limit_bytes is None else limit_bytes
+                    return _read_capped(response, field, cap)
             except httpx.TimeoutException as e:
                 raise InvalidRequest(
                     field, f"fetching the URL took longer than {limit:g} s; nothing was stored"
@@ -157,7 +159,7 @@ def _read_capped(response: httpx.Response, field: str, limit: int) -> bytes:
     for chunk in response.iter_bytes():
         size += len(chunk)
         if size > limit:
-            raise InvalidRequest(field, f"image is larger than {limit} bytes", status_code=413)
+            raise InvalidRequest(field, f"the file is larger than {limit} bytes", status_code=413)
         chunks.append(chunk)
     return b"".join(chunks)
 

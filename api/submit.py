@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
+from api.adapters import resolve_adapters
 from api.deps import release_connection
 from api.fetch_slots import FetchSlots
 from api.params import (
@@ -94,6 +95,8 @@ def check_jobs(
     spec = model_spec(registry, knobs.model)
     check_commercial_use(spec, knobs)
     params = resolve_params(spec, knobs)
+    # each named adapter pinned to the digest of the team's file now (api/adapters.py)
+    params.adapters = resolve_adapters(session, team, spec, knobs.adapters)
     for ref in refs:
         check_mask_given(spec, ref.mask, ref.field("mask"))
     webhook_url = None

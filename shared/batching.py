@@ -18,6 +18,9 @@ def compatibility_key(params: dict[str, Any]) -> tuple[Any, ...]:
         params["guidance_scale"],
         params["width"],
         params["height"],
+        # Adapters change the UNet's weights for the whole call: jobs with other adapters
+        # (or other scales) never share one (issue 18).
+        tuple((a["sha256"], a["scale"]) for a in params.get("adapters", [])),
     )
 
 

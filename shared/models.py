@@ -474,3 +474,23 @@ class JobEvent(Base):
     # writers take turns). Ids are handed out before commit, so a later id can commit first:
     # streams read in (txid, id) order up to the oldest running transaction instead.
     txid: Mapped[int | None] = mapped_column(BigInteger, default=None)
+
+
+class Adapter(Base):
+    """A team's brand style adapter: LoRA weights (a safetensors file) under a name.
+
+    The file is stored content-addressed (shared/adapters.py); a job pins the digest when it
+    is accepted, so registering the name again changes new jobs only. Not job data: pruning
+    and deleting a batch leave it (the team removes it with DELETE /v1/adapters/{name}).
+    """
+
+    __tablename__ = "adapters"
+    __table_args__ = (UniqueConstraint("team_id", "name", name="uq_adapters_team_name"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    sha256: Mapped[str] = mapped_column(String(64))
+    object_key: Mapped[str] = mapped_column(String(512))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

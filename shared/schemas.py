@@ -536,6 +536,42 @@ class UploadsPublic(BaseModel):
     uploads: list[UploadPublic] = Field(description="One per file, in the order sent.")
 
 
+ADAPTER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+ADAPTER_NAME_DESCRIPTION = (
+    "1-100 letters, digits, '.', '_' or '-', starting with a letter or digit (it goes in URLs)."
+)
+
+
+class AdapterCreate(RequestBody):
+    """``POST /v1/adapters`` as JSON: a safetensors file the api fetches (or send it as
+    multipart, ``name`` and ``file``)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"name": "acme-summer", "url": "https://example.com/acme-summer.safetensors"}
+            ]
+        },
+    )
+
+    name: str = Field(pattern=ADAPTER_NAME_PATTERN, description=ADAPTER_NAME_DESCRIPTION)
+    url: str = Field(
+        min_length=1, max_length=2048, description="A public http(s) URL (private refused)."
+    )
+
+
+class AdapterPublic(BaseModel):
+    name: str = Field(description="What jobs name it by (`adapters: [{name, scale}]`).")
+    sha256: str = Field(description="SHA-256 of its safetensors file: what a job pins.")
+    size_bytes: int = Field(description="Size of the file in bytes.")
+    created_at: datetime = Field(description="When this name was last registered.")
+
+
+class AdaptersPublic(BaseModel):
+    adapters: list[AdapterPublic] = Field(description="The team's adapters, by name.")
+
+
 class ModelPublic(BaseModel):
     alias: str = Field(description="The name jobs give as model.")
     kind: str = Field(

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     # survives a crop to a model's output, and a sliver costs only memory and time.
     max_image_aspect_ratio: float = Field(default=16.0, ge=1.0)
     max_upload_bytes: int = 20 * 1024 * 1024
+    # A brand style adapter's safetensors file (POST /v1/adapters): SD1.5 LoRAs run from a
+    # few MB (rank 4) to about 150 MB (rank 128). Uploads of it get the multipart limit.
+    max_adapter_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
     # Largest request body the api reads (api/body_limit.py), refused with 413 while it
     # streams, before any parsing. Unset: room for four data URLs of max_upload_bytes (base64
     # is 4/3 of the bytes; an inpaint job carries two, a batch may carry several) and 1 MiB

@@ -104,3 +104,21 @@ def finish_jobs(
             elif status != JobStatus.RUNNING:
                 raise ValueError(f"cannot fake status {status!r}")
         session.commit()
+
+
+# Where diffusers' save_lora_weights puts a UNet LoRA's tensors (worker/tiny.py makes whole
+# real ones; the api reads only the header, so one layer shows its checks).
+LORA_KEY = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+
+
+def lora_file(seed: int, keys: tuple[str, ...] = (LORA_KEY,)) -> bytes:
+    """A small LoRA safetensors file (rank 4, width 32) for the api's adapter checks."""
+    import numpy as np
+    from safetensors.numpy import save
+
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for key in keys:
+        tensors[f"{key}.lora_A.weight"] = rng.standard_normal((4, 32), dtype=np.float32)
+        tensors[f"{key}.lora_B.weight"] = rng.standard_normal((32, 4), dtype=np.float32)
+    return save(tensors)

@@ -201,6 +201,23 @@ CASES = [
             ("amazon-main-without-a-cutout", "amazon-main", "preset"),
         ]
     ),
+    # Brand style adapters (api/adapters.py): the team's own names, on a model taking LoRA.
+    *(
+        Hostile(
+            f"adapters-{name}",
+            knobs={"model": model, "adapters": adapters},
+            subfield=named,
+            not_for={"uploads": NO_KNOBS},
+        )
+        for name, model, adapters, named in [
+            ("unregistered-name", "tiny", [{"name": "acme-summer"}], "adapters[0].name"),
+            ("on-a-model-without-lora", "echo", [{"name": "acme-summer"}], "adapters"),
+            ("named-twice", "tiny", [{"name": "x"}, {"name": "x"}], "adapters[1].name"),
+            ("scale-past-2", "tiny", [{"name": "x", "scale": 2.5}], "adapters[0].scale"),
+            ("more-than-4", "tiny", [{"name": f"x{i}"} for i in range(5)], "adapters"),
+            ("not-a-list", "tiny", "acme-summer", "adapters"),
+        ]
+    ),
     Hostile("undecodable-image", image=b"\x89PNG\r\n\x1a\n" + b"\xde\xad" * 40),
     Hostile("empty-image", image=b""),
     Hostile("truncated-png", image=GOOD_PNG[: len(GOOD_PNG) // 2]),

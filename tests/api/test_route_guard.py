@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from starlette.routing import BaseRoute
 
 from api.app import create_app
-from tests.factories import batch_body, job_body, png_bytes
+from tests.factories import batch_body, job_body, lora_file, png_bytes
 
 # Public by design, each for its reason: load balancers probe health without a key; the
 # API docs describe the routes and hold no data; the console's shell and assets are the
@@ -103,7 +103,13 @@ def owned_ids(app, session_factory) -> dict[str, str]:
             json={"url": "http://127.0.0.1:9/hook", "events": ["job.succeeded"]},
             headers=h,
         )
-        for answer in (job, batch, key, upload, hook):
+        adapter = c.post(
+            "/v1/adapters",
+            data={"name": "guarded"},
+            files={"file": ("a.safetensors", lora_file(0))},
+            headers=h,
+        )
+        for answer in (job, batch, key, upload, hook, adapter):
             assert answer.status_code in (200, 201, 202), answer.text
     return {
         "job_id": job.json()["id"],
@@ -111,6 +117,7 @@ def owned_ids(app, session_factory) -> dict[str, str]:
         "key_id": key.json()["id"],
         "upload_id": upload.json()["uploads"][0]["id"],
         "endpoint_id": hook.json()["id"],
+        "adapter_name": adapter.json()["name"],
         # No delivery exists yet; an unknown id must be the same 404 as another team's.
         "delivery_id": str(uuid.uuid4()),
     }
@@ -150,8 +157,10 @@ def test_another_teams_ids_are_404(app, guarded, owned_ids, new_key) -> None:
     assert not wrong, wrong
 
 
-# Managing the team (its keys and webhooks) needs an admin key; everything else a member's.
+# Managing the team (its keys, webhooks and adapters) needs an admin key; everything else a
+# member's (listing the adapters, to name them, included).
 ADMIN_ONLY = re.compile(r"^/v1/keys|^/v1/webhooks(?!/deliveries)")
+ADMIN_ONLY_ROUTES = {("POST", "/v1/adapters"), ("DELETE", "/v1/adapters/{adapter_name}")}
 
 
 def test_admin_scope_holds_on_exactly_the_management_routes(app, guarded, owned_ids) -> None:
@@ -166,7 +175,7 @@ def test_admin_scope_holds_on_exactly_the_management_routes(app, guarded, owned_
             if c.request(method, _fill(path, owned_ids), headers=auth(member), json={}).status_code
             == 403
         }
-    expected = {(m, p) for m, p in guarded if ADMIN_ONLY.match(p)}
+    expected = {(m, p) for m, p in guarded if ADMIN_ONLY.match(p)} | ADMIN_ONLY_ROUTES
     assert len(expected) >= 10
     assert refused == expected, {"too open": expected - refused, "too closed": refused - expected}
 
