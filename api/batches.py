@@ -10,11 +10,12 @@ hands them to Redis in compatible groups.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -28,7 +29,7 @@ from api.owned import owned_row
 from api.pagination import decode_cursor, encode_cursor, newest_first_page
 from api.sources import SourceSpool
 from api.submit import CheckedJobs, SourceRefs, check_jobs
-from shared.bulk import insert_rows
+from shared.bulk import JsonText, insert_rows
 from shared.dispatch import nudge
 from shared.errors import InvalidRequest
 from shared.job_events import log_batch_events
@@ -67,8 +68,32 @@ def derive_seed(batch_seed: int, sku: str, prompt_name: str, variant: int) -> in
     re-submitting a subset with the same seed, gives each job the seed it had before.
     """
     material = json.dumps(["imgfarm-batch-seed-v1", batch_seed, sku, prompt_name, variant])
+    return _top_bits(material)
+
+
+def seed_deriver(batch_seed: int) -> Callable[[str, str, int], int]:
+    """``derive_seed`` for one batch's jobs: the same material (json.dumps of that list,
+    spelled out with its ", " separators), each sku and prompt name encoded once rather than
+    once per job."""
+    quote = functools.cache(json.dumps)
+    head = f'["imgfarm-batch-seed-v1", {int(batch_seed)}, '
+
+    def seed(sku: str, prompt_name: str, variant: int) -> int:
+        return _top_bits(f"{head}{quote(sku)}, {quote(prompt_name)}, {int(variant)}]")
+
+    return seed
+
+
+def _top_bits(material: str) -> int:
     digest = hashlib.sha256(material.encode()).digest()
     return int.from_bytes(digest[:8], "big") >> (64 - SEED_BITS)
+
+
+def _with_seed(encoded: str, seed: int) -> JsonText:
+    # A job's params are the batch's (JSON-encoded once, ``encoded``) plus its own seed.
+    if encoded == "{}":
+        return JsonText(f'{{"seed": {seed}}}')
+    return JsonText(f'{encoded[:-1]}, "seed": {seed}}}')
 
 
 def check_job_count(body: BatchCreate) -> None:
@@ -199,18 +224,19 @@ def create_batch(session: Session, team: Team, body: BatchCreate, checked: Check
     )
     session.add(batch)
     session.flush()
+    seed, encoded, queued = seed_deriver(batch_seed), json.dumps(params), JobStatus.QUEUED.value
     rows = [
         {
             "id": uuid.uuid4(),
             "team_id": team.id,
             "batch_id": batch.id,
             "model": spec.alias,
-            "status": JobStatus.QUEUED.value,
+            "status": queued,
             "prompt": prompt.prompt,
             "negative_prompt": (
                 body.negative_prompt if prompt.negative_prompt is None else prompt.negative_prompt
             ),
-            "params": {**params, "seed": derive_seed(batch_seed, sku, name, variant)},
+            "params": _with_seed(encoded, seed(sku, name, variant)),
             "source_key": sources.source_key,
             "mask_key": sources.mask_key,
             "sku": sku,
