@@ -117,11 +117,16 @@ class Transport:
                     if response.status_code >= 400:
                         response.read()
                         raise ApiError(response)
+                    seen: str | None = None  # the last id of this connection
                     for sse in EventSource(response).iter_sse():
                         drops = 0
-                        if sse.id:
-                            last_event_id = sse.id
-                        event = StreamEvent(sse.event, json.loads(sse.data or "{}"), sse.id or None)
+                        # httpx-sse repeats the last id on an event that has none (SSE's
+                        # lastEventId); log ids only grow, so a repeat is not the event's own.
+                        own = sse.id if sse.id and sse.id != seen else None
+                        seen = sse.id or seen
+                        if own:
+                            last_event_id = own
+                        event = StreamEvent(sse.event, json.loads(sse.data or "{}"), own)
                         yield event
                         if event.event == "end":
                             return

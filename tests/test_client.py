@@ -473,6 +473,45 @@ class CuttingRelay:
         return Handler
 
 
+class CannedStream(BaseHTTPRequestHandler):
+    """Answers every GET with one fixed event stream: ids on some events, not on others."""
+
+    BODY = (
+        b"id: 5\nevent: snapshot\ndata: {}\n\n"
+        b"event: batch.progress\ndata: {}\n\n"  # a progress event has no id of its own
+        b"id: 7\nevent: job.running\ndata: {}\n\n"
+        b"event: end\ndata: {}\n\n"
+    )
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Content-Length", str(len(self.BODY)))
+        self.end_headers()
+        self.wfile.write(self.BODY)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_an_event_without_an_id_has_none_not_the_last_one():
+    """httpx-sse repeats the last id on an id-less event (SSE's lastEventId); the client
+    gives such an event no id, so a caller counting log events counts only those."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), CannedStream)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with Client(f"http://127.0.0.1:{server.server_port}", "imf_x", retries=QUICK) as client:
+            events = list(client.batches.events(uuid.uuid4()))
+    finally:
+        server.shutdown()
+    assert [(e.event, e.id) for e in events] == [
+        ("snapshot", "5"),
+        ("batch.progress", None),
+        ("job.running", "7"),
+        ("end", None),
+    ]
+
+
 def test_a_client_sees_every_transition_once_across_a_dropped_stream(farm, new_key):
     key = new_key()
     with Client(farm, key) as client:

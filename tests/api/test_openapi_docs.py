@@ -36,6 +36,8 @@ EXTRA: dict[str, set[int]] = {
     "POST /v1/batches": {403, 404, 429},
     "POST /v1/uploads": {400},
     "POST /v1/uploads/presign": {400},
+    # 400: a multipart body that does not parse, as for uploads; 403: a member key.
+    "POST /v1/adapters": {400, 403},
     "POST /v1/uploads/{upload_id}/complete": {400, 413},
     "POST /v1/webhooks/deliveries/{delivery_id}/redeliver": {409},
     # A review decision on a job that has not succeeded (api/routes/review.py) -> 409.
@@ -55,6 +57,7 @@ EXTRA: dict[str, set[int]] = {
             "DELETE /v1/webhooks/{endpoint_id}",
             "POST /v1/webhooks/{endpoint_id}/rotate",
             "POST /v1/webhooks/{endpoint_id}/enable",
+            "DELETE /v1/adapters/{adapter_name}",
         )
     },
 }
