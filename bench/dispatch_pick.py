@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         upgrade(db.url)
         log(
-            f"fair pick of {args.room} jobs, {args.active_teams} teams x "
+            f"fair pick of {args.room} jobs, {args.active_teams or 'all'} teams x "
             f"{args.jobs_per_team:,} jobs, {args.repeat} ticks after the first"
         )
         for teams in sizes:
