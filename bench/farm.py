@@ -24,9 +24,7 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import TERMINAL, log, status_counts  # noqa: E402
 from shared.db import make_engine, make_session_factory, session_scope  # noqa: E402
@@ -49,15 +47,12 @@ AWS_ENV = {
     "AWS_SECRET_ACCESS_KEY": "bench",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
-
-
-# --- the services and processes --------------------------------------------------------------
+BUSY_METRIC = "imgfarm_worker_device_busy_seconds"
 
 
 @dataclass
 class Farm:
-    """What the benchmark started and talks to. Processes started through ``start`` are
-    stopped when the farm is (or earlier, by ``stop``)."""
+    """What the benchmark started and talks to; processes it starts stop with it."""
 
     env: dict[str, str]
     settings: Settings
@@ -81,7 +76,7 @@ class Farm:
         log: str | None = None,
         timeout: float = 120,
     ) -> ImgfarmProcess:
-        """Start ``imgfarm ARGS`` with the farm's environment (plus ``env``); ``wait_ready``
+        """``imgfarm ARGS`` with the farm's environment (plus ``env``); ``wait_ready``
         then waits for ``ready`` in its log."""
         proc = ImgfarmProcess(
             args, {**os.environ, **self.env, **(env or {})}, self.logs / (log or f"{name}.log")
@@ -106,49 +101,8 @@ class Farm:
 
     def stop(self, name: str) -> None:
         """Stop one process now (SIGTERM: a worker finishes its running tasks first)."""
-        proc, _, _ = self.processes.pop(name)
-        proc.stop()
+        self.processes.pop(name)[0].stop()
         self.pids.pop(name, None)
-
-
-def settings_from_env(env: Mapping[str, str]) -> Settings:
-    """The Settings the farm's processes build from the same IMGFARM_* variables."""
-    prefix = "IMGFARM_"
-    return Settings(
-        **{k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(prefix)}
-    )
-
-
-def farm_env(
-    tmp: Path,
-    database_url: str,
-    redis_url: str,
-    s3_url: str | None,
-    extra: Mapping[str, str] | None = None,
-) -> dict[str, str]:
-    """IMGFARM_* variables for every process of the run, over the caller's environment
-    (which passes tuning knobs on); ``extra`` wins over the rest."""
-    env = {
-        "IMGFARM_DATA_DIR": str(tmp / "data"),
-        "IMGFARM_DATABASE_URL": database_url,
-        "IMGFARM_BROKER_URL": redis_url,
-        # INFO, the production default: Celery says " ready." at INFO.
-        "IMGFARM_LOG_LEVEL": "INFO",
-        **AWS_ENV,
-    }
-    if s3_url is None:
-        env["IMGFARM_STORAGE_URL"] = f"file://{tmp / 'objects'}"
-    else:
-        env["IMGFARM_STORAGE_URL"] = "s3://imgfarm-bench/objects"
-        env["IMGFARM_S3_ENDPOINT_URL"] = s3_url
-    env.update(extra or {})
-    return env
-
-
-def start_server(stack: contextlib.ExitStack, server: ServerProcess) -> ServerProcess:
-    server.start()
-    stack.callback(server.stop)
-    return server
 
 
 @contextlib.contextmanager
@@ -156,25 +110,39 @@ def running_services(
     storage: str, logs: Path | None, extra_env: Mapping[str, str] | None = None
 ) -> Iterator[Farm]:
     """Start the services, the api and the dispatcher (not waited for: call
-    ``Farm.wait_ready`` once the benchmark's own processes are started too, so they all
-    boot side by side); stop them and drop the database on the way out."""
+    ``Farm.wait_ready`` once the bench's own processes are started too, so they all boot
+    side by side); stop them and drop the database on the way out. The IMGFARM_* variables
+    go over the caller's environment (which passes tuning knobs on); ``extra_env`` wins."""
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="imgfarm-bench-")))
         db = PostgresDatabase(name=f"imgfarm_bench_{uuid.uuid4().hex[:8]}")
         db.create()
         stack.callback(db.drop)
-        redis = start_server(stack, redis_server(free_port(), tmp))
-        redis_url = f"redis://127.0.0.1:{redis.port}/0"
-        s3_url, moto = None, None
+        servers: list[ServerProcess] = [redis_server(free_port(), tmp)]
+        redis_url = f"redis://127.0.0.1:{servers[0].port}/0"
+        env = {
+            "IMGFARM_DATA_DIR": str(tmp / "data"),
+            "IMGFARM_DATABASE_URL": db.url,
+            "IMGFARM_BROKER_URL": redis_url,
+            "IMGFARM_LOG_LEVEL": "INFO",  # the production default: Celery says " ready." at INFO
+            "IMGFARM_STORAGE_URL": f"file://{tmp / 'objects'}",
+            **AWS_ENV,
+        }
         if storage == "s3":
             os.environ.update(AWS_ENV)
-            moto = start_server(stack, moto_server(free_port(), tmp))
-            s3_url = f"http://127.0.0.1:{moto.port}"
-        env = farm_env(tmp, db.url, redis_url, s3_url, extra_env)
-        settings = settings_from_env(env)
+            servers.append(moto_server(free_port(), tmp))
+            env["IMGFARM_STORAGE_URL"] = "s3://imgfarm-bench/objects"
+            env["IMGFARM_S3_ENDPOINT_URL"] = f"http://127.0.0.1:{servers[1].port}"
+        env.update(extra_env or {})
+        for server in servers:
+            server.start()
+            stack.callback(server.stop)
+        # The Settings the farm's processes build from the same IMGFARM_* variables (and
+        # the caller's environment).
+        fields = {k[8:].lower(): v for k, v in env.items() if k.startswith("IMGFARM_")}
+        settings = Settings(**fields)  # type: ignore[arg-type]
         upgrade(settings.database_url)
-        objects = storage_from_settings(settings)
-        if isinstance(objects, S3Storage):
+        if isinstance(objects := storage_from_settings(settings), S3Storage):
             objects.ensure_bucket()
         engine = make_engine(settings.database_url)
         stack.callback(engine.dispose)
@@ -182,31 +150,17 @@ def running_services(
         with session_scope(factory) as session:
             team = ensure_team(session, "bench")
             key, team_id = create_api_key(session, team), team.id
-
-        port = free_port()
-        logs = logs or tmp
+        port, logs = free_port(), logs or tmp
         logs.mkdir(parents=True, exist_ok=True)
         farm = Farm(
-            env=env,
-            settings=settings,
-            api_url=f"http://127.0.0.1:{port}",
-            api_key=key,
-            team_id=team_id,
-            session_factory=factory,
-            redis_url=redis_url,
-            logs=logs,
-            stack=stack,
+            env, settings, f"http://127.0.0.1:{port}", key, team_id, factory, redis_url, logs, stack
         )
         farm.start("api", ["api", "--port", str(port)], ready="", timeout=60)
         farm.start("dispatcher", ["dispatcher"], ready="dispatcher started", timeout=60)
-        if redis.proc is not None:
-            farm.pids["redis"] = redis.proc.pid
-        if moto is not None and moto.proc is not None:
-            farm.pids["moto"] = moto.proc.pid
+        for name, server in zip(("redis", "moto"), servers, strict=False):
+            if server.proc is not None:
+                farm.pids[name] = server.proc.pid
         yield farm
-
-
-BUSY_METRIC = "imgfarm_worker_device_busy_seconds"
 
 
 def start_worker(
@@ -216,8 +170,13 @@ def start_worker(
     their URL, once the worker is ready and they answer."""
     port = free_port()
     metrics = {"IMGFARM_METRICS_PORT": str(port), "IMGFARM_METRICS_ADDRESS": "127.0.0.1"}
-    worker = farm.start("worker", ["worker", "--model", model], ready=" ready.",
-                        env={**(env or {}), **metrics}, log=log)  # fmt: skip
+    worker = farm.start(
+        "worker",
+        ["worker", "--model", model],
+        ready=" ready.",
+        env={**(env or {}), **metrics},
+        log=log,
+    )
     worker.wait_log(" ready.", timeout=120)
     url = f"http://127.0.0.1:{port}/metrics"
     wait_answers(url, 60, "the worker's metrics")
@@ -244,10 +203,8 @@ def describe(farm: Farm, bench: str, details: str) -> None:
         version = session.get_bind().dialect.server_version_info  # type: ignore[union-attr]
     local = farm.env["IMGFARM_STORAGE_URL"].startswith("file:")
     storage = "local folder (file://)" if local else "S3 (moto_server over HTTP)"
-    log(
-        f"imgfarm {bench}: PostgreSQL {version}, redis-server, storage {storage}; {details}; "
-        f"{os.cpu_count()} CPUs"
-    )
+    where = f"PostgreSQL {version}, redis-server, storage {storage}; {details}"
+    log(f"imgfarm {bench}: {where}; {os.cpu_count()} CPUs")
 
 
 # --- submitting work and watching it in Postgres ---------------------------------------------
@@ -260,24 +217,6 @@ def upload_image(client: httpx.Client, data: bytes, name: str = "bench.png") -> 
     return str(response.json()["uploads"][0]["id"])
 
 
-def submit_batch(
-    client: httpx.Client, model: str, upload_id: str, jobs: int, size: int, prompt: str
-) -> uuid.UUID:
-    """One ``POST /v1/batches``: 1 image x 1 prompt x ``jobs`` variants, all at the same
-    params (only the seeds differ), so the dispatcher groups them into full batches."""
-    body = {
-        "model": model,
-        "images": [upload_id],
-        "prompts": [prompt],
-        "variants": jobs,
-        "width": size,
-        "height": size,
-    }
-    response = client.post("/v1/batches", json=body, timeout=120)
-    response.raise_for_status()
-    return uuid.UUID(response.json()["id"])
-
-
 def run_batch(
     farm: Farm,
     client: httpx.Client,
@@ -287,15 +226,25 @@ def run_batch(
     size: int,
     timeout: float,
 ) -> tuple[uuid.UUID, float]:
-    """``submit_batch``, then wait until every job is finished (or ``timeout``): (batch id,
-    wall seconds from submit to the last job finished)."""
+    """One ``POST /v1/batches`` of 1 image x 1 prompt x ``jobs`` variants at the same params
+    (full batches for the dispatcher), then wait until every job is finished (or
+    ``timeout``): (batch id, wall seconds from submit to the last job finished)."""
+    body = {
+        "model": model,
+        "images": [upload_id],
+        "prompts": ["bench"],
+        "variants": jobs,
+        "width": size,
+        "height": size,
+    }
+    started = time.perf_counter()
+    response = client.post("/v1/batches", json=body, timeout=120)
+    response.raise_for_status()
+    batch_id = uuid.UUID(response.json()["id"])
 
     def finished() -> int:
-        counts = status_counts(farm.session_factory, batch_id)
-        return sum(counts[s] for s in TERMINAL)
+        return sum(status_counts(farm.session_factory, batch_id)[s] for s in TERMINAL)
 
-    started = time.perf_counter()
-    batch_id = submit_batch(client, model, upload_id, jobs, size, "bench")
     wait_count(finished, jobs, timeout, 0.02)
     return batch_id, time.perf_counter() - started
 
@@ -315,16 +264,13 @@ def wait_count(
 # --- CPU time per process (Linux /proc), to see where a job's cost goes --------------------
 
 
-def postgres_pids(farm: Farm) -> dict[str, int]:
-    """The benchmark database's server backends (the pools keep them for the whole run)."""
+def cpu_snapshot(farm: Farm) -> dict[str, float]:
+    """CPU seconds so far of each process, the benchmark database's server backends too
+    (the pools keep them for the whole run)."""
     query = "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
     with farm.session_factory() as session:
-        return {f"postgres {pid}": pid for pid in session.scalars(text(query))}
-
-
-def cpu_snapshot(farm: Farm) -> dict[str, float]:
-    pids = {**farm.pids, **postgres_pids(farm)}
-    found = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        backends = {f"postgres {pid}": pid for pid in session.scalars(text(query))}
+    found = {name: cpu_seconds(pid) for name, pid in {**farm.pids, **backends}.items()}
     return {name: seconds for name, seconds in found.items() if seconds is not None}
 
 

@@ -1,20 +1,12 @@
 """GPU throughput of img2img: plain diffusers against the farm's render path (worker/accel.py).
 
-Full-size SD1.5 with random weights (bench/harness.py), 512² img2img, 20 steps, strength
-0.75, guidance 7.5 (15 denoising steps, with CFG): the README's figure. In order:
-
-  plain   StableDiffusionImg2ImgPipeline as diffusers ships it: fp32, batch 1, PIL in and out
-  eager   the same components through ``optimize_pipeline`` with the worker's options
-          (``AccelOptions.best_for``) minus compile, at ``--batch-size``, called as the
-          worker calls them (uint8 tensors in, 8-bit images out; worker/pixels.py)
-  off     the same, UNet and VAE compiled: what a CUDA worker serves
-
-Prints images/s and the speedup of the best farm figure over plain. ``--variants`` then
-compiles the farm path again with each variant's one change to ``AccelOptions``
-(VARIANTS), in the same process, each compared with "off"; ``--only-variants`` measures the
-first variant, then "off", then the others, so a short lease that ends early still has one
-pair. Nothing compiles on the CPU: there "off" and the variants are skipped, and say so.
-Never passes or fails on time; exits non-zero only when a step got no figure at all.
+Full-size SD1.5 with random weights, 512² img2img, 20 steps, strength 0.75, guidance 7.5:
+the README's figure. The steps: plain (diffusers as shipped: fp32, batch 1, PIL in and out);
+eager (``optimize_pipeline`` with the worker's ``AccelOptions.best_for`` minus compile, at
+``--batch-size``, called as the worker calls it); off (the same compiled: what a CUDA worker
+serves); then each of ``--variants`` (its one change to off, VARIANTS) against off.
+``--only-variants``: the first variant, off, the others (a short lease still gets a pair).
+Nothing compiles on the CPU: off and the variants are skipped there, and say so.
 
     python bench/gpu_throughput.py --device cuda --json out.json
     python bench/gpu_throughput.py --device cuda --only-variants --variants cudnn_attention
@@ -33,24 +25,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bench.harness import (  # noqa: E402
-    SD15_GUIDANCE,
-    SD15_STRENGTH,
-    Report,
-    environment,
-    img2img_pipeline,
-    log,
-    print_summary,
-    timed_calls,
-)  # noqa: E402
+from bench import harness as h  # noqa: E402
 from worker.accel import (  # noqa: E402
     AccelOptions,
     optimize_pipeline,
@@ -103,32 +84,14 @@ def plan(args: argparse.Namespace, served: AccelOptions) -> list[tuple[str, Acce
 def measure(
     pipe: Any, step: str, opts: AccelOptions | None, args: argparse.Namespace
 ) -> Measurement:
-    """Warm up (compiling if ``opts`` asks), then time full pipeline calls: the median of
-    several, warm-up excluded."""
-    bs = 1 if opts is None else args.batch_size
-    kwargs: dict[str, Any] = {
-        "prompt": [PROMPT] * bs,
-        "num_inference_steps": args.steps,
-        "strength": SD15_STRENGTH,
-        "guidance_scale": SD15_GUIDANCE,
-    }
+    """Warm up (compiling if ``opts`` asks), then the median of several timed calls."""
+    bs, device = 1 if opts is None else args.batch_size, pipe.device
     # A noise image: pixels do not change the arithmetic, and noise hides nothing.
     noise = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)
     image = Image.fromarray(noise)
-    if opts is None:
-
-        def call(**kw: Any) -> Any:
-            return pipe(image=[image] * bs, output_type="pil", **kw)
-    else:
+    pixels = [to_pixels(image)] * bs
+    if opts is not None:
         optimize_pipeline(pipe, opts)
-        pixels = [to_pixels(image)] * bs
-
-        def call(**kw: Any) -> Any:
-            out = pipe(image=batch_in(pixels, pipe.device), output_type="pt", **kw)
-            return images_out(out.images)
-
-    device = pipe.device
-    # Warm-up: compile (when asked), cuDNN's search, the allocator's growth; not timed.
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     warm = warm_up(
@@ -137,8 +100,8 @@ def measure(
         height=args.size,
         steps=args.steps,
         batch_size=bs,
-        strength=SD15_STRENGTH,
-        guidance_scale=SD15_GUIDANCE,
+        strength=h.SD15_STRENGTH,
+        guidance_scale=h.SD15_GUIDANCE,
         runs=1,
     )
     seen = [0]
@@ -147,13 +110,23 @@ def measure(
         seen[0] += 1
         return callback_kwargs
 
-    times = timed_calls(
-        lambda: call(**kwargs, callback_on_step_end=count_step, generator=generator(device)),
-        iters=args.iters,
-        min_iters=args.min_iters,
-        max_seconds=args.max_seconds,
-        sync=lambda: synchronize(device),
-    )
+    def call() -> Any:
+        plain = opts is None  # PIL in and out; the farm: uint8 tensors, as the worker calls
+        out = pipe(
+            image=[image] * bs if plain else batch_in(pixels, device),
+            output_type="pil" if plain else "pt",
+            prompt=[PROMPT] * bs,
+            num_inference_steps=args.steps,
+            strength=h.SD15_STRENGTH,
+            guidance_scale=h.SD15_GUIDANCE,
+            callback_on_step_end=count_step,
+            generator=torch.Generator(device=device).manual_seed(0),
+        )
+        return out if plain else images_out(out.images)
+
+    # One timed call a step in the smoke: it proves the figures exist, not their spread.
+    times = h.timed_calls(call, lambda: synchronize(device), iters=1 if args.smoke else 5)
+    cuda = device.type == "cuda"
     m = Measurement(
         step=step,
         batch_size=bs,
@@ -162,32 +135,26 @@ def measure(
         times_s=[round(t, 4) for t in times],
         images_per_s=round(bs / statistics.median(times), 3),
         denoising_steps_seen=seen[0] // len(times),
-        peak_mem_gb=round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-        if device.type == "cuda"
-        else None,
+        peak_mem_gb=round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if cuda else None,
         compiled=warm.compiled,
         compile_error=warm.compile_error,
     )
-    log(
+    h.log(
         f"  [{step}] bs={bs}: {m.images_per_s} images/s (median of {len(times)}, warm-up "
         f"{m.first_call_s} s, compiled {m.compiled}, peak {m.peak_mem_gb} GB)"
     )
-    expected = min(int(args.steps * SD15_STRENGTH), args.steps)  # the pipeline's get_timesteps
+    expected = min(int(args.steps * h.SD15_STRENGTH), args.steps)  # the pipeline's get_timesteps
     if m.denoising_steps_seen != expected:
-        log(f"WARNING: {m.denoising_steps_seen} denoising steps ran, {expected} expected")
+        h.log(f"WARNING: {m.denoising_steps_seen} denoising steps ran, {expected} expected")
     return m
-
-
-def generator(device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(0)
 
 
 def summarize(results: list[Measurement]) -> dict[str, Any]:
     """Plain against the best farm step (the keys bench/results/ and overhead.py --model gpu-sim
     read), and each variant against off."""
     by_step = {m.step: m for m in results}
-    farm = [m for m in results if m.step != PLAIN]
-    a, b = by_step.get(PLAIN), max(farm, key=lambda m: m.images_per_s, default=None)
+    a = by_step.get(PLAIN)
+    b = max((m for m in results if m.step != PLAIN), key=lambda m: m.images_per_s, default=None)
     sd15: dict[str, Any] = {
         "a_images_per_s": a.images_per_s if a else None,
         "b_images_per_s": b.images_per_s if b else None,
@@ -200,40 +167,30 @@ def summarize(results: list[Measurement]) -> dict[str, Any]:
 
 
 def variant_pairs(by_step: dict[str, Measurement]) -> dict[str, Any]:
-    """Each measured variant against off, once both have a figure."""
+    """Each measured variant against off, once both have a figure. Warm-up = compile + first
+    call; a later compile may reuse earlier kernels."""
     off = by_step.get(OFF)
-    pairs: dict[str, Any] = {}
+    pairs: dict[str, Any] = dict.fromkeys(VARIANTS)
     for name in VARIANTS:
-        on = by_step.get(name)
-        pairs[name] = (
-            None
-            if on is None or off is None
-            else {
+        if (on := by_step.get(name)) is not None and off is not None:
+            pairs[name] = {
                 "batch_size": on.batch_size,
                 "on_images_per_s": on.images_per_s,
                 "off_images_per_s": off.images_per_s,
                 "on_over_off": round(on.images_per_s / off.images_per_s, 3),
-                # Warm-up = compile + first call; a later compile may reuse earlier kernels.
                 "on_warmup_s": on.first_call_s,
                 "off_warmup_s": off.first_call_s,
                 "on_compiled": on.compiled,
                 "off_compiled": off.compiled,
             }
-        )
     return pairs
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    p.add_argument("--smoke", action="store_true", help="tiny model, 64 px, 4 steps, batch 2")
+    p = h.parser(__doc__, model=True)
     p.add_argument("--batch-size", type=int, help="the farm steps' batch (16; smoke 2)")
     p.add_argument("--variants", default="", help=f"comma-separated, of: {', '.join(VARIANTS)}")
     p.add_argument("--only-variants", action="store_true", help="skip plain and eager")
-    p.add_argument("--iters", type=int, default=5, help="most timed calls per step")
-    p.add_argument("--min-iters", type=int, default=3, help="fewest timed calls per step")
-    p.add_argument("--max-seconds", type=float, default=6.0, help="stop timing a step after")
-    p.add_argument("--json", default=None, help="write all figures to this path")
     args = p.parse_args(argv)
     args.device = resolve_device(args.device)
     args.size, args.steps = (64, 4) if args.smoke else (512, 20)
@@ -241,9 +198,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if unknown := sorted(set(args.variants) - set(VARIANTS)):
         p.error(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}")
-    if args.smoke:
-        # One timed call a step: the smoke proves the figures exist, not their spread.
-        args.iters, args.min_iters, args.max_seconds = 1, 1, 0.0
     return args
 
 
@@ -251,27 +205,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Random weights in low precision can yield NaN pixels; PIL conversion warns, harmlessly.
     warnings.filterwarnings("ignore", message="invalid value encountered in cast")
-    log("== environment ==")
     results: list[Measurement] = []
-    report = Report(
+    report = h.Report(
         args.json,
         summarize=lambda _: {
             "results": [dataclasses.asdict(m) for m in results],
             **summarize(results),
         },
-        env=environment(args.device),
+        env=h.environment(args.device),
         args=vars(args),
     )
     steps = plan(args, AccelOptions.best_for(args.device))
     if not args.device.startswith("cuda"):
         report.data["skipped"].append("off and the variants: torch.compile needs CUDA")
-    pipe = report.step("build the pipeline", lambda: img2img_pipeline(args.device, args.smoke))
+    build = partial(h.img2img_pipeline, args.device, args.smoke)
+    pipe = report.step("build the pipeline", build) if steps else None  # none: nothing to time
     for name, opts in steps if pipe is not None else []:
-        m = report.step(name, partial(measure, pipe, name, opts, args))
-        if m is not None:
+        if (m := report.step(name, partial(measure, pipe, name, opts, args))) is not None:
             results.append(m)
-    report.dump()
-    print_summary("gpu_throughput", report.data)
+    report.finish("gpu_throughput")
     return 0 if len(results) == len(steps) else 1
 
 

@@ -2,11 +2,13 @@
 
 Scripts under bench/ put the repository root on ``sys.path`` and import this module; torch
 and diffusers are imported only by the helpers that need them, so the benches that measure
-the services (overhead, submit, dispatch_pick) stay light.
+the services (overhead, submit, dispatch_pick) stay light. ``python -m bench.harness
+A.json ...`` prints each report's summary (bench/gpu_session.sh ends with it).
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -39,9 +41,19 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
+def parser(doc: str | None, *, model: bool = False) -> argparse.ArgumentParser:
+    """A bench's command line: its docstring's first paragraph, ``--json``, and with
+    ``model`` the ``--device`` and ``--smoke`` flags of the benches that render."""
+    p = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    p.add_argument("--json", type=Path, help="also write the figures to this file")
+    if model:
+        p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+        p.add_argument("--smoke", action="store_true", help="the tiny model: seconds, for tests")
+    return p
+
+
 def environment(device: str) -> dict[str, Any]:
-    """Versions, device and machine, as every bench's JSON records them (torch is imported
-    only for a CUDA device's details)."""
+    """Versions, device and machine, as every bench's JSON records them."""
     env: dict[str, Any] = {
         "python": platform.python_version(),
         **{name: version(name) for name in ("torch", "diffusers", "transformers")},
@@ -56,6 +68,7 @@ def environment(device: str) -> dict[str, Any]:
         env["capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
         env["cuda"] = torch.version.cuda
         env["cudnn"] = torch.backends.cudnn.version()
+    log("== environment ==")
     for k, v in env.items():
         log(f"  {k}: {v}")
     return env
@@ -69,20 +82,11 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def timed_calls(
-    fn: Callable[[], Any],
-    *,
-    iters: int,
-    min_iters: int,
-    max_seconds: float,
-    sync: Callable[[], None] = lambda: None,
-) -> list[float]:
-    """Seconds of each of up to ``iters`` calls (at least ``min_iters``, then until
-    ``max_seconds`` are spent); ``sync`` waits for the device before each clock reading."""
+def timed_calls(fn: Callable[[], Any], sync: Callable[[], None], iters: int = 5) -> list[float]:
+    """Seconds of each of up to ``iters`` calls (at least 3, then until 6 s are spent);
+    ``sync`` waits for the device before each clock reading."""
     times: list[float] = []
-    while len(times) < iters:
-        if len(times) >= min_iters and sum(times) >= max_seconds:
-            break
+    while len(times) < iters and (len(times) < 3 or sum(times) < 6.0):
         sync()
         t = time.perf_counter()
         fn()
@@ -138,14 +142,9 @@ def png_bytes(img: Image.Image) -> bytes:
 UNET_CONFIG: dict[str, Any] = {"cross_attention_dim": 768, "sample_size": 64}
 
 VAE_CONFIG: dict[str, Any] = {
-    "act_fn": "silu",
     "block_out_channels": [128, 256, 512, 512],
     "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "in_channels": 3,
-    "latent_channels": 4,
     "layers_per_block": 2,
-    "norm_num_groups": 32,
-    "out_channels": 3,
     "sample_size": 512,
     "up_block_types": ["UpDecoderBlock2D"] * 4,
 }
@@ -167,7 +166,6 @@ SCHEDULER_CONFIG: dict[str, Any] = {
     "beta_schedule": "scaled_linear",
     "beta_start": 0.00085,
     "clip_sample": False,
-    "num_train_timesteps": 1000,
     "set_alpha_to_one": False,
     "steps_offset": 1,
 }
@@ -188,6 +186,7 @@ def build_sd15_components(device: str = "cpu", seed: int = 0) -> dict[str, objec
     # The byte-level vocabulary (514 entries) tokenizes any prompt; its ids are all below
     # the real 49408, so the full-size embedding table is exercised with valid ids.
     vocab = _byte_level_vocab()
+    eos = vocab["<|endoftext|>"]
     torch.manual_seed(seed)
     with torch.device(device):
         # Any: diffusers' lazy module hides nn.Module's methods from mypy.
@@ -197,8 +196,8 @@ def build_sd15_components(device: str = "cpu", seed: int = 0) -> dict[str, objec
             CLIPTextConfig(
                 **TEXT_ENCODER_CONFIG,
                 bos_token_id=vocab["<|startoftext|>"],
-                eos_token_id=vocab["<|endoftext|>"],
-                pad_token_id=vocab["<|endoftext|>"],
+                eos_token_id=eos,
+                pad_token_id=eos,
             )
         )
     return {
@@ -227,43 +226,32 @@ def img2img_pipeline(device: str, smoke: bool) -> Any:
         components = build_sd15_components(device)
     # Any: diffusers' lazy module hides the pipeline's methods from mypy.
     pipe: Any = StableDiffusionImg2ImgPipeline(**components, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)  # tqdm bars would only clutter the log
+    pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
 
-def saved_img2img(folder: Path, device: str, smoke: bool) -> dict[str, Any]:
-    """``img2img_pipeline`` saved with ``save_pretrained`` (fp16 on CUDA, like a
-    checkpoint's fp16 variant), for ``worker.pipelines.load_model``. A folder saved by an
-    earlier bench of the same session is reused: building SD1.5 costs half a minute."""
+def sd15_checkpoint(workdir: Path, smoke: bool, device: str, max_batch: int) -> Any:
+    """The registry entry a worker would get for ``img2img_pipeline`` saved under ``workdir``
+    (fp16 on CUDA, like a checkpoint's fp16 variant), for ``worker.pipelines.load_model``.
+    A checkpoint saved by an earlier bench of the session is reused: SD1.5 takes a while."""
     import torch
 
-    if (folder / "model_index.json").exists():
-        log(f"  reusing the checkpoint in {folder}")
-        return {"reused": str(folder)}
-    t = time.perf_counter()
-    pipe = img2img_pipeline(device, smoke)
-    if device.startswith("cuda"):
-        pipe.to(dtype=torch.float16)
-    built = time.perf_counter() - t
-    pipe.save_pretrained(folder)
-    saved = time.perf_counter() - t - built
-    del pipe
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    log(f"  built in {built:.1f} s, saved {size / 2**30:.2f} GiB in {saved:.1f} s to {folder}")
-    return {"build_s": round(built, 2), "save_s": round(saved, 2), "bytes": size}
-
-
-def sd15_spec(workdir: Path, smoke: bool, device: str, max_batch: int) -> Any:
-    """The registry entry a worker would get for the random checkpoint ``saved_img2img``
-    writes under ``workdir``."""
     from shared.registry import ModelSpec
 
+    folder = workdir / ("tiny-random" if smoke else "sd15-random")
+    if not (folder / "model_index.json").exists():
+        t = time.perf_counter()
+        pipe = img2img_pipeline(device, smoke)
+        if device.startswith("cuda"):
+            pipe.to(dtype=torch.float16)
+        pipe.save_pretrained(folder)
+        log(f"  built and saved {folder} in {time.perf_counter() - t:.1f} s")
+        del pipe
+        free_accelerator()
     size = 64 if smoke else 512
     return ModelSpec(
         alias="sd15-random",
-        source=str(workdir / ("tiny-random" if smoke else "sd15-random")),
+        source=str(folder),
         dtype="bfloat16",
         device=device,
         max_batch=max_batch,
@@ -276,9 +264,9 @@ def sd15_spec(workdir: Path, smoke: bool, device: str, max_batch: int) -> Any:
     )
 
 
-def warm_bucket(model: Any, batch: int, guidance_scale: float | None = None) -> Any:
-    """One entry of ``worker.pipelines.warm_model``'s plan, alone: a short lease warms the
-    buckets its measurements need first. The result says how long it took."""
+def warm_bucket(model: Any, batch: int, guidance_scale: float) -> Any:
+    """One entry of ``worker.pipelines.warm_model``'s plan, alone, so a short lease warms
+    the buckets its measurements need first; the result says how long it took."""
     from worker.accel import warm_up
     from worker.pipelines import warm_up_inputs
 
@@ -290,9 +278,16 @@ def warm_bucket(model: Any, batch: int, guidance_scale: float | None = None) -> 
         steps=spec.steps,
         batch_size=batch,
         strength=spec.strength,
-        guidance_scale=spec.guidance_scale if guidance_scale is None else guidance_scale,
+        guidance_scale=guidance_scale,
         extra_inputs=warm_up_inputs(spec, batch),
     )
+
+
+def free_accelerator() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # --- the report -------------------------------------------------------------------------------
@@ -305,14 +300,12 @@ class Report:
 
     def __init__(
         self,
-        path: str | Path | None,
+        path: Path | None,
         *,
         summarize: Callable[[dict[str, Any]], dict[str, Any]] = lambda _: {},
         **data: Any,
     ) -> None:
-        self.path = Path(path) if path else None
-        self.summarize = summarize
-        self.start = time.monotonic()
+        self.path, self.summarize, self.start = path, summarize, time.monotonic()
         self.data: dict[str, Any] = {**data, "errors": [], "skipped": [], "findings": []}
 
     def step(self, name: str, fn: Callable[[], Any]) -> Any:
@@ -336,16 +329,20 @@ class Report:
         self.data["findings"].append(text)
 
     def dump(self) -> None:
-        """Rewrite the JSON (atomically: a run killed mid-write leaves the last full one)."""
         self.data["elapsed_s"] = round(time.monotonic() - self.start, 1)
         self.data.update(self.summarize(self.data))
         if self.path is not None:
             write_json(self.path, self.data)
 
+    def finish(self, name: str) -> bool:
+        """The last dump and the printed summary; whether no step failed."""
+        self.dump()
+        print_summary(name, self.data)
+        return not self.data["errors"]
+
 
 def print_summary(name: str, data: dict[str, Any]) -> None:
-    """What a bench prints last, and bench/gpu_session.sh for each bench's JSON: the figures
-    under ``summary`` (and ``variants``), then errors, findings and skipped steps."""
+    """The figures under ``summary`` (and ``variants``), then errors, findings, skipped."""
     elapsed = f" after {data['elapsed_s']} s" if "elapsed_s" in data else ""
     log(f"\n== {name} summary{elapsed} ==")
     for key, value in {**data.get("summary", {}), **data.get("variants", {})}.items():
@@ -356,35 +353,25 @@ def print_summary(name: str, data: dict[str, Any]) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
+    """Atomically: a run killed mid-write leaves the last full file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     tmp.replace(path)
 
 
-def free_accelerator() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+# --- jobs, and what the farm did with them ----------------------------------------------------
 
 
-# --- jobs -------------------------------------------------------------------------------------
+TERMINAL = ("succeeded", "failed", "canceled")
 
 
 def render_job(spec: Any, team_id: Any, source_key: str, seed: int) -> Any:
     """A job as the api stores it (params resolved from the spec), ``queued``."""
     from shared.schemas import RenderParams
 
-    params = RenderParams(
-        strength=spec.strength,
-        steps=spec.steps,
-        guidance_scale=spec.guidance_scale,
-        seed=seed,
-        width=spec.width,
-        height=spec.height,
-        output_format="png",
-    )
+    fields = ("strength", "steps", "guidance_scale", "width", "height")
+    params = RenderParams(seed=seed, output_format="png", **{k: getattr(spec, k) for k in fields})
     return Job(
         id=uuid.uuid4(),
         team_id=team_id,
@@ -395,12 +382,6 @@ def render_job(spec: Any, team_id: Any, source_key: str, seed: int) -> Any:
         source_key=source_key,
         attempts=0,
     )
-
-
-# --- what the farm did: jobs by status, outputs in storage -------------------------------------
-
-
-TERMINAL = ("succeeded", "failed", "canceled")
 
 
 def status_counts(factory: sessionmaker[Session], batch_id: uuid.UUID) -> Counter[str]:
@@ -415,14 +396,11 @@ def status_counts(factory: sessionmaker[Session], batch_id: uuid.UUID) -> Counte
 def missing_outputs(factory: sessionmaker[Session], settings: Settings, batch_id: uuid.UUID) -> int:
     """Succeeded jobs of the batch whose output object is not in storage."""
     with factory() as session:
-        keys = [
-            o["key"]
-            for outputs in session.scalars(
-                select(Job.outputs).where(Job.batch_id == batch_id, Job.status == "succeeded")
-            )
-            for o in outputs or []
-        ]
-    return len(set(keys) - stored_keys(settings, "outputs/"))
+        outputs = session.scalars(
+            select(Job.outputs).where(Job.batch_id == batch_id, Job.status == "succeeded")
+        )
+        keys = {o["key"] for each in outputs for o in each or []}
+    return len(keys - stored_keys(settings, "outputs/"))
 
 
 def stored_keys(settings: Settings, prefix: str) -> set[str]:
@@ -432,3 +410,12 @@ def stored_keys(settings: Settings, prefix: str) -> set[str]:
         root = storage.root / prefix
         return {str(p.relative_to(storage.root)) for p in root.rglob("*") if p.is_file()}
     return {o.key for o in storage.list_objects(prefix)}
+
+
+if __name__ == "__main__":
+    for arg in sys.argv[1:]:
+        path = Path(arg)
+        if path.exists():
+            print_summary(path.stem, json.loads(path.read_text()))
+        else:
+            log(f"{path.stem}: no JSON")

@@ -25,7 +25,7 @@ from shared.errors import InvalidRequest
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 # zlib level of PNG outputs, the worker's biggest CPU cost per image. On photographs
-# (bench/encode.py, 512²) level 1 encodes 3.3x faster than Pillow's default 6 for 10% more
+# (bench/output_cost.py, 512²) level 1 encodes 3.3x faster than Pillow's default 6 for 10% more
 # bytes; 9 is 2.2x slower than 6 for 1% fewer. Lossless either way: pixels are the same.
 PNG_COMPRESS_LEVEL = 1
 # How a source is brought to the requested size: ``fit`` stretches to exactly width x height

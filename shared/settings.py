@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     # (pixel bytes; one photo at one size: decoded and resized once). 0 turns the cache off.
     worker_prepared_cache_bytes: int = Field(default=128 * 1024 * 1024, ge=0)
     # zlib level of PNG outputs: 1 costs a third of Pillow's default 6 in CPU for 10-14%
-    # more bytes on photos (bench/encode.py); 6-9 for storage over CPU. Pixels never change.
+    # more bytes on photos (bench/output_cost.py); 6-9 for storage over CPU. Pixels never change.
     worker_png_compress_level: int = Field(default=1, ge=0, le=9)  # as shared/images.py
     dispatch_poll_seconds: float = 1.0
     # A handed-over job still queued after this long was lost with a Redis restart: resend.

@@ -1,26 +1,36 @@
-"""The finish-stage benchmark measures plain, labelled and signed encodes of every format,
-and fidelity scoring, at each size it is given."""
+"""The finish-stage benchmark measures every encoding setting against PNG level 6, plain,
+labelled and signed encodes of every format, and fidelity scoring, at each size given."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
+
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_output_cost_bench_measures_labelling_and_scoring(tmp_path: Path, capsys) -> None:
-    path = ROOT / "bench" / "output_cost.py"
-    spec = importlib.util.spec_from_file_location("bench_output_cost", path)
+def test_output_cost_bench_measures_encoding_labelling_and_scoring(tmp_path: Path, capsys) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "bench_output_cost", ROOT / "bench" / "output_cost.py"
+    )
     assert spec and spec.loader
     bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # dataclasses look their module up there
     spec.loader.exec_module(bench)  # in-process: the worker's modules are imported already
-    out = tmp_path / "cost.json"
-    bench.main(["--sizes", "64", "--rounds", "1", "--repeat", "1", "--json", str(out)])
+    photo, out = tmp_path / "photo.png", tmp_path / "cost.json"
+    Image.radial_gradient("L").convert("RGB").save(photo)
+    bench.main(["--sizes", "64", "--images", str(photo), "--rounds", "1", "--repeat", "1",
+                "--json", str(out)])  # fmt: skip
     figures = json.loads(out.read_text())
+    assert [r["label"] for r in figures["encoding"]] == [
+        "png level 1", "png level 3", "png level 6", "png level 9", "jpeg (q92)", "webp (q92)"
+    ]  # fmt: skip
+    for row in figures["encoding"]:
+        assert row["size"] == 64 and row["ms_per_image"] > 0 and row["kib_per_image"] > 0
+        if row["label"] == "png level 6":
+            assert row["ms_vs_baseline"] == row["size_vs_baseline"] == 1.0
     assert [r["format"] for r in figures["labelling"]] == ["png", "jpeg", "webp"]
     for row in figures["labelling"]:
         assert set(row["ms"]) == set(row["bytes"]) == {"plain", "xmp", "xmp+c2pa"}
@@ -30,4 +40,4 @@ def test_output_cost_bench_measures_labelling_and_scoring(tmp_path: Path, capsys
     assert scored["size"] == 64 and 0 < scored["min_ms"] <= scored["median_ms"]
     assert 0 <= scored["drift_error"] < 1  # stride 2 stays under a just-noticeable ΔE, even at 64²
     printed = capsys.readouterr().out
-    assert "+xmp+c2pa" in printed and "fidelity 64²" in printed
+    assert "vs png level 6" in printed and "+xmp+c2pa" in printed and "fidelity 64²" in printed
