@@ -2,8 +2,8 @@
 and tiny models): sign in (a wrong key first), a batch made through the form from two photos (one
 dropped, one picked) and three prompts, thumbnails arriving live, review by keyboard, a
 rerender, a job page, the zip, an XSS prompt shown as text, nothing fetched from outside,
-another team's batch as not-found, tiny's noise outputs flagged for review, and a job page
-with its found mask and a marketplace preset output.
+another team's batch as not-found, tiny's noise outputs flagged for review, and a zipped
+batch's grid and a job page with its found mask and a marketplace preset output.
 Screenshots: test-artifacts/console-*.png.
 """
 
@@ -26,7 +26,6 @@ from PIL import Image
 
 from imgfarm.embedded import EmbeddedStack, issue_key
 from shared.settings import Settings
-from tests.services import wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -293,32 +292,33 @@ def test_tiny_noise_is_flagged_for_review_and_kept_out_of_approve_all_passed(far
     visit.context.close()
 
 
-def test_the_job_page_shows_the_found_mask_and_each_preset_output(farm, browser):
-    """An echo job rendered for real; then the worker's part of a cut-out job is played on
-    its row (as tests/factories.py finish_jobs does): a mask it found (params.cutout) and an
-    instagram-portrait output stored beside the render. The page shows both, named."""
+def test_a_zipped_batch_and_a_job_page_with_its_found_mask_and_preset_output(farm, browser):
+    """A zipped batch's grid has a column per job of the row, each cell naming its prompt.
+    Its model has no worker here: the test plays the worker's part (tests/factories.py
+    finish_jobs), then adds what a cut-out job's worker records: the mask it found
+    (params.cutout) and an instagram-portrait output beside the render. The job page shows
+    both, named."""
     from playwright.sync_api import expect
-    from sqlalchemy import update
+    from sqlalchemy import select, update
 
     from shared.db import make_engine, make_session_factory
     from shared.models import Job
     from shared.storage import storage_from_settings
+    from tests.factories import finish_jobs
 
     headers = {"Authorization": f"Bearer {farm.api_key}"}
     body = {
-        "model": "echo",
-        "prompt": "a mug",
-        "image": upload_photo(farm, farm.api_key, skimage.data.coffee()),
+        "model": "tiny-controlnet",
+        "images": [
+            {"image": upload_photo(farm, farm.api_key, skimage.data.coffee()), "sku": "MUG"},
+            {"image": upload_photo(farm, farm.api_key, skimage.data.chelsea()), "sku": "CAT"},
+        ],
+        "prompts": [{"name": "desk", "prompt": "a mug"}, {"name": "sofa", "prompt": "a cat"}],
+        "pairing": "zip",
     }
-    job_id = httpx.post(f"{farm.url}/v1/jobs", headers=headers, json=body).json()["id"]
-    wait_for(
-        lambda: (
-            httpx.get(f"{farm.url}/v1/jobs/{job_id}", headers=headers).json()["status"]
-            == "succeeded"
-        ),
-        60,
-        "the echo job",
-    )
+    batch = httpx.post(f"{farm.url}/v1/batches", headers=headers, json=body)
+    assert batch.status_code == 202, batch.text
+    batch_id = batch.json()["id"]
     settings = Settings(data_dir=farm.data_dir, public_url=farm.url)
     storage = storage_from_settings(settings)
     mask, portrait = io.BytesIO(), io.BytesIO()
@@ -328,7 +328,12 @@ def test_the_job_page_shows_the_found_mask_and_each_preset_output(farm, browser)
     Image.new("RGB", (108, 135), (200, 120, 40)).save(portrait, "JPEG")
     engine = make_engine(settings.database_url)
     with make_session_factory(engine)() as s:
-        job = s.get(Job, uuid.UUID(job_id))
+        ids = list(s.scalars(select(Job.id).where(Job.batch_id == uuid.UUID(batch_id))))
+    finish_jobs(make_session_factory(engine), storage, ids)
+    with make_session_factory(engine)() as s:
+        job = s.scalars(
+            select(Job).where(Job.batch_id == uuid.UUID(batch_id), Job.sku == "MUG")
+        ).one()
         mask_key = f"sources/{job.team_id}/found-mask.png"
         preset_key = f"outputs/{job.team_id}/{job.id}/0-instagram-portrait.jpg"
         storage.put(mask_key, mask.getvalue(), "image/png")
@@ -348,8 +353,14 @@ def test_the_job_page_shows_the_found_mask_and_each_preset_output(farm, browser)
 
     visit = Visit(browser, farm)
     page = visit.page
-    page.goto(f"{farm.url}/jobs/{job_id}")
+    page.goto(f"{farm.url}/batches/{batch_id}")
     visit.sign_in(farm.api_key)
+    expect(page.locator("a.cell img[data-loaded]")).to_have_count(2)
+    assert page.locator(".grid thead th").all_inner_texts() == ["SKU", "source", "job 1"]
+    expect(page.locator("tr[data-sku=MUG] a.cell .cap")).to_have_text("desk")
+    expect(page.locator("tr[data-sku=CAT] a.cell .cap")).to_have_text("sofa")
+    page.click("tr[data-sku=MUG] a.cell")
+    expect(page).to_have_url(f"{farm.url}/jobs/{job.id}")
     caption = page.locator(".mask-block figcaption")
     expect(caption).to_contain_text("Mask found automatically (studio cut-out)")
     mask_img = page.locator(".mask-block img")

@@ -1,4 +1,5 @@
-// One batch as a grid: a row per SKU (its source first), a column per prompt x variant.
+// One batch as a grid: a row per SKU (its source first), a column per prompt x variant (in a
+// zipped or paired batch, a column per job of the row).
 // Reviewed from the keyboard as Lightroom's Library grid is: arrows or j/k move, a
 // approves, r rejects, enter opens. Live: the batch's event stream, else a short poll.
 
@@ -208,10 +209,18 @@ class BatchView {
     const variants = Math.max(...jobs.map((j) => j.variant));
     this.columns = prompts.flatMap((p) => Array.from({ length: variants }, (_, i) => [p, i + 1]));
     const at = new Map(jobs.map((j) => [`${j.sku}\u0000${j.prompt_name}\u0000${j.variant}`, j]));
+    // A cross batch fills every prompt x variant of every SKU; a zipped or paired one only its
+    // pairs', so its columns are each row's own jobs in order (a diagonal grid would be
+    // mostly empty), the prompt named in each cell's label.
+    const paired = (this.batch.pairing ?? "cross") !== "cross";
+    const own = new Map(skus.map((sku) => [sku, jobs.filter((j) => j.sku === sku)
+      .sort((x, y) => (x.prompt_name < y.prompt_name ? -1 : x.prompt_name > y.prompt_name ? 1 : x.variant - y.variant))]));
+    if (paired) this.columns = Array.from({ length: Math.max(...[...own.values()].map((r) => r.length)) }, (_, i) => [null, i]);
     replace(this.promptFilter, h("option", { value: "" }, "any"), prompts.map((p) => h("option", { value: p }, p)));
     this.promptFilter.value = this.filters.prompt;
     const head = h("tr", {}, h("th", { scope: "col" }, "SKU"), h("th", { scope: "col" }, "source"),
-      this.columns.map(([p, v]) => h("th", { scope: "col", "data-prompt": p }, `${p} #${v}`)));
+      this.columns.map(([p, v]) => (paired ? h("th", { scope: "col" }, `job ${v + 1}`)
+        : h("th", { scope: "col", "data-prompt": p }, `${p} #${v}`))));
     this.cells.clear();
     const rows = skus.map((sku) => {
       const row = h("tr", { "data-sku": sku }, h("th", { scope: "row" }, sku));
@@ -220,8 +229,8 @@ class BatchView {
       lazyThumb(source, thumbPath(first, "source"));
       row.append(h("td", { class: "source" }, source));
       for (const [p, v] of this.columns) {
-        const job = at.get(`${sku}\u0000${p}\u0000${v}`);
-        row.append(job ? this.cell(job) : h("td", { class: "empty", "data-prompt": p }));
+        const job = paired ? own.get(sku)[v] : at.get(`${sku}\u0000${p}\u0000${v}`);
+        row.append(job ? this.cell(job) : h("td", { class: "empty", ...(paired ? {} : { "data-prompt": p }) }));
       }
       return row;
     });
@@ -233,7 +242,9 @@ class BatchView {
   cell(job) {
     const img = h("img", { alt: `${jobLabel(job)}: ${job.prompt}`, width: 128, height: 128 });
     const mark = h("span", { class: "mark" });
-    const link = h("a", { href: `/jobs/${job.id}`, class: "cell", tabindex: -1, "data-id": job.id, role: "gridcell" }, img, mark);
+    // A paired batch's columns are not prompts: each cell names its own.
+    const cap = (this.batch.pairing ?? "cross") !== "cross" ? h("span", { class: "cap" }, job.prompt_name) : null;
+    const link = h("a", { href: `/jobs/${job.id}`, class: "cell", tabindex: -1, "data-id": job.id, role: "gridcell" }, img, mark, cap);
     link.addEventListener("focus", () => this.focusOn(link));
     // The job page names the job by its place in the batch, which GET /v1/jobs/{id} lacks.
     link.addEventListener("click", () => rememberPlace(this.jobs.get(job.id)));
