@@ -414,8 +414,9 @@ def up(port: int) -> None:
 def demo(out: Path, timeout: float) -> None:
     """Start the embedded farm, render a sample product photo, write a contact sheet.
 
-    The photo goes in 4 seasons through tiny, and through echo and tiny-inpaint; the source,
-    its mask, the renders and the sheet (HTML and PNG) are written to OUT.
+    The photo goes in 4 seasons through tiny, and through echo and tiny-inpaint; its cut-out
+    gets a new scene from tiny-inpaint and the amazon-main and instagram-portrait presets.
+    The source, its mask and cut-out, the renders and the sheet (HTML, PNG) go to OUT.
     """
     from rich.markup import escape
 
@@ -426,7 +427,10 @@ def demo(out: Path, timeout: float) -> None:
     console.print(f"starting the embedded farm (api + workers for {', '.join(DEMO_MODELS)})...")
     # The demo sends no webhooks: one process fewer to start.
     with EmbeddedStack(settings.data_dir, models=DEMO_MODELS, webhooks=False) as stack:
-        console.print(f"farm up at {stack.url}; submitting 4 seasonal variants, echo and inpaint")
+        console.print(
+            f"farm up at {stack.url}; submitting 4 seasonal variants, echo, inpaint and the "
+            "product workflow (cut-out -> new scene -> amazon-main + instagram-portrait)"
+        )
         result = run_demo(stack.url, stack.api_key, out, console, timeout=timeout)
     for path in result.paths():
         click.echo(str(path))
@@ -438,6 +442,11 @@ def demo(out: Path, timeout: float) -> None:
         f"[green]contact sheet: {result.sheet_html}[/] (open it in a browser; PNG beside it). "
         "The built-in models have random weights: expect noise, except echo (the source back) "
         "and inpaint's kept product pixels (outlined on the sheet)."
+    )
+    costs = ", ".join(f"{name} {s:.2f} s" for name, s in result.preset_seconds.items())
+    console.print(
+        f"preset steps per image on this CPU (worker/presets.py, reframe or cut-out on white, "
+        f"then encode; best of 3): {costs}"
     )
     console.print(NEXT_STEPS, markup=False, highlight=False, soft_wrap=True)
 

@@ -43,15 +43,26 @@ class Row:
 
 
 def tile_image(tile: Tile) -> Image.Image:
-    """The tile scaled to ``TILE`` px, with the outline of its kept region if any."""
-    scaled = tile.image.convert("RGB").resize((TILE, TILE), Image.Resampling.NEAREST)
+    """The tile in a ``TILE`` px square, its aspect ratio kept (centered on white), with the
+    outline of its kept region if any. A render smaller than the tile is scaled up with
+    NEAREST (every pixel stays visible); a larger one (a marketplace image, 1600 px) down
+    with Lanczos."""
+    image = tile.image.convert("RGB")
+    scale = TILE / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS
+    scaled = image.resize(size, resample)
     if tile.keep is not None:
         keep = tile.keep.convert("L").point(lambda v: 255 if v else 0)
-        keep = keep.resize((TILE, TILE), Image.Resampling.NEAREST)
+        keep = keep.resize(size, Image.Resampling.NEAREST)
         # The kept region minus its 2 px erosion: a band just inside its border.
         edge = ImageChops.subtract(keep, keep.filter(ImageFilter.MinFilter(5)))
         scaled.paste(OUTLINE, mask=edge)
-    return scaled
+    if size == (TILE, TILE):
+        return scaled
+    framed = Image.new("RGB", (TILE, TILE), BACKGROUND)
+    framed.paste(scaled, ((TILE - size[0]) // 2, (TILE - size[1]) // 2))
+    return framed
 
 
 def render_png(title: str, rows: Sequence[Row]) -> bytes:

@@ -47,7 +47,16 @@ def test_demo_writes_four_images_on_the_embedded_stack(tmp_path):
     out = tmp_path / "out"
     paths = [tmp_path / line for line in result.stdout.split()]
     renders = [f"{name}-0.png" for name in (*SEASONS, "echo", "inpaint")]
-    names = ["source.png", "source-mask.png", *renders, "contact-sheet.png", "contact-sheet.html"]
+    workflow = ["scene-0.png", "scene-amazon-main.jpg", "scene-instagram-portrait.jpg"]
+    names = [
+        "source.png",
+        "source-mask.png",
+        "cutout.png",
+        *renders,
+        *workflow,
+        "contact-sheet.png",
+        "contact-sheet.html",
+    ]
     assert paths == [out / name for name in names]
     pixels = {name: np.asarray(Image.open(out / name).convert("RGB")) for name in names[:-2]}
     for name in ["source.png", *renders]:
@@ -70,7 +79,27 @@ def test_demo_writes_four_images_on_the_embedded_stack(tmp_path):
     page = (out / "contact-sheet.html").read_text()
     for prompt in SEASONS.values():
         assert prompt in page
-    assert page.count('<img src="data:image/png;base64,') == 5 + 3
+    assert page.count('<img src="data:image/png;base64,') == 5 + 3 + 4
+
+    # The product workflow: the cut-out kept in a new scene, then the marketplace images.
+    cutout = np.asarray(Image.open(out / "cutout.png").convert("RGBA"))
+    product = cutout[..., 3] == 255
+    scene = pixels["scene-0.png"]
+    assert np.array_equal(scene[product], source[product]), "the cut-out is kept exactly"
+    assert not np.array_equal(scene[~product], source[~product]), "a new scene around it"
+    assert pixels["scene-instagram-portrait.jpg"].shape == (1350, 1080, 3)
+    main = pixels["scene-amazon-main.jpg"]
+    assert main.shape == (1600, 1600, 3)
+    # Pure white (255) around the product: every pixel farther than JPEG's 16 px blocks
+    # from its bounding box; the product spans at least 85% of the frame.
+    rows, cols = np.nonzero((main < 240).any(-1))  # the product, its light edges included
+    assert max(np.ptp(rows) + 1, np.ptp(cols) + 1) >= 0.85 * 1600
+    away = np.ones(main.shape[:2], bool)
+    away[max(0, rows.min() - 16) : rows.max() + 17, max(0, cols.min() - 16) : cols.max() + 17] = 0
+    assert away.any() and (main[away] == 255).all()
+    for label in ("Cut-out", "New scene", "Amazon main image 1600×1600", "1080×1350"):
+        assert label in page, label
+    assert "preset steps per image on this CPU" in result.stderr
     assert 'href="inpaint-0.png"' in page and 'href="contact-sheet.png"' in page
     assert "imgfarm up" in result.stderr and "[models.sd-turbo]" in result.stderr
     assert (tmp_path / ".imgfarm" / "imgfarm.db").exists(), "embedded state lives in ./.imgfarm"

@@ -35,3 +35,17 @@ def test_kept_region_outline_is_drawn_on_the_tile_not_the_render():
     assert outlined[lo:hi, lo].all() and outlined[lo:hi, hi - 1].all()
     assert not outlined[: lo - 1].any() and not outlined[lo + 2 : hi - 2, lo + 2 : hi - 2].any()
     assert np.all(np.asarray(render) == 128), "the render itself is left untouched"
+
+
+def test_a_large_portrait_image_is_shrunk_whole_into_its_tile():
+    """A marketplace image (1080x1350) fits the tile whole, aspect kept, on white."""
+    portrait = Image.new("RGB", (1080, 1350), (200, 30, 30))
+
+    tile = np.asarray(tile_image(Tile(portrait, "Instagram portrait post 1080×1350")))
+
+    assert tile.shape == (TILE, TILE, 3)
+    red = np.all(tile == (200, 30, 30), axis=-1)
+    rows, cols = np.nonzero(red)
+    assert (rows.min(), rows.max() + 1) == (0, TILE)  # the full height
+    assert cols.max() + 1 - cols.min() == round(TILE * 1080 / 1350)  # 4:5, not stretched
+    assert np.all(tile[:, : cols.min()] == 255) and np.all(tile[:, cols.max() + 1 :] == 255)
