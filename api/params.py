@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping, Sequence
-from typing import cast
+from typing import cast, get_args
 
 from shared.errors import InvalidRequest
 from shared.images import has_transparency, open_rgb, open_rgba
 from shared.presets import Preset
-from shared.registry import ModelSpec
-from shared.schemas import RenderKnobs, RenderParams
+from shared.registry import MAX_UPSCALED_SIDE, ModelSpec
+from shared.schemas import MASK_AUTO, CutoutMethod, RenderKnobs, RenderParams
 
 SIZE_MULTIPLE = 8
 
@@ -42,6 +42,18 @@ def _check_size(field: str, value: int, spec: ModelSpec) -> None:
         )
 
 
+def _check_upscale(factor: int | None, width: int, height: int) -> None:
+    """The enlarged output's longest side stays within ``MAX_UPSCALED_SIDE``. (An upscale
+    model's own scale is the worker's to check: it refuses to start with a ``max_size``
+    whose enlargement would be over.)"""
+    if factor is not None and max(width, height) * factor > MAX_UPSCALED_SIDE:
+        raise InvalidRequest(
+            "upscale",
+            f"{width}x{height} x {factor} would be {width * factor}x{height * factor}; the "
+            f"longest side may be at most {MAX_UPSCALED_SIDE} px",
+        )
+
+
 def resolve_params(spec: ModelSpec, body: RenderKnobs) -> RenderParams:
     """Exactly what the worker will render. A missing seed is drawn now and recorded."""
     steps = spec.steps if body.steps is None else body.steps
@@ -57,6 +69,7 @@ def resolve_params(spec: ModelSpec, body: RenderKnobs) -> RenderParams:
     height = spec.height if body.height is None else body.height
     _check_size("width", width, spec)
     _check_size("height", height, spec)
+    _check_upscale(body.upscale, width, height)
     return RenderParams(
         strength=strength,
         steps=steps,
@@ -77,6 +90,38 @@ def check_mask_given(spec: ModelSpec, mask: str | None, field: str = "mask") -> 
         raise InvalidRequest(
             field, f"model {spec.alias!r} is of kind {spec.kind}; only inpaint models take a mask"
         )
+
+
+def resolve_cutout(
+    spec: ModelSpec, cutout: CutoutMethod | None, masks: Sequence[tuple[str | None, str]]
+) -> CutoutMethod | None:
+    """How the worker cuts the product out of jobs whose ``mask`` is ``"auto"``: the
+    request's ``cutout``, else the model's ``options.cutout``, else ``studio``; None when no
+    mask is auto. ``masks``: each job's (mask, its field), already checked against the kind
+    (``check_mask_given``). The jobs of one request share their params, so a batch cuts
+    out every image or none."""
+    auto = [mask == MASK_AUTO for mask, _ in masks]
+    if any(auto) and not all(auto):
+        field = next(f for (_, f), a in zip(masks, auto, strict=True) if not a)
+        raise InvalidRequest(
+            field, 'mask "auto" applies to every image of a batch or to none; give it here too'
+        )
+    if not any(auto):
+        if cutout is not None:
+            raise InvalidRequest("cutout", 'only applies with mask "auto"')
+        return None
+    method = cutout or spec.options.get("cutout", "studio")
+    if method not in get_args(CutoutMethod):  # the registry's typo: say so, name the knob
+        raise InvalidRequest(
+            "cutout", f"model {spec.alias!r} has options.cutout {method!r}; give cutout"
+        )
+    if method == "segmentation" and not spec.options.get("segmentation_model"):
+        raise InvalidRequest(
+            "cutout",
+            f"model {spec.alias!r} has no segmentation model (options.segmentation_model); "
+            "use studio",
+        )
+    return cast(CutoutMethod, method)
 
 
 def check_inpaint_inputs(

@@ -28,6 +28,7 @@ from api.params import (
     check_preset_cutout,
     check_presets,
     model_spec,
+    resolve_cutout,
     resolve_params,
 )
 from api.quotas import check_quotas
@@ -37,7 +38,7 @@ from shared.job_events import log_events
 from shared.models import Job, Team
 from shared.presets import load_presets
 from shared.registry import ModelSpec
-from shared.schemas import JobCreate, RenderKnobs, RenderParams
+from shared.schemas import MASK_AUTO, JobCreate, RenderKnobs, RenderParams
 from shared.settings import Settings
 from shared.storage import Storage
 
@@ -99,6 +100,7 @@ def check_jobs(
     params.adapters = resolve_adapters(session, team, spec, knobs.adapters)
     for ref in refs:
         check_mask_given(spec, ref.mask, ref.field("mask"))
+    params.cutout = resolve_cutout(spec, knobs.cutout, [(r.mask, r.field("mask")) for r in refs])
     webhook_url = None
     if knobs.webhook_url is not None:
         webhook_url = check_webhook_url(knobs.webhook_url, "webhook_url", settings)
@@ -110,18 +112,19 @@ def check_jobs(
     fields: dict[str, str] = {}  # each distinct reference, fetched once, named where first seen
     for ref in refs:
         fields.setdefault(ref.image, ref.field("image"))
-        if ref.mask is not None:
+        if ref.mask is not None and ref.mask != MASK_AUTO:  # "auto": the worker finds it
             fields.setdefault(ref.mask, ref.field("mask"))
     uploads = upload_keys(session, team, fields)
     release_connection(session)
     # 3. every source (and mask): fetched and proven decodable, not stored
     keys = check_sources(fields, uploads, spool=spool, slots=slots, settings=settings)
     checked = [
-        CheckedSources(keys[ref.image], None if ref.mask is None else keys[ref.mask])
+        CheckedSources(keys[ref.image], None if ref.mask in (None, MASK_AUTO) else keys[ref.mask])
         for ref in refs
     ]
-    # 4. what needs the pixels: an inpaint job must leave something to repaint
-    if spec.takes_mask:
+    # 4. what needs the pixels: an inpaint job must leave something to repaint (a mask
+    # "auto" is the worker's to find: it fails the job if it finds no product)
+    if spec.takes_mask and params.cutout is None:
         for ref, sources in zip(refs, checked, strict=True):
             check_inpaint_inputs(
                 spec,

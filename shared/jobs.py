@@ -128,13 +128,17 @@ class Success(NamedTuple):
     provenance: dict[str, Any]
     fidelity: dict[str, Any] | None = None
     review: str | None = None
+    # The mask a cut-out found for a ``mask: "auto"`` job (worker/cutout.py); None leaves
+    # the job's as it is (given, or none).
+    mask_key: str | None = None
 
 
 def mark_succeeded_bulk(
     session: Session, given: Sequence[Success | tuple[Any, ...]]
 ) -> list[uuid.UUID]:
     """running → succeeded for a rendered group in one conditional UPDATE, each job getting
-    its own outputs, provenance, scores and review state, and its ``job.succeeded`` event
+    its own outputs, provenance, scores, review state and found mask (``mask: "auto"``), and
+    its ``job.succeeded`` event
     (and ``job.needs_review`` for those whose review says so). Returns the ids that were
     still ``running`` (the others were finished or taken back), in the order given."""
     if not given:
@@ -156,6 +160,7 @@ def mark_succeeded_bulk(
         provenance=per_job(Job.provenance, "provenance"),
         fidelity=per_job(Job.fidelity, "fidelity"),
         review=per_job(Job.review, "review"),
+        mask_key=per_job(Job.mask_key, "mask_key"),
         finished_at=utcnow(),
         lease_expires_at=None,
     )

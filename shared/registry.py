@@ -14,9 +14,15 @@ from shared.presets import load_presets
 # img2img: restyle the whole source. inpaint: repaint only where the mask (or the source's
 # transparency) says, keeping the rest bit-identical. controlnet-canny: img2img conditioned on
 # the source's canny edges, so outlines survive strong restyling. echo: no model at all, the
-# source comes back resized: load tests and overhead benchmarks of the farm itself.
-ModelKind = Literal["img2img", "inpaint", "controlnet-canny", "echo"]
-KINDS: tuple[str, ...] = ("img2img", "inpaint", "controlnet-canny", "echo")
+# source comes back resized: load tests and overhead benchmarks of the farm itself. upscale:
+# the source enlarged by a learned upscaler (a spandrel-loadable weights file, worker/upscale.py).
+ModelKind = Literal["img2img", "inpaint", "controlnet-canny", "echo", "upscale"]
+KINDS: tuple[str, ...] = ("img2img", "inpaint", "controlnet-canny", "echo", "upscale")
+# What spandrel reads for an upscale-kind entry's ``source``.
+UPSCALE_WEIGHTS = (".safetensors", ".pth")
+# The longest side an enlarged output may have (``upscale``; the api refuses beyond it, the
+# worker re-checks): a 4096² RGB output is 48 MiB decoded, what one job's encode should hold.
+MAX_UPSCALED_SIDE = 4096
 BUILTIN_PREFIX = "builtin:"
 # The licence of the built-in aliases: no weights of anyone else's, the farm's own code.
 BUILTIN_LICENSE = "imgfarm-builtin"
@@ -88,8 +94,9 @@ class ModelSpec:
 
     @property
     def denoises(self) -> bool:
-        """False for ``echo``: steps, strength and guidance mean nothing to it."""
-        return self.kind != "echo"
+        """False for ``echo`` and ``upscale``: steps, strength and guidance mean nothing to
+        them."""
+        return self.kind not in ("echo", "upscale")
 
 
 def _tiny(alias: str, kind: ModelKind, description: str) -> ModelSpec:
@@ -127,6 +134,12 @@ BUILTINS: dict[str, ModelSpec] = {
         "tiny-controlnet",
         "controlnet-canny",
         "Random-weight tiny Stable Diffusion with a canny ControlNet, built offline.",
+    ),
+    "tiny-upscale": _tiny(
+        "tiny-upscale",
+        "upscale",
+        "Random-weight tiny ESRGAN (4x), built offline; enlarges the source with noise-like "
+        "detail.",
     ),
     "echo": ModelSpec(
         alias="echo",
@@ -228,7 +241,40 @@ def _spec_from_table(alias: str, table: dict[str, Any]) -> ModelSpec:
         raise ConfigError(f"model {alias!r}: default size must lie within min_size..max_size")
     _check_warm_sizes(spec)
     _check_thresholds(spec)
+    _check_upscale_source(spec)
     return spec
+
+
+def _check_upscale_source(spec: ModelSpec) -> None:
+    if spec.kind != "upscale" or spec.is_builtin:
+        return
+    if not spec.source.lower().endswith(UPSCALE_WEIGHTS):
+        raise ConfigError(
+            f"model {spec.alias!r}: an upscale model's source is a weights file "
+            f"({' or '.join(UPSCALE_WEIGHTS)}), not {spec.source!r}"
+        )
+
+
+def upscaler_of(registry: dict[str, ModelSpec], spec: ModelSpec) -> ModelSpec | None:
+    """The upscale-kind entry named by ``spec.options.upscaler``, if any: what enlarges the
+    outputs of jobs that ask for ``upscale`` (worker/upscale.py)."""
+    alias = spec.options.get("upscaler")
+    return None if alias is None else registry[alias]
+
+
+def _check_upscalers(registry: dict[str, ModelSpec]) -> None:
+    """Each ``options.upscaler`` names an upscale-kind entry (checked once all are read)."""
+    for spec in registry.values():
+        alias = spec.options.get("upscaler")
+        if alias is None:
+            continue
+        if spec.kind == "upscale":
+            raise ConfigError(f"model {spec.alias!r}: an upscale model takes no upscaler")
+        target = registry.get(alias) if isinstance(alias, str) else None
+        if target is None or target.kind != "upscale":
+            raise ConfigError(
+                f"model {spec.alias!r}: options.upscaler {alias!r} is not an upscale-kind model"
+            )
 
 
 def _check_thresholds(spec: ModelSpec) -> None:
@@ -249,6 +295,7 @@ def load_registry(path: Path | None) -> dict[str, ModelSpec]:
         raise ConfigError(f"cannot read model registry {path}: {e}") from e
     for alias, table in data.get("models", {}).items():
         registry[alias] = _spec_from_table(alias, table)
+    _check_upscalers(registry)
     # The same file's [presets.*] (shared/presets.py): every process that reads the
     # registry refuses a bad preset at start, not at the first job that names it.
     load_presets(path)

@@ -458,6 +458,11 @@ class ProvenancePublic(BaseModel):
         description="Whether the output carries a signed C2PA manifest (the team has a "
         "certificate on the worker); null for outputs stored before this was recorded.",
     )
+    upscaler: str | None = Field(
+        default=None,
+        description="What enlarged it (`upscale`): the upscale model's alias, or `lanczos` "
+        "(a worker with no upscale weights); null: not enlarged.",
+    )
 
 
 class JobPublic(BaseModel):

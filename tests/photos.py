@@ -139,3 +139,119 @@ def adobe_rgb_in_srgb(rgb: tuple[int, int, int]) -> np.ndarray:
 def sliver_png(width: int, height: int) -> bytes:
     """A real, decodable 1-bit PNG of an absurd aspect ratio: a few KB on the wire."""
     return encoded(Image.new("1", (width, height)), "PNG", optimize=True)
+
+
+# --- products on a studio background (mask "auto", worker/cutout.py) ----------------------
+
+# The shapes a generated product takes: a mug has a hole (background seen through its
+# handle), a sneaker a white label (product as light as the background), a pair two parts.
+PRODUCT_SHAPES = ("bottle", "sneaker", "mug", "pair", "box")
+LABEL = (248, 248, 246)
+
+
+def _draw_product(draw: Any, shape: str, w: int, h: int, body: Any, label: Any, hole: Any) -> None:
+    if shape == "bottle":
+        draw.rounded_rectangle((0.38 * w, 0.30 * h, 0.62 * w, 0.85 * h), radius=w // 20, fill=body)
+        draw.rectangle((0.46 * w, 0.12 * h, 0.54 * w, 0.31 * h), fill=body)
+    elif shape == "sneaker":
+        outline = [(0.15, 0.70), (0.20, 0.45), (0.45, 0.40), (0.60, 0.55), (0.85, 0.62)]
+        outline += [(0.86, 0.75), (0.15, 0.76)]
+        draw.polygon([(x * w, y * h) for x, y in outline], fill=body)
+        draw.ellipse((0.22 * w, 0.50 * h, 0.40 * w, 0.60 * h), fill=label)
+    elif shape == "mug":
+        draw.ellipse((0.58 * w, 0.38 * h, 0.78 * w, 0.62 * h), fill=body)  # handle ring
+        draw.ellipse((0.63 * w, 0.44 * h, 0.72 * w, 0.56 * h), fill=hole)
+        draw.rectangle((0.28 * w, 0.30 * h, 0.64 * w, 0.75 * h), fill=body)
+    elif shape == "pair":  # two shoes apart: two components, both the product
+        draw.ellipse((0.10 * w, 0.40 * h, 0.45 * w, 0.65 * h), fill=body)
+        draw.ellipse((0.55 * w, 0.38 * h, 0.90 * w, 0.63 * h), fill=body)
+    else:
+        outline = [(0.30, 0.35), (0.55, 0.25), (0.75, 0.35), (0.75, 0.75), (0.50, 0.85)]
+        outline += [(0.30, 0.75)]
+        draw.polygon([(x * w, y * h) for x, y in outline], fill=body)
+
+
+def studio_scene(
+    size: tuple[int, int], background: tuple[int, int, int], rng: np.random.Generator
+) -> np.ndarray:
+    """A plain light backdrop as float RGB: a slight vertical gradient (darker at the top,
+    as lit in a studio) and a soft contact shadow along the bottom."""
+    from PIL import ImageDraw, ImageFilter
+
+    w, h = size
+    ys = np.linspace(-6.0, 0.0, h)[:, None, None]
+    scene = np.broadcast_to(np.asarray(background, dtype=np.float64), (h, w, 3)) + ys
+    blob = Image.new("L", size, 0)
+    ImageDraw.Draw(blob).ellipse((0.12 * w, 0.74 * h, 0.90 * w, 0.90 * h), fill=255)
+    blob = blob.filter(ImageFilter.GaussianBlur(w / 30))
+    return scene - 28.0 * (np.asarray(blob, dtype=np.float64)[..., None] / 255.0)
+
+
+def product_on_white(
+    shape: str,
+    size: tuple[int, int] = (256, 256),
+    background: tuple[int, int, int] = (255, 255, 255),
+    colour: tuple[int, int, int] = (40, 90, 170),
+    *,
+    jpeg_quality: int | None = None,
+    seed: int = 0,
+) -> tuple[Image.Image, np.ndarray]:
+    """A generated product shot: ``shape`` in ``colour`` (textured, not flat) on
+    ``studio_scene``, sensor noise everywhere, JPEG-compressed at ``jpeg_quality`` if
+    given. Returns (RGB image, the product's known mask: True = product)."""
+    from PIL import ImageDraw
+
+    w, h = size
+    rng = np.random.default_rng(seed)
+    known = Image.new("L", size, 0)
+    _draw_product(ImageDraw.Draw(known), shape, w, h, 255, 255, 0)
+    layer = Image.new("RGB", size, colour)
+    _draw_product(ImageDraw.Draw(layer), shape, w, h, colour, LABEL, colour)
+    product = np.asarray(known) > 127
+    texture = np.asarray(layer, dtype=np.float64) + rng.normal(0, 10, (h, w, 1))
+    return finish(
+        np.where(product[..., None], texture, studio_scene(size, background, rng)),
+        rng,
+        jpeg_quality,
+    ), product
+
+
+def finish(scene: np.ndarray, rng: np.random.Generator, jpeg_quality: int | None) -> Image.Image:
+    """``scene`` (float RGB) with sensor noise, as 8-bit RGB, through JPEG if asked."""
+    noisy = scene + rng.normal(0, 2.0, scene.shape)
+    img = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+    if jpeg_quality is not None:
+        img = Image.open(io.BytesIO(encoded(img, "JPEG", quality=jpeg_quality))).convert("RGB")
+    return img
+
+
+def iou(found: np.ndarray, known: np.ndarray) -> float:
+    """Intersection over union of two boolean masks."""
+    union = np.logical_or(found, known).sum()
+    return float(np.logical_and(found, known).sum() / union) if union else 1.0
+
+
+def coffee_on_white(
+    background: tuple[int, int, int] = (255, 255, 255), *, jpeg_quality: int | None = None
+) -> tuple[Image.Image, np.ndarray]:
+    """A real photograph's product on a studio backdrop: skimage's ``coffee`` (a cup with a
+    spoon on a saucer, shot on a wooden table), cut out along an outline drawn by hand on
+    that photo (the saucer's ellipse, the cup's rim, the spoon's handle), composited with a
+    one-pixel feathered edge onto ``studio_scene``. The product's pixels, its white rim and
+    the spoon's reflections included, are the camera's. Returns (RGB image 600x400, the
+    hand-drawn mask: True = product)."""
+    from PIL import ImageDraw, ImageFilter
+    from skimage import data
+
+    photo = data.coffee()
+    h, w = photo.shape[:2]
+    outline = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(outline)
+    draw.ellipse((77, 70, 479, 391), fill=255)  # the saucer
+    draw.ellipse((173, 17, 411, 197), fill=255)  # the cup's rim, above the saucer
+    draw.polygon([(396, 80), (404, 68), (416, 66), (424, 74), (418, 100), (405, 110)], fill=255)
+    alpha = np.asarray(outline.filter(ImageFilter.GaussianBlur(1)), dtype=np.float64) / 255.0
+    rng = np.random.default_rng(3)
+    scene = studio_scene((w, h), background, rng)
+    composite = alpha[..., None] * photo + (1 - alpha[..., None]) * scene
+    return finish(composite, rng, jpeg_quality), np.asarray(outline) > 127

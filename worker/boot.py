@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.broker import make_celery, render_queue
 from shared.db import make_engine, make_session_factory
 from shared.errors import ConfigError
-from shared.registry import load_registry
+from shared.registry import load_registry, upscaler_of
 from shared.settings import Settings
 from shared.storage import storage_from_settings
 from worker.content_credentials import (
@@ -51,7 +51,8 @@ def build_worker(settings: Settings, alias: str) -> tuple[Celery, WorkerContext]
         raise ConfigError(f"unknown model {alias!r}; known: {', '.join(sorted(registry))}")
     device = DeviceLane(on_busy=device_busy_recorder(alias), on_wait=device_wait_recorder(alias))
     # Loaded and warmed on the lane's thread: the thread every render will run on.
-    model = device.run(load_model, registry[alias], settings)
+    spec = registry[alias]
+    model = device.run(load_model, spec, settings, upscaler=upscaler_of(registry, spec))
     session_factory = make_session_factory(make_engine(settings.database_url))
     ctx = WorkerContext(
         settings=settings,

@@ -11,15 +11,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from shared.errors import ModelLoadError
-from shared.registry import ModelSpec
+from shared.registry import MAX_UPSCALED_SIDE, ModelSpec
 from shared.settings import Settings
+from worker.adapters import Adapters
+from worker.upscale import TILE, TILE_OVERLAP, SpandrelUpscaler, Upscaler
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,11 @@ class LoadedModel:
     load_seconds: float
     compiled: bool = False
     buckets: tuple[int, ...] = (1,)
+    # What enlarges outputs that ask for ``upscale``: the upscale-kind model its
+    # ``options.upscaler`` names, or an upscale model's own weights (worker/upscale.py).
+    upscaler: Upscaler | None = None
+    # Its brand style adapters (LoRA): files fetched, and those loaded (worker/adapters.py).
+    adapters: Adapters = field(default_factory=Adapters)
 
     def pipeline_batch_size(self, items: int) -> int:
         """The batch size a call for ``items`` jobs runs at: the next warm bucket when
@@ -280,12 +287,91 @@ def warm_model(pipe: Any, spec: ModelSpec) -> tuple[bool, tuple[int, ...]]:
     return compiled, buckets
 
 
-def load_model(spec: ModelSpec, settings: Settings, *, warm: bool = True) -> LoadedModel:
-    """Load ``spec`` onto its device, apply the fast path and warm it up."""
+def upscale_weights(spec: ModelSpec, settings: Settings) -> Path:
+    """An upscale-kind entry's weights file; the built-in one is built offline on first use."""
+    if not spec.is_builtin:
+        return Path(spec.source)
+    from worker.tiny import TINY_UPSCALE, save_tiny_esrgan
+
+    name = spec.source.removeprefix("builtin:")
+    if name != TINY_UPSCALE:
+        raise ModelLoadError(f"unknown built-in upscale model {spec.source!r}")
+    return save_tiny_esrgan(settings.model_cache_dir / f"{name}.safetensors")
+
+
+def load_upscaler(spec: ModelSpec, settings: Settings) -> SpandrelUpscaler:
+    """An upscale-kind entry's weights file, through spandrel's architecture detection, on
+    the entry's device, tiled as its ``options.tile`` / ``options.tile_overlap`` say."""
+    from spandrel import UnsupportedModelError
+
+    from worker.accel import resolve_device
+
+    try:
+        return SpandrelUpscaler.load(
+            spec.alias,
+            upscale_weights(spec, settings),
+            resolve_device(spec.device),
+            tile=int(spec.options.get("tile", TILE)),
+            overlap=int(spec.options.get("tile_overlap", TILE_OVERLAP)),
+        )
+    except (OSError, ValueError, UnsupportedModelError) as e:
+        raise ModelLoadError(
+            f"cannot load upscaler {spec.alias!r} from {spec.source!r}: {e}"
+        ) from e
+
+
+def file_fingerprint(path: Path) -> str:
+    """SHA-256 of a weights file (its first 16 hex digits): an upscaler's revision."""
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
+
+
+def _load_upscale_model(spec: ModelSpec, settings: Settings) -> LoadedModel:
+    # No diffusion pipeline: step 3 is the upscaler's passes (worker/render.py).
+    started = time.perf_counter()
+    upscaler = load_upscaler(spec, settings)
+    if spec.max_size * upscaler.scale > MAX_UPSCALED_SIDE:  # the api checks only max_size
+        raise ModelLoadError(
+            f"model {spec.alias!r}: max_size {spec.max_size} x its scale {upscaler.scale} is "
+            f"over {MAX_UPSCALED_SIDE} px; set max_size <= {MAX_UPSCALED_SIDE // upscaler.scale}"
+        )
+    seconds = time.perf_counter() - started
+    device = str(upscaler.descriptor.device)
+    log.info(
+        "upscaler %s (%s %dx) loaded on %s in %.2fs",
+        spec.alias,
+        upscaler.architecture,
+        upscaler.scale,
+        device,
+        seconds,
+    )
+    return LoadedModel(
+        spec=spec,
+        pipe=None,
+        device=device,
+        revision=spec.revision or file_fingerprint(upscale_weights(spec, settings)),
+        load_seconds=seconds,
+        upscaler=upscaler,
+    )
+
+
+def load_model(
+    spec: ModelSpec, settings: Settings, *, warm: bool = True, upscaler: ModelSpec | None = None
+) -> LoadedModel:
+    """Load ``spec`` onto its device, apply the fast path and warm it up. ``upscaler``: the
+    upscale-kind entry ``spec.options.upscaler`` names (shared/registry.py ``upscaler_of``),
+    loaded beside it for the jobs that ask for ``upscale``."""
+    if spec.kind == "upscale":
+        return _load_upscale_model(spec, settings)
     if spec.kind == "echo":
         # No weights, no torch: the source comes back resized (worker/render.py).
         return LoadedModel(
-            spec=spec, pipe=None, device="cpu", revision=ECHO_REVISION, load_seconds=0.0
+            spec=spec,
+            pipe=None,
+            device="cpu",
+            revision=ECHO_REVISION,
+            load_seconds=0.0,
+            upscaler=None if upscaler is None else load_upscaler(upscaler, settings),
         )
     import torch
 
@@ -324,4 +410,5 @@ def load_model(spec: ModelSpec, settings: Settings, *, warm: bool = True) -> Loa
         load_seconds=seconds,
         compiled=compiled,
         buckets=buckets,
+        upscaler=None if upscaler is None else load_upscaler(upscaler, settings),
     )

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from shared.adapters import LORA_KINDS
 from shared.canny import DEFAULT_HIGH, DEFAULT_LOW, canny_edges
 from shared.errors import PermanentRenderError
 from shared.images import (
@@ -42,17 +43,19 @@ from shared.images import (
 from shared.jobs import Success
 from shared.models import Job
 from shared.presets import Preset, builtin_presets
-from shared.registry import ModelSpec
+from shared.registry import MAX_UPSCALED_SIDE, ModelSpec
 from shared.schemas import REVIEW_THRESHOLDS, RenderParams
 from shared.storage import Storage, content_addressed, output_key
 from worker import presets as marketplace
 from worker.content_credentials import ContentCredentials, sign_output, source_ingredient
+from worker.cutout import cutout_key, stored_cutout
 from worker.fidelity import Fidelity, Thresholds, review_state, score
 from worker.labels import digital_source_type, output_label, preset_label, xmp_packet
 from worker.masks import keep_from_alpha, keep_mask, paste_kept, repaint_mask
 from worker.pipelines import LoadedModel, kind_inputs
 from worker.pixels import batch_in, images_out, masks_in, to_pixels
 from worker.prepared_cache import PreparedCache, PreparedInputs, PreparedKey
+from worker.upscale import enlarged_size, fit, method, upscale_learned
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,7 @@ class RenderItem:
     ``control`` (controlnet-canny): the canny edges of ``source`` the render follows.
     ``product`` (other kinds, a source with transparency): mode L, 255 where the source is
     opaque: the product whose colour drift is scored (worker/fidelity.py).
+    ``mask_key`` (``mask: "auto"``): where the mask its cut-out found is stored, for the job.
     The images may be shared with other jobs (worker/prepared_cache.py): never change them
     in place, make new ones.
     """
@@ -73,8 +77,11 @@ class RenderItem:
     params: RenderParams
     source: Image.Image
     keep: Image.Image | None = None
+    mask_key: str | None = None
     control: Image.Image | None = None
     product: Image.Image | None = None
+    # The parsed files of ``params.adapters``, in order (worker/adapters.py).
+    adapter_states: tuple[Any, ...] = ()
 
     @cached_property
     def pixels(self) -> torch.Tensor:
@@ -98,11 +105,14 @@ class RenderResult:
     # The stored output's scores against its source, and the review state they decide.
     fidelity: Fidelity | None = None
     review: str | None = None
+    mask_key: str | None = None  # the mask a cut-out found (``mask: "auto"``), for the job
 
     def success(self) -> Success:
         """As ``mark_succeeded_bulk`` records it."""
         fidelity = None if self.fidelity is None else self.fidelity.as_dict()
-        return Success(self.job_id, self.outputs, self.provenance, fidelity, self.review)
+        return Success(
+            self.job_id, self.outputs, self.provenance, fidelity, self.review, self.mask_key
+        )
 
 
 def check_inputs(model: LoadedModel, params: RenderParams) -> None:
@@ -117,6 +127,13 @@ def check_inputs(model: LoadedModel, params: RenderParams) -> None:
             )
     if spec.denoises and int(params.steps * params.strength) < 1:
         raise PermanentRenderError("strength x steps leaves no denoising step")
+    factor = upscale_factor(model, params)
+    if factor is not None and max(params.width, params.height) * factor > MAX_UPSCALED_SIDE:
+        raise PermanentRenderError(
+            f"upscale: {params.width}x{params.height} x {factor} is over {MAX_UPSCALED_SIDE} px"
+        )
+    if params.adapters and spec.kind not in LORA_KINDS:
+        raise PermanentRenderError(f"model {spec.alias!r} of kind {spec.kind} takes no adapters")
 
 
 def prepare(
@@ -137,8 +154,11 @@ def prepare(
         params=params,
         source=inputs.source,
         keep=inputs.keep,
+        mask_key=found_mask_key(model.spec, job, params),
         control=inputs.control,
         product=inputs.product,
+        # Fetched and parsed here, on the io pool; loaded on the device lane.
+        adapter_states=model.adapters.fetch(storage, job.team_id, params.adapters),
     )
     if model.pipe is not None:  # echo renders nothing
         # Made here, on the io pool, not on the device lane.
@@ -150,7 +170,7 @@ def prepare(
 def prepared_key(spec: ModelSpec, job: Job, params: RenderParams) -> PreparedKey | None:
     """Everything ``prepare_inputs`` depends on, or None when its inputs may change (a key
     that is not content-addressed): then it is not cached."""
-    mask_key = job.mask_key if spec.takes_mask else None
+    mask_key = (job.mask_key or found_mask_key(spec, job, params)) if spec.takes_mask else None
     if not all(content_addressed(k) for k in (job.source_key, mask_key) if k is not None):
         return None
     return PreparedKey(
@@ -177,7 +197,19 @@ def prepare_inputs(
         decoded = open_rgba(data)
     except OSError as e:
         raise PermanentRenderError(f"source image cannot be decoded: {e}") from e
+    found = found_mask_key(spec, job, params)
+    if found is not None and params.cutout is not None:  # mask "auto": stored, else found
+        mask_data = stored_cutout(spec, storage, found, flatten(decoded), params.cutout)
     return build_inputs(spec, params, decoded, mask_data)
+
+
+def found_mask_key(spec: ModelSpec, job: Job, params: RenderParams) -> str | None:
+    """Where the mask of a ``mask: "auto"`` job is stored once its cut-out found it
+    (worker/cutout.py): from then on it is used as a given mask is. None for other jobs,
+    and for a job that recorded it already (a rerender reads ``job.mask_key``)."""
+    if not spec.takes_mask or job.mask_key is not None or params.cutout is None:
+        return None
+    return cutout_key(spec, job.team_id, job.source_key, params.cutout)
 
 
 def build_inputs(
@@ -226,9 +258,14 @@ class Rendered:
 def render(
     model: LoadedModel, items: list[RenderItem], should_stop: Callable[[], bool] = lambda: False
 ) -> Rendered:
-    """Step 3, timed: the only step that runs on the device lane."""
+    """Step 3, timed: the only step that runs on the device lane. It ends with the learned
+    upscaler's passes for the items that ask for ``upscale`` (GPU work, counted here)."""
     started = time.perf_counter()
     images = run_pipeline(model, items, should_stop)
+    images = [
+        upscale_learned(image, upscale_factor(model, item.params) or 1, model.upscaler)
+        for item, image in zip(items, images, strict=True)
+    ]
     seconds = time.perf_counter() - started
     return Rendered(items, images, model.pipeline_batch_size(len(items)), seconds)
 
@@ -242,7 +279,7 @@ def run_pipeline(
     batch size (``model.pipeline_batch_size``, padded when compiled), never on its
     neighbours' prompts. ``should_stop`` is polled after every denoising step.
     """
-    if model.pipe is None:  # echo: the farm's overhead without a model
+    if model.pipe is None:  # echo, upscale: no diffusion model (upscale's is run by render)
         _stand_in_for_a_gpu(model.spec, len(items))
         return [item.source.copy() for item in items]
     served = padded(items, model.pipeline_batch_size(len(items)))
@@ -287,6 +324,10 @@ def _call_pipeline(
     if "control_image" in extra:  # converted on the device too, like `image`
         controls = [i.control_pixels for i in items if i.control_pixels is not None]
         extra["control_image"] = batch_in(controls, model.device)
+    # The group's adapters (all its jobs have the same: shared/batching.py), or LoRA off.
+    model.adapters.activate(
+        model.pipe, params.adapters, items[0].adapter_states, compiled=model.compiled
+    )
     # no_grad, not inference_mode: warm-up ran under the pipeline's own no_grad, and compiled
     # graphs guard on that mode; inference_mode here recompiled every bucket on its first job.
     with torch.no_grad():
@@ -324,6 +365,9 @@ def store_output(
 ) -> RenderResult:
     """Steps 4 and 5 for one item (and one more output per preset it asks for)."""
     job, params = item.job, item.params
+    factor = upscale_factor(model, params)
+    if factor is not None:  # render ran the upscaler's passes; Lanczos to the exact size here
+        image = fit(image, enlarged_size((params.width, params.height), factor))
     data = encode_output(model, storage, item, image, png_compress_level, credentials)
     provenance = {
         "model": model.spec.alias,
@@ -341,6 +385,8 @@ def store_output(
         # C2PA manifest was signed for it (a team without a certificate gets the XMP only).
         "digital_source_type": digital_source_type(model.spec.kind),
         "c2pa_signed": credentials is not None and credentials.for_team(job.team_id) is not None,
+        # What enlarged it (``upscale``): the upscale model's alias, or "lanczos".
+        "upscaler": None if factor is None else method(factor, model.upscaler),
     }
     round_ = len(job.history or [])  # a rerender stores anew: earlier rounds' objects stay
     key = output_key(job.team_id, job.id, round_, EXTENSIONS[params.output_format])
@@ -364,7 +410,18 @@ def store_output(
         provenance=provenance,
         fidelity=fidelity,
         review=review,
+        mask_key=item.mask_key,
     )
+
+
+def upscale_factor(model: LoadedModel, params: RenderParams) -> int | None:
+    """How many times the output is enlarged: the job's ``upscale``, else an upscale-kind
+    model's own scale; None: not at all."""
+    if params.upscale is not None:
+        return params.upscale
+    if model.spec.kind == "upscale" and model.upscaler is not None:
+        return model.upscaler.scale
+    return None
 
 
 def assess(spec: ModelSpec, item: RenderItem, data: bytes) -> tuple[Fidelity, str]:

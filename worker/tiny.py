@@ -172,3 +172,72 @@ def save_tiny_pipeline(path: Path, kind: str = "img2img") -> Path:
 
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+# The tiny LoRA's rank, and the spread of its up-projection weights (see save_tiny_lora).
+TINY_LORA_RANK = 4
+TINY_LORA_B_STD = 0.5
+TINY_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def save_tiny_lora(path: Path, seed: int = 0, kind: str = "img2img") -> Path:
+    """A random LoRA for the tiny UNet of ``kind``, written as real LoRA files are: PEFT
+    layers on the attention projections, saved with diffusers' ``save_lora_weights``
+    (``path/pytorch_lora_weights.safetensors``, returned). Different seeds give different
+    adapters; the same seed the same file."""
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    unet: Any = build_tiny_components(kind=kind)["unet"]  # the model's UNet (its seed: 0)
+    torch.manual_seed(seed)
+    unet.add_adapter(
+        LoraConfig(
+            r=TINY_LORA_RANK,
+            lora_alpha=TINY_LORA_RANK,
+            init_lora_weights="gaussian",
+            target_modules=TINY_LORA_TARGETS,
+        )
+    )
+    # PEFT starts B at zero (a fresh LoRA changes nothing, as training wants): random B
+    # weights make this one change the render, as a trained one does.
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=TINY_LORA_B_STD)
+    tiny_pipeline_class(kind).save_lora_weights(
+        Path(path), unet_lora_layers=get_peft_model_state_dict(unet), safe_serialization=True
+    )
+    return Path(path) / "pytorch_lora_weights.safetensors"
+
+
+# The built-in upscale model's name (``builtin:tiny-upscale``), built by save_tiny_esrgan.
+TINY_UPSCALE = "tiny-upscale"
+# The tiny upscaler's width: ESRGAN's num_filters (64 in real ones), one RRDB block (23).
+TINY_ESRGAN_FILTERS = 8
+TINY_ESRGAN_BLOCKS = 1
+# Its output layer's weights are multiplied by this, so its images have some contrast.
+TINY_ESRGAN_CONTRAST = 4.0
+
+
+def save_tiny_esrgan(path: Path, scale: int = 4, seed: int = 0) -> Path:
+    """A random-weight ESRGAN (RRDBNet, spandrel's own architecture class) of ``scale`` x,
+    8 filters and 1 block, saved as ``path`` (.safetensors): the file an upscale-kind
+    registry entry names, detected and loaded back by spandrel as real ones are. The last
+    convolution is centred on mid-grey and given contrast, so its outputs vary across 0..1
+    rather than clipping at black as a random network's do. A file already there is kept."""
+    from safetensors.torch import save_file
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    path = Path(path)
+    if path.exists():
+        return path
+    torch.manual_seed(seed)
+    net = ESRGAN(num_filters=TINY_ESRGAN_FILTERS, num_blocks=TINY_ESRGAN_BLOCKS, scale=scale)
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    last = [k for k in state if k.endswith(".bias")][-1]  # hr_conv1's, the output layer
+    state[last] = torch.full_like(state[last], 0.5)
+    state[last.replace(".bias", ".weight")] *= TINY_ESRGAN_CONTRAST
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file(state, str(tmp))
+    tmp.replace(path)
+    return path

@@ -70,6 +70,9 @@ def job_public(
         reviewed_at=job.reviewed_at,
         provenance=provenance_public(job.provenance),
         history=[attempt_public(a, storage, expires_in) for a in job.history or []],
+        # Given, or found by the worker for mask "auto" (null until then): downloadable, to
+        # check it, fix it and resubmit it as the mask.
+        mask_url=None if job.mask_key is None else storage.url(job.mask_key, expires_in),
     )
 
 

@@ -75,6 +75,8 @@ class Hostile:
     filename: str | None = None  # uploads
     extra: dict[str, Any] | None = None  # top-level JSON fields
     knobs: dict[str, Any] | None = None  # render knobs (e.g. preset): a job's and a batch's
+    mask: str | None = None  # a job's mask, a batch's images[0].mask
+    names_mask: bool = False  # the error names the mask (mask, images[0].mask)
     status: int = 422
     # The field path inside the hostile part, e.g. "note" for metadata {"note": ...}.
     subfield: str = ""
@@ -176,15 +178,6 @@ CASES = [
             ),
         ]
     ),
-    Hostile(
-        "upscale-not-2-or-4", extra={"upscale": 3}, named="upscale", not_for={"uploads": JSON_ONLY}
-    ),
-    Hostile(
-        "upscale-past-4096-px",  # echo allows 1032 px; x4 would be 4128
-        extra={"upscale": 4, "width": 1032},
-        named="upscale",
-        not_for={"uploads": JSON_ONLY},
-    ),
     *(
         Hostile(
             f"preset-{name}",
@@ -216,6 +209,31 @@ CASES = [
             ("scale-past-2", "tiny", [{"name": "x", "scale": 2.5}], "adapters[0].scale"),
             ("more-than-4", "tiny", [{"name": f"x{i}"} for i in range(5)], "adapters"),
             ("not-a-list", "tiny", "acme-summer", "adapters"),
+        ]
+    ),
+    # mask "auto" (worker/cutout.py): the model must inpaint, cutout goes with it, and
+    # segmentation needs the model's network file.
+    Hostile("mask-auto-on-img2img", mask="auto", names_mask=True, not_for={"uploads": NO_KNOBS}),
+    *(
+        Hostile(
+            f"cutout-{name}",
+            knobs={"model": "tiny-inpaint", "cutout": cutout},
+            mask=mask,
+            named="cutout",
+            not_for={"uploads": NO_KNOBS},
+        )
+        for name, cutout, mask in [
+            ("without-mask-auto", "studio", None),
+            ("unknown-method", "grabcut", "auto"),
+            ("segmentation-without-a-model-file", "segmentation", "auto"),
+        ]
+    ),
+    # Enlargement after rendering (worker/upscale.py): 2 or 4, and at most 4096 px a side.
+    *(
+        Hostile(f"upscale-{name}", knobs=knobs, subfield="upscale", not_for={"uploads": NO_KNOBS})
+        for name, knobs in [
+            ("not-2-or-4", {"upscale": 3}),
+            ("past-4096-px", {"upscale": 4, "width": 1032}),  # echo allows 1032; x4 is 4128
         ]
     ),
     Hostile("undecodable-image", image=b"\x89PNG\r\n\x1a\n" + b"\xde\xad" * 40),
@@ -291,6 +309,10 @@ def _text_fields(case: Hostile) -> dict[str, Any]:
 def job_request(case: Hostile) -> tuple[Request, str]:
     body = {"model": "echo", "prompt": case.prompt or "a shoe", "image": _image_ref(case)}
     body |= _text_fields(case)
+    if case.mask is not None:
+        body["mask"] = case.mask
+    if case.names_mask:
+        return Request("/v1/jobs", json=body), "mask"
     return Request("/v1/jobs", json=body), _json_field(case, image="image", prompt="prompt")
 
 
@@ -304,7 +326,10 @@ def batch_request(case: Hostile) -> tuple[Request, str]:
         images = [{"image": data_url(GOOD_PNG)}, {"image": _image_ref(case)}]
         return Request("/v1/batches", json=_batch_body(case, images)), "images[1].image"
     skus = case.skus or (None,)
-    images = [{"image": _image_ref(case), **({"sku": s} if s else {})} for s in skus]
+    mask = {} if case.mask is None else {"mask": case.mask}
+    images = [{"image": _image_ref(case), **({"sku": s} if s else {}), **mask} for s in skus]
+    if case.names_mask:
+        return Request("/v1/batches", json=_batch_body(case, images)), "images[0].mask"
     body = _batch_body(case, images)
     # Names are checked two ways, each one alone by the schema and their collisions by
     # the api: both spell the path images[1].sku.

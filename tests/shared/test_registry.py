@@ -20,6 +20,7 @@ def test_every_kind_has_an_offline_builtin():
         "tiny-inpaint": "inpaint",
         "tiny-controlnet": "controlnet-canny",
         "echo": "echo",
+        "tiny-upscale": "upscale",
     }
     assert set(kinds.values()) == set(KINDS)
     assert all(spec.is_builtin for spec in BUILTINS.values())

@@ -1,0 +1,192 @@
+"""Cut-outs for ``mask: "auto"`` (worker/cutout.py): studio's masks against known ones on
+generated and real product shots, the segmentation network through rembg's own custom-model
+session, and the render path storing and keeping the found mask."""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from shared.errors import PermanentRenderError
+from shared.images import encode_image, open_rgba
+from shared.models import Job
+from shared.registry import BUILTINS
+from shared.schemas import RenderParams
+from shared.storage import LocalStorage, content_addressed, sha256_hex, source_key
+from tests.factories import data_url
+from tests.photos import PRODUCT_SHAPES, coffee_on_white, iou, product_on_white
+from tests.services import wait_for
+from worker import cutout
+from worker.cutout import KEEP, REPAINT, cutout_key, stored_cutout, studio_mask
+from worker.masks import keep_mask
+from worker.render import found_mask_key, prepare_inputs, prepared_key
+
+MIN_IOU = 0.9
+OFF_WHITE = (244, 240, 232)
+PARAMS = {
+    "strength": 1.0,
+    "steps": 2,
+    "guidance_scale": 0.0,
+    "width": 64,
+    "height": 64,
+    "output_format": "png",
+}
+
+
+def product(found: Image.Image) -> np.ndarray:
+    """The stored convention's product: black (keep)."""
+    return np.asarray(found) == KEEP
+
+
+@pytest.mark.parametrize("background", [(255, 255, 255), OFF_WHITE], ids=["white", "off-white"])
+@pytest.mark.parametrize("jpeg_quality", [None, 70], ids=["png", "jpeg70"])
+def test_studio_finds_generated_products(background, jpeg_quality) -> None:
+    # Five outlines (a hole through a mug's handle, a white label on a sneaker, a pair in two
+    # parts), each over a gradient backdrop with a soft contact shadow and sensor noise.
+    scores = {}
+    for seed, shape in enumerate(PRODUCT_SHAPES):
+        image, known = product_on_white(
+            shape, background=background, jpeg_quality=jpeg_quality, seed=seed
+        )
+        found = studio_mask(image)
+        assert found.mode == "L" and found.size == image.size
+        assert set(np.unique(np.asarray(found))) <= {KEEP, REPAINT}
+        scores[shape] = iou(product(found), known)
+    assert min(scores.values()) >= MIN_IOU, scores
+
+
+@pytest.mark.parametrize("background", [(255, 255, 255), OFF_WHITE], ids=["white", "off-white"])
+def test_studio_finds_a_photographed_product(background) -> None:
+    # A camera's cup and saucer (white rim, metal spoon) on a studio backdrop, as JPEG.
+    image, known = coffee_on_white(background, jpeg_quality=85)
+    assert iou(product(studio_mask(image)), known) >= MIN_IOU
+
+
+def test_studio_finds_no_product_in_a_plain_backdrop(tmp_path) -> None:
+    storage = LocalStorage(tmp_path, "http://test", "secret")
+    plain = Image.new("RGB", (64, 64), (250, 250, 250))
+    with pytest.raises(PermanentRenderError, match="no product"):
+        stored_cutout(BUILTINS["tiny-inpaint"], storage, "sources/t/x", plain, "studio")
+    assert not storage.exists("sources/t/x"), "nothing stored"
+
+
+# --- the render path: found once, stored, used as a given mask -----------------------------
+# (In process and without a pipeline: the end-to-end test renders and checks kept pixels.)
+
+SPEC = BUILTINS["tiny-inpaint"]
+
+
+@pytest.fixture
+def storage(tmp_path) -> LocalStorage:
+    return LocalStorage(tmp_path / "objects", "http://test", "secret")
+
+
+def auto_job(storage: LocalStorage, image: Image.Image, team: uuid.UUID, **params) -> Job:
+    """A queued ``mask: "auto"`` job as the api stores it: source content-addressed, no
+    mask key, the cut-out method in its params."""
+    data = encode_image(image, "png")
+    key = source_key(team, sha256_hex(data))
+    storage.put(key, data, "image/png")
+    return Job(
+        id=uuid.uuid4(),
+        team_id=team,
+        model="tiny-inpaint",
+        prompt="on a marble counter",
+        negative_prompt=None,
+        params={**PARAMS, "seed": 1, "cutout": "studio", **params},
+        source_key=key,
+    )
+
+
+def prepared(storage: LocalStorage, job: Job) -> tuple[str | None, Image.Image | None]:
+    """(the mask key the job would record, its keep mask), as prepare() finds them."""
+    params = RenderParams(**job.params)
+    inputs = prepare_inputs(SPEC, storage, job, params)
+    return found_mask_key(SPEC, job, params), inputs.keep
+
+
+def test_auto_mask_is_found_once_and_used_as_a_given_mask(storage, monkeypatch) -> None:
+    image, known = product_on_white("bottle", size=(96, 80), seed=4)
+    job = auto_job(storage, image, uuid.uuid4())
+    found, keep = prepared(storage, job)
+    # stored under the team's sources, keyed by source and method: the prepared cache's key
+    key = cutout_key(SPEC, job.team_id, job.source_key, "studio")
+    assert found == key and content_addressed(key) and key.startswith(f"sources/{job.team_id}/")
+    cache_key = prepared_key(SPEC, job, RenderParams(**job.params))
+    assert cache_key is not None and cache_key.mask_key == key
+    stored = Image.open(io.BytesIO(storage.get(key)))
+    assert stored.size == image.size and iou(product(stored), known) >= MIN_IOU
+    # used exactly as a given mask is: the same keep mask at the output size
+    given = keep_mask(open_rgba(storage.get(job.source_key)), storage.get(key), 64, 64, "crop")
+    assert keep is not None and np.array_equal(np.asarray(keep), np.asarray(given))
+    assert 0 < (np.asarray(keep) == 255).mean() < 1
+
+    # Another prompt on the same photo: the stored mask is read back, never found again.
+    def found_again(*args: object) -> Image.Image:
+        raise AssertionError("cut out twice")
+
+    monkeypatch.setattr(cutout, "find_mask", found_again)
+    again = auto_job(storage, image, job.team_id, seed=2)
+    assert prepared(storage, again)[0] == key
+    # A job that recorded its mask (a rerender) reads it as a given one and records nothing.
+    job.mask_key = key
+    found, rerendered = prepared(storage, job)
+    assert found is None and np.array_equal(np.asarray(rerendered), np.asarray(keep))
+    # Another team's job of the same photo gets a mask of its own.
+    other = auto_job(storage, image, uuid.uuid4())
+    assert found_mask_key(SPEC, other, RenderParams(**other.params)) != key
+
+
+# --- end to end: the api, a real worker process, the mask downloadable --------------------
+
+FINAL = ("succeeded", "failed", "canceled")
+
+
+@pytest.mark.integration
+def test_auto_mask_job_end_to_end(client, new_key, start_dispatcher, start_worker) -> None:
+    start_dispatcher()
+    start_worker("tiny-inpaint")
+    headers = {"Authorization": f"Bearer {new_key()}"}
+    image, known = product_on_white("sneaker", size=(64, 64), seed=6)
+    photo = data_url(encode_image(image, "png"))  # opaque: only the cut-out says what to keep
+    body = {
+        "model": "tiny-inpaint",
+        "prompt": "on a marble counter",
+        "image": photo,
+        "mask": "auto",
+        "steps": 2,
+        "strength": 1.0,
+        "guidance_scale": 0.0,
+    }
+    # A batch cuts out all its images or none: the params are the batch's.
+    mixed = {**body, "images": [{"image": photo, "mask": "auto"}, {"image": photo}]}
+    mixed = {k: v for k, v in mixed.items() if k not in ("image", "mask", "prompt")}
+    refused = client.post("/v1/batches", json={**mixed, "prompts": ["a"]}, headers=headers)
+    assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "images[1].mask"
+    accepted = client.post("/v1/jobs", json=body, headers=headers)
+    assert accepted.status_code == 202, accepted.text
+    job_id = accepted.json()["id"]
+
+    def finished() -> dict | None:
+        job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+        return job if job["status"] in FINAL else None
+
+    job = wait_for(finished, 180, "the auto-mask job to finish", interval=0.2)
+    assert job["status"] == "succeeded", job
+    assert job["params"]["cutout"] == "studio"  # the default method, recorded
+    mask = Image.open(io.BytesIO(httpx.get(job["mask_url"], timeout=30).content))
+    assert mask.size == image.size and iou(product(mask), known) >= MIN_IOU
+    out = np.asarray(
+        Image.open(io.BytesIO(httpx.get(job["outputs"][0]["url"], timeout=30).content))
+    )
+    kept = np.asarray(mask) < 128  # 64² in, 64² out: the mask's black is the kept pixels
+    assert np.array_equal(out[kept], np.asarray(image)[kept]), "kept pixels bit-identical"
+    assert not np.array_equal(out[~kept], np.asarray(image)[~kept]), "background repainted"
+    assert job["fidelity"]["kept_pixels_changed"] == 0
+    thumb = client.get(f"/v1/jobs/{job_id}/thumbnail?of=mask", headers=headers)
+    assert thumb.status_code == 200, thumb.text
