@@ -4,8 +4,11 @@ session, and the render path storing and keeping the found mask."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import uuid
+import warnings
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -15,7 +18,7 @@ from PIL import Image
 from shared.errors import PermanentRenderError
 from shared.images import encode_image, open_rgba
 from shared.models import Job
-from shared.registry import BUILTINS
+from shared.registry import BUILTINS, ModelSpec
 from shared.schemas import RenderParams
 from shared.storage import LocalStorage, content_addressed, sha256_hex, source_key
 from tests.factories import data_url
@@ -140,6 +143,79 @@ def test_auto_mask_is_found_once_and_used_as_a_given_mask(storage, monkeypatch) 
     # Another team's job of the same photo gets a mask of its own.
     other = auto_job(storage, image, uuid.uuid4())
     assert found_mask_key(SPEC, other, RenderParams(**other.params)) != key
+
+
+# --- segmentation: a tiny network through rembg's custom-model session ---------------------
+# No weights can be downloaded here: the network is built and exported to ONNX at test time,
+# then opened by the worker's own path (options.segmentation_model -> rembg.new_session
+# "u2net_custom"), as a real U²-Net file would be. Its weights are set, not trained: minus
+# the brightness (rembg's normalisation undone), then a closing (max-pool, min-pool), so a
+# product darker than its backdrop scores high, a white label inside it included.
+
+RGB_STD = (0.229, 0.224, 0.225)  # rembg's U²-Net normalisation
+
+
+@pytest.fixture(scope="module")
+def rembg_home(tmp_path_factory) -> Path:
+    import torch
+
+    class Darkness(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 1, 1)
+            with torch.no_grad():
+                self.conv.weight.copy_(-torch.tensor(RGB_STD).view(1, 3, 1, 1))
+                self.conv.bias.zero_()
+            self.pool = torch.nn.MaxPool2d(15, stride=1, padding=7)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return -self.pool(-self.pool(self.conv(x)))
+
+    home = tmp_path_factory.mktemp("rembg")
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            Darkness().eval(),
+            (torch.zeros(1, 3, 320, 320),),
+            str(home / "tiny-u2net.onnx"),
+            input_names=["input"],
+            dynamo=False,
+        )
+    return home
+
+
+def segmenting(path: Path) -> ModelSpec:
+    return dataclasses.replace(
+        SPEC, options={**SPEC.options, "cutout": "segmentation", "segmentation_model": str(path)}
+    )
+
+
+def test_segmentation_finds_generated_products_through_rembg(rembg_home, monkeypatch) -> None:
+    monkeypatch.setenv("REMBG_HOME", str(rembg_home))
+    spec = segmenting(rembg_home / "tiny-u2net.onnx")
+    scores = {}
+    for seed, shape in enumerate(PRODUCT_SHAPES):
+        image, known = product_on_white(shape, size=(200, 160), seed=seed)
+        found = cutout.find_mask(spec, image, "segmentation")
+        assert found.mode == "L" and found.size == image.size  # rembg's 320² back to the source's
+        assert set(np.unique(np.asarray(found))) <= {KEEP, REPAINT}
+        scores[shape] = iou(product(found), known)
+    assert min(scores.values()) >= MIN_IOU, scores
+    # Its masks are keyed by the file's digest: another network file, another stored mask.
+    team, source = uuid.uuid4(), "sources/t/photo"
+    key = cutout_key(spec, team, source, "segmentation")
+    assert key != cutout_key(spec, team, source, "studio") and content_addressed(key)
+
+
+def test_segmentation_opens_only_a_file_inside_rembgs_models_folder(
+    rembg_home, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("REMBG_HOME", str(tmp_path / "elsewhere"))
+    cutout.segmentation_session.cache_clear()
+    image, _ = product_on_white("box", size=(64, 64))
+    with pytest.raises(PermanentRenderError, match="cannot be opened: model_path must be within"):
+        cutout.find_mask(segmenting(rembg_home / "tiny-u2net.onnx"), image, "segmentation")
+    cutout.segmentation_session.cache_clear()
 
 
 # --- end to end: the api, a real worker process, the mask downloadable --------------------
