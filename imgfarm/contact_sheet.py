@@ -65,11 +65,22 @@ def tile_image(tile: Tile) -> Image.Image:
     return framed
 
 
+# Characters Pillow's built-in font lacks (drawn as a box), and what the PNG shows instead;
+# the HTML sheet keeps them.
+PNG_FALLBACKS = str.maketrans({"×": "x", "²": "2", "–": "-", "—": "-"})
+
+
+def _drawable(text: str) -> str:
+    return text.translate(PNG_FALLBACKS)
+
+
 def render_png(title: str, rows: Sequence[Row]) -> bytes:
     """The sheet as PNG bytes: a title, then each row's heading and captioned tiles."""
     font = ImageFont.load_default(size=FONT_SIZE)
     wrapped = {
-        id(tile): [tile.title, *_wrap_all(tile.caption, font)] for row in rows for tile in row.tiles
+        id(tile): [_drawable(tile.title), *_wrap_all([_drawable(c) for c in tile.caption], font)]
+        for row in rows
+        for tile in row.tiles
     }
     caption_h = LINE * max((len(lines) for lines in wrapped.values()), default=1)
     row_h = LINE + TILE + 4 + caption_h + GAP
@@ -77,10 +88,10 @@ def render_png(title: str, rows: Sequence[Row]) -> bytes:
     width = GAP + columns * (TILE + GAP)
     sheet = Image.new("RGB", (width, GAP + LINE * 2 + row_h * len(rows)), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
-    draw.text((GAP, GAP), title, fill=INK, font=font)
+    draw.text((GAP, GAP), _drawable(title), fill=INK, font=font)
     y = GAP + LINE * 2
     for row in rows:
-        draw.text((GAP, y), row.heading, fill=MUTED, font=font)
+        draw.text((GAP, y), _drawable(row.heading), fill=MUTED, font=font)
         for i, tile in enumerate(row.tiles):
             x = GAP + i * (TILE + GAP)
             sheet.paste(tile_image(tile), (x, y + LINE))

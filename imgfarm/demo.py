@@ -1,7 +1,8 @@
 """``imgfarm demo``: a sample product photo through the whole farm: four seasonal prompts on
-``tiny``, the same source through ``echo`` and ``tiny-inpaint``, the product workflow (its
-cut-out in a new scene by ``tiny-inpaint``, brought to the ``amazon-main`` and
-``instagram-portrait`` presets), and a contact sheet of it all.
+``tiny``, the same source through ``echo`` and ``tiny-inpaint``, the product workflow (the
+worker cuts the product out of the photo, ``mask: "auto"``, and ``tiny-inpaint`` paints a new
+scene around it, brought to the ``amazon-main`` and ``instagram-portrait`` presets), and a
+contact sheet of it all.
 
 The workflow adds one 64 px render and two preset outputs to the first run (well under a
 second of CPU: the closing note says what the preset steps cost on this machine), so it is
@@ -76,9 +77,10 @@ class DemoJob:
     seed: int
     note: str = ""
     with_mask: bool = False
-    cutout: bool = False  # the source is the transparent cut-out
+    auto_mask: bool = False  # mask "auto": the worker cuts the product out of the source
     presets: tuple[str, ...] = ()
     path: Path | None = None
+    mask_path: Path | None = None  # the mask the worker found (auto_mask), as downloaded
     # The preset outputs as saved: (preset, path), in the order asked.
     preset_paths: tuple[tuple[str, Path], ...] = ()
     error: str | None = None
@@ -90,7 +92,7 @@ class DemoResult:
 
     source: Path
     mask: Path
-    cutout: Path
+    cutout: Path | None  # the product alone, through the mask the worker found
     jobs: list[DemoJob]
     sheet_png: Path
     sheet_html: Path
@@ -102,10 +104,11 @@ class DemoResult:
         renders = [
             path
             for job in self.jobs
-            for path in [job.path, *(p for _, p in job.preset_paths)]
+            for path in [job.path, job.mask_path, *(p for _, p in job.preset_paths)]
             if path is not None
         ]
-        return [self.source, self.mask, self.cutout, *renders, self.sheet_png, self.sheet_html]
+        cutout = [] if self.cutout is None else [self.cutout]
+        return [self.source, self.mask, *cutout, *renders, self.sheet_png, self.sheet_html]
 
 
 def demo_jobs() -> list[DemoJob]:
@@ -129,8 +132,8 @@ def demo_jobs() -> list[DemoJob]:
             "tiny-inpaint",
             SCENE_PROMPT,
             0,
-            note="the cut-out kept, a new scene painted around it",
-            cutout=True,
+            note="the product found (mask auto) and kept, a new scene painted around it",
+            auto_mask=True,
             presets=WORKFLOW_PRESETS,
         ),
     ]
@@ -151,17 +154,17 @@ def product_mask(size: int = SIZE) -> bytes:
     return _png(cover.reduce(SUPERSAMPLE).point(lambda v: 0 if v else 255))
 
 
-def sample_cutout(size: int = SIZE) -> bytes:
-    """:func:`sample_product` cut out: the sneaker opaque, everything else transparent (what
-    a studio cut-out tool hands over), as PNG bytes."""
-    product = Image.open(io.BytesIO(sample_product(size))).convert("RGBA")
-    keep = (
-        Image.open(io.BytesIO(product_mask(size)))
-        .convert("L")
-        .point(lambda v: 255 if v < 128 else 0)
-    )
-    product.putalpha(keep)
+def cut_out(source: bytes, mask: bytes) -> bytes:
+    """The product alone: ``source`` opaque where ``mask`` keeps (black), transparent
+    elsewhere, as PNG bytes."""
+    product = Image.open(io.BytesIO(source)).convert("RGBA")
+    product.putalpha(_keep(mask))
     return _png(product)
+
+
+def _keep(mask: bytes) -> Image.Image:
+    """A mask's kept region (black in it) as 255, the rest 0."""
+    return Image.open(io.BytesIO(mask)).convert("L").point(lambda v: 255 if v < 128 else 0)
 
 
 def _draw_sneaker(draw: ImageDraw.ImageDraw, s: float, mask: bool) -> None:
@@ -179,7 +182,7 @@ def _draw_sneaker(draw: ImageDraw.ImageDraw, s: float, mask: bool) -> None:
         (40 * s, 185 * s, 225 * s, 200 * s),
         fill=ink((250, 250, 250)),
         outline=ink((60, 60, 60)),
-        width=max(1, int(4 * s)),
+        width=max(1, int(12 * s)),  # 3 px at 64: a cut-out at that size still sees it
     )
     for i in range(5):
         x = (95 + 12 * i) * s
@@ -206,27 +209,31 @@ def run_demo(
     base_url: str, api_key: str, out: Path, console: Console, timeout: float = 300.0
 ) -> DemoResult:
     """Save the source and its mask, submit the demo jobs, follow them with a progress bar,
-    download the renders and write the contact sheet (PNG and HTML) beside them."""
-    source, mask, cutout = sample_product(), product_mask(), sample_cutout()
+    download the renders (and the mask the worker found) and write the cut-out and the
+    contact sheet (PNG and HTML) beside them."""
+    source, mask = sample_product(), product_mask()
     out.mkdir(parents=True, exist_ok=True)
-    source_path, mask_path, cutout_path = out / SOURCE_FILE, out / MASK_FILE, out / CUTOUT_FILE
+    source_path, mask_path = out / SOURCE_FILE, out / MASK_FILE
     source_path.write_bytes(source)
     mask_path.write_bytes(mask)
-    cutout_path.write_bytes(cutout)
     planned = demo_jobs()
     with Client(base_url, api_key) as client:
-        ids = {
-            job.name: client.submit_job(**_body(job, source, mask, cutout))["id"] for job in planned
-        }
+        ids = {job.name: client.submit_job(**_body(job, source, mask))["id"] for job in planned}
         results = _follow(client, ids, console, timeout)
         jobs = [_save(client, job, results[job.name], out) for job in planned]
+    found = next((job.mask_path for job in jobs if job.mask_path is not None), None)
+    cutout = None if found is None else cut_out(source, found.read_bytes())
+    cutout_path = None if cutout is None else out / CUTOUT_FILE
+    if cutout_path is not None and cutout is not None:
+        cutout_path.write_bytes(cutout)
     rows = _sheet_rows(source, mask, cutout, jobs)
     title = "imgfarm demo: random-weight models render noise; real weights render the product"
     sheet_png, sheet_html = out / SHEET_PNG, out / SHEET_HTML
     sheet_png.write_bytes(render_png(title, rows))
     sheet_html.write_text(render_html(title, rows, png_href=SHEET_PNG), encoding="utf-8")
     failed = [job for job in jobs if job.path is None]
-    seconds = preset_seconds(cutout, WORKFLOW_PRESETS)
+    # Timed on the drawn cut-out when the worker's is missing: the size sets the cost.
+    seconds = preset_seconds(cutout or cut_out(source, mask), WORKFLOW_PRESETS)
     return DemoResult(
         source_path, mask_path, cutout_path, jobs, sheet_png, sheet_html, failed, seconds
     )
@@ -250,11 +257,11 @@ def preset_seconds(cutout: bytes, names: tuple[str, ...], repeats: int = 3) -> d
     return seconds
 
 
-def _body(job: DemoJob, source: bytes, mask: bytes, cutout: bytes) -> dict[str, Any]:
+def _body(job: DemoJob, source: bytes, mask: bytes) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": job.model,
         "prompt": job.prompt,
-        "image": data_url(cutout if job.cutout else source),
+        "image": data_url(source),
         "seed": job.seed,
         # Explicit: echo's default size is 512, and png keeps inpaint's kept pixels exact.
         "width": SIZE,
@@ -263,6 +270,8 @@ def _body(job: DemoJob, source: bytes, mask: bytes, cutout: bytes) -> dict[str, 
     }
     if job.with_mask:
         body["mask"] = data_url(mask)
+    if job.auto_mask:  # the source is a product on a plain backdrop: the studio cut-out
+        body["mask"] = "auto"
     if job.presets:
         body["preset"] = list(job.presets)
     return body
@@ -277,19 +286,37 @@ def _save(client: Client, job: DemoJob, result: dict[str, Any], out: Path) -> De
         (o["preset"], client.download(o["url"], out / f"{slug(job.name)}-{o['preset']}.{_ext(o)}"))
         for o in preset_outputs
     )
-    return replace(job, path=path, preset_paths=saved)
+    found = None
+    if job.auto_mask and result.get("mask_url"):
+        found = client.download(result["mask_url"], out / f"{slug(job.name)}-mask.png")
+    return replace(job, path=path, mask_path=found, preset_paths=saved)
 
 
 def _ext(output: dict[str, Any]) -> str:
     return {"image/jpeg": "jpg", "image/webp": "webp"}.get(output["content_type"], "png")
 
 
-def _sheet_rows(source: bytes, mask: bytes, cutout: bytes, jobs: list[DemoJob]) -> list[Row]:
+def _sheet_rows(source: bytes, mask: bytes, cutout: bytes | None, jobs: list[DemoJob]) -> list[Row]:
     source_tile = Tile(_open(source), "source", ("the generated product photo",), SOURCE_FILE)
-    # Black in the mask keeps: the outline goes around the non-repainted pixels.
-    keep = Image.open(io.BytesIO(mask)).convert("L").point(lambda v: 255 if v < 128 else 0)
-    # The cut-out's opaque pixels are that same region (sample_cutout): outlined too.
-    tiles = {job.name: _tile(job, keep if job.with_mask or job.cutout else None) for job in jobs}
+
+    # Black in a mask keeps: the outline goes around the non-repainted pixels (the given
+    # mask's, or the one the worker found).
+    def kept(job: DemoJob) -> Image.Image | None:
+        if job.mask_path is not None:
+            return _keep(job.mask_path.read_bytes())
+        return _keep(mask) if job.with_mask else None
+
+    tiles = {job.name: _tile(job, kept(job)) for job in jobs}
+    cut_tile = (
+        Tile(Image.new("RGB", (SIZE, SIZE), (128, 128, 128)), "Cut-out (none found)", ())
+        if cutout is None
+        else Tile(
+            _on_checkers(cutout),
+            "Cut-out",
+            ("found by the worker (mask auto, studio)", "the product alone"),
+            CUTOUT_FILE,
+        )
+    )
     seasons = [tiles[name] for name in SEASONS]
     return [
         Row(
@@ -306,9 +333,7 @@ def _sheet_rows(source: bytes, mask: bytes, cutout: bytes, jobs: list[DemoJob]) 
         Row(
             "the product workflow: the cut-out, a new scene around it, the marketplace images",
             [
-                Tile(
-                    _open(cutout), "Cut-out", ("the product alone (transparent PNG)",), CUTOUT_FILE
-                ),
+                cut_tile,
                 replace(tiles["scene"], title="New scene"),
                 *_preset_tiles(next(job for job in jobs if job.name == "scene")),
             ],
@@ -340,6 +365,19 @@ def _tile(job: DemoJob, keep: Image.Image | None) -> Tile:
         blank = Image.new("RGB", (SIZE, SIZE), (128, 128, 128))
         return Tile(blank, f"{job.name} (failed)", [*caption, job.error or ""])
     return Tile(_open(job.path.read_bytes()), job.name, caption, job.path.name, keep)
+
+
+def _on_checkers(png: bytes, square: int = 4) -> Image.Image:
+    """A transparent image over a grey checkerboard, as image editors show transparency."""
+    with Image.open(io.BytesIO(png)) as img:
+        image = img.convert("RGBA")
+    board = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    draw = ImageDraw.Draw(board)
+    for y in range(0, image.height, square):
+        for x in range(0, image.width, square):
+            if (x // square + y // square) % 2:
+                draw.rectangle((x, y, x + square - 1, y + square - 1), fill=(204, 204, 204, 255))
+    return Image.alpha_composite(board, image).convert("RGB")
 
 
 def _open(png: bytes) -> Image.Image:

@@ -18,6 +18,7 @@ from imgfarm import contact_sheet as sheet_layout
 from imgfarm.demo import SEASONS
 from shared.keys import hash_api_key
 from shared.models import ApiKey
+from tests.photos import iou
 
 
 def imgfarm(*args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 300):
@@ -47,7 +48,12 @@ def test_demo_writes_four_images_on_the_embedded_stack(tmp_path):
     out = tmp_path / "out"
     paths = [tmp_path / line for line in result.stdout.split()]
     renders = [f"{name}-0.png" for name in (*SEASONS, "echo", "inpaint")]
-    workflow = ["scene-0.png", "scene-amazon-main.jpg", "scene-instagram-portrait.jpg"]
+    workflow = [
+        "scene-0.png",
+        "scene-mask.png",
+        "scene-amazon-main.jpg",
+        "scene-instagram-portrait.jpg",
+    ]
     names = [
         "source.png",
         "source-mask.png",
@@ -82,8 +88,11 @@ def test_demo_writes_four_images_on_the_embedded_stack(tmp_path):
     assert page.count('<img src="data:image/png;base64,') == 5 + 3 + 4
 
     # The product workflow: the cut-out kept in a new scene, then the marketplace images.
+    found = pixels["scene-mask.png"][..., 0] < 128  # the worker's cut-out (mask "auto")
+    assert iou(found, keep) >= 0.9, "the worker found the drawn product"
     cutout = np.asarray(Image.open(out / "cutout.png").convert("RGBA"))
     product = cutout[..., 3] == 255
+    assert np.array_equal(product, found), "cutout.png is the source through the found mask"
     scene = pixels["scene-0.png"]
     assert np.array_equal(scene[product], source[product]), "the cut-out is kept exactly"
     assert not np.array_equal(scene[~product], source[~product]), "a new scene around it"

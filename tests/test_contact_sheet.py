@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from imgfarm.contact_sheet import OUTLINE, TILE, Row, Tile, render_html, tile_image
+from imgfarm.contact_sheet import OUTLINE, TILE, Row, Tile, render_html, render_png, tile_image
 
 
 def test_sheet_html_escapes_every_text():
@@ -49,3 +49,13 @@ def test_a_large_portrait_image_is_shrunk_whole_into_its_tile():
     assert (rows.min(), rows.max() + 1) == (0, TILE)  # the full height
     assert cols.max() + 1 - cols.min() == round(TILE * 1080 / 1350)  # 4:5, not stretched
     assert np.all(tile[:, : cols.min()] == 255) and np.all(tile[:, cols.max() + 1 :] == 255)
+
+
+def test_the_png_draws_what_its_font_lacks_as_ascii_and_the_html_keeps_it():
+    def sheet(title: str) -> bytes:
+        tile = Tile(Image.new("RGB", (64, 64)), title, (f"caption {title}",))
+        return render_png(title, [Row(title, [tile])])
+
+    assert sheet("1600×1600 – 2048²") == sheet("1600x1600 - 20482")  # no box glyphs
+    tile = Tile(Image.new("RGB", (64, 64)), "1600×1600")
+    assert "1600×1600" in render_html("t", [Row("r", [tile])], png_href="s.png")
