@@ -58,6 +58,7 @@ from shared.images import EXTENSIONS
 from shared.job_events import PRUNE_BATCH as EVENT_PRUNE_BATCH
 from shared.job_events import prune_job_events
 from shared.jobs import (
+    CanceledAttempt,
     JobStatus,
     canceled_with_outputs,
     expire_leases,
@@ -68,11 +69,12 @@ from shared.jobs import (
     rearm_unclaimed,
 )
 from shared.models import Job, utcnow
+from shared.presets import load_presets
 from shared.prune import prune
 from shared.registry import ModelSpec
 from shared.settings import Settings
 from shared.staging import sweep_staging
-from shared.storage import S3Storage, Storage, output_key, storage_from_settings
+from shared.storage import S3Storage, Storage, delete_many, output_key, storage_from_settings
 from shared.workers import online_workers_by_model
 
 log = logging.getLogger(__name__)
@@ -180,22 +182,38 @@ class Dispatcher:
             self._storage = storage_from_settings(self.settings)
         return self._storage
 
+    def _attempt_keys(self, attempt: CanceledAttempt) -> list[str]:
+        """The keys a canceled attempt may have stored: its render and each preset output
+        (the extension from the presets this farm's registry file defines, as the worker's)."""
+        ext = EXTENSIONS.get(attempt.output_format)
+        if ext is None:  # malformed params: nothing was rendered
+            return []
+        team, job, round_ = attempt.team_id, attempt.job_id, attempt.round
+        presets = load_presets(self.settings.models)
+        return [
+            output_key(team, job, round_, ext),
+            *(
+                output_key(team, job, round_, presets[name].extension, preset=name)
+                for name in attempt.presets
+                if name in presets  # one the registry no longer has: its extension is unknown
+            ),
+        ]
+
     def _remove_canceled_outputs(self) -> int:
         """Delete the outputs a worker stored for a job canceled meanwhile and then died
         before removing; a delete that fails is tried again next tick."""
         with session_scope(self.session_factory) as session:
             removed = []
-            canceled = canceled_with_outputs(session, SWEEP_OUTPUTS_PER_TICK)
-            for job_id, team_id, fmt, round_ in canceled:
-                ext = EXTENSIONS.get(fmt)  # none: malformed params, nothing was rendered
+            for attempt in canceled_with_outputs(session, SWEEP_OUTPUTS_PER_TICK):
                 try:
-                    if ext is not None:  # this attempt's only: earlier rounds are history
-                        self.storage.delete(output_key(team_id, job_id, round_, ext))
+                    delete_many(self.storage, self._attempt_keys(attempt))
                 except (StorageError, TransientError) as e:
                     # The store is away: one warning a tick, not one per job.
-                    log.warning("could not remove outputs of canceled job %s: %s", job_id, e)
+                    log.warning(
+                        "could not remove outputs of canceled job %s: %s", attempt.job_id, e
+                    )
                     break
-                removed.append(job_id)
+                removed.append(attempt.job_id)
             outputs_removed(session, removed)
         return len(removed)
 

@@ -513,12 +513,21 @@ def release_previous_life(session: Session, worker: str) -> tuple[int, int]:
 # once the lease has run out (by then no live worker still holds the job).
 
 
-def canceled_with_outputs(
-    session: Session, limit: int
-) -> list[tuple[uuid.UUID, uuid.UUID, str, int]]:
+class CanceledAttempt(NamedTuple):
+    """What names the objects a canceled job's last attempt may have stored: the round
+    (earlier attempts a rerender kept are history, never removed), the render's format, and
+    the marketplace presets, each an output of its own beside the render."""
+
+    job_id: uuid.UUID
+    team_id: uuid.UUID
+    output_format: str
+    round: int
+    presets: tuple[str, ...]
+
+
+def canceled_with_outputs(session: Session, limit: int) -> list[CanceledAttempt]:
     """Lock up to ``limit`` canceled jobs whose outputs may remain (``SKIP LOCKED``: two
-    dispatchers never sweep one twice); returns (job id, team id, output format, round):
-    the round (earlier attempts a rerender kept) names the attempt's output key."""
+    dispatchers never sweep one twice)."""
     round_ = func.coalesce(func.json_array_length(Job.history), 0)
     rows = session.execute(
         select(Job.id, Job.team_id, Job.params, round_)
@@ -526,7 +535,16 @@ def canceled_with_outputs(
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
-    return [(r[0], r[1], (r[2] or {}).get("output_format", "png"), r[3]) for r in rows]
+    return [
+        CanceledAttempt(
+            r[0],
+            r[1],
+            (r[2] or {}).get("output_format", "png"),
+            r[3],
+            tuple((r[2] or {}).get("presets") or ()),
+        )
+        for r in rows
+    ]
 
 
 def outputs_removed(session: Session, job_ids: Sequence[uuid.UUID]) -> None:

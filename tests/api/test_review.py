@@ -359,7 +359,8 @@ def test_a_canceled_rerender_loses_only_its_own_output(
     api, scored_batch, session_factory, storage, settings
 ):
     """The dispatcher's sweep of a canceled job's leftover output removes that attempt's
-    object (its round's key), never the earlier attempt the history keeps."""
+    objects (its round's render and each preset output beside it), never the earlier
+    attempt the history keeps."""
     from dispatch.dispatcher import Dispatcher
     from shared.broker import make_celery
 
@@ -375,6 +376,10 @@ def test_a_canceled_rerender_loses_only_its_own_output(
             output_key(job.team_id, job_id, 1, "png"),
         )
         storage.put(second, b"round 1", "image/png")
+        # ... and a preset output the job asked for (a jpeg beside the render)
+        job.params = {**job.params, "presets": ["instagram-portrait"]}
+        portrait = output_key(job.team_id, job_id, 1, "jpg", preset="instagram-portrait")
+        storage.put(portrait, b"round 1 portrait", "image/jpeg")
         assert cancel(s, job_id)
         s.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=func.now()))
         s.commit()
@@ -387,3 +392,4 @@ def test_a_canceled_rerender_loses_only_its_own_output(
 
     wait_for(swept, 10, "the canceled job's outputs swept")
     assert storage.exists(first) and not storage.exists(second)
+    assert not storage.exists(portrait)
