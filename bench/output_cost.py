@@ -1,6 +1,7 @@
 """What the finish stage costs per output, at each size in one run: encoding in each way the
 worker can write a result, labelling (the XMP label on every output, the signed C2PA
-manifest for teams with a certificate) against plain encoding, and fidelity scoring.
+manifest for teams with a certificate) against plain encoding, fidelity scoring, and the
+product workflow's steps (cut-out, presets, upscaling).
 
     python bench/output_cost.py              # 512² and 1024²: 3 / 25 / 5 runs per measurement
     python bench/output_cost.py --sizes 768 --images a.png b.jpg --rounds 9 --json cost.json
@@ -12,7 +13,10 @@ astronaut through the worker's step 4 (worker/render.py ``encode_output``) plain
 labelled and signed (tests/certificates.py), side by side; the thread's CPU time (a busy
 machine skews it less), medians. Fidelity: worker/fidelity.py ``score``, four photos each
 against its JPEG (q85) re-encode, median per photo; and its colour drift on every second
-pixel against every pixel. All on one thread, as the io pool pays it per output.
+pixel against every pixel. Workflow: the studio cut-out of a real product photo
+(tests/photos.py), each built-in preset (apply, encode) from a render of the size, 2x by
+Lanczos, and a Real-ESRGAN x4plus-sized RRDBNet (random weights, the real arithmetic) on
+torch's threads, per output Mpx from a 64² tile. All else on one thread, as the io pool.
 """
 
 from __future__ import annotations
@@ -173,22 +177,71 @@ def fidelity(size: int, repeat: int) -> dict[str, Any]:
     return f
 
 
+def _median_ms(fn: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1000)
+    return round(statistics.median(times), 1)
+
+
+def workflow(size: int, repeat: int, blocks: int = 23) -> dict[str, Any]:
+    """Median wall ms per image of each product-workflow step at ``size`` (long side)."""
+    import torch
+    from spandrel import ModelLoader
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    from shared.presets import builtin_presets
+    from tests.photos import coffee_on_white
+    from worker import presets as marketplace
+    from worker.cutout import studio_mask
+
+    shot, known = coffee_on_white(jpeg_quality=85)
+    scale = size / max(shot.size)
+    dims = (round(shot.width * scale), round(shot.height * scale))
+    shot = shot.resize(dims, Image.Resampling.LANCZOS)
+    mask = Image.fromarray(known).convert("L").resize(dims)
+    cutout_ms = _median_ms(partial(studio_mask, shot), repeat)
+    row: dict[str, Any] = {"size": size, "cutout studio": cutout_ms}
+    cut = marketplace.Cutout(shot, mask)
+    for name, preset in builtin_presets().items():
+        step = lambda p=preset: marketplace.encode(p, marketplace.apply(p, shot, cut))  # noqa: E731
+        row[f"preset {name}"] = _median_ms(step, repeat)
+    row["upscale 2x lanczos"] = _median_ms(
+        partial(shot.resize, (dims[0] * 2, dims[1] * 2), Image.Resampling.LANCZOS), repeat
+    )
+    net = ModelLoader().load_from_state_dict(ESRGAN(num_blocks=blocks, scale=4).state_dict()).eval()
+    tile = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        tile_ms = _median_ms(partial(net, tile), max(1, repeat // 2))
+    # per output megapixel: a 64² tile at 4x is 256² = 0.0655 Mpx out
+    row["upscale realesrgan-size ms/out-Mpx"] = round(tile_ms / (256 * 256 / 1e6), 0)
+    print(f"workflow {size} px (ms per image, median of {repeat}; upscaler per output Mpx):")
+    for step, ms in row.items():
+        if step != "size":
+            print(f"  {step:<36} {ms:10.1f}")
+    return row
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = parser(__doc__)
     p.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
     p.add_argument("--images", nargs="+", type=Path, help="photos to encode (default: samples)")
     p.add_argument("--rounds", type=int, default=25, help="labelling rounds per size")
     p.add_argument("--repeat", type=int, default=5, help="scorings per photo and size")
+    p.add_argument("--esrgan-blocks", type=int, default=23, help="23: Real-ESRGAN x4plus")
     args = p.parse_args(argv)
     cv2.setNumThreads(1)  # one io thread's cost, as the worker pays it per output
     paths = args.images or [Path(samples.__file__).parent / name for name in SAMPLE_FILES]
     photos = [Image.open(io.BytesIO(path.read_bytes())).convert("RGB") for path in paths]
     print(f"{len(photos)} photos to encode: {', '.join(path.name for path in paths)}")
-    result: dict[str, Any] = {"encoding": [], "labelling": [], "fidelity": []}
+    result: dict[str, Any] = {"encoding": [], "labelling": [], "fidelity": [], "workflow": []}
     for size in args.sizes:
         result["encoding"] += encoding(photos, size)
         result["labelling"] += labelling(size, args.rounds)
         result["fidelity"].append(fidelity(size, args.repeat))
+        result["workflow"].append(workflow(size, args.repeat, args.esrgan_blocks))
     if args.json:
         write_json(args.json, result)
     return result

@@ -1,5 +1,6 @@
 """The finish-stage benchmark measures every encoding setting against PNG level 6, plain,
-labelled and signed encodes of every format, and fidelity scoring, at each size given."""
+labelled and signed encodes of every format, fidelity scoring and the product workflow's
+steps, at each size given."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def test_output_cost_bench_measures_encoding_labelling_and_scoring(tmp_path: Pat
     photo, out = tmp_path / "photo.png", tmp_path / "cost.json"
     Image.radial_gradient("L").convert("RGB").save(photo)
     bench.main(["--sizes", "64", "--images", str(photo), "--rounds", "1", "--repeat", "1",
-                "--json", str(out)])  # fmt: skip
+                "--esrgan-blocks", "1", "--json", str(out)])  # fmt: skip
     figures = json.loads(out.read_text())
     assert [r["label"] for r in figures["encoding"]] == [
         "png level 1", "png level 3", "png level 6", "png level 9", "jpeg (q92)", "webp (q92)"
@@ -41,3 +42,7 @@ def test_output_cost_bench_measures_encoding_labelling_and_scoring(tmp_path: Pat
     assert 0 <= scored["drift_error"] < 1  # stride 2 stays under a just-noticeable ΔE, even at 64²
     printed = capsys.readouterr().out
     assert "vs png level 6" in printed and "+xmp+c2pa" in printed and "fidelity 64²" in printed
+    (steps,) = figures["workflow"]
+    presets = {f"preset {name}" for name in ("amazon-main", "instagram-portrait", "web-hero")}
+    assert {"cutout studio", "upscale 2x lanczos", *presets} <= set(steps)
+    assert all(ms > 0 for step, ms in steps.items() if step != "size")
