@@ -31,6 +31,7 @@ from tests.services import (
     launch_worker,
     moto_server,
     redis_server,
+    stop_all,
 )
 from worker.tiny import save_tiny_pipeline
 
@@ -223,8 +224,7 @@ def spawner(
     try:
         yield start
     finally:
-        for proc in started:
-            proc.stop()
+        stop_all(started)
 
 
 @pytest.fixture
