@@ -59,15 +59,22 @@ def apply(
     return reframe(preset, rendered.convert("RGB"), upscaler)
 
 
+def enlargement(preset: Preset, size: tuple[int, int]) -> float:
+    """How many times a scene preset scales a render of ``size`` to reach its frame (cover
+    for crop, fit inside for pad); below 1 it shrinks it."""
+    ratios = (preset.width / size[0], preset.height / size[1])
+    return max(ratios) if preset.fit == "crop" else min(ratios)
+
+
 def reframe(preset: Preset, image: Image.Image, upscaler: Upscaler | None) -> Image.Image:
     """Crop (cover, center) or pad (fit inside, on white) ``image`` to the preset's frame,
     enlarging first where the frame is larger than the render."""
-    size = (preset.width, preset.height)
-    ratios = (size[0] / image.width, size[1] / image.height)
-    factor = max(ratios) if preset.fit == "crop" else min(ratios)
+    factor = enlargement(preset, image.size)
     if factor > 1:
         image = enlarge(image, factor, upscaler)
-    return resize_image(image, *size, "crop" if preset.fit == "crop" else "pad")
+    return resize_image(
+        image, preset.width, preset.height, "crop" if preset.fit == "crop" else "pad"
+    )
 
 
 def on_white(preset: Preset, cutout: Cutout, upscaler: Upscaler | None) -> Image.Image:

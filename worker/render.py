@@ -19,7 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -253,21 +253,60 @@ class Rendered:
     # is part of the determinism contract (same params + seed + batch size -> same pixels).
     batch_size: int
     seconds: float
+    # Per item: the render enlarged by the learned upscaler for its scene presets (None:
+    # no preset needs it, or the worker has no upscaler; Lanczos then, on the io pool).
+    details: list[Image.Image | None] = field(default_factory=list)
+
+    def detail(self, index: int) -> Image.Image | None:
+        return self.details[index] if self.details else None
 
 
 def render(
-    model: LoadedModel, items: list[RenderItem], should_stop: Callable[[], bool] = lambda: False
+    model: LoadedModel,
+    items: list[RenderItem],
+    should_stop: Callable[[], bool] = lambda: False,
+    presets: Mapping[str, Preset] | None = None,
 ) -> Rendered:
     """Step 3, timed: the only step that runs on the device lane. It ends with the learned
-    upscaler's passes for the items that ask for ``upscale`` (GPU work, counted here)."""
+    upscaler's passes (GPU work, counted here) for the items that ask for ``upscale``, and
+    for those whose scene presets need more pixels than the render has (``presets``: the
+    worker's; None: the built-ins)."""
     started = time.perf_counter()
     images = run_pipeline(model, items, should_stop)
     images = [
         upscale_learned(image, upscale_factor(model, item.params) or 1, model.upscaler)
         for item, image in zip(items, images, strict=True)
     ]
+    known = builtin_presets() if presets is None else presets
+    details = [
+        preset_detail(model, item, image, known) for item, image in zip(items, images, strict=True)
+    ]
     seconds = time.perf_counter() - started
-    return Rendered(items, images, model.pipeline_batch_size(len(items)), seconds)
+    return Rendered(items, images, model.pipeline_batch_size(len(items)), seconds, details)
+
+
+def preset_detail(
+    model: LoadedModel, item: RenderItem, image: Image.Image, presets: Mapping[str, Preset]
+) -> Image.Image | None:
+    """``image`` enlarged by the learned upscaler as far as the item's largest scene preset
+    needs (1600-2048 px from a 512 render), brought to that size at once so the host holds
+    no more than the preset's pixels; None when no preset needs more or there is no
+    upscaler. A cut-out preset (amazon-main) keeps the product's own pixels: never these."""
+    if model.upscaler is None or not item.params.presets:
+        return None
+    size = enlarged_size(
+        (item.params.width, item.params.height), upscale_factor(model, item.params) or 1
+    )
+    scene = [
+        presets[n] for n in item.params.presets if n in presets and not presets[n].needs_cutout
+    ]
+    factor = max((marketplace.enlargement(p, size) for p in scene), default=1.0)
+    if factor <= 1:
+        return None
+    return fit(
+        upscale_learned(image, factor * size[0] / image.width, model.upscaler),
+        enlarged_size(size, factor),
+    )
 
 
 def run_pipeline(
@@ -362,8 +401,10 @@ def store_output(
     png_compress_level: int = PNG_COMPRESS_LEVEL,
     credentials: ContentCredentials | None = None,
     presets: Mapping[str, Preset] | None = None,
+    detail: Image.Image | None = None,
 ) -> RenderResult:
-    """Steps 4 and 5 for one item (and one more output per preset it asks for)."""
+    """Steps 4 and 5 for one item (and one more output per preset it asks for: its scene
+    presets from ``detail``, the render as the learned upscaler enlarged it, if given)."""
     job, params = item.job, item.params
     factor = upscale_factor(model, params)
     if factor is not None:  # render ran the upscaler's passes; Lanczos to the exact size here
@@ -402,7 +443,7 @@ def store_output(
         "content_type": content_type,
     }
     extra = store_preset_outputs(
-        model, storage, item, image, presets, round_, provenance, credentials
+        model, storage, item, image, presets, round_, provenance, credentials, detail
     )
     return RenderResult(
         job_id=job.id,
@@ -484,12 +525,14 @@ def store_preset_outputs(
     round_: int,
     provenance: dict[str, Any],
     credentials: ContentCredentials | None = None,
+    detail: Image.Image | None = None,
 ) -> list[dict[str, Any]]:
     """One more output per preset the job asks for (worker/presets.py), stored beside the
     main one (``{round}-{preset}.{ext}``), labelled as what it is. ``presets``: the worker's
-    (built-ins and its registry file's); None: the built-ins alone. Lanczos enlarges here,
-    on the io pool: a learned upscaler runs on the device lane only (worker/upscale.py), so
-    a job that wants its detail asks ``upscale`` too, and the preset starts from that."""
+    (built-ins and its registry file's); None: the built-ins alone. A scene preset starts
+    from ``detail`` where the device lane enlarged the render for it (``preset_detail``: a
+    learned upscaler runs there only, worker/upscale.py), else from the render, Lanczos
+    enlarging it here on the io pool."""
     known = builtin_presets() if presets is None else presets
     job, params = item.job, item.params
     base = output_label(model.spec, model.revision, job, params)
@@ -499,7 +542,8 @@ def store_preset_outputs(
         preset = known.get(name)
         if preset is None:  # the registry lost it since the api accepted the job
             raise PermanentRenderError(f"unknown preset {name!r} on this worker")
-        framed = marketplace.apply(preset, image, cutout_of(item, image))
+        scene = image if detail is None or preset.needs_cutout else detail
+        framed = marketplace.apply(preset, scene, cutout_of(item, image))
         label = preset_label(base, name, cutout=preset.needs_cutout)
         data = marketplace.encode(preset, framed, xmp_packet(label))
         if credential is not None:  # signed like the main output (encode_output)
@@ -563,10 +607,11 @@ def render_batch(
     worker: str,
     should_stop: Callable[[], bool] = lambda: False,
     skip: Callable[[uuid.UUID], bool] = lambda _: False,
+    presets: Mapping[str, Preset] | None = None,
 ) -> list[RenderResult]:
     """All five steps in the calling thread: render ``items`` in one pipeline call and store
     each output not ``skip``-ped (the worker splits these across threads, worker/tasks.py)."""
-    rendered = render(model, items, should_stop)
+    rendered = render(model, items, should_stop, presets)
     return [
         store_output(
             model,
@@ -576,8 +621,10 @@ def render_batch(
             worker=worker,
             batch_size=rendered.batch_size,
             render_seconds=rendered.seconds,
+            presets=presets,
+            detail=rendered.detail(i),
         )
-        for item, image in zip(rendered.items, rendered.images, strict=True)
+        for i, (item, image) in enumerate(zip(rendered.items, rendered.images, strict=True))
         if not skip(item.job.id)
     ]
 

@@ -245,7 +245,10 @@ def _render_live(ctx: WorkerContext, items: list[RenderItem], summary: BatchSumm
         return Rendered(items=[], images=[], batch_size=0, seconds=0.0)
     summary.render_started([i.job for i in live])
     ids = [i.job.id for i in live]
-    return render(ctx.model, live, should_stop=lambda: ctx.in_flight.all_canceled(ids))
+    presets = load_presets(ctx.settings.models)  # read once per process (cached)
+    return render(
+        ctx.model, live, should_stop=lambda: ctx.in_flight.all_canceled(ids), presets=presets
+    )
 
 
 def finish_group(ctx: WorkerContext, rendered: Rendered, summary: BatchSummary) -> None:
@@ -258,11 +261,11 @@ def finish_group(ctx: WorkerContext, rendered: Rendered, summary: BatchSummary) 
     # so a canceled job leaves no output behind. One query per pipeline call.
     states = job_states(ctx, [i.job.id for i in rendered.items])
     pending = []
-    for item, image in zip(rendered.items, rendered.images, strict=True):
+    for i, (item, image) in enumerate(zip(rendered.items, rendered.images, strict=True)):
         state = states.get(item.job.id, "superseded")
         canceled = state == JobStatus.CANCELED.value or ctx.in_flight.is_canceled(item.job.id)
         if state == JobStatus.RUNNING.value and not canceled:
-            pending.append((item, _store_later(ctx, rendered, item, image)))
+            pending.append((item, _store_later(ctx, rendered, item, image, rendered.detail(i))))
         else:  # canceled, or taken back after a lost lease: another attempt owns it now
             summary.outcomes["canceled" if canceled else "superseded"] += 1
     results: list[RenderResult] = []
@@ -286,7 +289,11 @@ def finish_group(ctx: WorkerContext, rendered: Rendered, summary: BatchSummary) 
 
 
 def _store_later(
-    ctx: WorkerContext, rendered: Rendered, item: RenderItem, image: Image.Image
+    ctx: WorkerContext,
+    rendered: Rendered,
+    item: RenderItem,
+    image: Image.Image,
+    detail: Image.Image | None,
 ) -> Future[RenderResult]:
     return ctx.io.submit(
         store_output,
@@ -300,6 +307,7 @@ def _store_later(
         png_compress_level=ctx.settings.worker_png_compress_level,
         credentials=ctx.credentials,
         presets=load_presets(ctx.settings.models),  # read once per process (cached)
+        detail=detail,
     )
 
 

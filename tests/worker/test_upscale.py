@@ -21,11 +21,13 @@ from safetensors.torch import load_file
 from api.app import create_app
 from shared.errors import ConfigError
 from shared.models import Job
+from shared.presets import Preset
 from shared.registry import load_registry, upscaler_of
 from shared.settings import Settings
 from shared.storage import LocalStorage
 from tests.factories import data_url, png_bytes
 from tests.services import launch_dispatcher, launch_worker, wait_for
+from worker import presets as marketplace
 from worker.pipelines import LoadedModel, load_model
 from worker.render import prepare, render_batch
 from worker.tiny import save_tiny_esrgan
@@ -175,6 +177,33 @@ def test_upscale_model_job_and_upscale_knob_store_enlarged_outputs(loaded, tmp_p
         assert (output["width"], output["height"]) == size, (alias, params)
         assert Image.open(storage._path(output["key"])).size == size
         assert result.provenance["upscaler"] == upscaler
+
+
+def test_a_scene_preset_larger_than_the_render_is_enlarged_by_the_learned_upscaler(
+    loaded, tmp_path
+):
+    """A preset frame over the render's size starts from the render as the worker's learned
+    upscaler enlarged it on the device lane, not from Lanczos alone."""
+    storage = LocalStorage(tmp_path / "objects", "http://test", "secret")
+    hero = Preset(name="hero", label="Hero", width=96, height=64, format="png")
+    key = f"sources/{uuid.uuid4()}"
+    storage.put(key, png_bytes(40, 40), "image/png")
+    params = {"strength": 1.0, "steps": 1, "guidance_scale": 0.0, "seed": 1, "width": 32}
+    params |= {"height": 32, "output_format": "png", "presets": ["hero"]}
+    job = Job(id=uuid.uuid4(), team_id=uuid.uuid4(), model="echo-up", prompt="-",
+              negative_prompt=None, params=params, source_key=key)  # fmt: skip
+    model = loaded["echo-up"]
+    item = prepare(model, storage, job)
+    with calls_of(model.upscaler) as (calls,):
+        (result,) = render_batch(model, storage, [item], worker="w", presets={"hero": hero})
+    assert calls == [(1, 3, 32, 32)], "one 4x pass of the 32 px render, for the 96 px frame"
+    render, framed = (Image.open(storage._path(o["key"])) for o in result.outputs)
+    assert render.size == (32, 32) and framed.size == (96, 64)
+    learned = marketplace.reframe(hero, render.convert("RGB"), model.upscaler)
+    lanczos = marketplace.reframe(hero, render.convert("RGB"), None)
+    got = np.asarray(framed.convert("RGB"))
+    assert np.array_equal(got, np.asarray(learned))
+    assert not np.array_equal(got, np.asarray(lanczos))
 
 
 def test_registry_refuses_what_spandrel_could_not_load(tmp_path):
