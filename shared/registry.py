@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from shared.adapters import LORA_KINDS
 from shared.errors import ConfigError
 from shared.presets import load_presets
 
@@ -242,7 +243,20 @@ def _spec_from_table(alias: str, table: dict[str, Any]) -> ModelSpec:
     _check_warm_sizes(spec)
     _check_thresholds(spec)
     _check_upscale_source(spec)
+    _check_hotswap_rank(spec)
     return spec
+
+
+def _check_hotswap_rank(spec: ModelSpec) -> None:
+    rank = spec.options.get("lora_hotswap_rank")
+    if rank is None:
+        return
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise ConfigError(
+            f"model {spec.alias!r}: options.lora_hotswap_rank must be an integer >= 1"
+        )
+    if spec.kind not in LORA_KINDS:
+        raise ConfigError(f"model {spec.alias!r}: a {spec.kind} model takes no adapters to hotswap")
 
 
 def _check_upscale_source(spec: ModelSpec) -> None:

@@ -20,10 +20,14 @@ Two things a fast path does to a pipeline matter here:
 * torch.compile (CUDA only): inserting LoRA layers, or changing how many are active,
   changes the modules the compiled UNet's graphs guard on, so the first call with a new
   adapter set recompiles (tens of seconds on a GPU; the results stay right). diffusers'
-  hotswap (``enable_lora_hotswap`` before compiling, then ``load_lora_weights(...,
-  hotswap=True)`` into one slot) avoids that, but only for one adapter of at most a
-  declared rank loaded before compiling; it is not wired yet (see docs/architecture.md).
-  A compiled worker logs the first recompiling load.
+  hotswap avoids that for one adapter at a time: a model with ``options.lora_hotswap_rank``
+  (the highest rank its adapters may have) gets ``enable_lora_hotswap`` before compiling
+  (worker/pipelines.py), and a group with one adapter then renders through one slot whose
+  weights are swapped in place (``load_lora_weights(..., hotswap=True)``): the first load
+  into the slot recompiles once, later swaps do not. A group with several adapters, or an
+  adapter the slot cannot take (other target layers, a text-encoder LoRA: diffusers swaps
+  the UNet's only), is loaded under its own name as without hotswap. A compiled worker
+  logs the first recompiling load.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ log = logging.getLogger(__name__)
 # Adapters kept loaded in one pipeline: each adds its LoRA layers' work to every call that
 # names it and memory (an SD1.5 rank-32 LoRA: ~40 MB), none to a call that does not.
 MAX_LOADED = 8
+# The one pipeline name a hotswapping model's single adapters are swapped into.
+HOTSWAP_SLOT = "hotswap"
 # Parsed adapter files kept in memory for the next jobs naming them (tensors on the CPU).
 CACHE_BYTES = 1024 * 1024 * 1024
 
@@ -62,8 +68,17 @@ class Adapters:
     """One pipeline's adapters: the parsed files cache (any thread) and what is loaded in
     the pipeline (the device lane only)."""
 
-    def __init__(self, max_loaded: int = MAX_LOADED, cache_bytes: int = CACHE_BYTES) -> None:
+    def __init__(
+        self,
+        max_loaded: int = MAX_LOADED,
+        cache_bytes: int = CACHE_BYTES,
+        hotswap_rank: int | None = None,
+    ) -> None:
         self.max_loaded = max_loaded
+        self.hotswap_rank = hotswap_rank
+        # What the hotswap slot holds: a digest, "" once a failed swap left it unknown,
+        # None while empty.
+        self._slot: str | None = None
         self.cache_bytes = cache_bytes
         self._files: OrderedDict[str, tuple[StateDict, int]] = OrderedDict()
         self._lock = threading.Lock()
@@ -128,6 +143,11 @@ class Adapters:
             # The fused attention would never read the LoRA layers (module docstring).
             pipe.unfuse_qkv_projections(unet=True, vae=False)
             log.info("unfused the UNet's QKV projections: adapters apply to to_q/to_k/to_v")
+        one = self.hotswap_rank is not None and len({use.sha256 for use in uses}) == 1
+        if one and self._swap_in(pipe, uses[0], states[0], compiled=compiled):
+            self._enable(pipe)
+            pipe.set_adapters([HOTSWAP_SLOT], adapter_weights=[sum(u.scale for u in uses)])
+            return
         scales: dict[str, float] = {}
         wanted = {pipeline_name(use.sha256) for use in uses}
         self._make_room(pipe, len(wanted - set(self._loaded)), keep=wanted)
@@ -137,10 +157,39 @@ class Adapters:
                 self._load(pipe, name, use, state, compiled=compiled)
             self._loaded.move_to_end(name)
             scales[name] = scales.get(name, 0.0) + use.scale
+        self._enable(pipe)
+        pipe.set_adapters(list(scales), adapter_weights=list(scales.values()))
+
+    def _enable(self, pipe: Any) -> None:
         if not self._lora_on:
             pipe.enable_lora()
             self._lora_on = True
-        pipe.set_adapters(list(scales), adapter_weights=list(scales.values()))
+
+    def _swap_in(self, pipe: Any, use: AdapterUse, state: StateDict, *, compiled: bool) -> bool:
+        """Put ``use`` in the hotswap slot (loaded into it first, swapped in place after);
+        False when the slot cannot take it (the caller loads it under its own name)."""
+        if self._slot == use.sha256:
+            return True
+        if compiled and self._slot is None:
+            log.warning("loading the first adapter into a compiled UNet: its graphs recompile once")
+        # Copies of the tensors: the first load may keep them as the slot's parameters, and
+        # a swap writes the next adapter into those in place, which would change the cached
+        # file's tensors under it.
+        copied = {key: tensor.clone() for key, tensor in state.items()}
+        try:
+            pipe.load_lora_weights(
+                copied, adapter_name=HOTSWAP_SLOT, hotswap=self._slot is not None
+            )
+        except (ValueError, KeyError, RuntimeError, TypeError) as e:
+            if self._slot is None:  # nothing was in the slot: clear what a failed load left
+                self._discard(pipe, HOTSWAP_SLOT)
+            else:  # a swap may have stopped halfway: the slot's weights are unknown now
+                self._slot = ""
+            log.warning("adapter %r cannot be hotswapped (%s): loading it by name", use.name, e)
+            return False
+        self._slot = use.sha256
+        self.loads += 1
+        return True
 
     def _load(
         self,

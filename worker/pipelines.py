@@ -384,6 +384,7 @@ def load_model(
     dtype = getattr(torch, spec.dtype) if device != "cpu" else torch.float32
     pipe = _from_pretrained(spec, location, dtype)
     _set_scheduler(pipe, spec)
+    hotswap_rank = _enable_lora_hotswap(pipe, spec)  # before the fast path compiles the UNet
     pipe = optimize_pipeline(pipe, accel_options(spec, device, dtype))
     batch_vae_encode(pipe)  # one VAE encode per batch (worker/latents.py)
     if warm:
@@ -411,4 +412,17 @@ def load_model(
         compiled=compiled,
         buckets=buckets,
         upscaler=None if upscaler is None else load_upscaler(upscaler, settings),
+        adapters=Adapters(hotswap_rank=hotswap_rank),
     )
+
+
+def _enable_lora_hotswap(pipe: Any, spec: ModelSpec) -> int | None:
+    """``options.lora_hotswap_rank``: the highest LoRA rank the model's adapters may have.
+    Set, the pipeline swaps one adapter's weights for another's in place (diffusers'
+    ``enable_lora_hotswap``, called before compiling) so a compiled UNet does not
+    recompile per adapter (worker/adapters.py)."""
+    rank = spec.options.get("lora_hotswap_rank")  # an int >= 1: shared/registry.py checks
+    if rank is None:
+        return None
+    pipe.enable_lora_hotswap(target_rank=int(rank))
+    return int(rank)

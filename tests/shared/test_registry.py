@@ -74,6 +74,13 @@ def test_warm_sizes_follow_the_default_size_once_each(tmp_path):
         ('[models.x]\nsource = "a"\nwarm_sizes = ["768 by 512"]\n', "not WIDTHxHEIGHT"),
         ('[models.x]\nsource = "a"\nwarm_sizes = ["770x512"]\n', "multiples of 8"),
         ('[models.x]\nsource = "a"\nwarm_sizes = ["2048x512"]\n', "within 64..1024"),
+        ('[models.x]\nsource = "a"\noptions = { lora_hotswap_rank = 0 }\n', "integer >= 1"),
+        ('[models.x]\nsource = "a"\noptions = { lora_hotswap_rank = "32" }\n', "integer >= 1"),
+        (
+            '[models.x]\nsource = "builtin:echo"\nkind = "echo"\n'
+            "options = { lora_hotswap_rank = 8 }\n",
+            "takes no adapters",
+        ),
     ],
 )
 def test_bad_registry_is_a_config_error(tmp_path, body, message):

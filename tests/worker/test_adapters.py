@@ -3,6 +3,7 @@ LoRA files (worker/tiny.py), loaded through diffusers' load_lora_weights (PEFT).
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 import numpy as np
@@ -17,10 +18,10 @@ from shared.schemas import AdapterUse
 from shared.settings import Settings
 from shared.storage import LocalStorage, sha256_hex
 from tests.factories import png_bytes
-from worker.adapters import pipeline_name
+from worker.adapters import HOTSWAP_SLOT, pipeline_name
 from worker.pipelines import load_model
 from worker.render import prepare, render_batch, run_pipeline
-from worker.tiny import save_tiny_lora
+from worker.tiny import TINY_LORA_RANK, save_tiny_lora
 
 PARAMS = {
     "strength": 0.75,
@@ -151,3 +152,31 @@ def test_a_fused_unet_is_unfused_so_the_whole_lora_applies(model, storage, loras
     assert np.abs(fused.astype(int) - unfused.astype(int)).max() <= 2
     assert not model.pipe.fusing_unet
     assert np.abs(plain.astype(int) - unfused.astype(int)).max() > 20
+
+
+def close(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal but for float rounding (a hotswap slot pads the LoRA's rank with zeros)."""
+    return int(np.abs(a.astype(int) - b.astype(int)).max()) <= 1
+
+
+def test_a_hotswapping_model_swaps_one_slot_and_renders_as_loading_by_name(
+    model, storage, loras, tmp_path
+):
+    """options.lora_hotswap_rank: single adapters go through one slot whose weights are
+    swapped in place (what keeps a compiled UNet from recompiling per adapter), rendering
+    what the model without hotswap renders; several at once are loaded by name."""
+    tiny = BUILTINS["tiny"]
+    spec = dataclasses.replace(tiny, options={**tiny.options, "lora_hotswap_rank": TINY_LORA_RANK})
+    hot = load_model(spec, Settings(data_dir=tmp_path))
+    a, b_half = use(loras, "a"), use(loras, "b", 0.5)
+    swapped = [render(hot, storage, make_job(7, *u))[0] for u in ([a], [b_half], [], [a])]
+    slots = {n for names in hot.pipe.get_list_adapters().values() for n in names}
+    assert slots == {HOTSWAP_SLOT} and hot.adapters.loads == 3, "a, b, then a swapped back"
+    by_name = [render(model, storage, make_job(7, *u))[0] for u in ([a], [b_half], [])]
+    for got, want in zip(swapped, [*by_name, by_name[0]], strict=True):
+        assert close(got, want)
+    assert not close(swapped[0], swapped[1]), "the swap changed the weights"
+    assert np.array_equal(swapped[2], by_name[2]), "no adapter: LoRA off"
+    (both,) = render(hot, storage, make_job(7, a, b_half))
+    assert close(both, render(model, storage, make_job(7, a, b_half))[0])
+    assert pipeline_name(a["sha256"]) in hot.adapters.loaded
