@@ -41,13 +41,13 @@ ANCHOR_MODEL = "echo"  # built-in, no weights: accepted jobs are cheap whoever r
 # rich bodies get the most.
 DEFAULT_EXAMPLES = 10
 EXAMPLES = {
-    "POST /v1/jobs": 60,
-    "POST /v1/batches": 60,
-    "POST /v1/uploads": 40,
-    "POST /v1/uploads/presign": 40,
-    "POST /v1/webhooks": 40,
-    "GET /v1/webhooks/deliveries": 40,
-    "GET /v1/batches/{batch_id}/jobs": 40,
+    "POST /v1/jobs": 50,
+    "POST /v1/batches": 50,
+    "POST /v1/uploads": 25,
+    "POST /v1/uploads/presign": 25,
+    "POST /v1/webhooks": 25,
+    "GET /v1/webhooks/deliveries": 25,
+    "GET /v1/batches/{batch_id}/jobs": 25,
 }
 # /readyz answers 503 by design while a dependency is down, and takes no input.
 EXCLUDED_PATHS = ["/readyz"]
