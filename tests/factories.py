@@ -25,6 +25,36 @@ def data_url(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64," + base64.b64encode(data).decode()
 
 
+# 2 steps at strength 1 without CFG: two UNet passes per image, the least that still
+# denoises (the CPU is shared; what is under test is not the step count).
+QUICK_PARAMS: dict[str, object] = {
+    "strength": 1.0,
+    "steps": 2,
+    "guidance_scale": 0.0,
+    "width": 64,
+    "height": 64,
+    "output_format": "png",
+}
+
+
+def queued_job(
+    model: str, source_key: str, params: dict[str, Any], *, team: uuid.UUID | None = None,
+    prompt: str = "-",
+) -> Any:  # fmt: skip
+    """A queued job's row as the api stores it, for render-path tests run in process."""
+    from shared.models import Job
+
+    return Job(
+        id=uuid.uuid4(),
+        team_id=team or uuid.uuid4(),
+        model=model,
+        prompt=prompt,
+        negative_prompt=None,
+        params=params,
+        source_key=source_key,
+    )
+
+
 def job_body(**overrides: object) -> dict[str, object]:
     body: dict[str, object] = {
         "model": "tiny",

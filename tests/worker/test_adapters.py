@@ -17,7 +17,7 @@ from shared.registry import BUILTINS
 from shared.schemas import AdapterUse
 from shared.settings import Settings
 from shared.storage import LocalStorage, sha256_hex
-from tests.factories import png_bytes
+from tests.factories import png_bytes, queued_job
 from worker.adapters import HOTSWAP_SLOT, pipeline_name
 from worker.pipelines import load_model
 from worker.render import prepare, render_batch, run_pipeline
@@ -60,15 +60,8 @@ def use(loras, name: str, scale: float = 1.0) -> dict:
 
 
 def make_job(seed: int, *adapters: dict, team: uuid.UUID = TEAM) -> Job:
-    return Job(
-        id=uuid.uuid4(),
-        team_id=team,
-        model="tiny",
-        prompt="a red sneaker",
-        negative_prompt=None,
-        params={**PARAMS, "seed": seed, "adapters": list(adapters)},
-        source_key="sources/photo",
-    )
+    params = {**PARAMS, "seed": seed, "adapters": list(adapters)}
+    return queued_job("tiny", "sources/photo", params, team=team, prompt="a red sneaker")
 
 
 def render(model, storage, *jobs: Job) -> list[np.ndarray]:

@@ -21,7 +21,7 @@ from shared.models import Job
 from shared.registry import BUILTINS, ModelSpec
 from shared.schemas import RenderParams
 from shared.storage import LocalStorage, content_addressed, sha256_hex, source_key
-from tests.factories import data_url
+from tests.factories import QUICK_PARAMS, data_url, queued_job
 from tests.photos import PRODUCT_SHAPES, coffee_on_white, iou, product_on_white
 from tests.services import wait_for
 from worker import cutout
@@ -31,14 +31,7 @@ from worker.render import found_mask_key, prepare_inputs, prepared_key
 
 MIN_IOU = 0.9
 OFF_WHITE = (244, 240, 232)
-PARAMS = {
-    "strength": 1.0,
-    "steps": 2,
-    "guidance_scale": 0.0,
-    "width": 64,
-    "height": 64,
-    "output_format": "png",
-}
+PARAMS = QUICK_PARAMS
 
 
 def product(found: Image.Image) -> np.ndarray:
@@ -95,15 +88,8 @@ def auto_job(storage: LocalStorage, image: Image.Image, team: uuid.UUID, **param
     data = encode_image(image, "png")
     key = source_key(team, sha256_hex(data))
     storage.put(key, data, "image/png")
-    return Job(
-        id=uuid.uuid4(),
-        team_id=team,
-        model="tiny-inpaint",
-        prompt="on a marble counter",
-        negative_prompt=None,
-        params={**PARAMS, "seed": 1, "cutout": "studio", **params},
-        source_key=key,
-    )
+    params = {**PARAMS, "seed": 1, "cutout": "studio", **params}
+    return queued_job("tiny-inpaint", key, params, team=team, prompt="on a marble counter")
 
 
 def prepared(storage: LocalStorage, job: Job) -> tuple[str | None, Image.Image | None]:

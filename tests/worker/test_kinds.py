@@ -21,6 +21,7 @@ from shared.registry import BUILTINS
 from shared.settings import Settings
 from shared.storage import LocalStorage, storage_from_settings
 from shared.teams import ensure_team
+from tests.factories import QUICK_PARAMS
 from worker import accel
 from worker.context import WorkerContext
 from worker.masks import paste_kept, repaint_mask
@@ -35,16 +36,7 @@ from worker.pipelines import (
 from worker.render import prepare, render_batch, run_pipeline
 from worker.tasks import run_render
 
-# 2 steps at strength 1 without CFG: two UNet passes per image, the least that still denoises
-# (the CPU is shared; the kinds, not the step count, are under test).
-PARAMS = {
-    "strength": 1.0,
-    "steps": 2,
-    "guidance_scale": 0.0,
-    "width": 64,
-    "height": 64,
-    "output_format": "png",
-}
+PARAMS = QUICK_PARAMS  # the kinds, not the step count, are under test
 
 
 @pytest.fixture(scope="module")

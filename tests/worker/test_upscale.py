@@ -25,7 +25,7 @@ from shared.presets import Preset
 from shared.registry import load_registry, upscaler_of
 from shared.settings import Settings
 from shared.storage import LocalStorage
-from tests.factories import data_url, png_bytes
+from tests.factories import data_url, png_bytes, queued_job
 from tests.services import launch_dispatcher, launch_worker, wait_for
 from worker import presets as marketplace
 from worker.pipelines import LoadedModel, load_model
@@ -155,15 +155,7 @@ def test_upscale_model_job_and_upscale_knob_store_enlarged_outputs(loaded, tmp_p
         storage.put(key, png_bytes(40, 40), "image/png")
         base = {"strength": 1.0, "steps": 1, "guidance_scale": 0.0, "seed": 1}
         base |= {"width": 32, "height": 32, "output_format": "png"}
-        return Job(
-            id=uuid.uuid4(),
-            team_id=uuid.uuid4(),
-            model=model,
-            prompt="-",
-            negative_prompt=None,
-            params=base | params,
-            source_key=key,
-        )
+        return queued_job(model, key, base | params)
 
     up4 = "tiny-upscale"
     cases = [(up4, {}, (128, 128), up4), (up4, {"upscale": 2}, (64, 64), up4)]
@@ -190,8 +182,7 @@ def test_a_scene_preset_larger_than_the_render_is_enlarged_by_the_learned_upscal
     storage.put(key, png_bytes(40, 40), "image/png")
     params = {"strength": 1.0, "steps": 1, "guidance_scale": 0.0, "seed": 1, "width": 32}
     params |= {"height": 32, "output_format": "png", "presets": ["hero"]}
-    job = Job(id=uuid.uuid4(), team_id=uuid.uuid4(), model="echo-up", prompt="-",
-              negative_prompt=None, params=params, source_key=key)  # fmt: skip
+    job = queued_job("echo-up", key, params)
     model = loaded["echo-up"]
     item = prepare(model, storage, job)
     with calls_of(model.upscaler) as (calls,):
