@@ -226,8 +226,7 @@ def create_batch(session: Session, team: Team, body: BatchCreate, checked: Check
     session.flush()
     seed, encoded, queued = seed_deriver(batch_seed), json.dumps(params), JobStatus.QUEUED.value
     rows = [
-        {
-            "id": uuid.uuid4(),
+        {  # no id: Postgres draws it (migration 0014), SQLite's insert takes uuid4
             "team_id": team.id,
             "batch_id": batch.id,
             "model": spec.alias,

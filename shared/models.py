@@ -10,6 +10,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    FetchedValue,
     Float,
     ForeignKey,
     Identity,
@@ -108,8 +109,14 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_team_created", "team_id", "created_at"),
         Index("ix_jobs_status_model", "status", "model"),
-        Index("ix_jobs_dispatch", "model", "status", "enqueued_at", "created_at"),
-        Index("ix_jobs_lease", "status", "lease_expires_at"),
+        # The lease sweeps: only leased rows (a new job is not in it; migration 0015).
+        Index(
+            "ix_jobs_lease",
+            "status",
+            "lease_expires_at",
+            postgresql_where=text("lease_expires_at IS NOT NULL"),
+            sqlite_where=text("lease_expires_at IS NOT NULL"),
+        ),
         # The dispatcher's working set, kept small by being partial: jobs waiting to be handed
         # over, read per model and team oldest first (fair share, dispatch/dispatcher.py), and
         # jobs handed over but not yet claimed (the room left in Redis, lost-message re-arm).
@@ -166,13 +173,14 @@ class Job(Base):
             postgresql_where=text("batch_id IS NOT NULL"),
             sqlite_where=text("batch_id IS NOT NULL"),
         ),
-        # A batch's review counts and its listing filtered by review state.
+        # A batch's review counts and its listing filtered by review state: reviewed rows only
+        # (a new job has no review state; migration 0015).
         Index(
             "ix_jobs_batch_review",
             "batch_id",
             "review",
-            postgresql_where=text("batch_id IS NOT NULL"),
-            sqlite_where=text("batch_id IS NOT NULL"),
+            postgresql_where=text("batch_id IS NOT NULL AND review IS NOT NULL"),
+            sqlite_where=text("batch_id IS NOT NULL AND review IS NOT NULL"),
         ),
         # A team's queued and running jobs, counted by its quotas at intake (migration 0012).
         Index(
@@ -183,8 +191,14 @@ class Job(Base):
         ),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    # A bulk insert (shared/bulk.py) leaves the id to Postgres (gen_random_uuid(), migration
+    # 0014); the ORM and SQLite draw uuid4 here.
+    id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, primary_key=True, default=uuid.uuid4, server_default=FetchedValue()
+    )
+    # No foreign keys on this hot table (nor on job_events): each cost a lookup and a lock on
+    # the parent per row written (migration 0014 says why nothing needs them).
+    team_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     model: Mapped[str] = mapped_column(String(100))
     status: Mapped[str] = mapped_column(String(16), default="queued")
     prompt: Mapped[str] = mapped_column(Text)
@@ -206,9 +220,7 @@ class Job(Base):
     not_before: Mapped[datetime | None] = mapped_column(default=None)
     # Batch membership (all NULL for a single job): which batch, and the job's place in its
     # images x prompts x variants grid, which also names its file in the archive.
-    batch_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("batches.id", ondelete="CASCADE"), default=None
-    )
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None)
     sku: Mapped[str | None] = mapped_column(String(100), default=None)
     prompt_name: Mapped[str | None] = mapped_column(String(100), default=None)
     variant: Mapped[int | None] = mapped_column(Integer, default=None)
@@ -463,7 +475,7 @@ class JobEvent(Base):
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer(), "sqlite"), Identity(always=False), primary_key=True
     )
-    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    team_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     batch_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None)
     job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None)
     # job.queued | job.running | job.succeeded | job.failed | job.canceled | job.reviewed ...
