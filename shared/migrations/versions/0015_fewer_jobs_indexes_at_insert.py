@@ -39,6 +39,4 @@ def _partial(name: str, columns: list[str], where: str | None) -> None:
 def downgrade() -> None:
     _partial("ix_jobs_batch_review", ["batch_id", "review"], "batch_id IS NOT NULL")
     _partial("ix_jobs_lease", ["status", "lease_expires_at"], None)
-    op.create_index(
-        "ix_jobs_dispatch", "jobs", ["model", "status", "enqueued_at", "created_at"]
-    )
+    op.create_index("ix_jobs_dispatch", "jobs", ["model", "status", "enqueued_at", "created_at"])
