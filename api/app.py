@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -42,6 +43,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # What the process holds once it serves (modules, registry, routes) moves to the
+        # permanent generation: a full collection then scans only what requests made since.
+        # Before, one landing in a 10,000-job batch's request added ~90 ms to it.
+        gc.freeze()
         yield
         app.state.event_hub.stop()
         engine.dispose()

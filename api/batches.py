@@ -29,10 +29,10 @@ from api.owned import owned_row
 from api.pagination import decode_cursor, encode_cursor, newest_first_page
 from api.sources import SourceSpool
 from api.submit import CheckedJobs, SourceRefs, check_jobs
-from shared.bulk import JsonText, insert_rows
+from shared.bulk import Cells, JsonText, cells, copy_text, insert_rows
 from shared.dispatch import nudge
 from shared.errors import InvalidRequest
-from shared.job_events import log_batch_events
+from shared.job_events import log_batch_created
 from shared.jobs import JobStatus, cancel_queued_of_batch, retry_failed_of_batch
 from shared.models import Batch, Job, Team, utcnow
 from shared.names import first_collision, is_portable
@@ -53,6 +53,14 @@ from shared.settings import Settings
 from shared.storage import Storage
 from shared.throughput import batch_eta, observed, queued_ahead
 
+# A batch's job rows, as create_batch builds them: the batch's cells, the prompt's, the
+# image's, the job's own. The id is left to the database (migration 0014).
+JOB_COLUMNS = (
+    *("team_id", "batch_id", "model", "status", "attempts", "created_at", "priority"),
+    *("prompt", "negative_prompt", "prompt_name"),
+    *("source_key", "mask_key", "sku"),
+    *("params", "variant"),
+)
 # Derived seeds keep to 53 bits so JavaScript clients read them exactly (Number is a double).
 SEED_BITS = 53
 
@@ -91,9 +99,28 @@ def _top_bits(material: str) -> int:
 
 def _with_seed(encoded: str, seed: int) -> JsonText:
     # A job's params are the batch's (JSON-encoded once, ``encoded``) plus its own seed.
-    if encoded == "{}":
-        return JsonText(f'{{"seed": {seed}}}')
-    return JsonText(f'{encoded[:-1]}, "seed": {seed}}}')
+    return JsonText(f"{_seed_prefix(encoded)}{seed}}}")
+
+
+def _seed_prefix(encoded: str) -> str:
+    return '{"seed": ' if encoded == "{}" else f'{encoded[:-1]}, "seed": '
+
+
+def own_cells(encoded: str) -> Callable[[int, int], Cells]:
+    """A job's own cells, (params with its seed, variant), for a batch whose params are
+    ``encoded``: the batch's part escaped for COPY once; digits need no escaping."""
+    prefix = _seed_prefix(encoded)
+    escaped = copy_text(prefix)
+
+    def own(seed: int, variant: int) -> Cells:
+        return Cells((JsonText(f"{prefix}{seed}}}"), variant), f"{escaped}{seed}}}\t{variant}")
+
+    return own
+
+
+def _negative(body: BatchCreate, prompt: BatchPrompt) -> str | None:
+    # A prompt's own negative prompt, else the batch's.
+    return body.negative_prompt if prompt.negative_prompt is None else prompt.negative_prompt
 
 
 def check_job_count(body: BatchCreate) -> None:
@@ -224,36 +251,24 @@ def create_batch(session: Session, team: Team, body: BatchCreate, checked: Check
     )
     session.add(batch)
     session.flush()
-    seed, encoded, queued = seed_deriver(batch_seed), json.dumps(params), JobStatus.QUEUED.value
-    rows = [
-        {  # no id: Postgres draws it (migration 0014), SQLite's insert takes uuid4
-            "team_id": team.id,
-            "batch_id": batch.id,
-            "model": spec.alias,
-            "status": queued,
-            "prompt": prompt.prompt,
-            "negative_prompt": (
-                body.negative_prompt if prompt.negative_prompt is None else prompt.negative_prompt
-            ),
-            "params": _with_seed(encoded, seed(sku, name, variant)),
-            "source_key": sources.source_key,
-            "mask_key": sources.mask_key,
-            "sku": sku,
-            "prompt_name": name,
-            "variant": variant,
-            "attempts": 0,
-            "created_at": now,
-            "priority": body.priority,
-        }
-        for (sku, sources), (prompt, name), variant in pairing.paired(
-            body,
-            list(zip(checked.skus, checked.jobs.sources, strict=True)),
-            list(zip(body.prompts, checked.names, strict=True)),
-        )
+    seed, own = seed_deriver(batch_seed), own_cells(json.dumps(params))
+    # Each job is its batch's cells, its prompt's, its image's and its own (shared/bulk.py).
+    head = cells(team.id, batch.id, spec.alias, JobStatus.QUEUED.value, 0, now, body.priority)
+    images = [
+        (sku, cells(sources.source_key, sources.mask_key, sku))
+        for sku, sources in zip(checked.skus, checked.jobs.sources, strict=True)
     ]
-    insert_rows(session, Job, rows)  # one COPY (shared/bulk.py), not 10,000 INSERTs
+    prompts = [
+        (name, cells(prompt.prompt, _negative(body, prompt), name))
+        for prompt, name in zip(body.prompts, checked.names, strict=True)
+    ]
+    rows = [
+        (head, prompt, image, own(seed(sku, name, variant), variant))
+        for (sku, image), (name, prompt), variant in pairing.paired(body, images, prompts)
+    ]
+    insert_rows(session, Job, JOB_COLUMNS, rows)  # one COPY, not 10,000 INSERTs
     count_inserted_jobs(session, spec.alias, team.id, len(rows))  # the ORM never saw them
-    log_batch_events(session, batch.id, "job.queued")  # the live streams' log, one statement
+    log_batch_created(session, batch.id)  # the live streams' log, one statement
     # 4. wake the dispatcher; the NOTIFY is delivered at commit, with the rows visible
     nudge(session)
     return batch

@@ -16,6 +16,7 @@ from sqlalchemy import BigInteger, ColumnElement, Text, cast, func, literal, sel
 from sqlalchemy.orm import Session
 
 from shared.events import ACTIVE_STATES, batch_counts, batch_status
+from shared.job_events import event_data
 from shared.job_status import FINAL_STATES
 from shared.models import Job, JobEvent
 
@@ -107,9 +108,11 @@ def start_cursor(session: Session, follow: Follow, last_event_id: int | None) ->
 def read_page(session: Session, follow: Follow, cursor: Cursor, *, force: bool = False) -> Page:
     """The next rows after ``cursor`` that no running transaction can still precede (with
     ``force``, every committed one); moves the cursor past those returned."""
-    columns = (JobEvent.id, JobEvent.type, JobEvent.job_id, JobEvent.data, JobEvent.created_at)
+    postgres = _postgres(session)
+    data = event_data(postgres).label("data")
+    columns = (JobEvent.id, JobEvent.type, JobEvent.job_id, data, JobEvent.created_at)
     query = select(*columns).where(follow.where(), JobEvent.id > cursor.floor)
-    if _postgres(session):
+    if postgres:
         query = (
             query.add_columns(JobEvent.txid, _xmin().label("xmin"))
             .where(tuple_(JobEvent.txid, JobEvent.id) > tuple_(literal(cursor.txid), cursor.id))

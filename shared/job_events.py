@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     ColumnElement,
     Text,
@@ -95,19 +96,42 @@ def log_events(session: Session, job_ids: Sequence[uuid.UUID], event_type: str) 
     return _log_where(session, where, event_type)
 
 
-def log_batch_events(session: Session, batch_id: uuid.UUID, event_type: str) -> int:
-    """``event_type`` for every job of the batch (its creation: ``job.queued``)."""
-    return _log_where(session, Job.batch_id == batch_id, event_type)
+def log_batch_created(session: Session, batch_id: uuid.UUID) -> int:
+    """``job.queued`` for every job of a batch just inserted, its data left NULL: the data
+    of a job's creation is its names and the first state, which the reader builds from the
+    row (``event_data``). 10,000 JSON objects built and stored were a quarter of a
+    10,000-job batch's submission."""
+    return _log_where(session, Job.batch_id == batch_id, "job.queued", data=False)
 
 
-def _log_where(session: Session, where: ColumnElement[bool], event_type: str) -> int:
+def event_data(postgres: bool) -> ColumnElement[Any]:
+    """An event row's data as streams send it: as logged, or a creation row's from its job
+    (a subquery that COALESCE runs only for those rows)."""
+    pairs: list[Any] = []
+    for name, value in (
+        ("status", literal(JobStatus.QUEUED.value)),
+        ("attempts", literal(0)),
+        ("review", null()),
+        ("sku", Job.sku),
+        ("prompt_name", Job.prompt_name),
+        ("variant", Job.variant),
+    ):
+        pairs += [literal(name), value]
+    built = func.json_build_object(*pairs) if postgres else func.json_object(*pairs)
+    created = select(built).where(Job.id == JobEvent.job_id).scalar_subquery()
+    return func.coalesce(JobEvent.data, created, type_=JSON)
+
+
+def _log_where(
+    session: Session, where: ColumnElement[bool], event_type: str, *, data: bool = True
+) -> int:
     postgres = _is_postgres(session)
     rows = select(
         Job.team_id,
         Job.batch_id,
         Job.id,
         literal(event_type),
-        _job_data(postgres),
+        _job_data(postgres) if data else null(),
         literal(utcnow(), JobEvent.created_at.type),
         txid_now() if postgres else null(),
     ).where(where)

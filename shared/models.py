@@ -467,9 +467,14 @@ class JobEvent(Base):
             sqlite_where=text("batch_id IS NOT NULL"),
         ),
         Index("ix_job_events_job", "job_id", "txid", "id"),
-        Index("ix_job_events_team", "team_id", "id"),
-        # Retention deletes by age (dispatch/housekeeping).
-        Index("ix_job_events_created", "created_at"),
+        # Retention deletes by age (dispatch/housekeeping): a BRIN on Postgres, as the log is
+        # append-only (migration 0016).
+        Index(
+            "ix_job_events_created",
+            "created_at",
+            postgresql_using="brin",
+            postgresql_with={"autosummarize": "on"},
+        ),
     )
 
     id: Mapped[int] = mapped_column(

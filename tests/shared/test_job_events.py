@@ -7,12 +7,14 @@ import time
 import uuid
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import insert, select
 
 from api.event_stream import Cursor, Follow, read_page
-from shared.db import session_scope
-from shared.job_events import log_events, prune_job_events
-from shared.models import Job, JobEvent, utcnow
+from shared.db import make_engine, make_session_factory, session_scope
+from shared.job_events import log_batch_created, log_events, prune_job_events
+from shared.migrate import upgrade
+from shared.models import Batch, Job, JobEvent, utcnow
 from shared.teams import ensure_team
 
 
@@ -90,3 +92,41 @@ def test_retention_deletes_the_oldest_events_in_bounded_chunks(session_factory):
     with session_factory() as session:
         left = session.scalars(select(JobEvent.id).where(JobEvent.job_id == job_id)).all()
     assert left == [ids[-1]]
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+def test_a_batchs_creation_events_read_as_each_job_was_created(backend, session_factory, tmp_path):
+    # Logged with no data (log_batch_created): the reader builds it from the job, as created,
+    # whatever the job has done since.
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'log.db'}"
+        upgrade(url)
+        session_factory = make_session_factory(make_engine(url))
+    with session_scope(session_factory) as session:
+        team = ensure_team(session, f"team-{uuid.uuid4().hex[:8]}")
+        batch = Batch(team_id=team.id, model="echo", seed=1, params={}, image_count=1,
+                      prompt_count=1, variants=2, job_count=2)  # fmt: skip
+        session.add(batch)
+        session.flush()
+        for variant in (1, 2):
+            session.add(Job(team_id=team.id, batch_id=batch.id, model="echo", prompt="p",
+                            params={}, source_key="k", sku="SKU-1", prompt_name="snow",
+                            variant=variant))  # fmt: skip
+        session.flush()
+        assert log_batch_created(session, batch.id) == 2
+        team_id, batch_id = team.id, batch.id
+    with session_scope(session_factory) as session:
+        first = session.scalars(select(Job).where(Job.variant == 1, Job.batch_id == batch_id)).one()
+        first.status, first.attempts, first.review = "succeeded", 1, "passed"
+        log_events(session, [first.id], "job.succeeded")
+    with session_factory() as session:
+        page = read_page(session, Follow(team_id, batch_id), Cursor(), force=True)
+    fields = ("status", "attempts", "review", "sku", "prompt_name", "variant")
+    queued = sorted(tuple(e.data[f] for f in fields) for e in page.events if e.type == "job.queued")
+    assert queued == [
+        ("queued", 0, None, "SKU-1", "snow", 1),
+        ("queued", 0, None, "SKU-1", "snow", 2),
+    ]
+    succeeded = next(e.data for e in page.events if e.type == "job.succeeded")
+    assert (succeeded["status"], succeeded["attempts"], succeeded["review"]) == (
+        "succeeded", 1, "passed")  # fmt: skip
