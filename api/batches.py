@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from api import pairing
@@ -31,7 +31,7 @@ from api.sources import SourceSpool
 from api.submit import CheckedJobs, SourceRefs, check_jobs
 from shared.bulk import Cells, JsonText, cells, copy_text, insert_rows
 from shared.dispatch import nudge
-from shared.errors import InvalidRequest
+from shared.errors import InvalidRequest, NotFound
 from shared.job_events import log_batch_created
 from shared.jobs import JobStatus, cancel_queued_of_batch, retry_failed_of_batch
 from shared.models import Batch, Job, Team, utcnow
@@ -287,8 +287,12 @@ class StatusStats:
 
 
 def get_batch(session: Session, team: Team, batch_id: uuid.UUID) -> Batch:
-    """The team's batch, or NotFound (another team's batch looks the same as none)."""
-    return owned_row(session, Batch, batch_id, team, "batch")
+    """The team's batch, or NotFound (another team's batch, or one being deleted, looks the
+    same as none)."""
+    batch = owned_row(session, Batch, batch_id, team, "batch")
+    if batch.deleting_at is not None:
+        raise NotFound(f"no batch {batch_id}")
+    return batch
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -422,7 +426,7 @@ def list_batches(
     """The team's batches, newest first, one page after ``cursor``."""
     query = (
         select(Batch)
-        .where(Batch.team_id == team.id)
+        .where(Batch.team_id == team.id, Batch.deleting_at.is_(None))
         .order_by(Batch.created_at.desc(), Batch.id.desc())
         .limit(limit + 1)
     )
@@ -470,6 +474,16 @@ def cancel_batch(session: Session, batch: Batch) -> int:
     if batch.canceled_at is None:
         batch.canceled_at = utcnow()
     return cancel_queued_of_batch(session, batch.id)
+
+
+def mark_deleting(session: Session, batch: Batch) -> None:
+    """Mark the batch deleted (caller commits): only the first request's mark counts."""
+    session.execute(
+        update(Batch)
+        .where(Batch.id == batch.id, Batch.deleting_at.is_(None))
+        .values(deleting_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
 
 
 def retry_batch(session: Session, batch: Batch) -> int:

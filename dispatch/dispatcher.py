@@ -27,6 +27,7 @@ the render task claims with a conditional UPDATE and skips what it cannot claim.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -68,9 +69,9 @@ from shared.jobs import (
     rearm_reserved_by_lost_workers,
     rearm_unclaimed,
 )
-from shared.models import Job, utcnow
+from shared.models import Batch, Job, utcnow
 from shared.presets import load_presets
-from shared.prune import prune
+from shared.prune import delete_batch, prune
 from shared.registry import ModelSpec
 from shared.settings import Settings
 from shared.staging import sweep_staging
@@ -84,6 +85,8 @@ SWEEP_OUTPUTS_PER_TICK = 100
 
 
 PRUNE_EVERY_SECONDS = 60.0
+# Deleted batches finished per sweep (each a few short transactions).
+DELETIONS_PER_SWEEP = 10
 # One retention prune stops starting chunks after this: a backlog (the first run on an old
 # farm) is worked off a minute apart, so dispatching never waits on it for long.
 PRUNE_RUN_SECONDS = 10.0
@@ -135,6 +138,7 @@ class Dispatcher:
         self.on_tick = on_tick
         self._storage = storage
         self._pruned_at = -PRUNE_EVERY_SECONDS
+        self._swept_at = -math.inf  # the first tick sweeps
         # The first prune an interval after start: a farm's restarts do not all prune at once.
         self._retention_pruned_at = time.monotonic()
         # Per model: the teams' virtual times (in memory: a restart starts them even).
@@ -143,12 +147,17 @@ class Dispatcher:
         self.waiting: dict[str, Waiting] = defaultdict(Waiting)
         self.deadlines = DeadlineWatch()
 
-    def tick(self) -> TickStats:
+    def tick(self, *, sweep: bool = True) -> TickStats:
+        """Hand waiting jobs over; with ``sweep``, first take back what the clock expired
+        (leases, lost messages, canceled attempts' outputs)."""
         stats = TickStats()
-        with session_scope(self.session_factory) as session:
-            stats.requeued, stats.failed = expire_leases(session, self.settings.max_attempts)
-            stats.rearmed = self._rearm_lost(session)
-        stats.outputs_removed = self._remove_canceled_outputs()
+        if sweep:
+            self._swept_at = time.monotonic()
+            with session_scope(self.session_factory) as session:
+                stats.requeued, stats.failed = expire_leases(session, self.settings.max_attempts)
+                stats.rearmed = self._rearm_lost(session)
+            stats.outputs_removed = self._remove_canceled_outputs()
+            self._finish_deletions()
         self._housekeeping()
         with self.session_factory() as session:
             models = self._models_waiting(session)
@@ -168,6 +177,31 @@ class Dispatcher:
                 stats.rearmed,
             )
         return stats
+
+    def _finish_deletions(self) -> None:
+        # Batches their team deleted (DELETE /v1/batches/{id} answered at once) that still
+        # had running jobs: what those held goes once their canceled attempts were swept.
+        with self.session_factory() as session:
+            deleting = session.scalars(
+                select(Batch.id)
+                .where(Batch.deleting_at.is_not(None))
+                .order_by(Batch.deleting_at)
+                .limit(DELETIONS_PER_SWEEP)
+            ).all()
+        for batch_id in deleting:
+            try:
+                delete_batch(self.session_factory, self.storage, batch_id)
+            except (StorageError, TransientError) as e:  # the next sweep tries again
+                log.warning("could not finish deleting batch %s: %s", batch_id, e)
+                return
+
+    def _sweep_due(self) -> bool:
+        # Ticks come on every submission's and every claim's NOTIFY (hundreds a second on a
+        # busy farm), but what the sweeps look for changes with the clock: a lease or a
+        # re-arm is due seconds after it expires. Once per poll interval, as when idle, so a
+        # busy farm recovers as fast as a quiet one; the sweeps were 5 of a tick's 13
+        # statements.
+        return time.monotonic() - self._swept_at >= self.settings.dispatch_poll_seconds
 
     def _rearm_lost(self, session: Session) -> int:
         # Reserved by a dead worker: its message is unacked in Redis for an hour; a lease
@@ -366,7 +400,7 @@ class Dispatcher:
         try:
             while not stop.is_set():
                 try:
-                    self.tick()
+                    self.tick(sweep=self._sweep_due())
                 except Exception:  # a database restart must not end the dispatcher
                     log.exception("dispatch tick failed; retrying")
                     stop.wait(1.0)

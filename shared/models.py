@@ -269,6 +269,14 @@ class Batch(Base):
             postgresql_where=text("deadline IS NOT NULL AND completed_at IS NULL"),
             sqlite_where=text("deadline IS NOT NULL AND completed_at IS NULL"),
         ),
+        # Batches a team deleted whose rows and objects are still being removed (the
+        # dispatcher's sweep finishes them; migration 0017).
+        Index(
+            "ix_batches_deleting",
+            "deleting_at",
+            postgresql_where=text("deleting_at IS NOT NULL"),
+            sqlite_where=text("deleting_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -297,6 +305,9 @@ class Batch(Base):
     reviewed_at: Mapped[datetime | None] = mapped_column(default=None)
     priority: Mapped[str] = mapped_column(String(16), default="standard", server_default="standard")
     deadline: Mapped[datetime | None] = mapped_column(default=None)
+    # Set by DELETE /v1/batches/{id}: from then on the batch reads as gone (404) while what
+    # is left of it is removed (shared/prune.py delete_batch).
+    deleting_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class IdempotencyKey(Base):

@@ -972,10 +972,13 @@ class BatchCanceled(BaseModel):
 class BatchDeleting(BaseModel):
     id: uuid.UUID = Field(description="The batch's id.")
     status: Literal["deleting"] = Field(
-        description="deleting: its jobs are canceled and what is final is gone; a running "
-        "job's row goes once its output is removed (DELETE again: 404 when nothing is left)."
+        description="deleting: the batch reads as gone from now on (404); its jobs are "
+        "canceled and what is final is removed; a running job's output and row go after, "
+        "removed by the dispatcher within seconds."
     )
-    jobs_left: int = Field(description="Jobs still held by a worker (0: the batch is gone).")
+    jobs_left: int = Field(
+        description="Jobs still held by a worker, removed after (0: nothing is left)."
+    )
 
 
 class BatchRetried(BaseModel):

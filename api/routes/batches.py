@@ -275,9 +275,12 @@ def cancel_batch(batch_id: BatchId, team: TeamDep, session: SessionDep) -> Batch
 def delete_batch(
     batch_id: BatchId, request: Request, team: TeamDep, session: SessionDep, storage: StorageDep
 ) -> BatchDeleting:
-    """Delete the batch: cancel its jobs, remove its outputs, the sources only it uses and
-    its rows. Repeatable: 202 while anything is left, 404 once it is gone."""
+    """Delete the batch: from this answer on it reads as gone (404, here too). Its jobs are
+    canceled and its outputs, the sources only it uses and its rows removed: at once for
+    what is final, by the dispatcher for what a running job still holds (``jobs_left``)."""
     batch = service.get_batch(session, team, batch_id)
+    service.mark_deleting(session, batch)
+    session.commit()
     session.close()  # the deletion runs in short transactions of its own
     left = delete_batch_data(_session_factory(request), storage, batch.id)
     return BatchDeleting(id=batch.id, status="deleting", jobs_left=left)

@@ -26,11 +26,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api import event_stream as es
+from api.batches import get_batch
 from api.deps import CallerDep, SessionDep, SettingsDep, TeamDep, release_connection
 from api.errors import KEYED_ERRORS, errors_for
 from api.live import EventHub
 from api.owned import owned_row
-from shared.models import ApiKey, Batch, Job
+from shared.models import ApiKey, Job
 
 router = APIRouter(tags=["events"], responses=KEYED_ERRORS)
 
@@ -185,7 +186,7 @@ def batch_events(
 ) -> EventSourceResponse:
     """A snapshot of the batch, then each job's transitions and review states as they happen,
     ``batch.progress`` counts, and ``end`` once every job is final."""
-    batch = owned_row(session, Batch, batch_id, team, "batch")
+    batch = get_batch(session, team, batch_id)  # one being deleted reads as gone
     stream = Stream(request, es.Follow(team.id, batch.id), batch.job_count, caller.key_id)
     release_connection(session)  # the stream reads in its own short sessions
     return _response(stream, settings, last_event_id_header, last_event_id, follow)

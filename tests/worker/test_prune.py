@@ -297,11 +297,22 @@ def test_delete_batch_while_it_renders_cancels_then_removes_everything(farm):
     answer = farm.api.delete(f"/v1/batches/{batch}", headers=_auth(key))
     assert answer.status_code == 202, answer.text
     assert len(open_jobs) > 100, "the DELETE came while the batch rendered"
+    # Gone for the team at once, whatever is still running; listed nowhere.
+    for path in (
+        f"/v1/batches/{batch}",
+        f"/v1/batches/{batch}/jobs",
+        f"/v1/batches/{batch}/events",
+    ):
+        assert farm.api.get(path, headers=_auth(key)).status_code == 404, path
+    assert farm.api.delete(f"/v1/batches/{batch}", headers=_auth(key)).status_code == 404
+    listed = farm.api.get("/v1/batches", headers=_auth(key)).json()["batches"]
+    assert str(batch) not in [b["id"] for b in listed]
 
-    def gone() -> bool:  # running jobs' rows wait for their outputs' removal: DELETE again
-        return farm.api.delete(f"/v1/batches/{batch}", headers=_auth(key)).status_code == 404
+    def removed() -> bool:  # what running jobs held, removed by the dispatcher's sweep
+        with farm.session_factory() as s:
+            return s.get(Batch, batch) is None and not farm.jobs(batch=batch)
 
-    wait_for(gone, 30, "the batch deleted", interval=0.5)
+    wait_for(removed, 30, "the dispatcher to finish the deletion", interval=0.2)
     leftovers = list(farm.storage.list_objects(f"outputs/{team}/"))  # type: ignore[attr-defined]
     assert not leftovers, leftovers[:3]
 
