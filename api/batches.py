@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
 from api import pairing
@@ -293,6 +293,13 @@ def get_batch(session: Session, team: Team, batch_id: uuid.UUID) -> Batch:
     if batch.deleting_at is not None:
         raise NotFound(f"no batch {batch_id}")
     return batch
+
+
+def outside_deleted_batches() -> ColumnElement[bool]:
+    """Jobs not in a batch being deleted: those read as gone with it (an anti-join on the
+    partial ix_batches_deleting, empty but while a deletion runs)."""
+    deleting = select(Batch.id).where(Batch.id == Job.batch_id, Batch.deleting_at.is_not(None))
+    return ~deleting.exists()
 
 
 def _aware(value: datetime | None) -> datetime | None:

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api import idempotency
+from api.batches import outside_deleted_batches
 from api.deps import FetchSlotsDep, RegistryDep, SessionDep, SettingsDep, StorageDep, TeamDep
 from api.errors import KEYED_ERRORS, errors_for
 from api.idempotency import IdempotencyKeyHeader
@@ -231,7 +232,7 @@ def team_jobs(
     created_at): the filters narrow the rows read from it, the team always bounds them."""
     query = (
         select(Job)
-        .where(Job.team_id == team.id)
+        .where(Job.team_id == team.id, outside_deleted_batches())
         .order_by(Job.created_at.desc(), Job.id.desc())
         .limit(limit + 1)
     )

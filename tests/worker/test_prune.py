@@ -307,6 +307,7 @@ def test_delete_batch_while_it_renders_cancels_then_removes_everything(farm):
     assert farm.api.delete(f"/v1/batches/{batch}", headers=_auth(key)).status_code == 404
     listed = farm.api.get("/v1/batches", headers=_auth(key)).json()["batches"]
     assert str(batch) not in [b["id"] for b in listed]
+    assert farm.api.get(f"/v1/jobs?batch_id={batch}", headers=_auth(key)).json()["jobs"] == []
 
     def removed() -> bool:  # what running jobs held, removed by the dispatcher's sweep
         with farm.session_factory() as s:
