@@ -71,7 +71,7 @@ LOCK = text(
 # Postgres, one round trip: the first :limit teams from :first on (uuid order) with jobs
 # waiting, by a loose scan of ix_jobs_waiting (one probe per team, however many teams the
 # farm has: reading ``teams`` instead costs a probe per team in the farm, ~1 s a tick at
-# 20,000), and the teams with jobs created since :since (ix_jobs_dispatch: only those
+# 20,000), and the teams with jobs created since :since (ix_jobs_waiting_created: only those
 # rows); each with its weight and whether it has interactive jobs waiting (one probe of
 # ix_jobs_waiting_interactive). ORDER BY ... LIMIT 1, not min(): Postgres has no min() on uuid.
 TEAMS = text(

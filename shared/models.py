@@ -142,6 +142,14 @@ class Job(Base):
                 "status = 'queued' AND enqueued_at IS NULL AND priority = 'interactive'"
             ),
         ),
+        # The pick's "teams with jobs created since" (dispatch/pick.py TEAMS; migration 0015).
+        Index(
+            "ix_jobs_waiting_created",
+            "model",
+            "created_at",
+            postgresql_where=text("status = 'queued' AND enqueued_at IS NULL"),
+            sqlite_where=text("status = 'queued' AND enqueued_at IS NULL"),
+        ),
         # Observed throughput per model (shared/throughput.py).
         Index(
             "ix_jobs_model_finished",

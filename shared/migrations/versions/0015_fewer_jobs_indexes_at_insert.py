@@ -14,15 +14,25 @@ depends_on = None
 
 LEASED = "lease_expires_at IS NOT NULL"
 REVIEWED = "batch_id IS NOT NULL AND review IS NOT NULL"
+WAITING = "status = 'queued' AND enqueued_at IS NULL"
 
 
 def upgrade() -> None:
     # Each index a row is in costs every insert of it and every update that is not HOT: a
     # 10,000-job batch's COPY spent ~15 ms per index on 2 cores (docs/architecture.md,
     # "Control-plane capacity"). A new job is queued, unleased and unreviewed, so:
-    # - ix_jobs_dispatch (model, status, enqueued_at, created_at) served the pick before the
-    #   partial ix_jobs_waiting and ix_jobs_handed_over did; nothing reads it now.
+    # - ix_jobs_dispatch (model, status, enqueued_at, created_at) held every job ever; what
+    #   still reads it, the pick's "teams with jobs created since" (dispatch/pick.py TEAMS),
+    #   asks only for waiting ones: a partial (model, created_at) of those serves it, and a
+    #   job leaves it when it is handed over, so no later update of the row writes it.
     op.drop_index("ix_jobs_dispatch", table_name="jobs")
+    op.create_index(
+        "ix_jobs_waiting_created",
+        "jobs",
+        ["model", "created_at"],
+        postgresql_where=sa.text(WAITING),
+        sqlite_where=sa.text(WAITING),
+    )
     # - the lease sweeps (expired leases, canceled jobs still leased) ask for
     #   lease_expires_at < now, which only leased rows meet;
     _partial("ix_jobs_lease", ["status", "lease_expires_at"], LEASED)
@@ -39,4 +49,5 @@ def _partial(name: str, columns: list[str], where: str | None) -> None:
 def downgrade() -> None:
     _partial("ix_jobs_batch_review", ["batch_id", "review"], "batch_id IS NOT NULL")
     _partial("ix_jobs_lease", ["status", "lease_expires_at"], None)
+    op.drop_index("ix_jobs_waiting_created", table_name="jobs")
     op.create_index("ix_jobs_dispatch", "jobs", ["model", "status", "enqueued_at", "created_at"])
