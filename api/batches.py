@@ -31,7 +31,7 @@ from api.sources import SourceSpool
 from api.submit import CheckedJobs, SourceRefs, check_jobs
 from shared.bulk import Cells, JsonText, cells, copy_text, insert_rows
 from shared.dispatch import nudge
-from shared.errors import InvalidRequest, NotFound
+from shared.errors import InvalidRequest
 from shared.job_events import log_batch_created
 from shared.jobs import JobStatus, cancel_queued_of_batch, retry_failed_of_batch
 from shared.models import Batch, Job, Team, utcnow
@@ -61,6 +61,8 @@ JOB_COLUMNS = (
     *("source_key", "mask_key", "sku"),
     *("params", "variant"),
 )
+# A batch its team deleted reads as gone while what is left of it is removed.
+NOT_DELETED = Batch.deleting_at.is_(None)
 # Derived seeds keep to 53 bits so JavaScript clients read them exactly (Number is a double).
 SEED_BITS = 53
 
@@ -289,10 +291,7 @@ class StatusStats:
 def get_batch(session: Session, team: Team, batch_id: uuid.UUID) -> Batch:
     """The team's batch, or NotFound (another team's batch, or one being deleted, looks the
     same as none)."""
-    batch = owned_row(session, Batch, batch_id, team, "batch")
-    if batch.deleting_at is not None:
-        raise NotFound(f"no batch {batch_id}")
-    return batch
+    return owned_row(session, Batch, batch_id, team, "batch", NOT_DELETED)
 
 
 def outside_deleted_batches() -> ColumnElement[bool]:
@@ -433,7 +432,7 @@ def list_batches(
     """The team's batches, newest first, one page after ``cursor``."""
     query = (
         select(Batch)
-        .where(Batch.team_id == team.id, Batch.deleting_at.is_(None))
+        .where(Batch.team_id == team.id, NOT_DELETED)
         .order_by(Batch.created_at.desc(), Batch.id.desc())
         .limit(limit + 1)
     )

@@ -19,7 +19,7 @@ already read. SQLite writers take turns, so there the id alone is the order.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -63,8 +63,11 @@ def _is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def _job_data(postgres: bool) -> ColumnElement[Any]:
-    """What a job event carries, built in SQL from the row as the change left it."""
+def _job_data(
+    postgres: bool, known: Mapping[str, ColumnElement[Any]] | None = None
+) -> ColumnElement[Any]:
+    """What a job event carries, built in SQL from the row as the change left it (``known``:
+    fields whose value is not the row's now, such as a creation's first state)."""
     pairs: list[Any] = []
     for name, column in (
         ("status", Job.status),
@@ -74,7 +77,7 @@ def _job_data(postgres: bool) -> ColumnElement[Any]:
         ("prompt_name", Job.prompt_name),
         ("variant", Job.variant),
     ):
-        pairs += [literal(name), column]
+        pairs += [literal(name), (known or {}).get(name, column)]
     return func.json_build_object(*pairs) if postgres else func.json_object(*pairs)
 
 
@@ -107,17 +110,12 @@ def log_batch_created(session: Session, batch_id: uuid.UUID) -> int:
 def event_data(postgres: bool) -> ColumnElement[Any]:
     """An event row's data as streams send it: as logged, or a creation row's from its job
     (a subquery that COALESCE runs only for those rows)."""
-    pairs: list[Any] = []
-    for name, value in (
-        ("status", literal(JobStatus.QUEUED.value)),
-        ("attempts", literal(0)),
-        ("review", null()),
-        ("sku", Job.sku),
-        ("prompt_name", Job.prompt_name),
-        ("variant", Job.variant),
-    ):
-        pairs += [literal(name), value]
-    built = func.json_build_object(*pairs) if postgres else func.json_object(*pairs)
+    first: dict[str, ColumnElement[Any]] = {
+        "status": literal(JobStatus.QUEUED.value),
+        "attempts": literal(0),
+        "review": null(),
+    }
+    built = _job_data(postgres, first)
     created = select(built).where(Job.id == JobEvent.job_id).scalar_subquery()
     return func.coalesce(JobEvent.data, created, type_=JSON)
 
