@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from functools import cache
 from importlib.metadata import version
 
 from shared.models import Job
@@ -48,6 +49,7 @@ def _tag(prefix: str, name: str) -> str:
     return f"{{{_NAMESPACES[prefix]}}}{name}"
 
 
+@cache  # importlib.metadata reads the installed metadata: 1-5 ms a call, once per output
 def generator() -> str:
     """``imgfarm/<version>``: the claim generator of C2PA and XMP's CreatorTool."""
     return f"imgfarm/{version('imgfarm')}"
