@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     worker_pipeline_depth: int = Field(default=3, ge=1, le=16)
     # Threads per worker for fetching, decoding, encoding and uploading images.
     worker_io_threads: int = Field(default=8, ge=1, le=64)
+    # Of those, how many encode and score at once (None: one per CPU core). Uploads and
+    # fetches wait on the network and need many threads; encoding and scoring need a core
+    # and mostly the GIL, and more of them at once than cores only trade the GIL back and
+    # forth (bench/overhead.py, 2 cores: 8.5 -> 6.6 CPU ms per echo job, 2 slots against 8).
+    worker_cpu_threads: int | None = Field(default=None, ge=1, le=64)
     # Memory per worker for fetched source bytes (one photo, many prompts and variants:
     # fetched once). 0 turns the cache off.
     worker_source_cache_bytes: int = Field(default=256 * 1024 * 1024, ge=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from celery import Celery
@@ -21,7 +22,7 @@ from worker.content_credentials import (
     load_signing_credentials,
     resolve_teams,
 )
-from worker.context import WorkerContext
+from worker.context import WorkerContext, cpu_slots
 from worker.device import DeviceLane
 from worker.heartbeat import Heartbeat
 from worker.metrics import (
@@ -66,6 +67,7 @@ def build_worker(settings: Settings, alias: str) -> tuple[Celery, WorkerContext]
         name=worker_name(alias),
         device=device,
         io=ThreadPoolExecutor(settings.worker_io_threads, thread_name_prefix="imgfarm-io"),
+        cpu=threading.BoundedSemaphore(cpu_slots(settings.worker_cpu_threads)),
         prepared=PreparedCache(
             settings.worker_prepared_cache_bytes, on_lookup=prepared_cache_recorder(alias)
         ),

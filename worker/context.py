@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +57,12 @@ class InFlight:
             return bool(job_ids) and set(job_ids) <= self.canceled
 
 
+def cpu_slots(configured: int | None) -> int:
+    """How many io threads may encode and score at once: ``configured``, else one per core
+    this process may run on."""
+    return configured or len(os.sched_getaffinity(0))
+
+
 @dataclass
 class WorkerContext:
     settings: Settings
@@ -70,6 +77,11 @@ class WorkerContext:
     device: DeviceLane = field(default_factory=DeviceLane)
     io: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(8, thread_name_prefix="imgfarm-io")
+    )
+    # Held by an io thread while it encodes and scores (``IMGFARM_WORKER_CPU_THREADS``): that
+    # work needs a core, the uploads around it wait on the network.
+    cpu: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(cpu_slots(None))
     )
     # Decoded, resized sources by source and size (worker/prepared_cache.py); boot sizes it,
     # the default keeps nothing.

@@ -19,6 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -47,10 +48,15 @@ from shared.registry import MAX_UPSCALED_SIDE, ModelSpec
 from shared.schemas import REVIEW_THRESHOLDS, RenderParams
 from shared.storage import Storage, content_addressed, output_key
 from worker import presets as marketplace
-from worker.content_credentials import ContentCredentials, sign_output, source_ingredient
+from worker.content_credentials import (
+    ContentCredentials,
+    SigningCredential,
+    sign_output,
+    source_ingredient,
+)
 from worker.cutout import cutout_key, stored_cutout
 from worker.fidelity import Fidelity, Thresholds, review_state, score
-from worker.labels import digital_source_type, output_label, preset_label, xmp_packet
+from worker.labels import Label, digital_source_type, output_label, preset_label, xmp_packet
 from worker.masks import keep_from_alpha, keep_mask, paste_kept, repaint_mask
 from worker.pipelines import LoadedModel, kind_inputs
 from worker.pixels import batch_in, images_out, masks_in, to_pixels
@@ -402,14 +408,19 @@ def store_output(
     credentials: ContentCredentials | None = None,
     presets: Mapping[str, Preset] | None = None,
     detail: Image.Image | None = None,
+    cpu: AbstractContextManager[object] = nullcontext(),
 ) -> RenderResult:
     """Steps 4 and 5 for one item (and one more output per preset it asks for: its scene
-    presets from ``detail``, the render as the learned upscaler enlarged it, if given)."""
+    presets from ``detail``, the render as the learned upscaler enlarged it, if given).
+    ``cpu`` is held while encoding and scoring, not while storing (worker/context.py)."""
     job, params = item.job, item.params
     factor = upscale_factor(model, params)
-    if factor is not None:  # render ran the upscaler's passes; Lanczos to the exact size here
-        image = fit(image, enlarged_size((params.width, params.height), factor))
-    data = encode_output(model, storage, item, image, png_compress_level, credentials)
+    with cpu:
+        if factor is not None:  # render ran the upscaler's passes; Lanczos to the size here
+            image = fit(image, enlarged_size((params.width, params.height), factor))
+        data = encode_output(model, storage, item, image, png_compress_level, credentials)
+        # Scored on the io pool, as the encoding is: never on the device lane (worker/tasks.py).
+        fidelity, review = assess(model.spec, item, data)
     provenance = {
         "model": model.spec.alias,
         "source": model.spec.source,
@@ -432,8 +443,6 @@ def store_output(
     round_ = len(job.history or [])  # a rerender stores anew: earlier rounds' objects stay
     key = output_key(job.team_id, job.id, round_, EXTENSIONS[params.output_format])
     content_type = CONTENT_TYPES[params.output_format]
-    # Scored on the io pool, as the encoding is: never on the device lane (worker/tasks.py).
-    fidelity, review = assess(model.spec, item, data)
     metadata = {**object_metadata(job.id, provenance), **fidelity_metadata(fidelity, review)}
     storage.put(key, data, content_type, metadata=metadata)
     output = {
@@ -443,7 +452,7 @@ def store_output(
         "content_type": content_type,
     }
     extra = store_preset_outputs(
-        model, storage, item, image, presets, round_, provenance, credentials, detail
+        model, storage, item, image, presets, round_, provenance, credentials, detail, cpu
     )
     return RenderResult(
         job_id=job.id,
@@ -526,6 +535,7 @@ def store_preset_outputs(
     provenance: dict[str, Any],
     credentials: ContentCredentials | None = None,
     detail: Image.Image | None = None,
+    cpu: AbstractContextManager[object] = nullcontext(),
 ) -> list[dict[str, Any]]:
     """One more output per preset the job asks for (worker/presets.py), stored beside the
     main one (``{round}-{preset}.{ext}``), labelled as what it is. ``presets``: the worker's
@@ -543,17 +553,12 @@ def store_preset_outputs(
         if preset is None:  # the registry lost it since the api accepted the job
             raise PermanentRenderError(f"unknown preset {name!r} on this worker")
         scene = image if detail is None or preset.needs_cutout else detail
-        framed = marketplace.apply(preset, scene, cutout_of(item, image))
         label = preset_label(base, name, cutout=preset.needs_cutout)
-        data = marketplace.encode(preset, framed, xmp_packet(label))
-        if credential is not None:  # signed like the main output (encode_output)
-            import c2pa
-
-            source = source_ingredient(job.source_key, storage.get(job.source_key), item.source)
-            try:
-                data = sign_output(data, preset.format, label, source, credential)
-            except c2pa.C2paError as e:
-                raise PermanentRenderError(f"C2PA signing of preset {name!r} failed: {e}") from e
+        with cpu:
+            framed = marketplace.apply(preset, scene, cutout_of(item, image))
+            data = marketplace.encode(preset, framed, xmp_packet(label))
+            if credential is not None:  # signed like the main output (encode_output)
+                data = _sign_preset(data, preset, name, label, item, storage, credential)
         key = output_key(job.team_id, job.id, round_, preset.extension, preset=name)
         content_type = CONTENT_TYPES[preset.format]
         metadata = {**object_metadata(job.id, provenance), "preset": name}
@@ -568,6 +573,25 @@ def store_preset_outputs(
             }
         )
     return outputs
+
+
+def _sign_preset(
+    data: bytes,
+    preset: Preset,
+    name: str,
+    label: Label,
+    item: RenderItem,
+    storage: Storage,
+    credential: SigningCredential,
+) -> bytes:
+    import c2pa  # only a signing team's outputs need it (worker/content_credentials.py)
+
+    job = item.job
+    source = source_ingredient(job.source_key, storage.get(job.source_key), item.source)
+    try:
+        return sign_output(data, preset.format, label, source, credential)
+    except c2pa.C2paError as e:
+        raise PermanentRenderError(f"C2PA signing of preset {name!r} failed: {e}") from e
 
 
 def cutout_of(item: RenderItem, image: Image.Image) -> marketplace.Cutout | None:

@@ -308,6 +308,7 @@ def _store_later(
         credentials=ctx.credentials,
         presets=load_presets(ctx.settings.models),  # read once per process (cached)
         detail=detail,
+        cpu=ctx.cpu,
     )
 
 

@@ -23,6 +23,7 @@ from shared.schemas import RenderParams
 from shared.storage import LocalStorage, source_key
 from tests.certificates import make_test_signer
 from tests.factories import png_bytes
+from worker import render
 from worker.content_credentials import ContentCredentials, load_signing_credentials, resolve_teams
 from worker.labels import COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA, TRAINED_ALGORITHMIC_MEDIA
 from worker.pipelines import LoadedModel
@@ -226,3 +227,46 @@ def test_signers_file_is_checked_at_boot(tmp_path, signer, session_factory):
         load_signing_credentials(tmp_path / "junk.toml")
     with session_factory() as session:
         assert resolve_teams(session, {f"nobody-{uuid.uuid4()}": credential}).by_team == {}
+
+
+class Slot:
+    """A stand-in for the worker's CPU semaphore that says when it is held."""
+
+    def __init__(self) -> None:
+        self.held = False
+        self.times = 0
+
+    def __enter__(self) -> None:
+        self.held, self.times = True, self.times + 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.held = False
+
+
+def test_outputs_are_encoded_holding_a_cpu_slot_and_stored_without_it(storage, monkeypatch):
+    """The io pool's threads take a CPU slot to encode and score (worker/context.py) and
+    give it back before uploading, so a slow store never keeps a core's slot idle."""
+    slot, puts, encodes = Slot(), [], []
+    item = item_of(storage, "png")
+    item = RenderItem(
+        item.job, item.params.model_copy(update={"presets": ["shopify-square"]}), item.source
+    )
+    monkeypatch.setattr(storage, "put", lambda key, *a, **k: puts.append((key, slot.held)))
+    real_encode = render.encode_image
+    monkeypatch.setattr(
+        render, "encode_image", lambda *a, **k: encodes.append(slot.held) or real_encode(*a, **k)
+    )
+    result = render.store_output(
+        model_of("tiny"),
+        storage,
+        item,
+        output(),
+        worker="w",
+        batch_size=1,
+        render_seconds=0.1,
+        cpu=slot,
+    )
+    assert result.fidelity is not None
+    assert [held for _, held in puts] == [False, False]  # the render and its preset
+    assert encodes == [True]  # the main output (the preset encodes through its own module)
+    assert slot.times == 2 and not slot.held
