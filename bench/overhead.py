@@ -20,6 +20,11 @@ summary too: unlike jobs/s, they hardly move when other work shares the machine.
   then checked in storage (not timed).
 * raw Celery: N no-op tasks (the farm's Celery settings: late ack, prefetch 1, JSON) sent to
   a ``-P solo`` worker on the same Redis; each task counts itself in Redis.
+* raw Celery + output (echo): N tasks of one job each, each doing what the farm's worker does
+  for one output (fetch and decode the source through the worker's caches, encode, label,
+  score, store: worker/render.py) with no database, dispatcher or batching around it. The
+  farm against this is what its orchestration costs or saves; against the no-op, what the
+  output work itself costs too.
 * latency: single jobs through ``POST /v1/jobs``, one at a time with the worker idle,
   ``started_at - created_at`` (api commit → NOTIFY → dispatcher → Redis → claim); and for a
   raw Celery task, send → running.
@@ -51,6 +56,7 @@ from typing import Any
 
 import httpx
 from PIL import Image
+from sqlalchemy import select
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -84,6 +90,8 @@ from tests.services import ImgfarmProcess, wait_for  # noqa: E402
 SIM_ALIAS = "gpu-sim"
 H200_RESULTS = ROOT / "bench" / "results" / "h200-2026-11-28.json"
 NOOP_TASK = "bench.noop"
+OUTPUT_TASK = "bench.echo_output"
+RAW_OUTPUT = "raw Celery + output"  # one task per job, each doing the job's output work
 NOOP_QUEUE = "bench.noop"
 COUNTER_KEY = "bench:noop:done"
 STARTED_KEY = "bench:noop:started"
@@ -162,6 +170,22 @@ def run_noop_worker() -> None:
             counter.rpush(STARTED_KEY, time.time() - sent_at)
         counter.incr(COUNTER_KEY, len(job_ids))
 
+    finish = echo_output(settings)
+
+    @app.task(name=OUTPUT_TASK, acks_late=True, reject_on_worker_lost=True)
+    def output(job_ids: list[str], job: dict[str, Any]) -> None:
+        for job_id in job_ids:
+            finish(
+                Job(
+                    id=uuid.UUID(job_id),
+                    team_id=uuid.UUID(job["team_id"]),
+                    source_key=job["source_key"],
+                    params=job["params"],
+                    history=[],
+                )
+            )
+        counter.incr(COUNTER_KEY, len(job_ids))
+
     app.worker_main(
         ["worker", "--pool=solo", "--concurrency=1", f"--queues={NOOP_QUEUE}",
          f"--hostname=noop-{os.getpid()}@bench", "--task-events", "--without-gossip",
@@ -169,18 +193,47 @@ def run_noop_worker() -> None:
     )  # fmt: skip
 
 
-def raw_celery_round_trips(farm: Farm, jobs: int, timeout: float) -> tuple[int, float]:
-    """Send ``jobs`` no-op tasks, one job id each; (tasks done, seconds until the last ran)."""
+def echo_output(settings: Settings) -> Callable[[Job], object]:
+    """The worker's own steps for one echo job, with no farm around them: fetch and decode
+    the source (through the worker's caches), "render", encode, label, score and store
+    (worker/render.py), as the farm's io pool runs them for each job it claimed."""
+    from shared.registry import BUILTINS
+    from shared.storage import storage_from_settings
+    from worker.pipelines import LoadedModel
+    from worker.prepared_cache import PreparedCache
+    from worker.render import prepare, render, store_output
+    from worker.source_cache import CachingStorage
+
+    model = LoadedModel(BUILTINS["echo"], None, "cpu", "bench", 0.0)
+    storage = CachingStorage(storage_from_settings(settings), settings.worker_source_cache_bytes)
+    cache = PreparedCache(settings.worker_prepared_cache_bytes)
+
+    def finish(job: Job) -> object:
+        item = prepare(model, storage, job, cache)
+        rendered = render(model, [item])
+        return store_output(model, storage, item, rendered.images[0], worker="bench",
+                            batch_size=1, render_seconds=rendered.seconds)  # fmt: skip
+
+    return finish
+
+
+def raw_celery_round_trips(
+    farm: Farm, jobs: int, timeout: float, job: dict[str, Any] | None = None
+) -> tuple[int, float]:
+    """Send ``jobs`` tasks, one job id each: no-ops, or given a farm ``job`` (its team,
+    source and params) each doing that job's output work (``echo_output``); (tasks done,
+    seconds until the last ran)."""
     import redis
 
     counter = redis.Redis.from_url(farm.redis_url)
     counter.set(COUNTER_KEY, 0)
     app = make_celery(farm.settings, "imgfarm-bench-client")
+    task, extra = (NOOP_TASK, []) if job is None else (OUTPUT_TASK, [job])
     started = time.perf_counter()
     with app.producer_or_acquire() as producer:
         for _ in range(jobs):
             app.send_task(
-                NOOP_TASK, args=[[str(uuid.uuid4())]], queue=NOOP_QUEUE, producer=producer
+                task, args=[[str(uuid.uuid4())], *extra], queue=NOOP_QUEUE, producer=producer
             )
     done = wait_count(lambda: int(counter.get(COUNTER_KEY) or 0), jobs, timeout)
     return done, time.perf_counter() - started
@@ -220,6 +273,13 @@ def farm_latency(
         job = wait_for(lambda j=job_id: finished_job(farm, j), 30, "a latency probe", 0.005)
         seconds.append((job.started_at - job.created_at).total_seconds())
     return seconds
+
+
+def sample_job(farm: Farm) -> dict[str, Any]:
+    """A finished farm job's team, source and params, for ``echo_output``'s tasks."""
+    with farm.session_factory() as session:
+        job = session.scalars(select(Job).where(Job.status == "succeeded").limit(1)).one()
+        return {"team_id": str(job.team_id), "source_key": job.source_key, "params": job.params}
 
 
 def finished_job(farm: Farm, job_id: uuid.UUID) -> Job | None:
@@ -277,6 +337,7 @@ def measure(farm: Farm, args: argparse.Namespace) -> int:
     headers = {"Authorization": f"Bearer {farm.api_key}"}
     configs = variants(args)
     raw = Variant("raw Celery", {})
+    raw_output = Variant(RAW_OUTPUT, {})
     missing = 0
     model, side = args.model, args.source_size
     url = start_worker(farm, model)
@@ -291,7 +352,9 @@ def measure(farm: Farm, args: argparse.Namespace) -> int:
             run_batch(farm, client, model, upload_id, min(64, args.jobs), args.size, args.timeout)
 
         warm_up()
+        job = sample_job(farm)  # the params, team and source the farm's batches render
         raw_celery_round_trips(farm, min(64, args.jobs), args.timeout)
+        raw_celery_round_trips(farm, min(64, args.jobs), args.timeout, job)
         # Latency first, with the worker as configured (farm A) warm and idle.
         farm_lat = farm_latency(farm, client, upload_id, args)
         running = configs[0]
@@ -299,6 +362,10 @@ def measure(farm: Farm, args: argparse.Namespace) -> int:
             before = cpu_snapshot(farm)
             raw.runs.append(raw_celery_round_trips(farm, args.jobs, args.timeout))
             raw.cpu += cpu_used(before, cpu_snapshot(farm))
+            if args.model == "echo":  # gpu-sim measures the GPU's duty cycle, not this
+                before = cpu_snapshot(farm)
+                raw_output.runs.append(raw_celery_round_trips(farm, args.jobs, args.timeout, job))
+                raw_output.cpu += cpu_used(before, cpu_snapshot(farm))
             for config in configs if round_ % 2 == 0 else configs[::-1]:
                 if config is not running:
                     url = restart_worker(farm, model, config, warm_up)
@@ -313,7 +380,8 @@ def measure(farm: Farm, args: argparse.Namespace) -> int:
                 config.runs.append((done, seconds))
                 missing += missing_outputs(farm.session_factory, farm.settings, batch_id)
     raw_lat = raw_celery_latency(farm, args.latency_jobs, args.latency_gap)
-    summary = summarize(args, [raw, *configs], missing)
+    ran = [raw, *([raw_output] if raw_output.runs else []), *configs]
+    summary = summarize(args, ran, missing)
     summary["latency_ms"] = {"farm": latency(farm_lat), "raw Celery": latency(raw_lat)}
     if args.json:
         write_json(args.json, {"summary": summary})
@@ -334,6 +402,11 @@ def summarize(args: argparse.Namespace, ran: list[Variant], missing: int) -> dic
         "done": {name: done for name, (done, _) in best.items()},
         "jobs_per_s": rates,
         "farm / raw Celery": round(rates["farm"] / rates["raw Celery"], 3),
+        **(
+            {"farm / " + RAW_OUTPUT: round(rates["farm"] / rates[RAW_OUTPUT], 3)}
+            if RAW_OUTPUT in rates
+            else {}
+        ),
         "each round jobs/s": {v.name: [round(d / s) for d, s in v.runs] for v in ran},
         "cpu_ms_per_job": {
             v.name: {n: round(v.cpu[n] * 1000 / total, 2) for n in names if n in v.cpu} for v in ran
