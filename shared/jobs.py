@@ -23,7 +23,18 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, case, func, literal, select, update
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Uuid,
+    bindparam,
+    case,
+    column,
+    func,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from shared.events import JOB_EVENTS, JOB_NEEDS_REVIEW, emit_job_events, reopen_batch
@@ -144,23 +155,15 @@ def mark_succeeded_bulk(
     if not given:
         return []
     successes = [Success(*s) for s in given]
-
-    def per_job(column: Any, field: str) -> Any:
-        values = {s.job_id: getattr(s, field) for s in successes}
-        branches = {i: literal(v, column.type) for i, v in values.items() if v is not None}
-        return case(branches, value=Job.id, else_=column) if branches else column
-
     ids = [s.job_id for s in successes]
+    postgres = session.get_bind().dialect.name == "postgresql"
+    where, values = (_rows_of if postgres else _cases_of)(successes)
     done = _move(
         session,
-        Job.id.in_(ids),
+        where,
         (JobStatus.RUNNING,),
         JobStatus.SUCCEEDED,
-        outputs=per_job(Job.outputs, "outputs"),
-        provenance=per_job(Job.provenance, "provenance"),
-        fidelity=per_job(Job.fidelity, "fidelity"),
-        review=per_job(Job.review, "review"),
-        mask_key=per_job(Job.mask_key, "mask_key"),
+        **values,
         finished_at=utcnow(),
         lease_expires_at=None,
     )
@@ -171,6 +174,37 @@ def mark_succeeded_bulk(
         emit_job_events(session, flagged, JOB_NEEDS_REVIEW, settle_batches=False)
         log_events(session, flagged, JOB_NEEDS_REVIEW)  # and for the live streams
     return _in_order(ids, done)
+
+
+# What a success writes per job; a None value leaves that column as it was.
+_SUCCESS_COLUMNS = ("outputs", "provenance", "fidelity", "review", "mask_key")
+
+
+def _rows_of(successes: list[Success]) -> tuple[ColumnElement[bool], dict[str, Any]]:
+    """Postgres: every job's values in one JSON parameter, unpacked by json_to_recordset
+    (UPDATE ... FROM). One short statement whatever the group's size: a CASE per column
+    with a branch per job cost the worker ~10 ms of CPU per 16 jobs to build and send."""
+    rows = [
+        {"id": str(s.job_id), **{c: getattr(s, c) for c in _SUCCESS_COLUMNS}} for s in successes
+    ]
+    given = func.json_to_recordset(bindparam("rows", rows, JSON))
+    v = given.table_valued(
+        column("id", Uuid), *(column(c, Job.__table__.c[c].type) for c in _SUCCESS_COLUMNS)
+    ).render_derived("given", with_types=True)
+    values = {c: func.coalesce(v.c[c], getattr(Job, c)) for c in _SUCCESS_COLUMNS}
+    return Job.id == v.c.id, values
+
+
+def _cases_of(successes: list[Success]) -> tuple[ColumnElement[bool], dict[str, Any]]:
+    """Elsewhere (SQLite): a CASE on the job id per column."""
+
+    def per_job(column: Any, field: str) -> Any:
+        values = {s.job_id: getattr(s, field) for s in successes}
+        branches = {i: literal(v, column.type) for i, v in values.items() if v is not None}
+        return case(branches, value=Job.id, else_=column) if branches else column
+
+    values = {c: per_job(getattr(Job, c), c) for c in _SUCCESS_COLUMNS}
+    return Job.id.in_([s.job_id for s in successes]), values
 
 
 def _failed_values(error: str, now: datetime) -> dict[str, Any]:
