@@ -301,6 +301,12 @@ def outside_deleted_batches() -> ColumnElement[bool]:
     return ~deleting.exists()
 
 
+def owned_job(session: Session, job_id: uuid.UUID, team: Team) -> Job:
+    """``team``'s job ``job_id``, else NotFound; a job of a batch being deleted is gone with
+    it, as the batch is, though the dispatcher's sweep removes its row a moment later."""
+    return owned_row(session, Job, job_id, team, "job", outside_deleted_batches())
+
+
 def _aware(value: datetime | None) -> datetime | None:
     # SQLite hands timestamps back naive; they were written in UTC.
     if value is not None and value.tzinfo is None:

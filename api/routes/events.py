@@ -26,12 +26,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api import event_stream as es
-from api.batches import get_batch
+from api.batches import get_batch, owned_job
 from api.deps import CallerDep, SessionDep, SettingsDep, TeamDep, release_connection
 from api.errors import KEYED_ERRORS, errors_for
 from api.live import EventHub
-from api.owned import owned_row
-from shared.models import ApiKey, Job
+from shared.models import ApiKey
 
 router = APIRouter(tags=["events"], responses=KEYED_ERRORS)
 
@@ -211,7 +210,7 @@ def job_events(
 ) -> EventSourceResponse:
     """A snapshot of the job, then its transitions and review states, and ``end`` once it
     is final."""
-    job = owned_row(session, Job, job_id, team, "job")
+    job = owned_job(session, job_id, team)
     stream = Stream(request, es.Follow(team.id, job.batch_id, job.id), None, caller.key_id)
     release_connection(session)
     return _response(stream, settings, last_event_id_header, last_event_id, follow)

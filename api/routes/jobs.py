@@ -11,11 +11,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api import idempotency
-from api.batches import outside_deleted_batches
+from api.batches import outside_deleted_batches, owned_job
 from api.deps import FetchSlotsDep, RegistryDep, SessionDep, SettingsDep, StorageDep, TeamDep
 from api.errors import KEYED_ERRORS, errors_for
 from api.idempotency import IdempotencyKeyHeader
-from api.owned import owned_row
 from api.pagination import newest_first_page
 from api.sources import SourceSpool
 from api.submit import add_job, check_job
@@ -185,7 +184,7 @@ def get_job(
 ) -> JobPublic:
     """The job's status, params (with the seed used), timestamps and durations, outputs
     (URLs that expire) and, while it is queued, warnings."""
-    job = owned_row(session, Job, job_id, team, "job")
+    job = owned_job(session, job_id, team)
     warnings = queued_warnings(session, settings, [job]).get(job.id, [])
     return job_public(job, storage, settings.url_expiry_seconds, warnings)
 
@@ -257,7 +256,7 @@ def cancel_job(
 
     Canceling a finished job changes nothing and answers its current state.
     """
-    job = owned_row(session, Job, job_id, team, "job")
+    job = owned_job(session, job_id, team)
     cancel(session, job_id)
     session.commit()
     session.refresh(job)

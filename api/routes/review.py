@@ -12,9 +12,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api import batches as batch_service
+from api.batches import owned_job
 from api.deps import CallerDep, SessionDep, SettingsDep, StorageDep, TeamDep
 from api.errors import KEYED_ERRORS, errors_for
-from api.owned import owned_row
 from api.routes.jobs import job_public
 from shared.dispatch import nudge
 from shared.errors import InvalidRequest, NotFound
@@ -77,7 +77,7 @@ def review_job(
 ) -> JobPublic:
     """Approve or reject a succeeded job's output, with an optional note; records who (the
     key's id) and when. Deciding again replaces the decision (a person changes their mind)."""
-    job = owned_row(session, Job, job_id, team, "job")
+    job = owned_job(session, job_id, team)
     if not decide(session, job.id, body.decision, body.note, reviewer):
         session.rollback()
         session.refresh(job)

@@ -8,9 +8,9 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
+from api.batches import owned_job
 from api.deps import SessionDep, StorageDep, TeamDep
 from api.errors import KEYED_ERRORS, errors_for
-from api.owned import owned_row
 from api.thumbnails import THUMBNAIL_TYPE, cached_thumbnail, thumbnail_key
 from shared.errors import InvalidRequest, NotFound
 from shared.models import Job
@@ -56,7 +56,7 @@ def get_thumbnail(
     to a matching If-None-Match."""
     if size not in SIZES:
         raise InvalidRequest("size", f"must be one of {', '.join(map(str, SIZES))}")
-    job = owned_row(session, Job, job_id, team, "job")
+    job = owned_job(session, job_id, team)
     key, version = _object_of(job, of)
     thumb_key = thumbnail_key(team.id, key, version, size)
     etag = '"' + thumb_key.rsplit("/", 1)[-1].removesuffix(".webp") + '"'

@@ -15,7 +15,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -287,6 +287,45 @@ def test_delete_batch_removes_its_objects_and_rows_once(farm):
     assert not list(farm.storage.list_objects(thumbnails))  # type: ignore[attr-defined]
     assert farm.api.get(f"/v1/batches/{batch}", headers=_auth(key)).status_code == 404
     assert farm.api.delete(f"/v1/batches/{batch}", headers=_auth(key)).status_code == 404
+
+
+def test_a_job_of_a_batch_being_deleted_reads_as_gone_on_every_job_route(farm):
+    # Between DELETE's answer and the sweep, a job canceled while it ran keeps its row (its
+    # worker may yet store an output): its own routes must say 404, as its batch's do. Set up
+    # by hand, with a lease that does not run out, so the row is certain to be there.
+    _, key, _ = farm.team()
+    batch = farm.batch(key, [image(uuid.uuid4().int % 200 + 50)])
+    farm.rendered(batch)
+    (job,) = farm.jobs(batch=batch)
+    routes = [
+        ("get", f"/v1/jobs/{job.id}"),
+        ("get", f"/v1/jobs/{job.id}/events"),
+        ("get", f"/v1/jobs/{job.id}/thumbnail?of=source"),
+        ("post", f"/v1/jobs/{job.id}/cancel"),
+        ("post", f"/v1/jobs/{job.id}/review"),
+    ]
+
+    def answers() -> list[int]:
+        review = {"json": {"decision": "approve"}}
+        return [
+            getattr(farm.api, verb)(
+                path, headers=_auth(key), **(review if verb == "post" else {})
+            ).status_code
+            for verb, path in routes
+        ]
+
+    def deleting(at: datetime | None) -> None:
+        with session_scope(farm.session_factory) as s:
+            s.execute(update(Batch).where(Batch.id == batch).values(deleting_at=at))
+
+    with session_scope(farm.session_factory) as s:
+        leased = {"status": "canceled", "lease_expires_at": utcnow() + timedelta(hours=1)}
+        s.execute(update(Job).where(Job.id == job.id).values(**leased))
+    deleting(utcnow())
+    assert answers() == [404] * len(routes)
+    assert farm.jobs(ids=[job.id]), "the row was there all along"
+    deleting(None)  # the same row, its batch no longer deleting, is the team's again
+    assert answers() == [200, 200, 200, 200, 409]  # a canceled job is not reviewable
 
 
 def test_delete_batch_while_it_renders_cancels_then_removes_everything(farm):
