@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from bench.harness import log, write_json  # noqa: E402
 from dispatch.fair_share import FairShare  # noqa: E402
 from dispatch.pick import Waiting, pick  # noqa: E402
+from shared.db import make_engine  # noqa: E402
 from shared.migrate import upgrade  # noqa: E402
 from tests.services import PostgresDatabase  # noqa: E402
 
@@ -79,14 +80,13 @@ def fill(url: str, teams: int, active: int, jobs_per_team: int) -> None:
 def time_pick(url: str, room: int, repeat: int) -> tuple[list[float], int]:
     """Seconds of the locking pick (database reads and the fair order): a dispatcher's first,
     then ``repeat`` with its ``FairShare`` and ``Waiting`` kept; and how many the last picked."""
-    engine = create_engine(url)
+    engine = make_engine(url)  # as the dispatcher's: JIT off
     seconds, picked = [], 0
     try:
         for i in range(repeat + 2):  # the first one warms caches and the plan
             if i < 2:
                 share, waiting = FairShare(), Waiting()
             with Session(engine) as session, session.begin():
-                session.execute(text("SET LOCAL jit = off"))  # as the dispatcher does
                 started = time.perf_counter()
                 picked = len(pick(session, share, MODEL, room, datetime.now(UTC), waiting=waiting))
                 seconds.append(time.perf_counter() - started)

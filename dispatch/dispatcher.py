@@ -38,12 +38,7 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import (
-    func,
-    select,
-    text,
-    update,
-)
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatch.fair_share import FairShare
@@ -68,15 +63,16 @@ from shared.jobs import (
     outputs_removed,
     rearm_reserved_by_lost_workers,
     rearm_unclaimed,
+    unsend,
 )
-from shared.models import Batch, Job, utcnow
+from shared.models import Batch, Job, Worker, utcnow
 from shared.presets import load_presets
 from shared.prune import delete_batch, prune
 from shared.registry import ModelSpec
 from shared.settings import Settings
 from shared.staging import sweep_staging
 from shared.storage import S3Storage, Storage, delete_many, output_key, storage_from_settings
-from shared.workers import online_workers_by_model
+from shared.workers import is_online
 
 log = logging.getLogger(__name__)
 UNKNOWN_MODEL_ERROR = "model {model!r} is no longer in the registry"
@@ -159,10 +155,12 @@ class Dispatcher:
             stats.outputs_removed = self._remove_canceled_outputs()
             self._finish_deletions()
         self._housekeeping()
-        with self.session_factory() as session:
-            models = self._models_waiting(session)
-        for model in models:
-            self._dispatch_model(model, stats)
+        # One session (one connection checkout) for the tick: the models, then each model's
+        # hand-over in a transaction of its own, so its rows are unlocked before the next.
+        with session_scope(self.session_factory) as session:
+            for model in self._models_waiting(session):
+                self._dispatch_model(session, model, stats)
+                session.commit()
         if self.on_tick is not None:
             with self.session_factory() as session:
                 self.on_tick(session)
@@ -308,66 +306,60 @@ class Dispatcher:
         # SELECT DISTINCT would read every waiting row (55-72 ms per tick at 220k jobs).
         return [m for m in session.scalars(MODELS_WAITING) if m is not None]
 
-    def _online_workers(self, session: Session, model: str) -> int:
-        # The same "online" the api tells clients about (shared/workers.py).
-        online = online_workers_by_model(session, self.settings.lease_seconds, [model])
-        return len(online.get(model, []))
+    def _room(self, session: Session, model: str, max_batch: int) -> int:
+        """Jobs this model's Redis queue has room for: ``dispatch_depth_per_worker`` tasks
+        per online worker (the api's "online", shared/workers.py), less those handed over
+        and not yet claimed. One statement: it runs every tick."""
+        in_flight = (
+            select(func.count())
+            .select_from(Job)
+            .where(
+                Job.model == model,
+                Job.status == JobStatus.QUEUED.value,
+                Job.enqueued_at.is_not(None),
+            )
+            .scalar_subquery()
+        )
+        online = (
+            select(func.count())
+            .select_from(Worker)
+            .where(Worker.model == model, is_online(self.settings.lease_seconds))
+            .scalar_subquery()
+        )
+        queued, workers = session.execute(select(in_flight, online)).one()
+        depth = self.settings.dispatch_depth_per_worker * max(1, workers)
+        return int(depth * max_batch - queued)
 
-    def _dispatch_model(self, model: str, stats: TickStats) -> None:
+    def _dispatch_model(self, session: Session, model: str, stats: TickStats) -> None:
         spec = self.registry.get(model)
-        with session_scope(self.session_factory) as session:
-            if spec is None:
-                self._fail_unknown_model(session, model)
-                return
-            # 1. how much room is left in this model's Redis queue
-            in_flight = (
-                session.scalar(
-                    select(func.count())
-                    .select_from(Job)
-                    .where(
-                        Job.model == model,
-                        Job.status == JobStatus.QUEUED.value,
-                        Job.enqueued_at.is_not(None),
-                    )
-                )
-                or 0
+        if spec is None:
+            self._fail_unknown_model(session, model)
+            return
+        room = self._room(session, model, spec.max_batch)
+        if room <= 0:
+            return
+        # 1. waiting jobs by weighted fair share, taken: marked handed over and locked, so a
+        # second dispatcher skips them
+        now = utcnow()
+        urgent = self.deadlines.urgent(session, model, now)
+        share, waiting = self.shares[model], self.waiting[model]
+        rows = pick(session, share, model, room, now, urgent, waiting=waiting)
+        # 2. send compatible groups; give back what did not reach the broker
+        valid = self._drop_malformed(session, rows)
+        sent: list[uuid.UUID] = []
+        try:
+            for batch in group_compatible(valid, spec.max_batch):
+                send_render(self.celery, [str(i) for i in batch], model)
+                sent.extend(batch)
+                stats.sent_batches += 1
+        except BROKER_UNAVAILABLE as e:
+            stats.errors.append(f"{model}: {e}")
+            log.warning(
+                "broker unavailable; %s job(s) wait in Postgres: %s", len(rows) - len(sent), e
             )
-            depth = self.settings.dispatch_depth_per_worker * max(
-                1, self._online_workers(session, model)
-            )
-            room = depth * spec.max_batch - in_flight
-            if room <= 0:
-                return
-            # 2. waiting jobs by weighted fair share, locked so a second dispatcher skips them
-            now = utcnow()
-            if session.get_bind().dialect.name == "postgresql":
-                # The planner guesses each team's probe far costlier than it is, which can cross
-                # jit_above_cost: compiling then takes ~20 ms for a query that runs in ~1 ms.
-                session.execute(text("SET LOCAL jit = off"))
-            urgent = self.deadlines.urgent(session, model, now)
-            share, waiting = self.shares[model], self.waiting[model]
-            rows = pick(session, share, model, room, now, urgent, waiting=waiting)
-            # 3. send compatible groups; mark exactly what reached the broker
-            valid = self._drop_malformed(session, rows)
-            sent: list[uuid.UUID] = []
-            try:
-                for batch in group_compatible(valid, spec.max_batch):
-                    send_render(self.celery, [str(i) for i in batch], model)
-                    sent.extend(batch)
-                    stats.sent_batches += 1
-            except BROKER_UNAVAILABLE as e:
-                stats.errors.append(f"{model}: {e}")
-                log.warning(
-                    "broker unavailable; %s job(s) wait in Postgres: %s", len(rows) - len(sent), e
-                )
-            if sent:
-                session.execute(
-                    update(Job)
-                    .where(Job.id.in_(sent), Job.status == JobStatus.QUEUED.value)
-                    .values(enqueued_at=now)
-                    .execution_options(synchronize_session=False)
-                )
-            stats.sent_jobs += len(sent)
+            done = set(sent)
+            unsend(session, [job_id for job_id, _ in valid if job_id not in done])
+        stats.sent_jobs += len(sent)
 
     def _drop_malformed(
         self, session: Session, rows: Iterable[tuple[uuid.UUID, dict[str, Any]]]

@@ -19,8 +19,9 @@ the backlog to apply it, however big the backlog is:
    one ordinary query per team;
 4. a team that had fewer jobs than planned leaves its slots to the others (planned again,
    at most ``ROUNDS`` times a tick; what is still empty fills next tick);
-5. the jobs in the fair order, locked ``FOR UPDATE SKIP LOCKED``: rows another dispatcher
-   holds, or that it handed over meanwhile, are skipped (that tick sends fewer).
+5. the jobs in the fair order, locked ``FOR UPDATE SKIP LOCKED`` and marked handed over in
+   one UPDATE: rows another dispatcher holds, or that it handed over meanwhile, are skipped
+   (that tick sends fewer).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, or_, select, text
+from sqlalchemy import ColumnElement, case, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from dispatch.fair_share import PRIORITIES, RANK, Candidate, FairShare
@@ -63,10 +64,14 @@ LINES = text(
     f" CROSS JOIN LATERAL (SELECT * FROM ({_PROBE}) p LIMIT w.n) c"
 )
 _WAITING = "j.model = :model AND j.status = 'queued' AND j.enqueued_at IS NULL"
-# Postgres: ``lock`` as one prebuilt statement (the ORM's IN list costs ~1.5 ms a tick).
-LOCK = text(
-    f"SELECT j.id, j.params FROM jobs j WHERE j.id = ANY(CAST(:ids AS uuid[])) AND {_WAITING}"
-    " AND (j.not_before IS NULL OR j.not_before <= :now) FOR UPDATE SKIP LOCKED"
+# Postgres: ``take`` as one prebuilt statement (the ORM's IN list costs ~1.5 ms a tick). Rows
+# are locked and marked handed over in the one UPDATE: a SELECT ... FOR UPDATE and then an
+# UPDATE wrote each row twice (its lock, then its new version) in two round trips.
+TAKE = text(
+    "UPDATE jobs SET enqueued_at = :now WHERE id IN (SELECT j.id FROM jobs j"
+    f" WHERE j.id = ANY(CAST(:ids AS uuid[])) AND {_WAITING}"
+    " AND (j.not_before IS NULL OR j.not_before <= :now) FOR UPDATE SKIP LOCKED)"
+    " RETURNING id, params"
 )
 # Postgres, one round trip: the first :limit teams from :first on (uuid order) with jobs
 # waiting, by a loose scan of ix_jobs_waiting (one probe per team, however many teams the
@@ -177,10 +182,11 @@ def pick(
     lateral: bool | None = None,
     waiting: Waiting | None = None,
 ) -> list[tuple[uuid.UUID, dict[str, Any]]]:
-    """Lock and return (id, params) of up to ``room`` waiting jobs of ``model`` in the order
-    they are handed over; ``urgent`` batches' jobs count one priority class up. ``lateral``
-    (default: on Postgres) reads with the loose scans and LATERAL probes. ``waiting``: the
-    dispatcher's kept view of the waiting teams (default: one read in full for this pick)."""
+    """Take (``take``: marked handed over, locked till commit) and return (id, params) of up
+    to ``room`` waiting jobs of ``model`` in the order they are handed over; ``urgent``
+    batches' jobs count one priority class up. ``lateral`` (default: on Postgres) reads with
+    the loose scans and LATERAL probes. ``waiting``: the dispatcher's kept view of the
+    waiting teams (default: one read in full for this pick)."""
     postgres = session.get_bind().dialect.name == "postgresql" if lateral is None else lateral
     waiting = Waiting() if waiting is None else waiting
     waiting.refresh(session, model, now, postgres)
@@ -191,7 +197,7 @@ def pick(
     )
     waiting.drop(t for t, line in lines.items() if not line)
     order = share.order(waiting.weights, lines, room)
-    return lock(session, model, now, [c.id for c in order])
+    return take(session, model, now, [c.id for c in order])
 
 
 def teams_waiting(
@@ -324,20 +330,24 @@ def _read_urgent(
     )
 
 
-def lock(
+def take(
     session: Session, model: str, now: datetime, ids: list[uuid.UUID]
 ) -> list[tuple[uuid.UUID, dict[str, Any]]]:
-    """(id, params) of the ``ids`` still waiting and not locked by another dispatcher, in
-    the order given."""
+    """Mark the ``ids`` still waiting and not locked by another dispatcher handed over at
+    ``now`` (``enqueued_at``; their rows stay locked until the caller commits) and return
+    their (id, params) in the order given. What the caller then fails to send it gives back
+    with ``shared.jobs.unsend`` before committing."""
     if not ids:
         return []
     if session.get_bind().dialect.name == "postgresql":  # one array parameter, prebuilt
-        rows: Any = session.execute(LOCK, {"ids": ids, "model": model, "now": now}).tuples()
-    else:
+        rows: Any = session.execute(TAKE, {"ids": ids, "model": model, "now": now}).tuples()
+    else:  # SQLite: one writer at a time, nothing to skip
         rows = session.execute(
-            select(Job.id, Job.params)
+            update(Job)
             .where(Job.id.in_(ids), *waiting_clauses(Job, model, now))
-            .with_for_update(skip_locked=True)
+            .values(enqueued_at=now)
+            .returning(Job.id, Job.params)
+            .execution_options(synchronize_session=False)
         ).tuples()
     params: dict[uuid.UUID, dict[str, Any]] = dict(rows.all())
     return [(i, params[i]) for i in ids if i in params]

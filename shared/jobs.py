@@ -477,6 +477,18 @@ def reserve_jobs(session: Session, job_ids: Sequence[uuid.UUID], worker: str) ->
     return result.rowcount  # type: ignore[attr-defined, no-any-return]
 
 
+def unsend(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
+    """Back to waiting: jobs the dispatcher marked handed over (dispatch/pick.py ``take``)
+    whose message the broker then refused, in the same transaction."""
+    if job_ids:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(list(job_ids)), Job.status == JobStatus.QUEUED.value)
+            .values(enqueued_at=None)
+            .execution_options(synchronize_session=False)
+        )
+
+
 def rearm_reserved_by_lost_workers(session: Session, lease_seconds: int) -> int:
     """Hand back to the dispatcher the jobs reserved by workers gone for a lease (killed,
     out of memory) or stopped. Sending them again is safe: whichever message arrives first

@@ -141,6 +141,31 @@ def test_lone_job_behind_a_big_batch_goes_in_the_first_tick(farm):
     assert farm.sent_batches()[0][:2] == [big[0], lone]
 
 
+def test_a_broker_failing_mid_tick_leaves_what_it_refused_waiting(farm, monkeypatch):
+    # The pick marks its jobs handed over as it locks them; what the broker then refuses
+    # must commit as waiting again, and what it took as handed over (sent once, no more).
+    from dispatch import dispatcher as dispatcher_module
+
+    real_send, sends = dispatcher_module.send_render, []
+
+    def second_send_fails(app, job_ids, model):
+        sends.append(job_ids)
+        if len(sends) > 1:  # what kombu raises once its retries to a lost Redis ran out
+            raise redis_lib.exceptions.ConnectionError("Error 111 connecting: refused")
+        real_send(app, job_ids, model)
+
+    monkeypatch.setattr(dispatcher_module, "send_render", second_send_fails)
+    jobs = add_jobs(farm.session_factory, farm.model, farm.team(), 20, utcnow())
+
+    stats = farm.dispatcher(depth=3).tick()
+
+    assert stats.sent_jobs == MAX_BATCH and stats.errors
+    assert handed_over(farm.session_factory, farm.model) == set(jobs[:MAX_BATCH])
+    assert farm.sent_batches() == [jobs[:MAX_BATCH]]
+    monkeypatch.setattr(dispatcher_module, "send_render", real_send)  # the broker is back
+    assert farm.dispatcher(depth=3).tick().sent_jobs == 2 * MAX_BATCH  # the room left
+
+
 def test_three_teams_share_the_room_round_robin(farm):
     base = utcnow() - timedelta(hours=1)
     # Submitted one team after the other, as three big batches would be.
