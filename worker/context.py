@@ -20,8 +20,8 @@ from worker.prepared_cache import PreparedCache
 
 @dataclass
 class InFlight:
-    """Jobs this process holds now (claimed, waiting for the device, rendering or being
-    stored), and which of them were canceled meanwhile.
+    """Jobs this process holds now (being claimed, waiting for the device, rendering or
+    being stored), and which of them were canceled meanwhile.
 
     Several render tasks run at once (worker/device.py), each adding its jobs at start and
     removing them at the end; the heartbeat thread marks cancels: hence the lock.
@@ -39,6 +39,10 @@ class InFlight:
         with self._lock:
             self.running -= set(job_ids)
             self.canceled -= set(job_ids)
+
+    def holds(self, job_id: uuid.UUID) -> bool:
+        with self._lock:
+            return job_id in self.running
 
     def snapshot(self) -> set[uuid.UUID]:
         with self._lock:

@@ -58,6 +58,10 @@ class Reservations:
         self.writer.submit(self.record, job_ids)
 
     def record(self, job_ids: list[uuid.UUID]) -> None:
+        # A message whose task already started needs no note: its claim records the worker.
+        job_ids = [j for j in job_ids if not self.ctx.in_flight.holds(j)]
+        if not job_ids:
+            return
         try:
             with session_scope(self.ctx.session_factory) as session:
                 reserve_jobs(session, job_ids, self.ctx.name)

@@ -316,12 +316,18 @@ def run_render(ctx: WorkerContext, job_ids: list[uuid.UUID]) -> BatchSummary:
     """Claim, prepare, render and record a batch. Idempotent: jobs already claimed,
     finished or canceled are skipped, so a message delivered twice renders once."""
     summary = BatchSummary(model=ctx.model.spec.alias)
-    jobs = claim_jobs(ctx, job_ids)
+    # Held from before the claim, so the reservation note (worker/heartbeat.py) skips a
+    # message whose task has started instead of racing its claim for the same rows.
+    ctx.in_flight.start(job_ids)
+    jobs: list[Job] = []
+    try:
+        jobs = claim_jobs(ctx, job_ids)
+    finally:  # what was not claimed (another's, finished, or the claim failed) is not held
+        ids = [j.id for j in jobs]
+        ctx.in_flight.finish(list(set(job_ids) - set(ids)))
     summary.outcomes["skipped"] = len(job_ids) - len(jobs)
     if not jobs:
         return summary
-    ids = [j.id for j in jobs]
-    ctx.in_flight.start(ids)
     try:
         _render_claimed(ctx, jobs, summary)
     except Exception as e:

@@ -10,7 +10,7 @@ import pytest
 from kombu.exceptions import OperationalError
 from sqlalchemy import insert, select
 
-from shared.db import session_scope
+from shared.db import make_engine, make_session_factory, session_scope
 from shared.models import Job
 from shared.registry import ModelSpec
 from shared.settings import Settings
@@ -126,6 +126,36 @@ def test_jobs_reserved_by_a_dead_or_stopped_worker_are_rearmed_at_once(settings,
     assert {holders[j] for j in held[live]} == {live}
     assert {holders[j] for j in held[dead] + held[stopped]} == {None}
     assert stats.sent_jobs == 4
+
+
+def test_the_reservation_note_leaves_jobs_its_task_is_claiming(settings, session_factory):
+    # A message's note and its task's claim race for the same rows when the task starts at
+    # once: the note skips jobs the task already holds, and rows another transaction has
+    # locked (that claim), rather than wait on them or write a row version for nothing.
+    from types import SimpleNamespace
+
+    from shared.jobs import claim_jobs_bulk
+    from shared.models import utcnow
+    from worker.context import InFlight
+    from worker.heartbeat import Reservations
+
+    model = f"note-{uuid.uuid4().hex[:6]}"
+    started, claiming, waiting = (
+        add_jobs(session_factory, model, 1, enqueued_at=utcnow()) for _ in range(3)
+    )
+    # Waiting on the open claim below would wait on this very thread: give up after 2 s.
+    engine = make_engine(settings.database_url, connect_args={"options": "-c lock_timeout=2s"})
+    ctx = SimpleNamespace(
+        in_flight=InFlight(), session_factory=make_session_factory(engine), name="w-note"
+    )
+    ctx.in_flight.start(started)
+    with session_scope(session_factory) as claim:
+        assert claim_jobs_bulk(claim, claiming, "w-other", 300) == claiming  # not committed
+        Reservations(ctx).record(started + claiming + waiting)  # type: ignore[arg-type]
+    engine.dispose()
+    with session_factory() as s:
+        holders = dict(s.execute(select(Job.id, Job.worker).where(Job.model == model)).all())
+    assert holders == {started[0]: None, claiming[0]: "w-other", waiting[0]: "w-note"}
 
 
 def test_a_restarted_worker_of_the_same_name_gives_back_what_its_predecessor_held(

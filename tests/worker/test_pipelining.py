@@ -123,7 +123,11 @@ def behind_a_busy_device(ctx: WorkerContext, ids: list[uuid.UUID]) -> Iterator[l
     release = threading.Event()
     threading.Thread(target=lambda: ctx.device.run(release.wait, WAIT), daemon=True).start()
     task, out = in_thread(lambda: run_render(ctx, ids))
-    wait_for(lambda: ctx.in_flight.snapshot() == set(ids), WAIT, "the task's claim")
+
+    def claimed() -> bool:  # in the database: the task holds them in memory from just before
+        return {j.status for j in rows(ctx.session_factory, ids).values()} == {"running"}
+
+    wait_for(claimed, WAIT, "the task's claim")
     yield out
     release.set()
     task.join(WAIT)
