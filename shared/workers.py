@@ -7,7 +7,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import BindParameter, ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from shared.models import Worker, utcnow
@@ -23,9 +23,10 @@ def online_cutoff(lease_seconds: int, now: datetime | None = None) -> datetime:
     return (now or utcnow()) - timedelta(seconds=window)
 
 
-def is_online(lease_seconds: int) -> ColumnElement[bool]:
-    """The ``workers`` rows that count as online now."""
-    return Worker.stopped_at.is_(None) & (Worker.last_seen_at > online_cutoff(lease_seconds))
+def is_online(cutoff: datetime | BindParameter[datetime]) -> ColumnElement[bool]:
+    """The ``workers`` rows that count as online, given ``online_cutoff`` (or a parameter
+    bound to it, in a statement built once)."""
+    return Worker.stopped_at.is_(None) & (Worker.last_seen_at > cutoff)
 
 
 def online_workers_by_model(
@@ -35,7 +36,7 @@ def online_workers_by_model(
     ``models``)."""
     query = (
         select(Worker.model, Worker.name)
-        .where(is_online(lease_seconds))
+        .where(is_online(online_cutoff(lease_seconds)))
         .order_by(Worker.model, Worker.name)
     )
     if models is not None:
