@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, or_, select, text, update
+from sqlalchemy import ColumnElement, case, select, text
 from sqlalchemy.orm import Session
 
 from dispatch.fair_share import PRIORITIES, RANK, Candidate, FairShare
-from shared.jobs import JobStatus
+from shared.jobs import JobStatus, hand_over, waiting_clauses
 from shared.models import Job, Team
 
 ROUNDS = 3
@@ -64,15 +64,6 @@ LINES = text(
     f" CROSS JOIN LATERAL (SELECT * FROM ({_PROBE}) p LIMIT w.n) c"
 )
 _WAITING = "j.model = :model AND j.status = 'queued' AND j.enqueued_at IS NULL"
-# Postgres: ``take`` as one prebuilt statement (the ORM's IN list costs ~1.5 ms a tick). Rows
-# are locked and marked handed over in the one UPDATE: a SELECT ... FOR UPDATE and then an
-# UPDATE wrote each row twice (its lock, then its new version) in two round trips.
-TAKE = text(
-    "UPDATE jobs SET enqueued_at = :now WHERE id IN (SELECT j.id FROM jobs j"
-    f" WHERE j.id = ANY(CAST(:ids AS uuid[])) AND {_WAITING}"
-    " AND (j.not_before IS NULL OR j.not_before <= :now) FOR UPDATE SKIP LOCKED)"
-    " RETURNING id, params"
-)
 # Postgres, one round trip: the first :limit teams from :first on (uuid order) with jobs
 # waiting, by a loose scan of ix_jobs_waiting (one probe per team, however many teams the
 # farm has: reading ``teams`` instead costs a probe per team in the farm, ~1 s a tick at
@@ -99,16 +90,6 @@ TEAMS = text(
     FROM found f JOIN teams t ON t.id = f.team_id
     """
 )
-
-
-def waiting_clauses(jobs: type[Job], model: str, now: datetime) -> list[ColumnElement[bool]]:
-    """Rows of ``jobs`` (``Job`` or an alias) the dispatcher may hand over at ``now``."""
-    return [
-        jobs.model == model,
-        jobs.status == JobStatus.QUEUED.value,
-        jobs.enqueued_at.is_(None),
-        or_(jobs.not_before.is_(None), jobs.not_before <= now),
-    ]
 
 
 @dataclass
@@ -182,11 +163,11 @@ def pick(
     lateral: bool | None = None,
     waiting: Waiting | None = None,
 ) -> list[tuple[uuid.UUID, dict[str, Any]]]:
-    """Take (``take``: marked handed over, locked till commit) and return (id, params) of up
-    to ``room`` waiting jobs of ``model`` in the order they are handed over; ``urgent``
-    batches' jobs count one priority class up. ``lateral`` (default: on Postgres) reads with
-    the loose scans and LATERAL probes. ``waiting``: the dispatcher's kept view of the
-    waiting teams (default: one read in full for this pick)."""
+    """Take (``shared.jobs.hand_over``: marked handed over, locked till commit) and return
+    (id, params) of up to ``room`` waiting jobs of ``model`` in the order they are handed
+    over; ``urgent`` batches' jobs count one priority class up. ``lateral`` (default: on
+    Postgres) reads with the loose scans and LATERAL probes. ``waiting``: the dispatcher's
+    kept view of the waiting teams (default: one read in full for this pick)."""
     postgres = session.get_bind().dialect.name == "postgresql" if lateral is None else lateral
     waiting = Waiting() if waiting is None else waiting
     waiting.refresh(session, model, now, postgres)
@@ -197,7 +178,7 @@ def pick(
     )
     waiting.drop(t for t, line in lines.items() if not line)
     order = share.order(waiting.weights, lines, room)
-    return take(session, model, now, [c.id for c in order])
+    return hand_over(session, model, now, [c.id for c in order])
 
 
 def teams_waiting(
@@ -328,26 +309,3 @@ def _read_urgent(
             .limit(max(wanted.values()) * len(urgent))
         )
     )
-
-
-def take(
-    session: Session, model: str, now: datetime, ids: list[uuid.UUID]
-) -> list[tuple[uuid.UUID, dict[str, Any]]]:
-    """Mark the ``ids`` still waiting and not locked by another dispatcher handed over at
-    ``now`` (``enqueued_at``; their rows stay locked until the caller commits) and return
-    their (id, params) in the order given. What the caller then fails to send it gives back
-    with ``shared.jobs.unsend`` before committing."""
-    if not ids:
-        return []
-    if session.get_bind().dialect.name == "postgresql":  # one array parameter, prebuilt
-        rows: Any = session.execute(TAKE, {"ids": ids, "model": model, "now": now}).tuples()
-    else:  # SQLite: one writer at a time, nothing to skip
-        rows = session.execute(
-            update(Job)
-            .where(Job.id.in_(ids), *waiting_clauses(Job, model, now))
-            .values(enqueued_at=now)
-            .returning(Job.id, Job.params)
-            .execution_options(synchronize_session=False)
-        ).tuples()
-    params: dict[uuid.UUID, dict[str, Any]] = dict(rows.all())
-    return [(i, params[i]) for i in ids if i in params]

@@ -32,6 +32,7 @@ from sqlalchemy import (
     column,
     func,
     literal,
+    or_,
     select,
     text,
     update,
@@ -492,9 +493,53 @@ def reserve_jobs(session: Session, job_ids: Sequence[uuid.UUID], worker: str) ->
     return result.rowcount  # type: ignore[attr-defined, no-any-return]
 
 
+def waiting_clauses(jobs: type[Job], model: str, now: datetime) -> list[ColumnElement[bool]]:
+    """Rows of ``jobs`` (``Job`` or an alias) the dispatcher may hand over at ``now``."""
+    return [
+        jobs.model == model,
+        jobs.status == JobStatus.QUEUED.value,
+        jobs.enqueued_at.is_(None),
+        or_(jobs.not_before.is_(None), jobs.not_before <= now),
+    ]
+
+
+# Postgres: ``hand_over`` as one prebuilt statement (the ORM's IN list costs ~1.5 ms a tick).
+# Rows are locked and marked in the one UPDATE: a SELECT ... FOR UPDATE and then an UPDATE
+# wrote each row twice (its lock, then its new version) in two round trips.
+HAND_OVER = text(
+    "UPDATE jobs SET enqueued_at = :now WHERE id IN (SELECT j.id FROM jobs j"
+    " WHERE j.id = ANY(CAST(:ids AS uuid[])) AND j.model = :model AND j.status = 'queued'"
+    " AND j.enqueued_at IS NULL AND (j.not_before IS NULL OR j.not_before <= :now)"
+    " FOR UPDATE SKIP LOCKED) RETURNING id, params"
+)
+
+
+def hand_over(
+    session: Session, model: str, now: datetime, ids: list[uuid.UUID]
+) -> list[tuple[uuid.UUID, dict[str, Any]]]:
+    """Mark the ``ids`` still waiting and not locked by another dispatcher handed over at
+    ``now`` (``enqueued_at``; their rows stay locked until the caller commits) and return
+    their (id, params) in the order given. What the caller then fails to send it gives back
+    with ``unsend`` before committing."""
+    if not ids:
+        return []
+    if session.get_bind().dialect.name == "postgresql":  # one array parameter, prebuilt
+        rows: Any = session.execute(HAND_OVER, {"ids": ids, "model": model, "now": now})
+    else:  # SQLite: one writer at a time, nothing to skip
+        rows = session.execute(
+            update(Job)
+            .where(Job.id.in_(ids), *waiting_clauses(Job, model, now))
+            .values(enqueued_at=now)
+            .returning(Job.id, Job.params)
+            .execution_options(synchronize_session=False)
+        )
+    params: dict[uuid.UUID, dict[str, Any]] = dict(rows.tuples().all())
+    return [(i, params[i]) for i in ids if i in params]
+
+
 def unsend(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
-    """Back to waiting: jobs the dispatcher marked handed over (dispatch/pick.py ``take``)
-    whose message the broker then refused, in the same transaction."""
+    """Back to waiting: jobs the dispatcher marked handed over (``hand_over``) whose message
+    the broker then refused, in the same transaction."""
     if job_ids:
         session.execute(
             update(Job)
