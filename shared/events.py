@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -227,6 +227,7 @@ def emit_job_events(
     now = utcnow()
     written = 0
     batch_ids: set[uuid.UUID] = set()
+    known: dict[uuid.UUID, list[Endpoint]] = {}  # the teams' endpoints, read once here
     for start in range(0, len(job_ids), CHUNK):
         # Columns, not ORM objects: the caller's session may hold a stale Job from before
         # its own UPDATE (transitions do not synchronise the session).
@@ -235,6 +236,7 @@ def emit_job_events(
         ).all()
         batch_ids.update(j.batch_id for j in jobs if j.batch_id is not None)
         endpoints = team_endpoints(session, {j.team_id for j in jobs})
+        known.update(endpoints)
         batch_urls = _batch_urls(session, {j.batch_id for j in jobs if j.batch_id is not None})
         rows: list[dict[str, Any]] = []
         for job in jobs:
@@ -254,7 +256,9 @@ def emit_job_events(
             written += len(rows)
     # Sorted: two transactions settling the same batches lock them in one order (no deadlock).
     for batch_id in sorted(batch_ids) if settle_batches else ():
-        written += settle_batch(session, batch_id, now, progress_seconds=progress_seconds)
+        written += settle_batch(
+            session, batch_id, now, progress_seconds=progress_seconds, endpoints=known
+        )
     return written
 
 
@@ -295,9 +299,11 @@ def settle_batch(
     now: datetime | None = None,
     *,
     progress_seconds: float = BATCH_PROGRESS_SECONDS,
+    endpoints: Mapping[uuid.UUID, list[Endpoint]] | None = None,
 ) -> int:
     """After a job of the batch reached a final state: send batch.completed if no job is
-    left (exactly once), else batch.progress if its interval passed. Returns rows written."""
+    left (exactly once), else batch.progress if its interval passed. Returns rows written.
+    ``endpoints``: its team's, if the caller read them in this transaction already."""
     now = now or utcnow()
     # 1. lock the batch row: whoever finishes a job of this batch waits here for the others
     # to commit, so the last one to check sees every other job final.
@@ -310,12 +316,13 @@ def settle_batch(
     )
     if left is None:
         # every output passed: batch.reviewed follows batch.completed at once
-        return _complete_batch(session, batch, now) + settle_review(session, batch_id, now)
+        completed = _complete_batch(session, batch, now, endpoints)
+        return completed + settle_review(session, batch_id, now)
     if progress_seconds > 0 and (
         batch.progress_sent_at is None
         or (now - batch.progress_sent_at).total_seconds() >= progress_seconds
     ):
-        return _progress(session, batch, now)
+        return _progress(session, batch, now, endpoints)
     return 0
 
 
@@ -330,7 +337,12 @@ def reopen_batch(session: Session, batch_id: uuid.UUID) -> None:
     )
 
 
-def _complete_batch(session: Session, batch: Any, now: datetime) -> int:
+def _complete_batch(
+    session: Session,
+    batch: Any,
+    now: datetime,
+    endpoints: Mapping[uuid.UUID, list[Endpoint]] | None = None,
+) -> int:
     won = session.execute(
         update(Batch)
         .where(Batch.id == batch.id, Batch.completed_at.is_(None))
@@ -339,7 +351,7 @@ def _complete_batch(session: Session, batch: Any, now: datetime) -> int:
     ).rowcount  # type: ignore[attr-defined]
     if won != 1:
         return 0
-    targets = _batch_targets(session, batch, BATCH_COMPLETED)
+    targets = _batch_targets(session, batch, BATCH_COMPLETED, endpoints)
     if not targets:
         return 0
     counts = batch_counts(session, batch.id)
@@ -360,8 +372,13 @@ def _complete_batch(session: Session, batch: Any, now: datetime) -> int:
     return len(rows)
 
 
-def _progress(session: Session, batch: Any, now: datetime) -> int:
-    targets = _batch_targets(session, batch, BATCH_PROGRESS)
+def _progress(
+    session: Session,
+    batch: Any,
+    now: datetime,
+    endpoints: Mapping[uuid.UUID, list[Endpoint]] | None = None,
+) -> int:
+    targets = _batch_targets(session, batch, BATCH_PROGRESS, endpoints)
     if not targets:
         return 0
     session.execute(
@@ -383,8 +400,17 @@ def _progress(session: Session, batch: Any, now: datetime) -> int:
     return len(rows)
 
 
-def _batch_targets(session: Session, batch: Any, event_type: str) -> list[Target]:
-    endpoints = team_endpoints(session, [batch.team_id])[batch.team_id]
+def _batch_targets(
+    session: Session,
+    batch: Any,
+    event_type: str,
+    known: Mapping[uuid.UUID, list[Endpoint]] | None = None,
+) -> list[Target]:
+    """The batch's URL and its team's endpoints subscribed to ``event_type``: from ``known``
+    (read earlier in this transaction) where it has the team, else read now."""
+    endpoints = (known or {}).get(batch.team_id)
+    if endpoints is None:
+        endpoints = team_endpoints(session, [batch.team_id])[batch.team_id]
     return targets_for(event_type, [batch.webhook_url], endpoints)
 
 

@@ -32,6 +32,9 @@ class Rendered(Protocol):
     def job_id(self) -> uuid.UUID: ...
 
     @property
+    def team_id(self) -> uuid.UUID: ...
+
+    @property
     def provenance(self) -> dict[str, Any]: ...
 
 
@@ -51,12 +54,10 @@ def add_usage(session: Session, results: Sequence[Rendered]) -> None:
     upsert per (team, model); the caller's transaction commits it with the successes."""
     if not results:
         return
-    query = select(Job.id, Job.team_id).where(Job.id.in_([r.job_id for r in results]))
-    teams = {job_id: team_id for job_id, team_id in session.execute(query)}
     images: Counter[tuple[uuid.UUID, str]] = Counter()
     seconds: defaultdict[tuple[uuid.UUID, str], float] = defaultdict(float)
     for result in results:
-        key = (teams[result.job_id], str(result.provenance["model"]))
+        key = (result.team_id, str(result.provenance["model"]))
         images[key] += 1
         seconds[key] += gpu_seconds_of(result.provenance)
     month = month_of()

@@ -106,6 +106,7 @@ class RenderResult:
     """What a render produced and how, ready for ``mark_succeeded_bulk``."""
 
     job_id: uuid.UUID
+    team_id: uuid.UUID  # whose usage it counts to (shared/usage.py)
     outputs: list[dict[str, Any]]
     provenance: dict[str, Any]
     # The stored output's scores against its source, and the review state they decide.
@@ -456,6 +457,7 @@ def store_output(
     )
     return RenderResult(
         job_id=job.id,
+        team_id=job.team_id,
         outputs=[output, *extra],
         provenance=provenance,
         fidelity=fidelity,

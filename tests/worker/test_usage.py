@@ -85,6 +85,7 @@ def test_add_usage_upserts_on_sqlite_too(tmp_path):
             done = [
                 SimpleNamespace(
                     job_id=jobs[0].id,
+                    team_id=team.id,
                     provenance={"model": "echo", "render_seconds": 0.5, "batch_size": 2},
                 )
             ]
