@@ -36,7 +36,7 @@ from sqlalchemy import ColumnElement, case, select, text
 from sqlalchemy.orm import Session
 
 from dispatch.fair_share import PRIORITIES, RANK, Candidate, FairShare
-from shared.jobs import JobStatus, hand_over, waiting_clauses
+from shared.jobs import WAITING_SQL, JobStatus, hand_over, waiting_clauses
 from shared.models import Job, Team
 
 ROUNDS = 3
@@ -63,7 +63,6 @@ LINES = text(
     " unnest(CAST(:teams AS uuid[]), CAST(:limits AS int[])) AS w(team_id, n)"
     f" CROSS JOIN LATERAL (SELECT * FROM ({_PROBE}) p LIMIT w.n) c"
 )
-_WAITING = "j.model = :model AND j.status = 'queued' AND j.enqueued_at IS NULL"
 # Postgres, one round trip: the first :limit teams from :first on (uuid order) with jobs
 # waiting, by a loose scan of ix_jobs_waiting (one probe per team, however many teams the
 # farm has: reading ``teams`` instead costs a probe per team in the farm, ~1 s a tick at
@@ -73,19 +72,19 @@ _WAITING = "j.model = :model AND j.status = 'queued' AND j.enqueued_at IS NULL"
 TEAMS = text(
     f"""
     WITH RECURSIVE swept(team_id, n) AS (
-        SELECT (SELECT j.team_id FROM jobs j WHERE {_WAITING} AND j.team_id >= :first
+        SELECT (SELECT j.team_id FROM jobs j WHERE {WAITING_SQL} AND j.team_id >= :first
                 ORDER BY j.team_id LIMIT 1), 1
         UNION ALL
-        SELECT (SELECT j.team_id FROM jobs j WHERE {_WAITING} AND j.team_id > s.team_id
+        SELECT (SELECT j.team_id FROM jobs j WHERE {WAITING_SQL} AND j.team_id > s.team_id
                 ORDER BY j.team_id LIMIT 1), s.n + 1
         FROM swept s WHERE s.team_id IS NOT NULL AND s.n < :limit
     ), found(team_id, swept) AS (
         SELECT team_id, true FROM swept WHERE team_id IS NOT NULL
         UNION ALL
-        SELECT DISTINCT j.team_id, false FROM jobs j WHERE {_WAITING} AND j.created_at >= :since
+        SELECT DISTINCT j.team_id, false FROM jobs j WHERE {WAITING_SQL} AND j.created_at >= :since
     )
     SELECT t.id, t.weight, f.swept, EXISTS (
-        SELECT FROM jobs j WHERE {_WAITING} AND j.team_id = t.id
+        SELECT FROM jobs j WHERE {WAITING_SQL} AND j.team_id = t.id
           AND j.priority = '{PRIORITIES[0]}') AS fast
     FROM found f JOIN teams t ON t.id = f.team_id
     """

@@ -341,7 +341,7 @@ def _complete_batch(
     session: Session,
     batch: Any,
     now: datetime,
-    endpoints: Mapping[uuid.UUID, list[Endpoint]] | None = None,
+    endpoints: Mapping[uuid.UUID, list[Endpoint]] | None,
 ) -> int:
     won = session.execute(
         update(Batch)
@@ -376,7 +376,7 @@ def _progress(
     session: Session,
     batch: Any,
     now: datetime,
-    endpoints: Mapping[uuid.UUID, list[Endpoint]] | None = None,
+    endpoints: Mapping[uuid.UUID, list[Endpoint]] | None,
 ) -> int:
     targets = _batch_targets(session, batch, BATCH_PROGRESS, endpoints)
     if not targets:

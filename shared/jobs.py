@@ -503,13 +503,16 @@ def waiting_clauses(jobs: type[Job], model: str, now: datetime) -> list[ColumnEl
     ]
 
 
+# The same rows in SQL, of a ``jobs j`` with ``:model`` bound (the dispatcher's prebuilt
+# statements; ``not_before`` is checked where a statement needs it, against ``:now``).
+WAITING_SQL = "j.model = :model AND j.status = 'queued' AND j.enqueued_at IS NULL"
 # Postgres: ``hand_over`` as one prebuilt statement (the ORM's IN list costs ~1.5 ms a tick).
 # Rows are locked and marked in the one UPDATE: a SELECT ... FOR UPDATE and then an UPDATE
 # wrote each row twice (its lock, then its new version) in two round trips.
 HAND_OVER = text(
     "UPDATE jobs SET enqueued_at = :now WHERE id IN (SELECT j.id FROM jobs j"
-    " WHERE j.id = ANY(CAST(:ids AS uuid[])) AND j.model = :model AND j.status = 'queued'"
-    " AND j.enqueued_at IS NULL AND (j.not_before IS NULL OR j.not_before <= :now)"
+    f" WHERE j.id = ANY(CAST(:ids AS uuid[])) AND {WAITING_SQL}"
+    " AND (j.not_before IS NULL OR j.not_before <= :now)"
     " FOR UPDATE SKIP LOCKED) RETURNING id, params"
 )
 
@@ -540,11 +543,18 @@ def hand_over(
 def unsend(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
     """Back to waiting: jobs the dispatcher marked handed over (``hand_over``) whose message
     the broker then refused, in the same transaction."""
+    _set_while(session, job_ids, JobStatus.QUEUED, enqueued_at=None)
+
+
+def _set_while(
+    session: Session, job_ids: Sequence[uuid.UUID], status: JobStatus, **values: Any
+) -> None:
+    """Set ``values`` (never the status) on those of ``job_ids`` still in ``status``."""
     if job_ids:
         session.execute(
             update(Job)
-            .where(Job.id.in_(list(job_ids)), Job.status == JobStatus.QUEUED.value)
-            .values(enqueued_at=None)
+            .where(Job.id.in_(list(job_ids)), Job.status == status.value)
+            .values(**values)
             .execution_options(synchronize_session=False)
         )
 
@@ -655,10 +665,4 @@ def canceled_with_outputs(session: Session, limit: int) -> list[CanceledAttempt]
 
 def outputs_removed(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
     """Clear the mark ``canceled_with_outputs`` looks for: nothing of these jobs remains."""
-    if job_ids:
-        session.execute(
-            update(Job)
-            .where(Job.id.in_(list(job_ids)), Job.status == JobStatus.CANCELED.value)
-            .values(lease_expires_at=None)
-            .execution_options(synchronize_session=False)
-        )
+    _set_while(session, job_ids, JobStatus.CANCELED, lease_expires_at=None)

@@ -40,9 +40,10 @@ class InFlight:
             self.running -= set(job_ids)
             self.canceled -= set(job_ids)
 
-    def holds(self, job_id: uuid.UUID) -> bool:
+    def not_held(self, job_ids: list[uuid.UUID]) -> list[uuid.UUID]:
+        """Those of ``job_ids`` this process does not hold, in order."""
         with self._lock:
-            return job_id in self.running
+            return [j for j in job_ids if j not in self.running]
 
     def snapshot(self) -> set[uuid.UUID]:
         with self._lock:

@@ -59,7 +59,7 @@ class Reservations:
 
     def record(self, job_ids: list[uuid.UUID]) -> None:
         # A message whose task already started needs no note: its claim records the worker.
-        job_ids = [j for j in job_ids if not self.ctx.in_flight.holds(j)]
+        job_ids = self.ctx.in_flight.not_held(job_ids)
         if not job_ids:
             return
         try:
