@@ -29,13 +29,13 @@ from sqlalchemy import (
     ColumnElement,
     Text,
     bindparam,
+    case,
     cast,
     func,
     insert,
     literal,
     null,
     select,
-    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
@@ -135,35 +135,33 @@ def _log_where(
     ).where(where)
     columns = ["team_id", "batch_id", "job_id", "type", "data", "created_at", "txid"]
     logging = insert(JobEvent).from_select(columns, rows)
-    if not postgres:  # SQLite: no INSERT inside a WITH
-        logged = session.execute(logging.returning(JobEvent.team_id, JobEvent.batch_id)).all()
-        notify(session, {(team, batch) for team, batch in logged})
-        return len(logged)
-    # Postgres counts what it wrote per (team, batch): a 10,000-job change sends back one
-    # row per batch, not 10,000 for Python to fold.
+    if not postgres:  # SQLite: no NOTIFY; the api's one poller reads the log's new rows
+        return len(session.execute(logging.returning(JobEvent.id)).all())
+    return int(session.execute(_logged_and_notified(logging)).scalar_one())
+
+
+def _logged_and_notified(logging: Any) -> Any:
+    """Postgres: the INSERT, the count of rows it wrote and the NOTIFY that wakes the streams
+    at commit, in one statement (a 10,000-job change sends back one number; a task's claim
+    and its success each took a round trip more with the NOTIFY apart). The payload is a
+    batch id, or a team id for jobs outside a batch, and for all when a change touched more
+    than ``MAX_NOTIFY_KEYS`` batches; Postgres folds a transaction's identical ones."""
     written = logging.returning(JobEvent.team_id, JobEvent.batch_id).cte("written")
-    per_batch = session.execute(
-        select(written.c.team_id, written.c.batch_id, func.count()).group_by(
-            written.c.team_id, written.c.batch_id
-        )
-    ).all()
-    notify(session, {(team, batch) for team, batch, _ in per_batch})
-    return sum(n for _, _, n in per_batch)
-
-
-def notify(session: Session, changed: set[tuple[uuid.UUID, uuid.UUID | None]]) -> None:
-    """Wake the streams of these (team, batch) pairs at commit: the payload is a batch id,
-    or a team id for jobs outside a batch (and for all when a change touched many)."""
-    if not _is_postgres(session) or not changed:
-        return  # SQLite: the api's one poller reads the log's new rows instead
-    keys = {str(batch or team) for team, batch in changed}
-    if len(keys) > MAX_NOTIFY_KEYS:
-        keys = {str(team) for team, _ in changed}
-    # Postgres folds identical notifications of one transaction into one.
-    session.execute(
-        text("SELECT pg_notify(:channel, key) FROM unnest(CAST(:keys AS text[])) AS key"),
-        {"channel": CHANNEL, "keys": sorted(keys)},
+    per = (
+        select(written.c.team_id, written.c.batch_id, func.count().label("n"))
+        .group_by(written.c.team_id, written.c.batch_id)
+        .cte("per")
     )
+    many = select(func.count()).select_from(per).scalar_subquery() > MAX_NOTIFY_KEYS
+    key = case(
+        (many, cast(per.c.team_id, Text)),
+        else_=cast(func.coalesce(per.c.batch_id, per.c.team_id), Text),
+    )
+    keys = select(key.label("key")).distinct().cte("keys")
+    rows = select(func.coalesce(func.sum(per.c.n), 0)).scalar_subquery()
+    sent = func.count(func.pg_notify(CHANNEL, keys.c.key))
+    # Counted, so every key's pg_notify runs; the INSERT runs whatever is read (a CTE's).
+    return select(rows, sent).select_from(keys)
 
 
 def prune_job_events(session: Session, older_than: datetime, limit: int = PRUNE_BATCH) -> int:

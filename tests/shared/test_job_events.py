@@ -12,7 +12,13 @@ from sqlalchemy import insert, select
 
 from api.event_stream import Cursor, Follow, read_page
 from shared.db import make_engine, make_session_factory, session_scope
-from shared.job_events import log_batch_created, log_events, prune_job_events
+from shared.job_events import (
+    CHANNEL,
+    MAX_NOTIFY_KEYS,
+    log_batch_created,
+    log_events,
+    prune_job_events,
+)
 from shared.migrate import upgrade
 from shared.models import Batch, Job, JobEvent, utcnow
 from shared.teams import ensure_team
@@ -130,3 +136,80 @@ def test_a_batchs_creation_events_read_as_each_job_was_created(backend, session_
     succeeded = next(e.data for e in page.events if e.type == "job.succeeded")
     assert (succeeded["status"], succeeded["attempts"], succeeded["review"]) == (
         "succeeded", 1, "passed")  # fmt: skip
+
+
+def _listen(settings):
+    import psycopg
+
+    url = settings.database_url.replace("postgresql+psycopg://", "postgresql://")
+    conn = psycopg.connect(url, autocommit=True)
+    conn.execute(f"LISTEN {CHANNEL}")
+    return conn
+
+
+def _heard(conn, expected: set[str]) -> set[str]:
+    """What the listener heard once ``expected`` came (or 10 s passed), and whatever else
+    came with it: a transaction's notifications are delivered together at its commit."""
+    heard: set[str] = set()
+    deadline = time.monotonic() + 10
+    while not expected <= heard and time.monotonic() < deadline:
+        heard |= {
+            n.payload for n in conn.notifies(timeout=deadline - time.monotonic(), stop_after=1)
+        }
+    return heard | {n.payload for n in conn.notifies(timeout=0)}
+
+
+def _batch_jobs(session, team_id: uuid.UUID, batches: int) -> list[uuid.UUID]:
+    ids = []
+    for _ in range(batches):
+        batch_id = uuid.uuid4()
+        session.execute(
+            insert(Batch).values(
+                id=batch_id, team_id=team_id, model="echo", seed=1, params={}, job_count=1,
+                image_count=1, prompt_count=1, variants=1,
+            )
+        )  # fmt: skip
+        ids.append(uuid.uuid4())
+        session.execute(
+            insert(Job).values(
+                id=ids[-1], team_id=team_id, batch_id=batch_id, model="echo", status="queued",
+                prompt="p", params={}, source_key="k",
+            )
+        )  # fmt: skip
+    return ids
+
+
+def test_the_change_wakes_each_batchs_streams_and_the_teams_for_its_single_jobs(
+    settings, session_factory
+):
+    team_id, single = _job(session_factory)
+    with session_scope(session_factory) as session:
+        in_batches = _batch_jobs(session, team_id, 2)
+    batch_ids = {str(b) for b in _batches_of(session_factory, in_batches)}
+    conn = _listen(settings)
+    try:
+        with session_scope(session_factory) as session:
+            assert log_events(session, [single, *in_batches], "job.running") == 3
+        assert _heard(conn, {str(team_id), *batch_ids}) == {str(team_id), *batch_ids}
+    finally:
+        conn.close()
+
+
+def test_a_change_across_more_batches_than_the_limit_wakes_their_teams_instead(
+    settings, session_factory
+):
+    team_id, _ = _job(session_factory)
+    with session_scope(session_factory) as session:
+        ids = _batch_jobs(session, team_id, MAX_NOTIFY_KEYS + 1)
+    conn = _listen(settings)
+    try:
+        with session_scope(session_factory) as session:
+            assert log_events(session, ids, "job.running") == MAX_NOTIFY_KEYS + 1
+        assert _heard(conn, {str(team_id)}) == {str(team_id)}
+    finally:
+        conn.close()
+
+
+def _batches_of(session_factory, job_ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    with session_factory() as session:
+        return list(session.scalars(select(Job.batch_id).where(Job.id.in_(job_ids))))
