@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import (
     JSON,
     ColumnElement,
+    Update,
     Uuid,
     bindparam,
     case,
@@ -83,23 +84,35 @@ def _move(
     in one UPDATE ... RETURNING; a final ``target`` writes its event for each of them in
     the same session. Returns the ids moved (in no particular order): the others were moved
     first by someone else, and their caller lost the race."""
+    moved = list(session.scalars(_moving(where, sources, target, values).returning(Job.id)))
+    _moved(session, moved, target)
+    return moved
+
+
+def _moving(
+    where: ColumnElement[bool],
+    sources: tuple[JobStatus, ...],
+    target: JobStatus,
+    values: dict[str, Any],
+) -> Update:
+    """The UPDATE of ``_move``, for its caller to say what it returns."""
     for source in sources:
         check_transition(source, target)
-    moved = list(
-        session.scalars(
-            update(Job)
-            .where(where, Job.status.in_([s.value for s in sources]))
-            .values(status=target.value, **values)
-            .returning(Job.id)
-            .execution_options(synchronize_session=False)
-        )
+    return (
+        update(Job)
+        .where(where, Job.status.in_([s.value for s in sources]))
+        .values(status=target.value, **values)
+        .execution_options(synchronize_session=False)
     )
+
+
+def _moved(session: Session, moved: list[uuid.UUID], target: JobStatus) -> None:
+    """What every move writes with it, in its transaction."""
     # The live streams' log: every move, one INSERT ... SELECT for all the jobs it moved.
     log_events(session, moved, transition_event(target))
     if moved and target in FINAL_STATES:
         # webhooks: the event rows commit with the change (transactional outbox).
         emit_job_events(session, moved, JOB_EVENTS[target])
-    return moved
 
 
 def _in_order(given: Sequence[uuid.UUID], moved: Sequence[uuid.UUID]) -> list[uuid.UUID]:
@@ -115,21 +128,33 @@ def claim_jobs_bulk(
     Each claimed job counts the attempt and takes a lease; the others (claimed by someone
     else, canceled, finished) are left alone. Returns the ids claimed, in the order given.
     """
+    return [job.id for job in claim_jobs_loaded(session, job_ids, worker, lease_seconds)]
+
+
+def claim_jobs_loaded(
+    session: Session, job_ids: Sequence[uuid.UUID], worker: str, lease_seconds: int
+) -> list[Job]:
+    """``claim_jobs_bulk``, returning the claimed jobs themselves as the UPDATE left them
+    (its RETURNING: a worker needs every field to render, and a SELECT after the claim was
+    one more round trip per task)."""
     if not job_ids:
         return []
     now = utcnow()
-    claimed = _move(
-        session,
+    claiming = _moving(
         Job.id.in_(list(job_ids)),
         (JobStatus.QUEUED,),
         JobStatus.RUNNING,
-        worker=worker,
-        started_at=now,
-        attempts=Job.attempts + 1,
-        error=None,
-        lease_expires_at=now + timedelta(seconds=lease_seconds),
+        {
+            "worker": worker,
+            "started_at": now,
+            "attempts": Job.attempts + 1,
+            "error": None,
+            "lease_expires_at": now + timedelta(seconds=lease_seconds),
+        },
     )
-    return _in_order(job_ids, claimed)
+    jobs = {job.id: job for job in session.scalars(claiming.returning(Job))}
+    _moved(session, list(jobs), JobStatus.RUNNING)
+    return [jobs[j] for j in job_ids if j in jobs]
 
 
 class Success(NamedTuple):

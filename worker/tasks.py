@@ -33,7 +33,7 @@ from shared.dispatch import nudge
 from shared.errors import ImgfarmError
 from shared.jobs import (
     JobStatus,
-    claim_jobs_bulk,
+    claim_jobs_loaded,
     mark_failed_bulk,
     mark_succeeded_bulk,
     requeue,
@@ -102,12 +102,11 @@ class BatchSummary:
 def claim_jobs(ctx: WorkerContext, job_ids: list[uuid.UUID]) -> list[Job]:
     """Claim what is still claimable, in one transaction; the rest is someone else's."""
     with session_scope(ctx.session_factory) as session:
-        # One UPDATE ... RETURNING and one SELECT, whatever the number of jobs.
-        claimed = claim_jobs_bulk(session, job_ids, ctx.name, ctx.settings.lease_seconds)
-        by_id = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(claimed)))}
+        # One UPDATE ... RETURNING the jobs, whatever their number.
+        claimed = claim_jobs_loaded(session, job_ids, ctx.name, ctx.settings.lease_seconds)
         # Room just opened in this model's queue: let the dispatcher refill it while we render.
         nudge(session)
-    return [by_id[j] for j in claimed if j in by_id]
+    return claimed
 
 
 @db_retry
