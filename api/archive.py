@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, select, tuple_
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.db import session_scope
 from shared.errors import StorageError, TransientError
 from shared.models import Job, utcnow
 from shared.names import is_portable
@@ -102,7 +103,7 @@ def iter_rows(
         )
         if after is not None:
             query = query.where(tuple_(*order) > tuple_(*after))
-        with session_factory() as session:
+        with session_scope(session_factory) as session:
             page = [Row(*r) for r in session.execute(query).tuples()]
         yield from page
         if len(page) < PAGE_SIZE:

@@ -23,10 +23,19 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
+# HTTP's safe methods: they read (a key's use, written by caller_for_key, commits itself).
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 def get_session(request: Request) -> Iterator[Session]:
     session: Session = request.app.state.session_factory()
     try:
         yield session
+        if request.method in READ_METHODS:
+            # A read ends with COMMIT, not the close's ROLLBACK, which would cost the pooled
+            # connection its prepared statements (shared/db.py session_scope). Other methods
+            # commit what they mean to; an error (raised into here) still rolls back.
+            session.commit()
     finally:
         session.close()
 

@@ -246,8 +246,9 @@ def run_batch(
     def finished() -> int:
         # The batch row's completed_at (set with the last job's final state): a primary-key
         # probe. Counting the batch's jobs by status every 20 ms was a fifth of the
-        # Postgres CPU the summary put on the farm.
-        with farm.session_factory() as session:
+        # Postgres CPU the summary put on the farm. Ended with a commit, as the farm's own
+        # reads (shared/db.py session_scope), so the probe stays a prepared statement.
+        with session_scope(farm.session_factory) as session:
             done = session.scalar(select(Batch.completed_at).where(Batch.id == batch_id))
         return jobs if done is not None else 0
 

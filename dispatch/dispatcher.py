@@ -181,7 +181,7 @@ class Dispatcher:
                 self._dispatch_model(session, model, stats)
                 session.commit()
         if self.on_tick is not None:
-            with self.session_factory() as session:
+            with session_scope(self.session_factory) as session:
                 self.on_tick(session)
         if stats.sent_jobs or stats.requeued or stats.failed or stats.rearmed:
             log.info(
@@ -198,7 +198,7 @@ class Dispatcher:
     def _finish_deletions(self) -> None:
         # Batches their team deleted (DELETE /v1/batches/{id} answered at once) that still
         # had running jobs: what those held goes once their canceled attempts were swept.
-        with self.session_factory() as session:
+        with session_scope(self.session_factory) as session:
             deleting = session.scalars(
                 select(Batch.id)
                 .where(Batch.deleting_at.is_not(None))

@@ -84,7 +84,7 @@ def prune(
     starts after it (``finished`` False: more is due)."""
     now = now or utcnow()
     stop_at = None if budget_seconds is None else time.monotonic() + budget_seconds
-    with factory() as session:
+    with session_scope(factory) as session:
         query = select(Team.id, Team.retention_days).order_by(Team.name)
         if team is not None:
             query = query.where(Team.name == team)

@@ -13,7 +13,7 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.broker import make_celery, render_queue
-from shared.db import make_engine, make_session_factory
+from shared.db import make_engine, make_session_factory, session_scope
 from shared.errors import ConfigError
 from shared.registry import load_registry, upscaler_of
 from shared.settings import Settings
@@ -87,7 +87,7 @@ def content_credentials(
     if settings.c2pa_signers is None:
         return ContentCredentials()
     by_name = load_signing_credentials(settings.c2pa_signers)
-    with session_factory() as session:
+    with session_scope(session_factory) as session:
         credentials = resolve_teams(session, by_name)
     log.info("C2PA signing for %d team(s)", len(credentials.by_team))
     return credentials

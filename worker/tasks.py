@@ -113,7 +113,7 @@ def claim_jobs(ctx: WorkerContext, job_ids: list[uuid.UUID]) -> list[Job]:
 def job_states(ctx: WorkerContext, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
     """Each job's status as this worker sees it: ``running`` only if still running for this
     worker (a job taken back and claimed by another reads ``superseded``)."""
-    with ctx.session_factory() as session:
+    with session_scope(ctx.session_factory) as session:
         rows = session.execute(
             select(Job.id, Job.status, Job.worker).where(Job.id.in_(job_ids))
         ).all()
