@@ -291,8 +291,13 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 def cpu_used(before: dict[str, float], after: dict[str, float]) -> Counter[str]:
-    """CPU seconds per process between two snapshots, all Postgres backends as one."""
+    """CPU seconds per process between two snapshots, all Postgres backends as one. A
+    backend first seen after counts whole: a pool opened it during the run (the farm's
+    processes all exist before), and leaving it out had the figure depend on how many
+    connections each pool happened to hold when the run began."""
     used: Counter[str] = Counter()
-    for name in before.keys() & after.keys():
-        used["postgres" if name.startswith("postgres") else name] += after[name] - before[name]
+    for name, seconds in after.items():
+        backend = name.startswith("postgres")
+        if name in before or backend:
+            used["postgres" if backend else name] += seconds - before.get(name, 0.0)
     return used
