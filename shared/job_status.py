@@ -15,4 +15,6 @@ class JobStatus(StrEnum):
     CANCELED = "canceled"
 
 
+# Every state's name: the only values shared/models.py StatusName writes into SQL as literals.
+STATE_NAMES = frozenset(s.value for s in JobStatus)
 FINAL_STATES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})

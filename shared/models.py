@@ -20,11 +20,15 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    literal_column,
     text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql import operators
 from sqlalchemy.types import TypeDecorator
+
+from shared.job_status import STATE_NAMES
 
 
 def utcnow() -> datetime:
@@ -41,6 +45,37 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
+
+
+class StatusName(TypeDecorator[str]):
+    """``jobs.status``. Compared with a job state, it is written into the SQL as that
+    literal (``status = 'queued'``), not sent as a parameter: psycopg prepares the farm's hot
+    queries, and Postgres's generic plan for a prepared ``status = $1`` cannot use the
+    partial indexes whose predicates name a state (ix_jobs_handed_over, ix_jobs_waiting,
+    ix_jobs_team_unfinished), so it counted the handed-over jobs through every queued row of
+    the model. Anything but a state's name (a client's filter, say) stays a parameter: only
+    the fixed vocabulary below is ever written into SQL."""
+
+    impl = String(16)
+    cache_ok = True
+
+    class comparator_factory(String.Comparator[str]):  # noqa: N801 - SQLAlchemy's hook name
+        def operate(self, op: Any, *other: Any, **kwargs: Any) -> Any:
+            if op in (operators.eq, operators.ne):
+                other = tuple(_state_literal(o) for o in other)
+            elif op in (operators.in_op, operators.not_in_op) and other:
+                values = other[0]
+                if isinstance(values, list | tuple | set | frozenset) and all(
+                    v in STATE_NAMES for v in values
+                ):
+                    other = ([_state_literal(v) for v in sorted(values)], *other[1:])
+            return super().operate(op, *other, **kwargs)
+
+
+def _state_literal(value: Any) -> Any:
+    if isinstance(value, str) and value in STATE_NAMES:
+        return literal_column(f"'{value}'", String(16))
+    return value
 
 
 class Base(DeclarativeBase):
@@ -208,7 +243,7 @@ class Job(Base):
     # the parent per row written (migration 0014 says why nothing needs them).
     team_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     model: Mapped[str] = mapped_column(String(100))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(StatusName(), default="queued")
     prompt: Mapped[str] = mapped_column(Text)
     negative_prompt: Mapped[str | None] = mapped_column(Text)
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
