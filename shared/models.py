@@ -54,7 +54,7 @@ class StatusName(TypeDecorator[str]):
     partial indexes whose predicates name a state (ix_jobs_handed_over, ix_jobs_waiting,
     ix_jobs_team_unfinished), so it counted the handed-over jobs through every queued row of
     the model. Anything but a state's name (a client's filter, say) stays a parameter: only
-    the fixed vocabulary below is ever written into SQL."""
+    the fixed names of shared/job_status.py STATE_NAMES are ever written into SQL."""
 
     impl = String(16)
     cache_ok = True
@@ -73,6 +73,7 @@ class StatusName(TypeDecorator[str]):
 
 
 def _state_literal(value: Any) -> Any:
+    """A state's name as a SQL literal; any other value as it came (a parameter)."""
     if isinstance(value, str) and value in STATE_NAMES:
         return literal_column(f"'{value}'", String(16))
     return value
