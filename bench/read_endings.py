@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import uuid
@@ -124,5 +123,4 @@ def seed(factory, n: int) -> list[uuid.UUID]:  # noqa: ANN001 - a sessionmaker
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("IMGFARM_LOG_LEVEL", "WARNING")
     main()

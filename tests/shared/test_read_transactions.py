@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from psycopg.pq import TransactionStatus
-from sqlalchemy import Engine, event, insert, select, text
+from sqlalchemy import Engine, event, select, text
 from sqlalchemy.pool import Pool
 
 from dispatch.dispatcher import Dispatcher
@@ -25,7 +25,7 @@ from shared.models import Job
 from shared.registry import BUILTINS
 from shared.storage import LocalStorage
 from shared.teams import ensure_team
-from tests.factories import batch_body, png_bytes
+from tests.factories import QUICK_PARAMS, batch_body, png_bytes, queued_job
 from worker.context import WorkerContext
 from worker.pipelines import load_model
 from worker.tasks import run_render
@@ -33,14 +33,6 @@ from worker.tasks import run_render
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-PARAMS = {
-    "strength": 1.0,
-    "steps": 1,
-    "guidance_scale": 0.0,
-    "width": 32,
-    "height": 32,
-    "output_format": "png",
-}
 
 
 def _caller() -> str:
@@ -120,21 +112,12 @@ def test_a_healthy_read_tick_and_task_send_no_rollback(
     storage.put("sources/s", png_bytes(40, 40), "image/png")
     with session_scope(session_factory) as s:
         team = ensure_team(s, f"reads-{uuid.uuid4().hex[:6]}")
-        ids = [uuid.uuid4() for _ in range(4)]
-        s.execute(
-            insert(Job),
-            [
-                {
-                    "id": i,
-                    "team_id": team.id,
-                    "model": spec.alias,
-                    "prompt": "p",
-                    "params": {**PARAMS, "seed": n},
-                    "source_key": "sources/s",
-                }
-                for n, i in enumerate(ids)
-            ],
-        )
+        jobs = [
+            queued_job(spec.alias, "sources/s", {**QUICK_PARAMS, "seed": n}, team=team.id)
+            for n in range(4)
+        ]
+        s.add_all(jobs)
+    ids = [j.id for j in jobs]
     dispatcher = Dispatcher(
         settings,
         session_factory,
