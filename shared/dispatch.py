@@ -6,6 +6,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 CHANNEL = "imgfarm_dispatch"
+_NUDGE = text(f"NOTIFY {CHANNEL}")
 
 
 def nudge(session: Session) -> None:
@@ -14,4 +15,4 @@ def nudge(session: Session) -> None:
     On SQLite there is no NOTIFY; the dispatcher polls often enough there.
     """
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text(f"NOTIFY {CHANNEL}"))
+        session.execute(_NUDGE)

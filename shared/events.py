@@ -24,9 +24,10 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import FromClause, Select, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from shared.job_status import JobStatus
@@ -99,6 +100,16 @@ class Target:
     endpoint_id: uuid.UUID | None = None
 
 
+# The statements every rendered group's events run, built once: building one afresh cost
+# the worker more CPU than sending it.
+_ENDPOINTS = select(
+    WebhookEndpoint.team_id, WebhookEndpoint.id, WebhookEndpoint.url, WebhookEndpoint.events
+).where(
+    WebhookEndpoint.team_id.in_(bindparam("teams", expanding=True)),
+    WebhookEndpoint.disabled_at.is_(None),
+)
+
+
 def team_endpoints(
     session: Session, team_ids: Iterable[uuid.UUID]
 ) -> dict[uuid.UUID, list[Endpoint]]:
@@ -106,11 +117,7 @@ def team_endpoints(
     found: dict[uuid.UUID, list[Endpoint]] = {t: [] for t in team_ids}
     if not found:
         return found
-    rows = session.execute(
-        select(
-            WebhookEndpoint.team_id, WebhookEndpoint.id, WebhookEndpoint.url, WebhookEndpoint.events
-        ).where(WebhookEndpoint.team_id.in_(list(found)), WebhookEndpoint.disabled_at.is_(None))
-    ).tuples()
+    rows = session.execute(_ENDPOINTS, {"teams": list(found)}).tuples()
     for team_id, endpoint_id, url, events in rows:
         found[team_id].append(Endpoint(endpoint_id, url, frozenset(events)))
     return found
@@ -162,26 +169,38 @@ def _delivery_rows(
 
 # --- job events -----------------------------------------------------------------------------
 
-_JOB_COLUMNS = (
-    Job.id,
-    Job.team_id,
-    Job.status,
-    Job.model,
-    Job.batch_id,
-    Job.sku,
-    Job.prompt_name,
-    Job.variant,
-    Job.attempts,
-    Job.error,
-    Job.meta,
-    Job.outputs,
-    Job.created_at,
-    Job.started_at,
-    Job.finished_at,
-    Job.webhook_url,
-    Job.fidelity,
-    Job.review,
+# What an event reads of a job: ``jobs`` column names (``metadata`` is read as ``meta``). A
+# move on Postgres returns them with the change (shared/jobs.py), so emitting reads nothing.
+EVENT_FIELDS = (
+    "id",
+    "team_id",
+    "status",
+    "model",
+    "batch_id",
+    "sku",
+    "prompt_name",
+    "variant",
+    "attempts",
+    "error",
+    "metadata",
+    "outputs",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "webhook_url",
+    "fidelity",
+    "review",
 )
+
+
+def event_rows(jobs: FromClause) -> Select[Any]:
+    """What ``emit_job_events`` reads of each job of ``jobs`` (the table, or a CTE of a move's
+    RETURNING ``EVENT_FIELDS``), with its batch's webhook URL: joined, where a second SELECT
+    cost a round trip."""
+    fields = [jobs.c[n].label("meta" if n == "metadata" else n) for n in EVENT_FIELDS]
+    return select(*fields, Batch.webhook_url.label("batch_webhook_url")).select_from(
+        jobs.outerjoin(Batch, Batch.id == jobs.c.batch_id)
+    )
 
 
 def job_data(row: Any) -> dict[str, Any]:
@@ -218,44 +237,30 @@ def emit_job_events(
     *,
     progress_seconds: float = BATCH_PROGRESS_SECONDS,
     settle_batches: bool = True,
+    rows: Sequence[Any] | None = None,
 ) -> int:
     """Outbox rows for the final-state event of each of ``job_ids`` (and their batches'
     progress or completion), with a few queries however many jobs: a batch cancel, the
     lease sweep. Returns the number of delivery rows written. Call only in the transaction
     that moved the jobs (shared/jobs.py does). ``settle_batches=False`` for an event that
-    follows another one of the same jobs (job.needs_review): their batches were settled."""
+    follows another one of the same jobs (job.needs_review): their batches were settled.
+    ``rows``: the jobs as ``event_rows`` reads them, where the move returned them already."""
     now = utcnow()
     written = 0
     batch_ids: set[uuid.UUID] = set()
     known: dict[uuid.UUID, list[Endpoint]] = {}  # the teams' endpoints, read once here
     for start in range(0, len(job_ids), CHUNK):
-        # Columns, not ORM objects: the caller's session may hold a stale Job from before
-        # its own UPDATE (transitions do not synchronise the session).
-        # Each with its batch's webhook URL (joined: a second SELECT cost a round trip).
-        jobs = session.execute(
-            select(*_JOB_COLUMNS, Batch.webhook_url.label("batch_webhook_url"))
-            .outerjoin(Batch, Batch.id == Job.batch_id)
-            .where(Job.id.in_(list(job_ids[start : start + CHUNK])))
-        ).all()
+        if rows is None:
+            # Columns, not ORM objects: the caller's session may hold a stale Job from
+            # before its own UPDATE (transitions do not synchronise the session).
+            chunk = list(job_ids[start : start + CHUNK])
+            jobs = session.execute(event_rows(Job.__table__).where(Job.id.in_(chunk))).all()
+        else:
+            jobs = list(rows[start : start + CHUNK])
         batch_ids.update(j.batch_id for j in jobs if j.batch_id is not None)
         endpoints = team_endpoints(session, {j.team_id for j in jobs})
         known.update(endpoints)
-        rows: list[dict[str, Any]] = []
-        for job in jobs:
-            urls = [job.webhook_url, job.batch_webhook_url]
-            targets = targets_for(event_type, urls, endpoints[job.team_id])
-            rows += _delivery_rows(
-                job.team_id,
-                event_type,
-                job_data(job),
-                targets,
-                now,
-                job_id=job.id,
-                batch_id=job.batch_id,
-            )
-        if rows:
-            session.execute(insert(WebhookDelivery), rows)
-            written += len(rows)
+        written += _deliver_jobs(session, jobs, event_type, endpoints, now)
     # Sorted: two transactions settling the same batches lock them in one order (no deadlock).
     for batch_id in sorted(batch_ids) if settle_batches else ():
         written += settle_batch(
@@ -264,26 +269,55 @@ def emit_job_events(
     return written
 
 
+def _deliver_jobs(
+    session: Session,
+    jobs: Sequence[Any],
+    event_type: str,
+    endpoints: Mapping[uuid.UUID, list[Endpoint]],
+    now: datetime,
+) -> int:
+    """One event per job to each of its receivers; the job's data is built only for a job
+    that has one (most have none: no webhook given, no endpoint subscribed)."""
+    rows: list[dict[str, Any]] = []
+    for job in jobs:
+        urls = [job.webhook_url, job.batch_webhook_url]
+        targets = targets_for(event_type, urls, endpoints[job.team_id])
+        if targets:
+            data = job_data(job)
+            rows += _delivery_rows(
+                job.team_id, event_type, data, targets, now, job_id=job.id, batch_id=job.batch_id
+            )
+    if rows:
+        session.execute(insert(WebhookDelivery), rows)
+    return len(rows)
+
+
 # --- batch events ---------------------------------------------------------------------------
 
 
-def _locked_batch(session: Session, batch_id: uuid.UUID, *extra: Any) -> Any:
-    """The batch's row as its events need it, locked ``FOR UPDATE``: whoever settles the
-    batch waits here for the others to commit, so the last one sees every job final."""
-    return session.execute(
-        select(
-            Batch.id,
-            Batch.team_id,
-            Batch.webhook_url,
-            Batch.job_count,
-            Batch.meta,
-            Batch.created_at,
-            Batch.completed_at,
-            *extra,
-        )
-        .where(Batch.id == batch_id)
+def _locked_batch(session: Session, batch_id: uuid.UUID, extra: str) -> Any:
+    """The batch's row as its events need it (and its column ``extra``), locked ``FOR
+    UPDATE``: whoever settles the batch waits here for the others to commit, so the last one
+    sees every job final."""
+    return session.execute(_locking(extra), {"batch_id": batch_id}).one_or_none()
+
+
+@cache
+def _locking(extra: str) -> Select[Any]:
+    columns = (Batch.id, Batch.team_id, Batch.webhook_url, Batch.job_count, Batch.meta)
+    return (
+        select(*columns, Batch.created_at, Batch.completed_at, getattr(Batch, extra))
+        .where(Batch.id == bindparam("batch_id"))
         .with_for_update()
-    ).one_or_none()
+    )
+
+
+# Any job of the batch left? An index probe that stops at the first hit.
+_JOB_LEFT = (
+    select(Job.id)
+    .where(Job.batch_id == bindparam("batch_id"), Job.status.in_(ACTIVE_STATES))
+    .limit(1)
+)
 
 
 def settle_batch(
@@ -300,13 +334,11 @@ def settle_batch(
     now = now or utcnow()
     # 1. lock the batch row: whoever finishes a job of this batch waits here for the others
     # to commit, so the last one to check sees every other job final.
-    batch = _locked_batch(session, batch_id, Batch.progress_sent_at)
+    batch = _locked_batch(session, batch_id, "progress_sent_at")
     if batch is None or batch.completed_at is not None:
         return 0
-    # 2. any job left? (an index probe that stops at the first hit)
-    left = session.scalar(
-        select(Job.id).where(Job.batch_id == batch_id, Job.status.in_(ACTIVE_STATES)).limit(1)
-    )
+    # 2. any job left? (read after the lock: this statement's snapshot sees their commits)
+    left = session.scalar(_JOB_LEFT, {"batch_id": batch_id})
     if left is None:
         # every output passed: batch.reviewed follows batch.completed at once
         completed = _complete_batch(session, batch, now, endpoints)
@@ -445,7 +477,7 @@ def settle_review(session: Session, batch_id: uuid.UUID, now: datetime | None = 
     job left to render), exactly once per round, as batch.completed is (the batch row
     locked, then a conditional UPDATE on ``reviewed_at``). Returns rows written."""
     now = now or utcnow()
-    batch = _locked_batch(session, batch_id, Batch.reviewed_at)
+    batch = _locked_batch(session, batch_id, "reviewed_at")
     if batch is None or batch.completed_at is None or batch.reviewed_at is not None:
         return 0
     unsettled = (Job.status == JobStatus.SUCCEEDED.value) & (

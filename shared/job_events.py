@@ -24,9 +24,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    CTE,
     JSON,
     BigInteger,
     ColumnElement,
+    ScalarSelect,
     Text,
     bindparam,
     case,
@@ -63,21 +65,24 @@ def _is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
+# What a job event carries: these fields of the row as the change left it.
+DATA_FIELDS = ("status", "attempts", "review", "sku", "prompt_name", "variant")
+# And what its row needs besides: a move's RETURNING gives ``log_moved`` all of them.
+LOGGED_FIELDS = ("id", "team_id", "batch_id", *DATA_FIELDS)
+
+
 def _job_data(
-    postgres: bool, known: Mapping[str, ColumnElement[Any]] | None = None
+    postgres: bool,
+    known: Mapping[str, ColumnElement[Any]] | None = None,
+    row: Any = None,
 ) -> ColumnElement[Any]:
-    """What a job event carries, built in SQL from the row as the change left it (``known``:
-    fields whose value is not the row's now, such as a creation's first state)."""
+    """What a job event carries, built in SQL from the row as the change left it (``row``:
+    the columns to read it from, ``jobs`` itself by default; ``known``: fields whose value
+    is not the row's now, such as a creation's first state)."""
+    columns = Job.__table__.c if row is None else row
     pairs: list[Any] = []
-    for name, column in (
-        ("status", Job.status),
-        ("attempts", Job.attempts),
-        ("review", Job.review),
-        ("sku", Job.sku),
-        ("prompt_name", Job.prompt_name),
-        ("variant", Job.variant),
-    ):
-        pairs += [literal(name), (known or {}).get(name, column)]
+    for name in DATA_FIELDS:
+        pairs += [literal(name), (known or {}).get(name, columns[name])]
     return func.json_build_object(*pairs) if postgres else func.json_object(*pairs)
 
 
@@ -140,28 +145,51 @@ def _log_where(
     return int(session.execute(_logged_and_notified(logging)).scalar_one())
 
 
-def _logged_and_notified(logging: Any) -> Any:
+def log_moved(moved: CTE, event_type: str) -> ScalarSelect[Any]:
+    """Postgres: ``event_type``'s rows and the NOTIFY for the jobs that ``moved`` (a CTE of an
+    UPDATE ... RETURNING at least ``LOGGED_FIELDS``) changed, read from its RETURNING: a
+    scalar for the move's own SELECT, so the change and its log are one statement. A second
+    statement cost the worker's claim and its success a round trip each, and Postgres a
+    second lookup of every job it had just updated."""
+    rows = select(
+        moved.c.team_id,
+        moved.c.batch_id,
+        moved.c.id,
+        literal(event_type),
+        _job_data(True, row=moved.c),
+        # A parameter read at each run: the statement may be built once and run many times.
+        bindparam("logged_at", callable_=utcnow, type_=JobEvent.created_at.type),
+        txid_now(),
+    )
+    columns = ["team_id", "batch_id", "job_id", "type", "data", "created_at", "txid"]
+    logging = insert(JobEvent).from_select(columns, rows)
+    notified = _logged_and_notified(logging, name=f"{moved.name}_logged", counted=False)
+    return notified.scalar_subquery()
+
+
+def _logged_and_notified(logging: Any, name: str = "written", *, counted: bool = True) -> Any:
     """Postgres: the INSERT, the count of rows it wrote and the NOTIFY that wakes the streams
     at commit, in one statement (a 10,000-job change sends back one number; a task's claim
     and its success each took a round trip more with the NOTIFY apart). The payload is a
     batch id, or a team id for jobs outside a batch, and for all when a change touched more
-    than ``MAX_NOTIFY_KEYS`` batches; Postgres folds a transaction's identical ones."""
-    written = logging.returning(JobEvent.team_id, JobEvent.batch_id).cte("written")
+    than ``MAX_NOTIFY_KEYS`` batches; Postgres folds a transaction's identical ones.
+    ``counted=False``: the NOTIFY's count alone (``log_moved``'s one column)."""
+    written = logging.returning(JobEvent.team_id, JobEvent.batch_id).cte(name)
     per = (
         select(written.c.team_id, written.c.batch_id, func.count().label("n"))
         .group_by(written.c.team_id, written.c.batch_id)
-        .cte("per")
+        .cte(f"{name}_per")
     )
     many = select(func.count()).select_from(per).scalar_subquery() > MAX_NOTIFY_KEYS
     key = case(
         (many, cast(per.c.team_id, Text)),
         else_=cast(func.coalesce(per.c.batch_id, per.c.team_id), Text),
     )
-    keys = select(key.label("key")).distinct().cte("keys")
+    keys = select(key.label("key")).distinct().cte(f"{name}_keys")
     rows = select(func.coalesce(func.sum(per.c.n), 0)).scalar_subquery()
     sent = func.count(func.pg_notify(CHANNEL, keys.c.key))
     # Counted, so every key's pg_notify runs; the INSERT runs whatever is read (a CTE's).
-    return select(rows, sent).select_from(keys)
+    return select(rows, sent).select_from(keys) if counted else select(sent).select_from(keys)
 
 
 def prune_job_events(session: Session, older_than: datetime, limit: int = PRUNE_BATCH) -> int:

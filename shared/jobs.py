@@ -21,11 +21,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
     JSON,
     ColumnElement,
+    Select,
     Update,
     Uuid,
     bindparam,
@@ -38,10 +40,18 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import Session, aliased
 
-from shared.events import JOB_EVENTS, JOB_NEEDS_REVIEW, emit_job_events, reopen_batch
-from shared.job_events import log_events, transition_event
+from shared.events import (
+    EVENT_FIELDS,
+    JOB_EVENTS,
+    JOB_NEEDS_REVIEW,
+    emit_job_events,
+    event_rows,
+    reopen_batch,
+)
+from shared.job_events import LOGGED_FIELDS, log_events, log_moved, transition_event
 from shared.job_status import FINAL_STATES, JobStatus
 from shared.models import Job, Worker, utcnow
 from shared.review import attempt_record, rerender_seed
@@ -81,12 +91,11 @@ def _move(
     **values: Any,
 ) -> list[uuid.UUID]:
     """Move the jobs matching ``where`` that are still in one of ``sources`` to ``target``,
-    in one UPDATE ... RETURNING; a final ``target`` writes its event for each of them in
-    the same session. Returns the ids moved (in no particular order): the others were moved
-    first by someone else, and their caller lost the race."""
-    moved = list(session.scalars(_moving(where, sources, target, values).returning(Job.id)))
-    _moved(session, moved, target)
-    return moved
+    in one UPDATE ... RETURNING, with what every move writes in its transaction: its log
+    rows (shared/job_events.py) and, for a final ``target``, its webhook events. Returns
+    the ids moved (in no particular order): the others were moved first by someone else,
+    and their caller lost the race."""
+    return [row.id for row in _move_rows(session, _moving(where, sources, target, values), target)]
 
 
 def _moving(
@@ -106,8 +115,47 @@ def _moving(
     )
 
 
+def _move_rows(session: Session, moving: Update, target: JobStatus) -> Sequence[Any]:
+    """Run ``moving`` and what it writes with it; the rows moved, as ``event_rows`` reads them
+    for a final ``target`` (an ``id`` alone otherwise).
+
+    Postgres: one statement, the UPDATE and its log rows and NOTIFY (``_logged``), its
+    RETURNING the events' data: a move into a final state reads no job again. SQLite: the
+    log and the events read the moved rows back (``_moved``)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return _run_logged(session, _logged(moving, target), {}, target)
+    moved_ids = list(session.scalars(moving.returning(Job.id)))
+    _moved(session, moved_ids, target)
+    return [_Moved(job_id) for job_id in moved_ids]
+
+
+def _logged(moving: Update, target: JobStatus) -> Select[Any]:
+    """Postgres: ``moving`` as a CTE, read back with its log rows and NOTIFY (``log_moved``)
+    in one statement; what it reads is ``event_rows`` for a final ``target``, else ids."""
+    final = target in FINAL_STATES
+    fields = dict.fromkeys((*LOGGED_FIELDS, *(EVENT_FIELDS if final else ())))
+    moved = moving.returning(*(Job.__table__.c[f] for f in fields)).cte("moved")
+    reading = event_rows(moved) if final else select(moved.c.id)
+    return reading.add_columns(log_moved(moved, transition_event(target)))
+
+
+def _run_logged(
+    session: Session, statement: Select[Any], params: dict[str, Any], target: JobStatus
+) -> Sequence[Any]:
+    """Run a ``_logged`` move; a final ``target`` writes its webhook events from the rows."""
+    rows = session.execute(statement, params).all()
+    if rows and target in FINAL_STATES:  # webhooks: the event rows commit with the change
+        emit_job_events(session, [r.id for r in rows], JOB_EVENTS[target], rows=rows)
+    return rows
+
+
+class _Moved(NamedTuple):
+    id: uuid.UUID
+
+
 def _moved(session: Session, moved: list[uuid.UUID], target: JobStatus) -> None:
-    """What every move writes with it, in its transaction."""
+    """What every move writes with it, in its transaction, where it is not one statement with
+    it (SQLite; ``_move_rows``)."""
     # The live streams' log: every move, one INSERT ... SELECT for all the jobs it moved.
     log_events(session, moved, transition_event(target))
     if moved and target in FINAL_STATES:
@@ -140,21 +188,43 @@ def claim_jobs_loaded(
     if not job_ids:
         return []
     now = utcnow()
-    claiming = _moving(
-        Job.id.in_(list(job_ids)),
-        (JobStatus.QUEUED,),
-        JobStatus.RUNNING,
-        {
-            "worker": worker,
-            "started_at": now,
-            "attempts": Job.attempts + 1,
-            "error": None,
-            "lease_expires_at": now + timedelta(seconds=lease_seconds),
-        },
-    )
-    jobs = {job.id: job for job in session.scalars(claiming.returning(Job))}
-    _moved(session, list(jobs), JobStatus.RUNNING)
+    lease_until = now + timedelta(seconds=lease_seconds)
+    if session.get_bind().dialect.name == "postgresql":  # the claim and its log: one statement
+        params = {"ids": list(job_ids), "worker": worker, "now": now, "lease_until": lease_until}
+        claimed = session.execute(_claim_statement(), params)
+        jobs = {job.id: job for job, _ in claimed}
+    else:
+        claiming = _moving(
+            Job.id.in_(list(job_ids)), *_CLAIM, _claim_values(worker, now, lease_until)
+        )
+        jobs = {job.id: job for job in session.scalars(claiming.returning(Job))}
+        _moved(session, list(jobs), JobStatus.RUNNING)
     return [jobs[j] for j in job_ids if j in jobs]
+
+
+_CLAIM = ((JobStatus.QUEUED,), JobStatus.RUNNING)
+
+
+def _claim_values(worker: Any, now: Any, lease_until: Any) -> dict[str, Any]:
+    """What a claim sets: the attempt counted, the lease taken."""
+    return {
+        "worker": worker,
+        "started_at": now,
+        "attempts": Job.attempts + 1,
+        "error": None,
+        "lease_expires_at": lease_until,
+    }
+
+
+@cache
+def _claim_statement() -> Select[Any]:
+    """Postgres: the claim, returning the jobs (a worker needs every field to render), built
+    once: each task's claim built afresh (its CTE, 34 column proxies, the cache key) cost the
+    worker more CPU than sending it."""
+    values = _claim_values(bindparam("worker"), bindparam("now"), bindparam("lease_until"))
+    claiming = _moving(Job.id == func.any(bindparam("ids", type_=ARRAY(Uuid()))), *_CLAIM, values)
+    moved = claiming.returning(*Job.__table__.c).cte("moved")
+    return select(aliased(Job, moved), log_moved(moved, transition_event(JobStatus.RUNNING)))
 
 
 class Success(NamedTuple):
@@ -184,42 +254,48 @@ def mark_succeeded_bulk(
     successes = [Success(*s) for s in given]
     ids = [s.job_id for s in successes]
     postgres = session.get_bind().dialect.name == "postgresql"
-    where, values = (_rows_of if postgres else _cases_of)(successes)
-    done = _move(
-        session,
-        where,
-        (JobStatus.RUNNING,),
-        JobStatus.SUCCEEDED,
-        **values,
-        finished_at=utcnow(),
-        lease_expires_at=None,
-    )
-    moved = set(done)
+    if postgres:
+        params = {"rows": _success_rows(successes), "finished_at": utcnow()}
+        moved = _run_logged(session, _success_statement(), params, JobStatus.SUCCEEDED)
+    else:
+        where, values = _cases_of(successes)
+        values.update(finished_at=utcnow(), lease_expires_at=None)
+        moving = _moving(where, (JobStatus.RUNNING,), JobStatus.SUCCEEDED, values)
+        moved = _move_rows(session, moving, JobStatus.SUCCEEDED)
+    rows = {row.id: row for row in moved}
     needs_review = ReviewState.NEEDS_REVIEW
-    flagged = [s.job_id for s in successes if s.job_id in moved and s.review == needs_review]
+    flagged = [s.job_id for s in successes if s.job_id in rows and s.review == needs_review]
     if flagged:  # same session: the event commits with the move, after its job.succeeded
-        emit_job_events(session, flagged, JOB_NEEDS_REVIEW, settle_batches=False)
+        read = [rows[j] for j in flagged] if postgres else None  # as the move returned them
+        emit_job_events(session, flagged, JOB_NEEDS_REVIEW, settle_batches=False, rows=read)
         log_events(session, flagged, JOB_NEEDS_REVIEW)  # and for the live streams
-    return _in_order(ids, done)
+    return _in_order(ids, list(rows))
 
 
 # What a success writes per job; a None value leaves that column as it was.
 _SUCCESS_COLUMNS = ("outputs", "provenance", "fidelity", "review", "mask_key")
 
 
-def _rows_of(successes: list[Success]) -> tuple[ColumnElement[bool], dict[str, Any]]:
-    """Postgres: every job's values in one JSON parameter, unpacked by json_to_recordset
-    (UPDATE ... FROM). One short statement whatever the group's size: a CASE per column
-    with a branch per job cost the worker ~10 ms of CPU per 16 jobs to build and send."""
-    rows = [
+def _success_rows(successes: list[Success]) -> list[dict[str, Any]]:
+    return [
         {"id": str(s.job_id), **{c: getattr(s, c) for c in _SUCCESS_COLUMNS}} for s in successes
     ]
-    given = func.json_to_recordset(bindparam("rows", rows, JSON))
+
+
+@cache
+def _success_statement() -> Select[Any]:
+    """Postgres: every job's values in one JSON parameter (``rows``), unpacked by
+    json_to_recordset (UPDATE ... FROM): one short statement whatever the group's size,
+    built once. A CASE per column with a branch per job cost the worker ~10 ms of CPU per
+    16 jobs to build and send."""
+    given = func.json_to_recordset(bindparam("rows", type_=JSON))
     v = given.table_valued(
         column("id", Uuid), *(column(c, Job.__table__.c[c].type) for c in _SUCCESS_COLUMNS)
     ).render_derived("given", with_types=True)
-    values = {c: func.coalesce(v.c[c], getattr(Job, c)) for c in _SUCCESS_COLUMNS}
-    return Job.id == v.c.id, values
+    values: dict[str, Any] = {c: func.coalesce(v.c[c], getattr(Job, c)) for c in _SUCCESS_COLUMNS}
+    values.update(finished_at=bindparam("finished_at"), lease_expires_at=None)
+    moving = _moving(Job.id == v.c.id, (JobStatus.RUNNING,), JobStatus.SUCCEEDED, values)
+    return _logged(moving, JobStatus.SUCCEEDED)
 
 
 def _cases_of(successes: list[Success]) -> tuple[ColumnElement[bool], dict[str, Any]]:

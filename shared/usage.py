@@ -12,9 +12,10 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from datetime import datetime
+from functools import cache
 from typing import Any, Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import Insert, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -66,16 +67,20 @@ def add_usage(session: Session, results: Sequence[Rendered]) -> None:
         # Sorted: two workers upserting the same rows take their locks in one order.
         for (t, m), n in sorted(images.items(), key=lambda kv: (str(kv[0][0]), kv[0][1]))
     ]
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    statement = insert(UsageMonthly).values(rows)
-    session.execute(
-        statement.on_conflict_do_update(
-            index_elements=["team_id", "month", "model"],
-            set_={
-                "images": UsageMonthly.images + statement.excluded.images,
-                "gpu_seconds": UsageMonthly.gpu_seconds + statement.excluded.gpu_seconds,
-            },
-        )
+    session.execute(_upsert(session.get_bind().dialect.name), rows)
+
+
+@cache
+def _upsert(dialect: str) -> Insert:
+    """The usage upsert, built once per dialect (it runs for every rendered group)."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(UsageMonthly)
+    return statement.on_conflict_do_update(
+        index_elements=["team_id", "month", "model"],
+        set_={
+            "images": UsageMonthly.images + statement.excluded.images,
+            "gpu_seconds": UsageMonthly.gpu_seconds + statement.excluded.gpu_seconds,
+        },
     )
 
 

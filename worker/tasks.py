@@ -23,7 +23,7 @@ from typing import Any
 
 from celery import Celery, Task
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import OperationalError
 
 from shared.batching import compatibility_key
@@ -109,14 +109,16 @@ def claim_jobs(ctx: WorkerContext, job_ids: list[uuid.UUID]) -> list[Job]:
     return claimed
 
 
+# Built once: it runs for every pipeline call.
+_STATES = select(Job.id, Job.status, Job.worker).where(Job.id.in_(bindparam("ids", expanding=True)))
+
+
 @db_retry
 def job_states(ctx: WorkerContext, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
     """Each job's status as this worker sees it: ``running`` only if still running for this
     worker (a job taken back and claimed by another reads ``superseded``)."""
     with session_scope(ctx.session_factory) as session:
-        rows = session.execute(
-            select(Job.id, Job.status, Job.worker).where(Job.id.in_(job_ids))
-        ).all()
+        rows = session.execute(_STATES, {"ids": job_ids}).all()
     return {
         job_id: "superseded" if status == JobStatus.RUNNING.value and worker != ctx.name else status
         for job_id, status, worker in rows

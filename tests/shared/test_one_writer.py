@@ -217,8 +217,9 @@ def test_the_source_rule_leaves_other_writes_alone(snippet):
 
 # --- the runtime rule -------------------------------------------------------------------------
 
+# Anywhere in the statement: on Postgres a move is a CTE of the statement that logs it.
 STATUS_UPDATE = re.compile(
-    r"^\s*UPDATE\s+jobs\s+SET\s+(?P<set>.*?)(?:\s+WHERE\s|\s+RETURNING\s|$)",
+    r"\bUPDATE\s+jobs\s+SET\s+(?P<set>.*?)(?:\s+WHERE\s|\s+RETURNING\s|$)",
     re.IGNORECASE | re.DOTALL,
 )
 WRITER_FILE = str(ROOT / WRITER)
@@ -232,7 +233,7 @@ class StatusWrites:
     offenders: list[str] = field(default_factory=list)
 
     def seen(self, statement: str) -> None:
-        match = STATUS_UPDATE.match(statement)
+        match = STATUS_UPDATE.search(statement)
         if match is None or not re.search(r"(^|,)\s*status\s*=", match["set"]):
             return
         frame = sys._getframe(2)  # past this and the hook: whoever executed it

@@ -57,7 +57,8 @@ def test_scores_and_review_ride_the_success_update_and_flag_needs_review(factory
         engine = s.get_bind()
 
         def seen(conn, cursor, statement, *_):
-            if statement.lstrip().upper().startswith("UPDATE JOBS"):
+            # On Postgres the UPDATE is a CTE of the statement that logs it too.
+            if "UPDATE JOBS" in statement.upper():
                 updates.append(statement)
 
         event.listen(engine, "before_cursor_execute", seen)
