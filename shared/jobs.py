@@ -43,6 +43,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, aliased
 
+from shared.dispatch import CHANNEL as DISPATCH_CHANNEL
 from shared.events import (
     EVENT_FIELDS,
     JOB_EVENTS,
@@ -192,7 +193,7 @@ def claim_jobs_loaded(
     if session.get_bind().dialect.name == "postgresql":  # the claim and its log: one statement
         params = {"ids": list(job_ids), "worker": worker, "now": now, "lease_until": lease_until}
         claimed = session.execute(_claim_statement(), params)
-        jobs = {job.id: job for job, _ in claimed}
+        jobs = {job.id: job for job, _, _ in claimed}
     else:
         claiming = _moving(
             Job.id.in_(list(job_ids)), *_CLAIM, _claim_values(worker, now, lease_until)
@@ -224,7 +225,11 @@ def _claim_statement() -> Select[Any]:
     values = _claim_values(bindparam("worker"), bindparam("now"), bindparam("lease_until"))
     claiming = _moving(Job.id == func.any(bindparam("ids", type_=ARRAY(Uuid()))), *_CLAIM, values)
     moved = claiming.returning(*Job.__table__.c).cte("moved")
-    return select(aliased(Job, moved), log_moved(moved, transition_event(JobStatus.RUNNING)))
+    logged = log_moved(moved, transition_event(JobStatus.RUNNING))
+    # Room just opened in the model's queue: the dispatcher refills it while these render
+    # (shared/dispatch.py's NOTIFY, sent at commit; Postgres folds the identical ones).
+    opened = func.pg_notify(DISPATCH_CHANNEL, "")
+    return select(aliased(Job, moved), logged, opened)
 
 
 class Success(NamedTuple):

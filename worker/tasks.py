@@ -29,7 +29,6 @@ from sqlalchemy.exc import OperationalError
 from shared.batching import compatibility_key
 from shared.broker import RENDER_TASK
 from shared.db import session_scope
-from shared.dispatch import nudge
 from shared.errors import ImgfarmError
 from shared.jobs import (
     JobStatus,
@@ -102,11 +101,8 @@ class BatchSummary:
 def claim_jobs(ctx: WorkerContext, job_ids: list[uuid.UUID]) -> list[Job]:
     """Claim what is still claimable, in one transaction; the rest is someone else's."""
     with session_scope(ctx.session_factory) as session:
-        # One UPDATE ... RETURNING the jobs, whatever their number.
-        claimed = claim_jobs_loaded(session, job_ids, ctx.name, ctx.settings.lease_seconds)
-        # Room just opened in this model's queue: let the dispatcher refill it while we render.
-        nudge(session)
-    return claimed
+        # One statement whatever their number: the claim, its log and the dispatcher's nudge.
+        return claim_jobs_loaded(session, job_ids, ctx.name, ctx.settings.lease_seconds)
 
 
 # Built once: it runs for every pipeline call.

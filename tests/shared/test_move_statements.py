@@ -11,10 +11,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import psycopg
 import pytest
 from sqlalchemy import Engine, event, select
 
 from shared.db import make_engine, make_session_factory, session_scope
+from shared.dispatch import CHANNEL as DISPATCH_CHANNEL
 from shared.jobs import Success, claim_jobs_loaded, mark_succeeded_bulk
 from shared.migrate import upgrade
 from shared.models import Batch, Job, JobEvent, WebhookDelivery, WebhookEndpoint
@@ -88,12 +90,25 @@ def events_of(factory, ids: list[uuid.UUID], type_: str) -> dict[uuid.UUID, dict
     return {job_id: data for job_id, data in rows}
 
 
-def test_a_claim_is_one_statement_with_its_log_the_same_for_any_number_of_jobs(factory):
+def dispatch_nudges(postgres_url: str) -> psycopg.Connection:
+    """A connection listening on the dispatcher's channel, as the dispatcher does."""
+    listener = psycopg.connect(postgres_url.replace("+psycopg", ""), autocommit=True)
+    listener.execute(f"LISTEN {DISPATCH_CHANNEL}")
+    return listener
+
+
+def test_a_claim_is_one_statement_with_its_log_the_same_for_any_number_of_jobs(
+    factory, postgres_url
+):
     small, full = queued(factory, 3), queued(factory, GROUP)
     texts = []
     for ids in (small, full):
-        with session_scope(factory) as s, sent(s.get_bind()) as statements:
-            jobs = claim_jobs_loaded(s, ids, "w1", 60)
+        with dispatch_nudges(postgres_url) as listener:
+            with session_scope(factory) as s, sent(s.get_bind()) as statements:
+                jobs = claim_jobs_loaded(s, ids, "w1", 60)
+            # Room opened in the model's queue: the dispatcher is woken, by the same statement.
+            nudges = list(listener.notifies(timeout=5, stop_after=1))
+        assert [n.channel for n in nudges] == [DISPATCH_CHANNEL]
         assert len(statements) == 1, statements
         texts.append(statements[0])
         assert [j.id for j in jobs] == ids
