@@ -229,7 +229,9 @@ def _claim_statement() -> Select[Any]:
     # Room just opened in the model's queue: the dispatcher refills it while these render
     # (shared/dispatch.py's NOTIFY, sent at commit; Postgres folds the identical ones).
     opened = func.pg_notify(DISPATCH_CHANNEL, "")
-    return select(aliased(Job, moved), logged, opened)
+    # The jobs as the claim left them, even where the session holds them from before it.
+    reading = select(aliased(Job, moved), logged, opened)
+    return reading.execution_options(populate_existing=True)
 
 
 class Success(NamedTuple):

@@ -154,3 +154,13 @@ def test_a_success_reads_no_job_again_and_its_events_carry_the_moved_rows(factor
     assert one["batch_id"] == str(batch_id) and one["review"] == "passed"
     assert one["outputs"] == [{"width": 64, "height": 48, "content_type": "image/png"}]
     assert one["finished_at"] is not None and one["started_at"] is not None
+
+
+def test_a_claim_returns_the_jobs_as_it_left_them_where_the_session_held_them_before(factory):
+    ids = queued(factory, 2)
+    with session_scope(factory) as s:
+        held = [s.get(Job, j) for j in ids]  # loaded queued, before the claim
+        jobs = claim_jobs_loaded(s, ids, "w1", 60)
+        assert [j.id for j in jobs] == ids
+        assert {(j.status, j.attempts, j.worker) for j in jobs} == {("running", 1, "w1")}
+        assert all(h.status == "running" for h in held), "one identity, refreshed"
