@@ -272,7 +272,7 @@ def create_batch(session: Session, team: Team, body: BatchCreate, checked: Check
     count_inserted_jobs(session, spec.alias, team.id, len(rows))  # the ORM never saw them
     log_batch_created(session, batch.id)  # the live streams' log, one statement
     # 4. wake the dispatcher; the NOTIFY is delivered at commit, with the rows visible
-    nudge(session)
+    nudge(session, spec.alias)
     return batch
 
 
@@ -507,5 +507,5 @@ def retry_batch(session: Session, batch: Batch) -> int:
     """
     retried = retry_failed_of_batch(session, batch.id)
     if retried:
-        nudge(session)
+        nudge(session, batch.model)
     return retried

@@ -190,5 +190,5 @@ def add_job(
     session.add(job)
     session.flush()
     log_events(session, [job.id], "job.queued")
-    nudge(session)
+    nudge(session, job.model)
     return job

@@ -47,7 +47,7 @@ from dispatch.urgency import DeadlineWatch
 from shared.batching import compatibility_key, group_compatible
 from shared.broker import BROKER_UNAVAILABLE, send_render
 from shared.db import session_scope
-from shared.dispatch import CHANNEL
+from shared.dispatch import CHANNEL, nudged_models
 from shared.errors import StorageError, TransientError
 from shared.idempotency import expiry_cutoff, prune_idempotency_keys
 from shared.images import EXTENSIONS
@@ -162,9 +162,10 @@ class Dispatcher:
         self.waiting: dict[str, Waiting] = defaultdict(Waiting)
         self.deadlines = DeadlineWatch()
 
-    def tick(self, *, sweep: bool = True) -> TickStats:
-        """Hand waiting jobs over; with ``sweep``, first take back what the clock expired
-        (leases, lost messages, canceled attempts' outputs)."""
+    def tick(self, *, sweep: bool = True, models: set[str] | None = None) -> TickStats:
+        """Hand waiting jobs over: of ``models`` (those the nudges named), of every model
+        with waiting jobs when None or with ``sweep``. ``sweep`` first takes back what the
+        clock expired (leases, lost messages, canceled attempts' outputs), of any model."""
         stats = TickStats()
         if sweep:
             self._swept_at = time.monotonic()
@@ -177,7 +178,8 @@ class Dispatcher:
         # One session (one connection checkout) for the tick: the models, then each model's
         # hand-over in a transaction of its own, so its rows are unlocked before the next.
         with session_scope(self.session_factory) as session:
-            for model in self._models_waiting(session):
+            named = None if sweep or models is None else sorted(models)
+            for model in self._models_waiting(session) if named is None else named:
                 self._dispatch_model(session, model, stats)
                 session.commit()
         if self.on_tick is not None:
@@ -393,13 +395,14 @@ class Dispatcher:
         """Tick until ``stop`` is set, woken early by NOTIFY where the database has it."""
         waiter = NotifyWaiter(self.settings.database_url)
         try:
+            models: set[str] | None = None  # the first tick looks at every model
             while not stop.is_set():
                 try:
-                    self.tick(sweep=self._sweep_due())
+                    self.tick(sweep=self._sweep_due(), models=models)
                 except Exception:  # a database restart must not end the dispatcher
                     log.exception("dispatch tick failed; retrying")
                     stop.wait(1.0)
-                waiter.wait(self.settings.dispatch_poll_seconds, stop)
+                models = waiter.wait(self.settings.dispatch_poll_seconds, stop)
         finally:
             waiter.close()
 
@@ -423,21 +426,23 @@ class NotifyWaiter:
             self.conn.execute(f"LISTEN {CHANNEL}")
         return self.conn
 
-    def wait(self, timeout: float, stop: threading.Event) -> None:
+    def wait(self, timeout: float, stop: threading.Event) -> set[str] | None:
+        """The models the nudges named (shared/dispatch.py); None, every model, after a
+        quiet ``timeout``, a nudge naming none, or without NOTIFY."""
         if self.url is None:
             stop.wait(timeout)
-            return
+            return None
         try:
             conn = self._connect(self.url)
-            for _ in conn.notifies(timeout=timeout, stop_after=1):
-                pass
+            payloads = [n.payload for n in conn.notifies(timeout=timeout, stop_after=1)]
             # Drain the burst: 10,000 inserts' worth of NOTIFYs need one tick, not 10,000.
-            for _ in conn.notifies(timeout=0.005):
-                pass
+            payloads += [n.payload for n in conn.notifies(timeout=0.005)]
         except Exception as e:  # Postgres restarting: fall back to polling, reconnect later
             log.warning("LISTEN connection lost (%s); polling", e)
             self.close()
             stop.wait(timeout)
+            return None
+        return nudged_models(payloads)
 
     def close(self) -> None:
         if self.conn is not None:

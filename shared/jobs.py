@@ -227,8 +227,8 @@ def _claim_statement() -> Select[Any]:
     moved = claiming.returning(*Job.__table__.c).cte("moved")
     logged = log_moved(moved, transition_event(JobStatus.RUNNING))
     # Room just opened in the model's queue: the dispatcher refills it while these render
-    # (shared/dispatch.py's NOTIFY, sent at commit; Postgres folds the identical ones).
-    opened = func.pg_notify(DISPATCH_CHANNEL, "")
+    # (shared/dispatch.py's nudge, sent at commit; Postgres folds the identical ones).
+    opened = func.pg_notify(DISPATCH_CHANNEL, moved.c.model)
     # The jobs as the claim left them, even where the session holds them from before it.
     reading = select(aliased(Job, moved), logged, opened)
     return reading.execution_options(populate_existing=True)

@@ -161,6 +161,6 @@ def rerender_batch(
     batch = batch_service.get_batch(session, team, batch_id)
     rerendered = rerender_rejected_of_batch(session, batch.id, batch.seed)
     if rerendered:
-        nudge(session)  # delivered at commit: the dispatcher hands them over at once
+        nudge(session, batch.model)  # at commit: the dispatcher hands them over at once
     session.commit()
     return BatchRerendered(id=batch.id, rerendered=rerendered)

@@ -12,27 +12,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
-import pytest
 from sqlalchemy import Engine, event, select
 
-from shared.db import make_engine, make_session_factory, session_scope
+from shared.db import session_scope
 from shared.dispatch import CHANNEL as DISPATCH_CHANNEL
 from shared.jobs import Success, claim_jobs_loaded, mark_succeeded_bulk
-from shared.migrate import upgrade
 from shared.models import Batch, Job, JobEvent, WebhookDelivery, WebhookEndpoint
 from shared.teams import ensure_team
 
 HOOK = "http://127.0.0.1:9/hook"  # nothing listens on port 9: rows are checked, not sent
 OUTPUT = {"key": "k", "width": 64, "height": 48, "content_type": "image/png"}
 GROUP = 16
-
-
-@pytest.fixture
-def factory(postgres_url):
-    upgrade(postgres_url)
-    engine = make_engine(postgres_url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 @contextmanager
@@ -106,9 +96,9 @@ def test_a_claim_is_one_statement_with_its_log_the_same_for_any_number_of_jobs(
         with dispatch_nudges(postgres_url) as listener:
             with session_scope(factory) as s, sent(s.get_bind()) as statements:
                 jobs = claim_jobs_loaded(s, ids, "w1", 60)
-            # Room opened in the model's queue: the dispatcher is woken, by the same statement.
+            # Room opened in the model's queue: the dispatcher is woken for it, in the statement.
             nudges = list(listener.notifies(timeout=5, stop_after=1))
-        assert [n.channel for n in nudges] == [DISPATCH_CHANNEL]
+        assert [(n.channel, n.payload) for n in nudges] == [(DISPATCH_CHANNEL, "echo")]
         assert len(statements) == 1, statements
         texts.append(statements[0])
         assert [j.id for j in jobs] == ids

@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 import uuid
 
-import pytest
 from sqlalchemy import event, select
 
-from shared.db import make_engine, make_session_factory, session_scope
+from shared.db import session_scope
 from shared.jobs import Success, claim_jobs_bulk, mark_succeeded_bulk
-from shared.migrate import upgrade
 from shared.models import Job, WebhookDelivery, WebhookEndpoint
 from shared.teams import ensure_team
 
@@ -19,14 +17,6 @@ HOOK = "http://127.0.0.1:9/hook"  # nothing listens on port 9: rows are checked,
 OUTPUT = {"key": "k", "width": 64, "height": 64, "content_type": "image/png"}
 GOOD = {"structure": 1.0, "ssim": 1.0, "colour_drift": 0.0, "kept_pixels_changed": None}
 BAD = {"structure": 0.1, "ssim": 0.02, "colour_drift": 41.5, "kept_pixels_changed": None}
-
-
-@pytest.fixture
-def factory(postgres_url):
-    upgrade(postgres_url)
-    engine = make_engine(postgres_url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def running_jobs(factory, count: int) -> tuple[uuid.UUID, list[uuid.UUID]]:

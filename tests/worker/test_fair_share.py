@@ -19,15 +19,17 @@ from datetime import datetime, timedelta
 
 import pytest
 import redis as redis_lib
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatch import pick as pick_module
-from dispatch.dispatcher import Dispatcher
+from dispatch.dispatcher import Dispatcher, NotifyWaiter
 from dispatch.fair_share import FairShare
 from dispatch.pick import Waiting, pick
 from shared.broker import make_celery, render_queue
 from shared.db import make_engine, make_session_factory, session_scope
+from shared.dispatch import CHANNEL as DISPATCH_CHANNEL
+from shared.dispatch import nudge
 from shared.migrate import upgrade
 from shared.models import Job, Team, utcnow
 from shared.registry import ModelSpec
@@ -457,3 +459,39 @@ def test_the_kept_view_of_waiting_teams_sweeps_a_lap_and_sees_new_jobs_at_once(f
     assert waiting.cursor == newcomer
     tick()
     assert waiting.cursor is None, "past the last team: the next sweep starts a new lap"
+
+
+def test_a_nudged_tick_looks_at_the_models_named_a_full_one_at_every_model(farm):
+    other = other_model(farm.model)
+    team = farm.team()
+    start = utcnow() - timedelta(minutes=1)
+    mine = add_jobs(farm.session_factory, farm.model, team, 2, start)
+    theirs = add_jobs(farm.session_factory, other, team, 2, start)
+    registry = {m: ModelSpec(m, "builtin:tiny", max_batch=MAX_BATCH) for m in (farm.model, other)}
+    settings = farm.settings
+    dispatcher = Dispatcher(settings, farm.session_factory, make_celery(settings), registry)
+    try:
+        assert dispatcher.tick(sweep=False, models={farm.model}).sent_jobs == 2
+        assert handed_over(farm.session_factory, farm.model) == set(mine)
+        assert handed_over(farm.session_factory, other) == set(), "not named: not looked at"
+        assert dispatcher.tick(sweep=False, models=None).sent_jobs == 2
+        assert handed_over(farm.session_factory, other) == set(theirs)
+    finally:
+        redis_lib.Redis.from_url(farm.redis_url).delete(render_queue(other))
+
+
+def test_the_waiter_returns_the_models_its_nudges_named(private_db):
+    url = private_db.settings.database_url
+    waiter, stop = NotifyWaiter(url), threading.Event()
+    try:
+        assert waiter.wait(0.05, stop) is None, "a quiet interval: every model"
+        for named, expected in ((["m1", "m2", "m1"], {"m1", "m2"}), (["m1", ""], None)):
+            with session_scope(private_db.session_factory) as s:
+                for model in named:
+                    if model:
+                        nudge(s, model)
+                    else:  # a nudge that names no model (an older api's)
+                        s.execute(text(f"NOTIFY {DISPATCH_CHANNEL}"))
+            assert waiter.wait(5, stop) == expected
+    finally:
+        waiter.close()
