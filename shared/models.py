@@ -144,7 +144,14 @@ class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         Index("ix_jobs_team_created", "team_id", "created_at"),
-        Index("ix_jobs_status_model", "status", "model"),
+        # Queued and running jobs by model: the farm gauges, a model's queue (migration 0018).
+        Index(
+            "ix_jobs_status_model",
+            "status",
+            "model",
+            postgresql_where=text("status IN ('queued', 'running')"),
+            sqlite_where=text("status IN ('queued', 'running')"),
+        ),
         # The lease sweeps: only leased rows (a new job is not in it; migration 0015).
         Index(
             "ix_jobs_lease",
