@@ -1,7 +1,8 @@
 """On Postgres a move and its log are one statement, built once (shared/jobs.py ``_logged``):
 a task's claim sends one statement for its jobs, their ``job.running`` rows and the NOTIFY,
 the same text whatever the number of jobs; a group's success sends one for the UPDATE, its
-``job.succeeded`` rows and the data of its webhook events, and reads no job again."""
+``job.succeeded`` rows and the data of its webhook events, and reads no job again; a lease
+sweep's two moves (failed on the last attempt, queued again otherwise) are one each."""
 
 from __future__ import annotations
 
@@ -10,14 +11,15 @@ import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 import psycopg
 from sqlalchemy import Engine, event, select
 
 from shared.db import session_scope
 from shared.dispatch import CHANNEL as DISPATCH_CHANNEL
-from shared.jobs import Success, claim_jobs_loaded, mark_succeeded_bulk
-from shared.models import Batch, Job, JobEvent, WebhookDelivery, WebhookEndpoint
+from shared.jobs import Success, claim_jobs_loaded, expire_leases, mark_succeeded_bulk
+from shared.models import Batch, Job, JobEvent, WebhookDelivery, WebhookEndpoint, utcnow
 from shared.teams import ensure_team
 
 HOOK = "http://127.0.0.1:9/hook"  # nothing listens on port 9: rows are checked, not sent
@@ -154,3 +156,27 @@ def test_a_claim_returns_the_jobs_as_it_left_them_where_the_session_held_them_be
         assert [j.id for j in jobs] == ids
         assert {(j.status, j.attempts, j.worker) for j in jobs} == {("running", 1, "w1")}
         assert all(h.status == "running" for h in held), "one identity, refreshed"
+
+
+def test_a_lease_sweep_fails_the_last_attempt_and_requeues_the_others(factory):
+    last, again = queued(factory, 2)
+    with session_scope(factory) as s:
+        claim_jobs_loaded(s, [last, again], "w1", 60)
+        expired = utcnow() - timedelta(seconds=1)
+        attempts = {last: 3, again: 1}
+        for job in s.scalars(select(Job).where(Job.id.in_([last, again]))):
+            job.lease_expires_at, job.attempts = expired, attempts[job.id]
+    texts = []
+    for _ in range(2):
+        with session_scope(factory) as s, sent(s.get_bind()) as statements:
+            moved = expire_leases(s, 3)
+        texts.append([q for q in statements if "UPDATE jobs" in q])
+        if moved != (0, 0):
+            assert moved == (1, 1)  # (requeued, failed)
+    assert [len(t) for t in texts] == [2, 2], "a statement per kind of move, each sweep"
+    with factory() as s:
+        rows = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_([last, again])))}
+    assert (rows[last].status, rows[again].status) == ("failed", "queued")
+    assert "on each of 3 attempts" in rows[last].error and rows[again].worker is None
+    assert set(events_of(factory, [last], "job.failed")) == {last}
+    assert set(events_of(factory, [again], "job.queued")) == {again}
