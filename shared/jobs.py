@@ -220,7 +220,7 @@ def _claim_values(worker: Any, now: Any, lease_until: Any) -> dict[str, Any]:
 @cache
 def _claim_statement() -> Select[Any]:
     """Postgres: the claim, returning the jobs (a worker needs every field to render), built
-    once: each task's claim built afresh (its CTE, 34 column proxies, the cache key) cost the
+    once: each task's claim built afresh (its CTE, 33 column proxies, the cache key) cost the
     worker more CPU than sending it."""
     values = _claim_values(bindparam("worker"), bindparam("now"), bindparam("lease_until"))
     claiming = _moving(Job.id == func.any(bindparam("ids", type_=ARRAY(Uuid()))), *_CLAIM, values)
