@@ -178,8 +178,8 @@ class Dispatcher:
         # One session (one connection checkout) for the tick: the models, then each model's
         # hand-over in a transaction of its own, so its rows are unlocked before the next.
         with session_scope(self.session_factory) as session:
-            named = None if sweep or models is None else sorted(models)
-            for model in self._models_waiting(session) if named is None else named:
+            looked_at = self._models_waiting(session) if sweep or models is None else sorted(models)
+            for model in looked_at:
                 self._dispatch_model(session, model, stats)
                 session.commit()
         if self.on_tick is not None:

@@ -28,6 +28,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     ColumnElement,
+    Insert,
     ScalarSelect,
     Text,
     bindparam,
@@ -129,17 +130,7 @@ def _log_where(
     session: Session, where: ColumnElement[bool], event_type: str, *, data: bool = True
 ) -> int:
     postgres = _is_postgres(session)
-    rows = select(
-        Job.team_id,
-        Job.batch_id,
-        Job.id,
-        literal(event_type),
-        _job_data(postgres) if data else null(),
-        literal(utcnow(), JobEvent.created_at.type),
-        txid_now() if postgres else null(),
-    ).where(where)
-    columns = ["team_id", "batch_id", "job_id", "type", "data", "created_at", "txid"]
-    logging = insert(JobEvent).from_select(columns, rows)
+    logging = _logging(Job.__table__.c, event_type, postgres, where=where, data=data)
     if not postgres:  # SQLite: no NOTIFY; the api's one poller reads the log's new rows
         return len(session.execute(logging.returning(JobEvent.id)).all())
     return int(session.execute(_logged_and_notified(logging)).scalar_one())
@@ -151,20 +142,34 @@ def log_moved(moved: CTE, event_type: str) -> ScalarSelect[Any]:
     scalar for the move's own SELECT, so the change and its log are one statement. A second
     statement cost the worker's claim and its success a round trip each, and Postgres a
     second lookup of every job it had just updated."""
-    rows = select(
-        moved.c.team_id,
-        moved.c.batch_id,
-        moved.c.id,
-        literal(event_type),
-        _job_data(True, row=moved.c),
-        # A parameter read at each run: the statement may be built once and run many times.
-        bindparam("logged_at", callable_=utcnow, type_=JobEvent.created_at.type),
-        txid_now(),
-    )
-    columns = ["team_id", "batch_id", "job_id", "type", "data", "created_at", "txid"]
-    logging = insert(JobEvent).from_select(columns, rows)
+    logging = _logging(moved.c, event_type, True)
     notified = _logged_and_notified(logging, name=f"{moved.name}_logged", counted=False)
     return notified.scalar_subquery()
+
+
+def _logging(
+    row: Any,
+    event_type: str,
+    postgres: bool,
+    *,
+    where: ColumnElement[bool] | None = None,
+    data: bool = True,
+) -> Insert:
+    """The INSERT ... SELECT of one ``event_type`` row per job of ``row`` (``jobs``'s columns
+    or a move's RETURNING) matching ``where``; ``data=False`` leaves the data to the reader
+    (``event_data``)."""
+    rows = select(
+        row.team_id,
+        row.batch_id,
+        row.id,
+        literal(event_type),
+        _job_data(postgres, row=row) if data else null(),
+        # A parameter read at each run: the statement may be built once and run many times.
+        bindparam("logged_at", callable_=utcnow, type_=JobEvent.created_at.type),
+        txid_now() if postgres else null(),
+    )
+    columns = ["team_id", "batch_id", "job_id", "type", "data", "created_at", "txid"]
+    return insert(JobEvent).from_select(columns, rows if where is None else rows.where(where))
 
 
 def _logged_and_notified(logging: Any, name: str = "written", *, counted: bool = True) -> Any:

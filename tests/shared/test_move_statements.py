@@ -9,37 +9,21 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 
 import psycopg
-from sqlalchemy import Engine, event, select
+from sqlalchemy import select
 
 from shared.db import session_scope
 from shared.dispatch import CHANNEL as DISPATCH_CHANNEL
 from shared.jobs import Success, claim_jobs_loaded, expire_leases, mark_succeeded_bulk
 from shared.models import Batch, Job, JobEvent, WebhookDelivery, WebhookEndpoint, utcnow
 from shared.teams import ensure_team
+from tests.statements import statements_sent
 
 HOOK = "http://127.0.0.1:9/hook"  # nothing listens on port 9: rows are checked, not sent
 OUTPUT = {"key": "k", "width": 64, "height": 48, "content_type": "image/png"}
 GROUP = 16
-
-
-@contextmanager
-def sent(engine: Engine) -> Iterator[list[str]]:
-    """The statements sent to the database while open."""
-    statements: list[str] = []
-
-    def seen(conn, cursor, statement, *_) -> None:  # noqa: ANN001
-        statements.append(statement)
-
-    event.listen(engine, "before_cursor_execute", seen)
-    try:
-        yield statements
-    finally:
-        event.remove(engine, "before_cursor_execute", seen)
 
 
 def queued(factory, count: int, *, batch: bool = False) -> list[uuid.UUID]:
@@ -96,7 +80,7 @@ def test_a_claim_is_one_statement_with_its_log_the_same_for_any_number_of_jobs(
     texts = []
     for ids in (small, full):
         with dispatch_nudges(postgres_url) as listener:
-            with session_scope(factory) as s, sent(s.get_bind()) as statements:
+            with session_scope(factory) as s, statements_sent(s.get_bind()) as statements:
                 jobs = claim_jobs_loaded(s, ids, "w1", 60)
             # Room opened in the model's queue: the dispatcher is woken for it, in the statement.
             nudges = list(listener.notifies(timeout=5, stop_after=1))
@@ -121,7 +105,7 @@ def test_a_success_reads_no_job_again_and_its_events_carry_the_moved_rows(factor
     with session_scope(factory) as s:
         claim_jobs_loaded(s, ids, "w1", 60)
     successes = [Success(j, [OUTPUT], {"model": "echo"}, None, "passed") for j in ids]
-    with session_scope(factory) as s, sent(s.get_bind()) as statements:
+    with session_scope(factory) as s, statements_sent(s.get_bind()) as statements:
         assert mark_succeeded_bulk(s, successes) == ids
     on_jobs = [q for q in statements if re.search(r"\bjobs\b", q)]
     # The move (its log and its events' data in it) and the batch's "any job left?" probe.
@@ -168,7 +152,7 @@ def test_a_lease_sweep_fails_the_last_attempt_and_requeues_the_others(factory):
             job.lease_expires_at, job.attempts = expired, attempts[job.id]
     texts = []
     for _ in range(2):
-        with session_scope(factory) as s, sent(s.get_bind()) as statements:
+        with session_scope(factory) as s, statements_sent(s.get_bind()) as statements:
             moved = expire_leases(s, 3)
         texts.append([q for q in statements if "UPDATE jobs" in q])
         if moved != (0, 0):

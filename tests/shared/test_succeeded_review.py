@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import uuid
 
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from shared.db import session_scope
 from shared.jobs import Success, claim_jobs_bulk, mark_succeeded_bulk
 from shared.models import Job, WebhookDelivery, WebhookEndpoint
 from shared.teams import ensure_team
+from tests.statements import statements_sent
 
 HOOK = "http://127.0.0.1:9/hook"  # nothing listens on port 9: rows are checked, not sent
 OUTPUT = {"key": "k", "width": 64, "height": 64, "content_type": "image/png"}
@@ -42,20 +43,10 @@ def test_scores_and_review_ride_the_success_update_and_flag_needs_review(factory
         Success(flagged, [OUTPUT], {}, BAD, "needs_review"),
         (unscored, [OUTPUT], {}),  # a caller that scores nothing: columns left alone
     ]
-    updates: list[str] = []
-    with session_scope(factory) as s:
-        engine = s.get_bind()
-
-        def seen(conn, cursor, statement, *_):
-            # On Postgres the UPDATE is a CTE of the statement that logs it too.
-            if "UPDATE JOBS" in statement.upper():
-                updates.append(statement)
-
-        event.listen(engine, "before_cursor_execute", seen)
-        try:
-            assert mark_succeeded_bulk(s, successes) == [passed, flagged, unscored]
-        finally:
-            event.remove(engine, "before_cursor_execute", seen)
+    with session_scope(factory) as s, statements_sent(s.get_bind()) as statements:
+        assert mark_succeeded_bulk(s, successes) == [passed, flagged, unscored]
+    # On Postgres the UPDATE is a CTE of the statement that logs it too.
+    updates = [q for q in statements if "UPDATE JOBS" in q.upper()]
     assert len(updates) == 1, "one statement for the group, scores and review included"
     with factory() as s:
         rows = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_([passed, flagged])))}
